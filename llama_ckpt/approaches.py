@@ -1,0 +1,378 @@
+"""The approaches: how a state dict is written to disk and read back.
+
+One class per storage mechanism (``torch.save``; TensorStore zarr), whose knobs
+are a frozen dataclass, and one registry table, :data:`APPROACHES`, holding the
+eight approaches of the user's guide. Each differs from the ``tensorstore``
+baseline in one knob, except ``t5x`` (all of T5X's choices) and ``pytorch``.
+The registry key is the id used everywhere: CLI, result rows, plot legends.
+
+Every checkpoint is a directory holding the approach's files and
+``manifest.json`` (approach, knobs, tensor names, shapes, dtypes), written and
+fsynced last, inside the timed save: loading reads the tensor list from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+
+from . import chunks as chunk_rules
+from .errors import UserError
+from .fsutil import fsync_path
+from .model import TensorSpec
+
+MANIFEST = "manifest.json"
+Progress = Callable[[int], None]  # called with the number of tensors just finished
+
+# Writes in flight at once for the "all writes in flight together" approaches
+# are bounded by the bytes they hold: TensorStore copies each source array
+# until its write commits, and a full second copy of OpenLLaMA-3B (13.7 GB)
+# does not fit in 24 GB beside the source. The small preset (0.68 GB) is
+# entirely in flight at once.
+INFLIGHT_BYTES = 4 << 30
+
+_TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def _no_progress(_n: int) -> None:
+    pass
+
+
+class Approach:
+    """The contract every approach meets.
+
+    ``save(state_dict, path)`` writes a new checkpoint directory at ``path``
+    (which must not exist) and returns once every byte is durable. It may
+    consume ``state_dict`` (empty it as tensors are converted) to keep the
+    peak memory near one copy of the model: the caller never uses it again.
+    ``load(path)`` returns every tensor materialised in memory, in the stored
+    dtype.
+    """
+
+    name: str
+    description: str
+    stored_dtype: torch.dtype  # floating tensors are stored in this dtype
+
+    def knobs(self) -> dict:
+        raise NotImplementedError
+
+    def _save(self, state_dict: dict[str, torch.Tensor], path: Path, progress: Progress) -> None:
+        raise NotImplementedError
+
+    def _load(self, path: Path, manifest: dict, progress: Progress) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def estimate_bytes(self, specs: list[TensorSpec], block: int) -> int:
+        """An upper bound of the checkpoint's bytes on disk (allocated blocks)."""
+        raise NotImplementedError
+
+    def stored(self, dtype: torch.dtype) -> torch.dtype:
+        """The dtype a tensor of ``dtype`` is stored in (integers are kept)."""
+        return self.stored_dtype if dtype.is_floating_point else dtype
+
+    def save(self, state_dict: dict[str, torch.Tensor], path: Path, progress: Progress = _no_progress) -> None:
+        path = Path(path)
+        if path.exists():
+            raise FileExistsError(f"checkpoint path {path} already exists")
+        path.mkdir(parents=True)
+        tensors = [{"name": k, "shape": list(v.shape), "dtype": str(self.stored(v.dtype)).removeprefix("torch.")}
+                   for k, v in state_dict.items()]
+        self._save(state_dict, path, progress)
+        manifest = {"approach": self.name, "knobs": self.knobs(), "tensors": tensors}
+        with open(path / MANIFEST, "w") as f:
+            json.dump(manifest, f)
+            f.flush()
+            os.fsync(f.fileno())
+        fsync_path(path)
+        fsync_path(path.parent)
+
+    def load(self, path: Path, progress: Progress = _no_progress) -> dict[str, torch.Tensor]:
+        path = Path(path)
+        try:
+            with open(path / MANIFEST) as f:
+                manifest = json.load(f)
+        except FileNotFoundError:
+            raise UserError(f"{path}: not a llama_ckpt checkpoint (no {MANIFEST})") from None
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path / MANIFEST}: corrupt manifest ({exc})") from None
+        if manifest.get("approach") != self.name:
+            raise UserError(f"{path}: checkpoint of approach {manifest.get('approach')!r}, not {self.name!r}")
+        return self._load(path, manifest, progress)
+
+
+class TorchSave(Approach):
+    """``torch.save`` of the whole state dict into one ``model.pth`` (the zip
+    format: one record per tensor), cast to ``dtype`` first; loaded with
+    ``torch.load(weights_only=True)``, which reads every record into memory.
+
+    Caveats: the cast to float16 is lossy (overflow above 65504, precision of
+    11 bits); the cast is part of the timed save since the source is float32.
+    The whole file must be read to get any one tensor.
+    """
+
+    FILE = "model.pth"
+
+    @dataclass(frozen=True)
+    class Knobs:
+        dtype: str = "float16"  # stored dtype of floating tensors
+
+    def __init__(self, name: str, description: str, knobs: "TorchSave.Knobs"):
+        self.name, self.description, self.k = name, description, knobs
+        self.stored_dtype = _TORCH_DTYPES[knobs.dtype]
+
+    def knobs(self) -> dict:
+        return dataclasses.asdict(self.k)
+
+    def _save(self, state_dict, path, progress):
+        out = {}
+        for name in list(state_dict):
+            # pop: the float32 original is released as soon as it is cast
+            t = state_dict.pop(name)
+            out[name] = t.to(self.stored(t.dtype))
+            progress(1)
+        with open(path / self.FILE, "wb") as f:
+            torch.save(out, f)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def _load(self, path, manifest, progress):
+        sd = torch.load(path / self.FILE, map_location="cpu", weights_only=True, mmap=False)
+        progress(len(sd))
+        return sd
+
+    def estimate_bytes(self, specs, block):
+        # one zip record per tensor, 64-byte aligned, plus pickle and headers
+        data = sum(s.numel * self.stored(s.dtype).itemsize + 256 for s in specs)
+        return _round_up(data + (1 << 20), block)
+
+
+@dataclass(frozen=True)
+class TSKnobs:
+    """TensorStore knobs, named for what they change."""
+
+    chunk_rule: str = "per_dim"  # per_dim: chunk_size elements per dimension; contiguous: C-order blocks of
+    #                              at most chunk_size bytes; t5x: T5X's divisor rule up to chunk_size bytes; whole
+    chunk_size: int = 64  # elements (per_dim) or bytes (contiguous, t5x)
+    compression: str | None = None  # None, "gzip" (level 1, T5X's), or "gzip:N" for level N
+    dtype: str = "float32"  # stored dtype of floating tensors
+    concurrency: int = 1  # file_io_concurrency limit; 1 also writes tensors one after another,
+    #                       >1 puts all writes in flight together (up to INFLIGHT_BYTES)
+    use_ocdbt: bool = False  # one OCDBT database on the file kvstore instead of a file per chunk
+
+    def __post_init__(self):
+        if self.chunk_rule not in ("per_dim", "contiguous", "t5x", "whole"):
+            raise ValueError(f"unknown chunk_rule {self.chunk_rule!r}")
+        if self.chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {self.chunk_size}")
+        if self.concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {self.concurrency}")
+        if self.dtype not in _TORCH_DTYPES:
+            raise ValueError(f"unknown dtype {self.dtype!r}")
+        _compressor(self.compression)  # validates
+
+
+def _compressor(spec: str | None) -> dict | None:
+    if spec is None:
+        return None
+    kind, _, level = spec.partition(":")
+    if kind == "gzip":
+        lvl = int(level) if level else 1
+        if not 0 <= lvl <= 9:
+            raise ValueError(f"gzip level must be 0-9, got {lvl}")
+        return {"id": "gzip", "level": lvl}
+    raise ValueError(f"unknown compression {spec!r}")
+
+
+_ZARR_DTYPE = {torch.float32: "<f4", torch.float16: "<f2", torch.bfloat16: "bfloat16", torch.float64: "<f8",
+               torch.int64: "<i8", torch.int32: "<i4", torch.int16: "<i2", torch.int8: "|i1",
+               torch.uint8: "|u1", torch.bool: "|b1"}
+
+
+def _to_numpy(t: torch.Tensor) -> np.ndarray:
+    t = t.detach().contiguous()
+    if t.dtype == torch.bfloat16:
+        import ml_dtypes
+
+        return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return t.numpy()
+
+
+def _to_torch(a: np.ndarray) -> torch.Tensor:
+    if a.dtype.name == "bfloat16":
+        return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(a)
+
+
+class TensorStoreZarr(Approach):
+    """One zarr (v2) array per tensor, written and read with TensorStore, on the
+    ``file`` kvstore (a file per chunk) or on one OCDBT database over it.
+
+    File sync stays on (TensorStore fsyncs what it writes), so a save is
+    durable when its writes complete. Caveats: zarr v2 stores edge chunks at
+    full size; with small chunks the file count and per-file overhead grow
+    with the tensor (a 3200x3200 matrix at 64 per dimension is 2,500 files).
+    """
+
+    def __init__(self, name: str, description: str, knobs: TSKnobs):
+        self.name, self.description, self.k = name, description, knobs
+        self.stored_dtype = _TORCH_DTYPES[knobs.dtype]
+
+    def knobs(self) -> dict:
+        return dataclasses.asdict(self.k)
+
+    # -- specs ---------------------------------------------------------------
+    def chunk_shape(self, shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
+        k = self.k
+        if k.chunk_rule == "per_dim":
+            return chunk_rules.per_dim(shape, k.chunk_size)
+        if k.chunk_rule == "contiguous":
+            return chunk_rules.contiguous(shape, itemsize, k.chunk_size)
+        if k.chunk_rule == "t5x":
+            return chunk_rules.t5x(shape, itemsize, k.chunk_size)
+        return chunk_rules.whole(shape)
+
+    def context(self):
+        import tensorstore as ts
+
+        return ts.Context({"file_io_concurrency": {"limit": self.k.concurrency}, "file_io_sync": True})
+
+    def kvstore(self, root: Path, name: str) -> dict:
+        root = Path(root).resolve()  # OCDBT needs an absolute path
+        if self.k.use_ocdbt:
+            return {"driver": "ocdbt", "base": f"file://{root}/", "path": f"{name}/"}
+        return {"driver": "file", "path": f"{root}/{name}/"}
+
+    def spec(self, root: Path, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> dict:
+        if dtype not in _ZARR_DTYPE:
+            raise TypeError(f"{name}: dtype {dtype} has no zarr equivalent here")
+        return {
+            "driver": "zarr",
+            "kvstore": self.kvstore(root, name),
+            "metadata": {
+                "shape": list(shape),
+                "chunks": list(self.chunk_shape(shape, dtype.itemsize)),
+                "dtype": _ZARR_DTYPE[dtype],
+                "compressor": _compressor(self.k.compression),
+                "order": "C",
+            },
+        }
+
+    # -- save / load ---------------------------------------------------------
+    def _save(self, state_dict, path, progress):
+        import tensorstore as ts
+
+        ctx = self.context()
+        budget = 0 if self.k.concurrency == 1 else INFLIGHT_BYTES
+        inflight: deque = deque()
+        held = 0
+        for name in list(state_dict):
+            t = state_dict[name]
+            target = self.stored(t.dtype)
+            arr = _to_numpy(t.to(target))
+            store = ts.open(self.spec(path, name, tuple(t.shape), target), create=True, context=ctx).result()
+            inflight.append((store.write(arr), arr.nbytes))
+            held += arr.nbytes
+            while inflight and held > budget:
+                fut, n = inflight.popleft()
+                fut.result()
+                held -= n
+                progress(1)
+        while inflight:
+            inflight.popleft()[0].result()
+            progress(1)
+
+    def _load(self, path, manifest, progress):
+        import tensorstore as ts
+
+        ctx = self.context()
+        out: dict[str, torch.Tensor] = {}
+        names = [(t["name"], getattr(torch, t["dtype"]), tuple(t["shape"])) for t in manifest["tensors"]]
+
+        def open_read(name, dtype, shape):
+            spec = {"driver": "zarr", "kvstore": self.kvstore(path, name)}
+            return ts.open(spec, open=True, read=True, context=ctx)
+
+        if self.k.concurrency == 1:
+            for name, dtype, shape in names:
+                out[name] = _to_torch(open_read(name, dtype, shape).result().read().result())
+                progress(1)
+        else:
+            stores = [(n, open_read(n, d, s)) for n, d, s in names]
+            reads = [(n, f.result().read()) for n, f in stores]
+            for n, fut in reads:
+                out[n] = _to_torch(fut.result())
+                progress(1)
+        for name, dtype, shape in names:
+            if tuple(out[name].shape) != shape:
+                raise ValueError(f"{name}: stored shape {tuple(out[name].shape)} != manifest {shape}")
+        return out
+
+    def estimate_bytes(self, specs, block):
+        total = 0
+        for s in specs:
+            dt = self.stored(s.dtype)
+            c = self.chunk_shape(s.shape, dt.itemsize)
+            n = chunk_rules.n_chunks(s.shape, c)
+            chunk_bytes = dt.itemsize
+            for x in c:
+                chunk_bytes *= x
+            # gzip is assumed not to shrink anything: an upper bound.
+            if self.k.use_ocdbt:
+                total += n * chunk_bytes
+            else:
+                # full-size chunk files, one metadata file, the directory's own
+                # blocks (~32 bytes of entry per file)
+                total += n * _round_up(chunk_bytes, block) + block + _round_up(32 * n, block)
+        if self.k.use_ocdbt:
+            total = int(total * 1.05) + (16 << 20)  # b-tree nodes, manifests, data-file headers
+        return total + (1 << 20)
+
+
+def _round_up(n: int, block: int) -> int:
+    return -(-n // block) * block
+
+
+# -- the registry ------------------------------------------------------------
+_BASE = TSKnobs()
+MiB = 1 << 20
+
+
+def _ts(name: str, description: str, **changes) -> TensorStoreZarr:
+    return TensorStoreZarr(name, description, dataclasses.replace(_BASE, **changes))
+
+
+APPROACHES: dict[str, Approach] = {a.name: a for a in [
+    TorchSave("pytorch", "torch.save of the state dict in float16, one .pth file", TorchSave.Knobs("float16")),
+    _ts("tensorstore", "baseline: zarr, 64-element chunks, concurrency 1, no compression, float32"),
+    _ts("t5x", "zarr, chunks up to 64 MiB (T5X divisor rule), concurrency 128, gzip, float32",
+        chunk_rule="t5x", chunk_size=64 * MiB, compression="gzip", concurrency=128),
+    _ts("ts+concurrency", "baseline with 128 concurrent operations, all writes in flight", concurrency=128),
+    _ts("ts+chunks", "baseline with ~1 MiB chunks (whole rows up to 1 MiB)", chunk_rule="contiguous",
+        chunk_size=1 * MiB),
+    _ts("ts+compression", "baseline with the gzip compressor", compression="gzip"),
+    _ts("ts+float16", "baseline storing float16", dtype="float16"),
+    _ts("ts+ocdbt", "baseline on the OCDBT key-value store", use_ocdbt=True),
+]}
+
+GUIDE_APPROACHES = tuple(APPROACHES)  # the user's guide's eight, in its order
+
+
+def resolve(names: str | Iterable[str]) -> list[Approach]:
+    """``"all"``, ``"a,b"`` or a list of names -> approaches, in the given order."""
+    if isinstance(names, str):
+        names = list(APPROACHES) if names.strip() == "all" else [n.strip() for n in names.split(",") if n.strip()]
+    names = list(names)
+    if not names:
+        raise UserError(f"no approach given; valid approaches: all, {', '.join(APPROACHES)}")
+    unknown = [n for n in names if n not in APPROACHES]
+    if unknown:
+        raise UserError(f"unknown approach {', '.join(map(repr, unknown))}; valid approaches: all, {', '.join(APPROACHES)}")
+    return [APPROACHES[n] for n in dict.fromkeys(names)]

@@ -1,0 +1,138 @@
+"""``python -m llama_ckpt``: list, run, compare.
+
+Bad input ends with one line on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import UserError
+
+DEFAULT_OUT = "saved_models"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
+def cmd_list(args) -> int:
+    from .approaches import APPROACHES
+
+    width = max(map(len, APPROACHES))
+    for name, a in APPROACHES.items():
+        print(f"{name.ljust(width)}  {a.description}")
+    return 0
+
+
+def _row_line(row: dict) -> str:
+    if row.get("error"):
+        return f"  {row['approach']:<16} #{row['repeat']}  ERROR {row['error']}"
+    return (f"  {row['approach']:<16} #{row['repeat']}  save {row['save_s']:8.2f} s  load {row['load_s']:8.2f} s"
+            f"{'' if row['load_cold'] else ' (warm: eviction not confirmed)'}  {row['bytes_on_disk'] / 1e6:10.1f} MB"
+            f"  {row['n_files']:>7} files  peak RSS {row['peak_rss_save_bytes'] / 1e9:.2f}/{row['peak_rss_load_bytes'] / 1e9:.2f} GB"
+            f"  {'verified' if row['verified'] else 'NOT VERIFIED'}"
+            + (f" (max abs err {row['max_abs_err']:.2e})" if row.get("max_abs_err") else ""))
+
+
+def cmd_run(args) -> int:
+    from . import measure
+    from .approaches import resolve
+    from .model import get_model
+    from .results import comparison_table
+
+    approaches = resolve(args.approach)
+    if args.model and args.model_path:
+        raise UserError("give --model or --model-path, not both")
+    source = get_model(args.model, args.model_path, seed=args.seed)
+    opts = measure.Options(out=Path(args.out), repeats=args.repeats, keep=args.keep, warm=args.warm,
+                           results=Path(args.results) if args.results else None, run_id=args.run_id)
+    env, rows = measure.run(approaches, source, opts, on_row=lambda r: print(_row_line(r), flush=True),
+                            say=lambda s: print(s, flush=True))
+    print()
+    print(comparison_table(rows))
+    if "reference_write_Bps" in env:
+        print(f"disk reference: write {env['reference_write_Bps'] / 1e6:.0f} MB/s, "
+              f"read {env['reference_read_Bps'] / 1e6:.0f} MB/s{'' if env['reference_read_cold'] else ' (read not cold)'}")
+    print(f"results: {env['results_path']}")
+    return 0 if all(r.get("verified") for r in rows) else 1
+
+
+def cmd_compare(args) -> int:
+    from .results import comparison_table, group_by_run, read_results
+
+    loaded = read_results(Path(p) for p in args.results)
+    for w in loaded.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    if not loaded.measurements:
+        raise UserError("no measurement rows in " + ", ".join(args.results))
+    refs = {e["run_id"]: e for e in loaded.environments}
+    for run_id, rows in group_by_run(loaded.measurements).items():
+        env = refs.get(run_id, {})
+        print(f"run {run_id}: model {rows[0].get('model')}, {rows[0].get('n_tensors')} tensors")
+        print(comparison_table(rows, baseline=args.baseline, reference=args.reference))
+        if env.get("reference_write_Bps"):
+            print(f"disk reference: write {env['reference_write_Bps'] / 1e6:.0f} MB/s, "
+                  f"read {env['reference_read_Bps'] / 1e6:.0f} MB/s")
+        print()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .model import DEFAULT_PRESET, PRESETS
+
+    p = _Parser(prog="python -m llama_ckpt",
+                description="Benchmark ways of storing LLaMA-shaped model weights: save, load, size, exactness.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    s = sub.add_parser("list", help="list the approaches, one per line")
+    s.set_defaults(func=cmd_list)
+
+    s = sub.add_parser("run", help="save and load with each approach, measured and verified")
+    s.add_argument("--approach", default="all", help="NAME[,NAME...] or 'all' (default: all); see 'list'")
+    s.add_argument("--model", default=None,
+                   help=f"model preset: {', '.join(PRESETS)} (default: {DEFAULT_PRESET}); seeded random weights")
+    s.add_argument("--model-path", default=None, metavar="DIR",
+                   help="a local Hugging Face model folder (config.json + safetensors/.bin) instead of a preset")
+    s.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
+                   help=f"output directory for checkpoints and results (default: {DEFAULT_OUT})")
+    s.add_argument("--repeats", type=_positive_int, default=3, metavar="N", help="timed save+load cycles per approach (default: 3)")
+    s.add_argument("--results", default=None, metavar="FILE", help="results file to append to (default: OUT/results/RUN_ID.jsonl)")
+    s.add_argument("--run-id", default=None, help="run id recorded in every row (default: the start time)")
+    s.add_argument("--keep", action="store_true", help="keep each approach's last checkpoint (default: delete once measured)")
+    s.add_argument("--warm", action="store_true", help="also time a warm load from the page cache")
+    s.add_argument("--seed", type=int, default=0, help="seed of the preset's random weights (default: 0)")
+    s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("compare", help="the comparison table from results files")
+    s.add_argument("results", nargs="+", metavar="RESULTS", help="results .jsonl files")
+    s.add_argument("--baseline", default="tensorstore", help="approach the changes are measured against (default: tensorstore)")
+    s.add_argument("--reference", default="pytorch", help="second approach to compare against (default: pytorch)")
+    s.set_defaults(func=cmd_compare)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as exc:
+        print(f"{parser.prog} {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{parser.prog} {args.command}: interrupted; rows written so far are kept", file=sys.stderr)
+        return 130

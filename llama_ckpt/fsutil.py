@@ -1,0 +1,187 @@
+"""File-system facts the measurement needs: durable writes, page-cache eviction
+and residency, sizes on disk, free space."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import mmap
+import os
+import random
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+_MAP_FAILED = ctypes.c_void_p(-1).value
+
+# Residency is checked on at most this many files (all of them when there are
+# fewer); a 64-element-chunk checkpoint of OpenLLaMA-3B has ~840k files.
+RESIDENCY_SAMPLE_FILES = 2000
+# Eviction counts as confirmed when at most this share of the sampled pages
+# is still in the page cache.
+RESIDENCY_CONFIRM_MAX = 0.01
+
+
+def iter_files(path: Path) -> Iterator[Path]:
+    """Every regular file under ``path`` (or ``path`` itself if it is a file)."""
+    path = Path(path)
+    if path.is_file():
+        yield path
+        return
+    for root, _dirs, files in os.walk(path):
+        for f in files:
+            p = Path(root, f)
+            if p.is_file() and not p.is_symlink():
+                yield p
+
+
+@dataclass(frozen=True)
+class Footprint:
+    bytes_on_disk: int  # allocated blocks (st_blocks * 512)
+    bytes_apparent: int  # sum of file sizes
+    n_files: int  # regular files
+
+
+def footprint(path: Path) -> Footprint:
+    """What ``du --block-size=1`` / ``du --apparent-size`` / ``find -type f`` count
+    for the files (directories' own blocks are not counted)."""
+    on_disk = apparent = n = 0
+    for f in iter_files(path):
+        st = f.stat()
+        on_disk += st.st_blocks * 512
+        apparent += st.st_size
+        n += 1
+    return Footprint(on_disk, apparent, n)
+
+
+def fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(path: Path) -> None:
+    """fsync every file and directory under ``path`` (and ``path``'s parent,
+    so that its directory entry is durable too)."""
+    path = Path(path)
+    if path.is_dir():
+        for root, dirs, files in os.walk(path):
+            for f in files:
+                fsync_path(Path(root, f))
+            fsync_path(Path(root))
+    else:
+        fsync_path(path)
+    fsync_path(path.parent)
+
+
+def evict(path: Path) -> None:
+    """Drop every file under ``path`` from the page cache: fsync (dirty pages
+    cannot be dropped) then POSIX_FADV_DONTNEED on the whole file."""
+    for f in iter_files(path):
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def resident_fraction_file(path: Path) -> tuple[int, int]:
+    """(resident pages, total pages) of one file, from mincore(2)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        if size == 0:
+            return 0, 0
+        addr = _libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        if addr in (None, _MAP_FAILED):
+            raise OSError(ctypes.get_errno(), f"mmap failed on {path}")
+        try:
+            pages = (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE
+            vec = (ctypes.c_ubyte * pages)()
+            if _libc.mincore(addr, size, vec) != 0:
+                raise OSError(ctypes.get_errno(), f"mincore failed on {path}")
+            return sum(v & 1 for v in vec), pages
+        finally:
+            _libc.munmap(addr, size)
+    finally:
+        os.close(fd)
+
+
+def resident_fraction(path: Path, sample: int = RESIDENCY_SAMPLE_FILES, seed: int = 0) -> float | None:
+    """Share of the checkpoint's pages in the page cache, over all files or a
+    seeded sample of ``sample`` files (the largest file always included).
+    None where mincore is not available."""
+    files = list(iter_files(path))
+    if not files:
+        return 0.0
+    if len(files) > sample:
+        largest = max(files, key=lambda f: f.stat().st_size)
+        files = random.Random(seed).sample(files, sample - 1) + [largest]
+    resident = total = 0
+    try:
+        for f in files:
+            r, t = resident_fraction_file(f)
+            resident += r
+            total += t
+    except OSError as exc:
+        if exc.errno in (errno.ENOSYS, errno.EPERM, errno.EACCES, errno.ENODEV):
+            return None
+        raise
+    return resident / total if total else 0.0
+
+
+def evict_and_confirm(path: Path) -> tuple[bool, float | None]:
+    """Evict ``path`` and report (confirmed, resident fraction after)."""
+    evict(path)
+    frac = resident_fraction(path)
+    return (frac is not None and frac <= RESIDENCY_CONFIRM_MAX), frac
+
+
+def free_bytes(path: Path) -> int:
+    """Free bytes for an unprivileged writer on the file system holding ``path``
+    (or its nearest existing ancestor)."""
+    p = Path(path).resolve()
+    while not p.exists():
+        p = p.parent
+    return shutil.disk_usage(p).free
+
+
+def block_size(path: Path) -> int:
+    p = Path(path).resolve()
+    while not p.exists():
+        p = p.parent
+    return os.statvfs(p).f_bsize
+
+
+def filesystem_of(path: Path) -> dict:
+    """Mount point, type and device of the file system holding ``path``, from
+    /proc/mounts (longest matching mount point)."""
+    p = str(Path(path).resolve())
+    best = {"mount": None, "fstype": None, "device": None}
+    try:
+        with open("/proc/mounts") as f:
+            for line in f:
+                dev, mnt, fstype = line.split()[:3]
+                if (p == mnt or p.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best["mount"] or ""):
+                    best = {"mount": mnt, "fstype": fstype, "device": dev}
+    except OSError:
+        pass
+    return best
+
+
+def remove(path: Path) -> None:
+    """Remove a file or a directory tree if it exists."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()

@@ -1,0 +1,284 @@
+"""The timing protocol, one function for every approach.
+
+For each approach and repeat:
+
+1. build a fresh float32 source (outside the timer);
+2. time ``save`` from the call until its bytes are durable (each approach
+   fsyncs what it writes; a float16 approach's cast is inside the timer);
+3. free the source, evict the checkpoint's files from the page cache and
+   confirm it with mincore (outside the timer);
+4. time ``load`` until every tensor is materialised in memory;
+5. after the timer, check every tensor against the digests recorded before
+   the first save; a mismatch makes the row invalid;
+6. with ``warm``, load again from the page cache, timed and checked alike.
+
+Peak resident memory is reset before each save and load (Linux's
+``clear_refs``) and read from ``VmHWM`` after. Before anything is written
+the free disk is checked against each approach's estimated footprint. A
+failure inside one approach becomes an ``error`` row, its partial checkpoint
+is removed, and the next approach runs.
+"""
+
+from __future__ import annotations
+
+import errno
+import gc
+import os
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import psutil
+
+from . import fsutil
+from .approaches import Approach
+from .errors import UserError
+from .model import ModelSource
+from .results import ResultsWriter, environment_record, measurement_row
+from .verify import check, expected_digests
+
+# Headroom left free on the output file system beyond the estimate.
+DISK_HEADROOM = 256 << 20
+# Block size of the disk reference's sequential writes and reads.
+REFERENCE_BLOCK = 16 << 20
+
+
+def new_run_id() -> str:
+    return datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+@dataclass
+class Options:
+    out: Path  # where checkpoints/ and results/ go
+    repeats: int = 3  # timed save+load cycles per approach
+    keep: bool = False  # keep each approach's last checkpoint
+    warm: bool = False  # also time a warm (page-cached) load
+    results: Path | None = None  # results file; default <out>/results/<run_id>.jsonl
+    run_id: str | None = None
+    progress: bool | None = None  # tqdm bars; default: only on a terminal
+    disk_reference: bool = True  # time one sequential file of the model's size
+
+
+class PeakRSS:
+    """Peak resident set size of this process over a block of code. Uses the
+    kernel's high-water mark, reset on entry; where that reset is not allowed
+    a thread samples the RSS every 5 ms instead."""
+
+    def __enter__(self):
+        self.sampler = None
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+        except OSError:
+            self.peak = 0
+            self._stop = threading.Event()
+            self.sampler = threading.Thread(target=self._sample, daemon=True)
+            self.sampler.start()
+        return self
+
+    def _sample(self):
+        proc = psutil.Process()
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, proc.memory_info().rss)
+
+    def __exit__(self, *exc):
+        if self.sampler is not None:
+            self._stop.set()
+            self.sampler.join()
+            self.peak = max(self.peak, psutil.Process().memory_info().rss)
+        else:
+            with open("/proc/self/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        self.peak = int(line.split()[1]) * 1024
+        return False
+
+
+def check_writable(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        with open(probe, "w") as f:
+            f.write("x")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"output directory {out} cannot be written: {exc.strerror or exc}") from None
+
+
+def disk_needed(approaches: list[Approach], source: ModelSource, out: Path, keep: bool, reference: bool) -> dict[str, int]:
+    """Bytes each approach's checkpoint is estimated to occupy (chunk files
+    rounded up to the file system's block size)."""
+    block = fsutil.block_size(out)
+    return {a.name: a.estimate_bytes(source.specs, block) for a in approaches} | (
+        {"disk reference": -(-source.nbytes // block) * block} if reference else {})
+
+
+def check_disk(approaches: list[Approach], source: ModelSource, out: Path, keep: bool, reference: bool) -> dict[str, int]:
+    need = disk_needed(approaches, source, out, keep, reference)
+    # Without keep, one checkpoint exists at a time; with it, every approach's last one stays.
+    total = (sum(v for k, v in need.items() if k != "disk reference") if keep else 0)
+    total = max(total, max(need.values())) + DISK_HEADROOM
+    free = fsutil.free_bytes(out)
+    if total > free:
+        biggest = max(need, key=need.get)
+        raise UserError(
+            f"not enough free disk in {out}: needs {total:,} bytes ({total / 1e9:.2f} GB"
+            + (", every kept checkpoint" if keep else f", largest: {biggest} {need[biggest] / 1e9:.2f} GB")
+            + f"), {free:,} bytes ({free / 1e9:.2f} GB) free")
+    return need
+
+
+def disk_reference(nbytes: int, directory: Path) -> dict:
+    """The disk itself, in this run: one sequential file of ``nbytes`` written
+    in 16 MiB blocks and fsynced, then evicted and read back cold."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "disk-reference.bin"
+    block = os.urandom(min(REFERENCE_BLOCK, max(nbytes, 1)))
+    try:
+        t0 = time.perf_counter()
+        with open(path, "wb") as f:
+            left = nbytes
+            while left > 0:
+                n = min(left, len(block))
+                f.write(block[:n] if n < len(block) else block)
+                left -= n
+            f.flush()
+            os.fsync(f.fileno())
+        fsutil.fsync_path(directory)
+        write_s = time.perf_counter() - t0
+        cold, frac = fsutil.evict_and_confirm(path)
+        buf = bytearray(len(block))
+        t0 = time.perf_counter()
+        with open(path, "rb", buffering=0) as f:
+            while f.readinto(buf):
+                pass
+        read_s = time.perf_counter() - t0
+    finally:
+        fsutil.remove(path)
+    return {"reference_bytes": nbytes, "reference_write_s": write_s, "reference_read_s": read_s,
+            "reference_read_cold": cold, "reference_write_Bps": nbytes / write_s if write_s else None,
+            "reference_read_Bps": nbytes / read_s if read_s else None}
+
+
+def _describe_error(exc: BaseException, path: Path) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "No space left" in str(exc):
+        return f"disk full while writing {path}: {text}"
+    return f"{type(exc).__name__}: {text}"
+
+
+def _bar(enabled: bool, total: int, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="tensor", leave=False, disable=not enabled, file=sys.stderr)
+
+
+def measure_approach(approach: Approach, source: ModelSource, expected: dict, ckpt_path: Path, repeat: int,
+                     run_id: str, opts: Options) -> dict:
+    """One save + cold load (+ warm load) of one approach: one result row."""
+    progress = sys.stderr.isatty() if opts.progress is None else opts.progress
+    base = dict(run_id=run_id, approach=approach.name, model=source.name, path=str(ckpt_path.resolve()),
+                knobs=approach.knobs(), n_tensors=len(source.specs), n_params=source.n_params,
+                tensor_set=source.tensor_set_digest(), repeat=repeat,
+                stored_dtype=str(approach.stored_dtype).removeprefix("torch."),
+                source_dtype=",".join(sorted({str(s.dtype).removeprefix("torch.") for s in source.specs})))
+    fsutil.remove(ckpt_path)  # each repeat saves into a fresh directory
+    stage = "save"
+    try:
+        sd = source.materialize()
+        gc.collect()
+        with PeakRSS() as rss_save, _bar(progress, len(sd), f"{approach.name} save #{repeat}") as bar:
+            t0 = time.perf_counter()
+            approach.save(sd, ckpt_path, bar.update)
+            save_s = time.perf_counter() - t0
+        del sd
+        gc.collect()
+        fp = fsutil.footprint(ckpt_path)
+
+        stage = "load"
+        cold, frac = fsutil.evict_and_confirm(ckpt_path)
+        with PeakRSS() as rss_load, _bar(progress, len(source.specs), f"{approach.name} load #{repeat}") as bar:
+            t0 = time.perf_counter()
+            loaded = approach.load(ckpt_path, bar.update)
+            load_s = time.perf_counter() - t0
+        verdict = check(loaded, expected[approach.stored_dtype])
+        del loaded
+        gc.collect()
+
+        warm_s = None
+        if opts.warm and verdict.verified:
+            stage = "warm load"
+            t0 = time.perf_counter()
+            loaded = approach.load(ckpt_path)
+            warm_s = time.perf_counter() - t0
+            warm_verdict = check(loaded, expected[approach.stored_dtype])
+            del loaded
+            gc.collect()
+            if not warm_verdict.verified:
+                verdict = warm_verdict
+        return measurement_row(
+            **base, save_s=save_s, load_s=load_s, load_cold=cold, resident_after_evict=frac, load_warm_s=warm_s,
+            bytes_on_disk=fp.bytes_on_disk, bytes_apparent=fp.bytes_apparent, n_files=fp.n_files,
+            peak_rss_save_bytes=rss_save.peak, peak_rss_load_bytes=rss_load.peak,
+            verified=verdict.verified, max_abs_err=verdict.max_abs_err, max_rel_err=verdict.max_rel_err,
+            n_overflow=verdict.n_overflow, n_flushed=verdict.n_flushed,
+            error=None if verdict.verified else f"verification failed: {verdict.summary()}",
+            finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    except (KeyboardInterrupt, SystemExit):
+        fsutil.remove(ckpt_path)
+        raise
+    except Exception as exc:  # noqa: BLE001 - one approach failing must not stop the others
+        gc.collect()
+        fsutil.remove(ckpt_path)  # a partial checkpoint is never kept or measured
+        return measurement_row(**base, verified=False, error=f"{stage} failed: {_describe_error(exc, ckpt_path)}",
+                               finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+
+def run(approaches: list[Approach], source: ModelSource, opts: Options,
+        on_row: Callable[[dict], None] = lambda r: None, say: Callable[[str], None] = lambda s: None) -> tuple[dict, list[dict]]:
+    """Measure every approach ``opts.repeats`` times; rows go to the results
+    file as they finish and to ``on_row``. Returns (environment, rows)."""
+    if opts.repeats < 1:
+        raise UserError(f"--repeats must be at least 1, got {opts.repeats}")
+    out = Path(opts.out)
+    check_writable(out)
+    need = check_disk(approaches, source, out, opts.keep, opts.disk_reference)
+    run_id = opts.run_id or new_run_id()
+    results_path = Path(opts.results) if opts.results else out / "results" / f"{run_id}.jsonl"
+    writer = ResultsWriter(results_path)
+    ckpt_root = out / "checkpoints" / run_id
+
+    say(f"run {run_id}: {len(approaches)} approach(es) x {opts.repeats} repeat(s) on {source.name} "
+        f"({len(source.specs)} tensors, {source.n_params:,} parameters, {source.nbytes / 1e9:.2f} GB); "
+        f"results -> {results_path}")
+    ref = {}
+    if opts.disk_reference:
+        say(f"disk reference: {source.nbytes / 1e9:.2f} GB sequential write + cold read")
+        ref = disk_reference(source.nbytes, ckpt_root)
+    env = environment_record(run_id, out, model=source.name, n_tensors=len(source.specs),
+                             n_params=source.n_params, source_bytes=source.nbytes, repeats=opts.repeats,
+                             approaches=[a.name for a in approaches], disk_estimate_bytes=need, **ref)
+    writer.write(env)
+
+    say("recording per-tensor digests of the source")
+    sd = source.materialize()
+    expected = expected_digests(sd, {a.stored_dtype for a in approaches})
+    del sd
+    gc.collect()
+
+    rows = []
+    for a in approaches:
+        for k in range(1, opts.repeats + 1):
+            row = measure_approach(a, source, expected, ckpt_root / a.name, k, run_id, opts)
+            writer.write(row)
+            rows.append(row)
+            on_row(row)
+        if not opts.keep:
+            fsutil.remove(ckpt_root / a.name)
+    if not opts.keep:
+        fsutil.remove(ckpt_root)
+    return env | {"results_path": str(results_path)}, rows

@@ -1,0 +1,297 @@
+"""Result rows: the schema, JSON Lines in and out, the environment record, and
+the comparison table.
+
+A results file holds two kinds of record, told apart by ``record``:
+``"environment"`` (one per run: versions, machine, file system, git commit,
+the disk reference) and ``"measurement"`` (one per approach and repeat, every
+sample kept). Rows are appended and flushed as each finishes, so an
+interrupted run keeps what it measured.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+from .errors import UserError
+from .fsutil import filesystem_of
+
+# Every measurement row has exactly these fields (None where not measured).
+MEASUREMENT_FIELDS = (
+    "record", "run_id", "approach", "model", "path", "knobs",
+    "n_tensors", "n_params", "tensor_set", "stored_dtype", "source_dtype", "repeat",
+    "save_s", "load_s", "load_cold", "resident_after_evict", "load_warm_s",
+    "bytes_on_disk", "bytes_apparent", "n_files",
+    "peak_rss_save_bytes", "peak_rss_load_bytes",
+    "verified", "max_abs_err", "max_rel_err", "n_overflow", "n_flushed", "error",
+    "finished_at",
+)
+
+
+def measurement_row(**values) -> dict:
+    unknown = set(values) - set(MEASUREMENT_FIELDS)
+    if unknown:
+        raise KeyError(f"not measurement fields: {sorted(unknown)}")
+    row = dict.fromkeys(MEASUREMENT_FIELDS)
+    row.update(values, record="measurement")
+    return row
+
+
+def is_valid(row: dict) -> bool:
+    """A row counts as a result only when it finished and round-tripped."""
+    return row.get("record") == "measurement" and not row.get("error") and row.get("verified") is True \
+        and row.get("save_s") is not None and row.get("load_s") is not None
+
+
+class ResultsWriter:
+    """Appends rows to a JSON Lines file, flushed and fsynced one by one."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, row: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row, default=str) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+@dataclass
+class Loaded:
+    measurements: list[dict]
+    environments: list[dict]
+    warnings: list[str]
+
+
+def read_results(paths: Iterable[Path]) -> Loaded:
+    """Read results files; a line that is not a JSON object is skipped with a
+    warning naming the file and line, the rest is used."""
+    out = Loaded([], [], [])
+    for p in paths:
+        p = Path(p)
+        if not p.is_file():
+            raise UserError(f"results file {p}: no such file")
+        with open(p) as f:
+            for i, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                    if not isinstance(row, dict):
+                        raise ValueError("not an object")
+                except ValueError as exc:
+                    out.warnings.append(f"{p}:{i}: skipped corrupt line ({exc})")
+                    continue
+                if row.get("record") == "environment":
+                    out.environments.append(row)
+                elif row.get("record") == "measurement":
+                    out.measurements.append(row)
+                else:
+                    out.warnings.append(f"{p}:{i}: skipped line with unknown record {row.get('record')!r}")
+    return out
+
+
+def _git_commit() -> str | None:
+    try:
+        r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                           capture_output=True, text=True, timeout=5)
+        if r.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=5)
+        return r.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _version(mod: str) -> str | None:
+    try:
+        from importlib.metadata import version
+
+        return version(mod)
+    except Exception:
+        return None
+
+
+def _cpu_model() -> str | None:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def environment_record(run_id: str, out_dir: Path, **extra) -> dict:
+    import psutil
+
+    fs = filesystem_of(out_dir)
+    return {
+        "record": "environment",
+        "run_id": run_id,
+        "python": sys.version.split()[0],
+        "torch": _version("torch"),
+        "tensorstore": _version("tensorstore"),
+        "transformers": _version("transformers"),
+        "numpy": _version("numpy"),
+        "llama_ckpt": _version("llama_ckpt"),
+        "platform": platform.platform(),
+        "cpu_model": _cpu_model(),
+        "n_cpus": os.cpu_count(),
+        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "ram_bytes": psutil.virtual_memory().total,
+        "out_dir": str(Path(out_dir).resolve()),
+        "out_fs_type": fs["fstype"],
+        "out_fs_device": fs["device"],
+        "out_fs_mount": fs["mount"],
+        "git_commit": _git_commit(),
+        **extra,
+    }
+
+
+# -- summaries -----------------------------------------------------------------
+
+@dataclass
+class Stat:
+    median: float
+    lo: float
+    hi: float
+    n: int
+
+    @classmethod
+    def of(cls, xs: list[float]) -> "Stat | None":
+        xs = [x for x in xs if x is not None]
+        if not xs:
+            return None
+        return cls(statistics.median(xs), min(xs), max(xs), len(xs))
+
+
+def summarize(rows: list[dict]) -> dict[str, dict]:
+    """Per approach (first-seen order), over its valid rows: medians with
+    min-max of save/load times, size, files, and throughputs in bytes/s (the
+    checkpoint's apparent bytes over the time)."""
+    by: dict[str, list[dict]] = {}
+    for r in rows:
+        if is_valid(r):
+            by.setdefault(r["approach"], []).append(r)
+    out = {}
+    for name, rs in by.items():
+        out[name] = {
+            "stored_dtype": rs[0]["stored_dtype"],
+            "save_s": Stat.of([r["save_s"] for r in rs]),
+            "load_s": Stat.of([r["load_s"] for r in rs]),
+            "load_warm_s": Stat.of([r.get("load_warm_s") for r in rs]),
+            "bytes_on_disk": Stat.of([r["bytes_on_disk"] for r in rs]),
+            "n_files": Stat.of([r["n_files"] for r in rs]),
+            "save_Bps": Stat.of([r["bytes_apparent"] / r["save_s"] for r in rs if r["save_s"]]),
+            "load_Bps": Stat.of([r["bytes_apparent"] / r["load_s"] for r in rs if r["load_s"]]),
+            "load_cold": all(r.get("load_cold") for r in rs),
+            "max_abs_err": max(r.get("max_abs_err") or 0.0 for r in rs),
+            "n": len(rs),
+        }
+    return out
+
+
+def change(value: float | None, base: float | None) -> float | None:
+    """Relative change of ``value`` against ``base``, in percent (negative =
+    smaller/faster)."""
+    if value is None or base is None or base == 0:
+        return None
+    return (value - base) / base * 100.0
+
+
+def check_comparable(rows: list[dict]) -> None:
+    """Refuse rows that measured different tensor sets or models."""
+    sets: dict[tuple, list[str]] = {}
+    for r in rows:
+        if is_valid(r):
+            sets.setdefault((r.get("model"), r.get("tensor_set"), r.get("n_tensors")), []).append(r["approach"])
+    if len(sets) > 1:
+        desc = "; ".join(f"{m} {n} tensors [{s}]: {', '.join(sorted(set(a)))}" for (m, s, n), a in sets.items())
+        raise UserError(f"rows measured different tensor sets, not comparable: {desc}")
+
+
+def group_by_run(rows: list[dict]) -> dict[str, list[dict]]:
+    runs: dict[str, list[dict]] = {}
+    for r in rows:
+        runs.setdefault(r.get("run_id") or "?", []).append(r)
+    return runs
+
+
+def _fmt_s(st: Stat | None) -> str:
+    if st is None:
+        return "-"
+    if st.n == 1:
+        return f"{st.median:.2f}"
+    return f"{st.median:.2f} [{st.lo:.2f}-{st.hi:.2f}]"
+
+
+def _fmt_pct(p: float | None) -> str:
+    return "-" if p is None else f"{p:+.0f}%"
+
+
+def _fmt_bytes(n: float | None) -> str:
+    if n is None:
+        return "-"
+    for unit, div in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.2f} {unit}"
+    return f"{n:.0f} B"
+
+
+def render(header: list[str], body: list[list[str]]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *body)]
+    line = lambda cells: "  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(b) for b in body])
+
+
+def comparison_table(rows: list[dict], baseline: str = "tensorstore", reference: str = "pytorch") -> str:
+    """The comparison table of one run's rows, as text."""
+    check_comparable(rows)
+    summ = summarize(rows)
+    if not summ:
+        return "(no valid measurements)"
+    base, ref = summ.get(baseline), summ.get(reference)
+    header = ["approach", "dtype", "save s", "load s (cold)" if all(s["load_cold"] for s in summ.values()) else "load s",
+              "size", "files", "save MB/s", "load MB/s",
+              f"save vs {baseline}", f"load vs {baseline}", f"size vs {baseline}",
+              f"save vs {reference}", f"load vs {reference}", f"size vs {reference}"]
+    body = []
+    for name, s in summ.items():
+        med = lambda st: st.median if st else None
+        cells = [name, s["stored_dtype"] + ("" if s["load_cold"] else " (warm!)"),
+                 _fmt_s(s["save_s"]), _fmt_s(s["load_s"]), _fmt_bytes(med(s["bytes_on_disk"])),
+                 f"{med(s['n_files']):.0f}", f"{med(s['save_Bps']) / 1e6:.0f}", f"{med(s['load_Bps']) / 1e6:.0f}"]
+        for other in (base, ref):
+            for key in ("save_s", "load_s", "bytes_on_disk"):
+                if other is None:
+                    cells.append("-")
+                    continue
+                pct = _fmt_pct(change(med(s[key]), med(other[key])))
+                if other["stored_dtype"] != s["stored_dtype"] and other is not s:
+                    pct += "*"
+                cells.append(pct)
+        body.append(cells)
+    notes = []
+    dtypes = {s["stored_dtype"] for s in summ.values()}
+    if len(dtypes) > 1:
+        notes.append("* compares different stored dtypes (" + ", ".join(
+            f"{n}: {s['stored_dtype']}" for n, s in summ.items() if s["stored_dtype"] != (base or {}).get("stored_dtype")
+        ) + f" vs {baseline}: {(base or {}).get('stored_dtype', '-')}): not like for like.")
+    notes.append("save/load s: median [min-max] of the repeats; MB/s: checkpoint bytes / time; "
+                 "changes: median against median, negative = faster/smaller.")
+    invalid = [r for r in rows if r.get("record") == "measurement" and not is_valid(r)]
+    for r in invalid:
+        notes.append(f"not counted: {r['approach']} repeat {r.get('repeat')}: "
+                     + (r.get("error") or "did not round-trip (verification failed)"))
+    return render(header, body) + "\n" + "\n".join(notes)
