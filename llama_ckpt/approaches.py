@@ -35,9 +35,10 @@ Progress = Callable[[int], None]  # called with the number of tensors just finis
 # Writes in flight at once for the "all writes in flight together" approaches
 # are bounded by the bytes they hold: TensorStore copies each source array
 # until its write commits, and a full second copy of OpenLLaMA-3B (13.7 GB)
-# does not fit in 24 GB beside the source. The small preset (0.68 GB) is
+# does not fit in 24 GB beside the source, and the run must stay under 1.3x
+# the float32 model in peak RSS. The small preset (0.68 GB) is
 # entirely in flight at once.
-INFLIGHT_BYTES = 4 << 30
+INFLIGHT_BYTES = 2 << 30
 
 _TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 

@@ -11,6 +11,7 @@ interrupted run keeps what it measured.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import statistics
@@ -231,9 +232,16 @@ def group_by_run(rows: list[dict]) -> dict[str, list[dict]]:
 def _fmt_s(st: Stat | None) -> str:
     if st is None:
         return "-"
-    if st.n == 1:
-        return f"{st.median:.2f}"
-    return f"{st.median:.2f} [{st.lo:.2f}-{st.hi:.2f}]"
+    f = _num
+    return f(st.median) if st.n == 1 else f"{f(st.median)} [{f(st.lo)}-{f(st.hi)}]"
+
+
+def _num(x: float) -> str:
+    """Three significant digits, never scientific: 0.0123, 1.23, 123."""
+    if x == 0:
+        return "0"
+    digits = max(0, 2 - math.floor(math.log10(abs(x))))
+    return f"{x:.{digits}f}"
 
 
 def _fmt_pct(p: float | None) -> str:
@@ -283,11 +291,12 @@ def comparison_table(rows: list[dict], baseline: str = "tensorstore", reference:
                 cells.append(pct)
         body.append(cells)
     notes = []
-    dtypes = {s["stored_dtype"] for s in summ.values()}
-    if len(dtypes) > 1:
-        notes.append("* compares different stored dtypes (" + ", ".join(
-            f"{n}: {s['stored_dtype']}" for n, s in summ.items() if s["stored_dtype"] != (base or {}).get("stored_dtype")
-        ) + f" vs {baseline}: {(base or {}).get('stored_dtype', '-')}): not like for like.")
+    by_dtype: dict[str, list[str]] = {}
+    for name, s in summ.items():
+        by_dtype.setdefault(s["stored_dtype"], []).append(name)
+    if len(by_dtype) > 1:
+        notes.append("* the two sides store different dtypes ("
+                     + "; ".join(f"{d}: {', '.join(ns)}" for d, ns in by_dtype.items()) + "): not like for like.")
     notes.append("save/load s: median [min-max] of the repeats; MB/s: checkpoint bytes / time; "
                  "changes: median against median, negative = faster/smaller.")
     invalid = [r for r in rows if r.get("record") == "measurement" and not is_valid(r)]

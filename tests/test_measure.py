@@ -1,0 +1,147 @@
+"""The measurement protocol on the tiny model: rows, sizes, eviction, memory,
+errors. No timing is asserted: the machine is shared and noisy."""
+
+import errno
+import json
+import os
+import subprocess
+
+import pytest
+import torch
+
+from llama_ckpt import fsutil, measure
+from llama_ckpt.approaches import APPROACHES, TorchSave, resolve
+from llama_ckpt.model import get_model
+from llama_ckpt.results import MEASUREMENT_FIELDS, read_results
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("out")
+    env, rows = measure.run(resolve("all"), get_model("tiny"),
+                            measure.Options(out=out, repeats=1, keep=True, warm=True, progress=False))
+    return out, env, rows
+
+
+def test_every_approach_gives_a_verified_row_with_equal_tensor_counts(tiny_run):
+    _, _, rows = tiny_run
+    assert [r["approach"] for r in rows] == list(APPROACHES)
+    assert all(r["verified"] and r["error"] is None for r in rows), [r["error"] for r in rows]
+    assert len({r["n_tensors"] for r in rows}) == 1 and len({r["tensor_set"] for r in rows}) == 1
+    assert all(set(r) == set(MEASUREMENT_FIELDS) for r in rows)
+    assert all(r["save_s"] > 0 and r["load_s"] > 0 and r["load_warm_s"] > 0 for r in rows)
+
+
+def _sh(cmd: str) -> str:
+    return subprocess.run(cmd, shell=True, capture_output=True, text=True, check=True).stdout
+
+
+def test_sizes_and_file_counts_match_du_and_find(tiny_run):
+    _, _, rows = tiny_run
+    for r in rows:
+        p = r["path"]
+        files = int(_sh(f"find '{p}' -type f | wc -l"))
+        # du over the checkpoint's files (its directories' own blocks are not counted)
+        du = int(_sh(f"find '{p}' -type f -print0 | du --files0-from=- -c --block-size=1 | tail -1").split()[0])
+        du_apparent = int(_sh(f"find '{p}' -type f -print0 | du --files0-from=- -c -b | tail -1").split()[0])
+        assert (r["n_files"], r["bytes_on_disk"], r["bytes_apparent"]) == (files, du, du_apparent), r["approach"]
+        assert files > 1 and du > 0
+
+
+def test_cold_loads_were_confirmed(tiny_run):
+    _, _, rows = tiny_run
+    if fsutil.resident_fraction(rows[0]["path"]) is None:
+        pytest.skip("mincore is not available here")
+    assert all(r["load_cold"] and r["resident_after_evict"] <= fsutil.RESIDENCY_CONFIRM_MAX for r in rows)
+
+
+def test_results_file_holds_the_environment_and_every_row(tiny_run):
+    out, env, rows = tiny_run
+    loaded = read_results([env["results_path"]])
+    assert loaded.warnings == []
+    assert [r["approach"] for r in loaded.measurements] == [r["approach"] for r in rows]
+    (e,) = loaded.environments
+    for key in ("python", "torch", "tensorstore", "transformers", "n_cpus", "ram_bytes", "out_fs_type",
+                "reference_write_Bps", "reference_read_Bps"):
+        assert e[key] is not None, key
+    assert e["reference_bytes"] == get_model("tiny").nbytes
+
+
+def test_peak_rss_is_recorded(tiny_run):
+    _, _, rows = tiny_run
+    assert all(r["peak_rss_save_bytes"] > 50e6 and r["peak_rss_load_bytes"] > 50e6 for r in rows)
+
+
+def test_eviction_drops_a_file_from_the_page_cache(tmp_path):
+    p = tmp_path / "f.bin"
+    p.write_bytes(os.urandom(8 << 20))
+    p.read_bytes()  # now cached
+    before = fsutil.resident_fraction(p)
+    if before is None:
+        pytest.skip("mincore is not available here")
+    assert before > 0.5
+    confirmed, after = fsutil.evict_and_confirm(p)
+    assert confirmed and after <= fsutil.RESIDENCY_CONFIRM_MAX
+
+
+def test_peak_rss_sees_an_allocation():
+    with measure.PeakRSS() as small:
+        pass
+    with measure.PeakRSS() as big:
+        x = torch.ones(64 << 20)  # 256 MB
+        del x
+    assert big.peak - small.peak > 200e6
+
+
+class _FillsTheDisk(TorchSave):
+    """Writes a partial file, then fails as a full disk does."""
+
+    def _save(self, state_dict, path, progress):
+        (path / self.FILE).write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_failing_approach_becomes_an_error_row_and_the_others_run(tmp_path):
+    bad = _FillsTheDisk("disk-filler", "fails", TorchSave.Knobs("float16"))
+    env, rows = measure.run([bad, APPROACHES["tensorstore"]], get_model("tiny"),
+                            measure.Options(out=tmp_path, repeats=1, keep=True, progress=False))
+    err, ok = rows
+    assert err["error"].startswith("save failed: disk full") and err["verified"] is False
+    assert not os.path.exists(err["path"])  # partial checkpoint removed
+    assert ok["verified"] and ok["error"] is None
+    written = [json.loads(l) for l in open(env["results_path"])]
+    assert [r.get("approach") for r in written] == [None, "disk-filler", "tensorstore"]
+
+
+def test_disk_estimate_bounds_the_real_footprint(tiny_run, tmp_path):
+    _, _, rows = tiny_run
+    need = measure.disk_needed(resolve("all"), get_model("tiny"), tmp_path, keep=False, reference=False)
+    for r in rows:
+        assert r["bytes_on_disk"] <= need[r["approach"]], r["approach"]
+
+
+def test_not_enough_disk_is_refused_before_writing(tmp_path, monkeypatch):
+    monkeypatch.setattr(fsutil, "free_bytes", lambda p: 1000)
+    from llama_ckpt.errors import UserError
+
+    with pytest.raises(UserError, match=r"not enough free disk .* needs [\d,]+ bytes .*1,000 bytes .* free"):
+        measure.run(resolve("all"), get_model("tiny"), measure.Options(out=tmp_path / "o", repeats=1))
+    assert not (tmp_path / "o" / "results").exists()
+
+
+def test_preset_weights_are_deterministic_and_llama_like():
+    a, b = get_model("tiny").materialize(), get_model("tiny").materialize()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    c = get_model("tiny", seed=1).materialize()
+    assert not torch.equal(a[next(iter(a))], c[next(iter(c))])
+    w = a["model.layers.0.mlp.up_proj.weight"]
+    assert abs(float(w.std()) - 0.02) < 0.002 and abs(float(w.mean())) < 0.002
+    assert torch.equal(a["model.norm.weight"], torch.ones_like(a["model.norm.weight"]))
+
+
+def test_presets_have_openllama_3b_structure():
+    big, small = get_model("open_llama_3b"), get_model("small")
+    assert len(big.specs) == 237 and big.n_params == 3_426_473_600
+    assert [s.name for s in small.specs] == [s.name for s in big.specs]
+    assert 0.5e9 <= small.nbytes <= 1e9
+    assert get_model("tiny").nbytes < 5e6

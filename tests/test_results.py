@@ -1,0 +1,87 @@
+"""The result schema round-trips, and compare computes changes correctly from
+a hand-made results file."""
+
+import json
+
+import pytest
+
+from llama_ckpt.errors import UserError
+from llama_ckpt.results import (MEASUREMENT_FIELDS, ResultsWriter, change, comparison_table, measurement_row,
+                                read_results, summarize)
+
+
+def row(approach, repeat, save, load, size, dtype="float32", **kw):
+    base = dict(run_id="r1", approach=approach, model="tiny", n_tensors=21, tensor_set="abc", stored_dtype=dtype,
+                repeat=repeat, save_s=save, load_s=load, load_cold=True, bytes_on_disk=size, bytes_apparent=size,
+                n_files=10, verified=True, max_abs_err=0.0)
+    base.update(kw)
+    return measurement_row(**base)
+
+
+def test_schema_round_trips_through_jsonl(tmp_path):
+    w = ResultsWriter(tmp_path / "r.jsonl")
+    r = row("tensorstore", 1, 2.0, 1.0, 100, knobs={"chunk_size": 64})
+    w.write({"record": "environment", "run_id": "r1", "torch": "2.13.0"})
+    w.write(r)
+    loaded = read_results([tmp_path / "r.jsonl"])
+    assert loaded.measurements == [r] and loaded.environments[0]["torch"] == "2.13.0"
+    assert tuple(loaded.measurements[0]) == MEASUREMENT_FIELDS
+
+
+def test_unknown_field_is_refused():
+    with pytest.raises(KeyError):
+        measurement_row(approach="x", speed=1)
+
+
+def test_corrupt_line_is_named_and_the_rest_used(tmp_path):
+    p = tmp_path / "r.jsonl"
+    p.write_text(json.dumps(row("a", 1, 1, 1, 1)) + "\n{not json\n" + json.dumps(row("a", 2, 1, 1, 1)) + "\n")
+    loaded = read_results([p])
+    assert len(loaded.measurements) == 2
+    assert loaded.warnings and f"{p}:2:" in loaded.warnings[0]
+
+
+def test_change_in_percent():
+    assert change(5.0, 10.0) == -50.0
+    assert change(15.0, 10.0) == 50.0
+    assert change(1.0, None) is None and change(1.0, 0) is None
+
+
+HAND_MADE = [
+    # tensorstore: saves 10, 12, 11 -> median 11; loads 4, 5, 6 -> 5; size 600
+    row("tensorstore", 1, 10.0, 4.0, 600), row("tensorstore", 2, 12.0, 5.0, 600), row("tensorstore", 3, 11.0, 6.0, 600),
+    # ts+chunks: median save 2.2 (-80%), load 2.5 (-50%), size 660 (+10%)
+    row("ts+chunks", 1, 2.2, 2.5, 660), row("ts+chunks", 2, 2.0, 2.0, 660), row("ts+chunks", 3, 3.0, 3.0, 660),
+    # pytorch float16: median save 1.1 (-90%), load 1.0 (-80%), size 300 (-50%)
+    row("pytorch", 1, 1.1, 1.0, 300, dtype="float16"),
+    # an invalid row must not count
+    row("ts+chunks", 4, 0.001, 0.001, 660, verified=False, error="verification failed: x"),
+]
+
+
+def test_summarize_takes_medians_of_valid_rows_only():
+    s = summarize(HAND_MADE)
+    assert s["tensorstore"]["save_s"].median == 11.0 and s["tensorstore"]["load_s"].median == 5.0
+    assert (s["ts+chunks"]["save_s"].lo, s["ts+chunks"]["save_s"].hi, s["ts+chunks"]["n"]) == (2.0, 3.0, 3)
+
+
+def test_compare_computes_the_changes(tmp_path):
+    p = tmp_path / "r.jsonl"
+    w = ResultsWriter(p)
+    for r in HAND_MADE:
+        w.write(r)
+    table = comparison_table(read_results([p]).measurements)
+    lines = {l.split()[0]: l for l in table.splitlines() if l and l.split()[0] in ("tensorstore", "ts+chunks", "pytorch")}
+    assert "-80%" in lines["ts+chunks"] and "-50%" in lines["ts+chunks"] and "+10%" in lines["ts+chunks"]
+    assert "-90%*" in lines["pytorch"] and "-80%*" in lines["pytorch"] and "-50%*" in lines["pytorch"]
+    assert "float16" in lines["pytorch"]
+    assert "not like for like" in table
+    assert "not counted: ts+chunks repeat 4" in table
+    # against pytorch: ts+chunks saves 2.2 vs 1.1 -> +100%
+    assert "+100%*" in lines["ts+chunks"]
+
+
+def test_compare_refuses_different_tensor_sets():
+    rows = [row("tensorstore", 1, 1, 1, 1), row("pytorch", 1, 1, 1, 1, tensor_set="other", n_tensors=20)]
+    with pytest.raises(UserError, match="different tensor sets"):
+        comparison_table(rows)
