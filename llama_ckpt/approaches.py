@@ -75,6 +75,15 @@ class Approach:
         """An upper bound of the checkpoint's bytes on disk (allocated blocks)."""
         raise NotImplementedError
 
+    def tensor_dir(self, path: Path, name: str) -> Path | None:
+        """The directory holding only this tensor's files, where the format has
+        one (for per-tensor sizes); None otherwise."""
+        return None
+
+    def payload_bytes(self, spec: TensorSpec) -> int:
+        """Bytes of the tensor's data as stored, before any compression."""
+        return spec.numel * self.stored(spec.dtype).itemsize
+
     def stored(self, dtype: torch.dtype) -> torch.dtype:
         """The dtype a tensor of ``dtype`` is stored in (integers are kept)."""
         return self.stored_dtype if dtype.is_floating_point else dtype
@@ -181,6 +190,10 @@ class TSKnobs:
 
 
 def _compressor(spec: str | None) -> dict | None:
+    """zarr v2 compressor metadata for a short name: ``gzip`` (level 1, what
+    T5X writes) or ``gzip:N``; ``zstd`` (level 3, zstd's default) or
+    ``zstd:N``; ``blosc-lz4`` (numcodecs' Blosc default: lz4, clevel 5, byte
+    shuffle)."""
     if spec is None:
         return None
     kind, _, level = spec.partition(":")
@@ -189,7 +202,14 @@ def _compressor(spec: str | None) -> dict | None:
         if not 0 <= lvl <= 9:
             raise ValueError(f"gzip level must be 0-9, got {lvl}")
         return {"id": "gzip", "level": lvl}
-    raise ValueError(f"unknown compression {spec!r}")
+    if kind == "zstd":
+        lvl = int(level) if level else 3
+        if not -131072 <= lvl <= 22:
+            raise ValueError(f"zstd level must be at most 22, got {lvl}")
+        return {"id": "zstd", "level": lvl}
+    if spec == "blosc-lz4":
+        return {"id": "blosc", "cname": "lz4", "clevel": 5, "shuffle": 1}
+    raise ValueError(f"unknown compression {spec!r} (gzip[:N], zstd[:N], blosc-lz4)")
 
 
 _ZARR_DTYPE = {torch.float32: "<f4", torch.float16: "<f2", torch.bfloat16: "bfloat16", torch.float64: "<f8",
@@ -316,6 +336,20 @@ class TensorStoreZarr(Approach):
                 raise ValueError(f"{name}: stored shape {tuple(out[name].shape)} != manifest {shape}")
         return out
 
+    def tensor_dir(self, path: Path, name: str) -> Path | None:
+        """The directory holding one tensor's files (None inside OCDBT)."""
+        return None if self.k.use_ocdbt else Path(path) / name
+
+    def payload_bytes(self, spec: TensorSpec) -> int:
+        """Bytes of chunk data before compression: zarr v2 stores edge chunks
+        at full size, so padding counts."""
+        dt = self.stored(spec.dtype)
+        c = self.chunk_shape(spec.shape, dt.itemsize)
+        per_chunk = dt.itemsize
+        for x in c:
+            per_chunk *= x
+        return chunk_rules.n_chunks(spec.shape, c) * per_chunk
+
     def estimate_bytes(self, specs, block):
         total = 0
         for s in specs:
@@ -364,6 +398,41 @@ APPROACHES: dict[str, Approach] = {a.name: a for a in [
 ]}
 
 GUIDE_APPROACHES = tuple(APPROACHES)  # the user's guide's eight, in its order
+
+
+def variant(base: str, **changes) -> Approach:
+    """``base`` with some knobs changed, named ``base[knob=value,...]``; a
+    registered approach whose knobs are exactly these keeps its own name."""
+    if base not in APPROACHES:
+        raise UserError(f"unknown approach {base!r}; valid approaches: {', '.join(APPROACHES)}")
+    a = APPROACHES[base]
+    try:
+        knobs = dataclasses.replace(a.k, **changes)
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"bad knob for {base}: {exc}") from None
+    for known in APPROACHES.values():
+        if type(known) is type(a) and known.k == knobs:
+            return known
+    label = ",".join(f"{k}={_label(v)}" for k, v in changes.items())
+    return type(a)(f"{base}[{label}]", f"{base} with {label.replace(',', ', ')}", knobs)
+
+
+def _label(v) -> str:
+    if isinstance(v, int) and not isinstance(v, bool) and v >= 1024 and v % 1024 == 0:
+        return f"{v >> 20}MiB" if v % (1 << 20) == 0 else f"{v >> 10}KiB"
+    return str(v)
+
+
+def sweep(base: str, **axes) -> list[Approach]:
+    """Every combination of the knob values: a list-valued knob is a sweep
+    axis, a scalar is fixed. ``sweep("tensorstore", concurrency=[1, 4])``."""
+    import itertools
+
+    keys = list(axes)
+    values = [v if isinstance(v, (list, tuple)) else [v] for v in axes.values()]
+    if any(len(v) == 0 for v in values):
+        raise UserError("a sweep axis needs at least one value")
+    return [variant(base, **dict(zip(keys, combo))) for combo in itertools.product(*values)]
 
 
 def resolve(names: str | Iterable[str]) -> list[Approach]:

@@ -177,6 +177,27 @@ def _bar(enabled: bool, total: int, desc: str):
     return tqdm(total=total, desc=desc, unit="tensor", leave=False, disable=not enabled, file=sys.stderr)
 
 
+def _by_kind(approach: Approach, source: ModelSource, path: Path, verdict) -> dict[str, dict]:
+    """Per tensor kind: the data's bytes as stored before compression
+    (``payload_bytes``), the bytes its files take (``bytes_apparent``, where
+    the format keeps a directory per tensor) and the cast's error."""
+    from .model import tensor_kind
+
+    out: dict[str, dict] = {}
+    for sp in source.specs:
+        k = out.setdefault(tensor_kind(sp.name), {"n_tensors": 0, "payload_bytes": 0, "bytes_apparent": 0})
+        k["n_tensors"] += 1
+        k["payload_bytes"] += approach.payload_bytes(sp)
+        d = approach.tensor_dir(path, sp.name)
+        if d is None or k["bytes_apparent"] is None:
+            k["bytes_apparent"] = None
+        else:
+            k["bytes_apparent"] += fsutil.footprint(d).bytes_apparent
+    for kind, errs in verdict.by_kind.items():
+        out.setdefault(kind, {}).update(errs)
+    return out
+
+
 def measure_approach(approach: Approach, source: ModelSource, expected: dict, ckpt_path: Path, repeat: int,
                      run_id: str, opts: Options) -> dict:
     """One save + cold load (+ warm load) of one approach: one result row."""
@@ -208,6 +229,7 @@ def measure_approach(approach: Approach, source: ModelSource, expected: dict, ck
         verdict = check(loaded, expected[approach.stored_dtype])
         del loaded
         gc.collect()
+        by_kind = _by_kind(approach, source, ckpt_path, verdict)
 
         warm_s = None
         if opts.warm and verdict.verified:
@@ -223,6 +245,7 @@ def measure_approach(approach: Approach, source: ModelSource, expected: dict, ck
         return measurement_row(
             **base, save_s=save_s, load_s=load_s, load_cold=cold, resident_after_evict=frac, load_warm_s=warm_s,
             bytes_on_disk=fp.bytes_on_disk, bytes_apparent=fp.bytes_apparent, n_files=fp.n_files,
+            payload_bytes=sum(approach.payload_bytes(sp) for sp in source.specs), by_kind=by_kind,
             peak_rss_save_bytes=rss_save.peak, peak_rss_load_bytes=rss_load.peak,
             verified=verdict.verified, max_abs_err=verdict.max_abs_err, max_rel_err=verdict.max_rel_err,
             n_overflow=verdict.n_overflow, n_flushed=verdict.n_flushed,
@@ -281,4 +304,7 @@ def run(approaches: list[Approach], source: ModelSource, opts: Options,
             fsutil.remove(ckpt_root / a.name)
     if not opts.keep:
         fsutil.remove(ckpt_root)
+    writer.write({"record": "end", "run_id": run_id, "n_rows": len(rows),
+                  "n_valid": sum(bool(r.get("verified")) for r in rows),
+                  "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
     return env | {"results_path": str(results_path)}, rows

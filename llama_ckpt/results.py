@@ -1,10 +1,11 @@
 """Result rows: the schema, JSON Lines in and out, the environment record, and
 the comparison table.
 
-A results file holds two kinds of record, told apart by ``record``:
+A results file holds three kinds of record, told apart by ``record``:
 ``"environment"`` (one per run: versions, machine, file system, git commit,
-the disk reference) and ``"measurement"`` (one per approach and repeat, every
-sample kept). Rows are appended and flushed as each finishes, so an
+the disk reference), ``"measurement"`` (one per approach and repeat, every
+sample kept) and ``"end"`` (written last, when every planned row is in: a
+file without it is from an interrupted run). Rows are appended and flushed as each finishes, so an
 interrupted run keeps what it measured.
 """
 
@@ -29,7 +30,7 @@ MEASUREMENT_FIELDS = (
     "record", "run_id", "approach", "model", "path", "knobs",
     "n_tensors", "n_params", "tensor_set", "stored_dtype", "source_dtype", "repeat",
     "save_s", "load_s", "load_cold", "resident_after_evict", "load_warm_s",
-    "bytes_on_disk", "bytes_apparent", "n_files",
+    "bytes_on_disk", "bytes_apparent", "n_files", "payload_bytes", "by_kind",
     "peak_rss_save_bytes", "peak_rss_load_bytes",
     "verified", "max_abs_err", "max_rel_err", "n_overflow", "n_flushed", "error",
     "finished_at",
@@ -70,6 +71,10 @@ class Loaded:
     measurements: list[dict]
     environments: list[dict]
     warnings: list[str]
+    ends: list[dict] = None
+
+    def __post_init__(self):
+        self.ends = self.ends or []
 
 
 def read_results(paths: Iterable[Path]) -> Loaded:
@@ -95,6 +100,8 @@ def read_results(paths: Iterable[Path]) -> Loaded:
                     out.environments.append(row)
                 elif row.get("record") == "measurement":
                     out.measurements.append(row)
+                elif row.get("record") == "end":
+                    out.ends.append(row)
                 else:
                     out.warnings.append(f"{p}:{i}: skipped line with unknown record {row.get('record')!r}")
     return out

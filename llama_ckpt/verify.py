@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .model import tensor_kind
+
 # hashlib releases the GIL on large buffers: two threads use both cores.
 _HASH_THREADS = 2
 
@@ -95,6 +97,9 @@ class Verdict:
     n_overflow: int = 0
     n_flushed: int = 0
     problems: list[str] = field(default_factory=list)
+    # per tensor kind (embedding, attention, mlp, norm, lm_head): the cast's
+    # max_abs_err, max_rel_err, n_overflow, n_flushed over verified tensors
+    by_kind: dict[str, dict] = field(default_factory=dict)
 
     def summary(self) -> str:
         if self.verified:
@@ -132,5 +137,11 @@ def check(loaded: dict[str, torch.Tensor], expected: dict[str, Expected]) -> Ver
                 v.max_rel_err = max(v.max_rel_err, e.max_rel_err)
                 v.n_overflow += e.n_overflow
                 v.n_flushed += e.n_flushed
+                k = v.by_kind.setdefault(tensor_kind(name), dict(max_abs_err=0.0, max_rel_err=0.0,
+                                                                 n_overflow=0, n_flushed=0))
+                k["max_abs_err"] = max(k["max_abs_err"], e.max_abs_err)
+                k["max_rel_err"] = max(k["max_rel_err"], e.max_rel_err)
+                k["n_overflow"] += e.n_overflow
+                k["n_flushed"] += e.n_flushed
     v.verified = not v.problems
     return v

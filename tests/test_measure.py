@@ -110,7 +110,8 @@ def test_a_failing_approach_becomes_an_error_row_and_the_others_run(tmp_path):
     assert not os.path.exists(err["path"])  # partial checkpoint removed
     assert ok["verified"] and ok["error"] is None
     written = [json.loads(l) for l in open(env["results_path"])]
-    assert [r.get("approach") for r in written] == [None, "disk-filler", "tensorstore"]
+    assert [r["record"] for r in written] == ["environment", "measurement", "measurement", "end"]
+    assert [r.get("approach") for r in written[1:3]] == ["disk-filler", "tensorstore"]
 
 
 def test_disk_estimate_bounds_the_real_footprint(tiny_run, tmp_path):
