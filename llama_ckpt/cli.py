@@ -91,6 +91,25 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_suite(args) -> int:
+    from .phases import PHASES
+    from .suite import PhaseFailed, run_suite
+
+    if args.phases.strip() in ("all", ""):
+        ids = list(PHASES)
+    elif args.phases.strip() == "none":
+        ids = []
+    else:
+        ids = [p.strip() for p in args.phases.split(",") if p.strip()]
+    try:
+        run_suite(ids, model=args.model, model_path=args.model_path or "", repeats=args.repeats, out_dir=args.out,
+                  run_id=args.run_id or "", keep=args.keep, summary=not args.no_summary)
+    except PhaseFailed as exc:
+        print(f"{exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .model import DEFAULT_PRESET, PRESETS
 
@@ -116,6 +135,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--warm", action="store_true", help="also time a warm load from the page cache")
     s.add_argument("--seed", type=int, default=0, help="seed of the preset's random weights (default: 0)")
     s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("suite", help="execute the phase notebooks with papermill, then the summary")
+    s.add_argument("--phases", default="all", help="all, none (summary only) or IDs: 00,4a,4b,4c,4d,4e")
+    s.add_argument("--model", default=DEFAULT_PRESET, help=f"model preset: {', '.join(PRESETS)}")
+    s.add_argument("--model-path", default=None, metavar="DIR", help="a local Hugging Face model folder")
+    s.add_argument("--repeats", type=_positive_int, default=3, metavar="N", help="timed cycles per approach")
+    s.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"output directory (default: {DEFAULT_OUT})")
+    s.add_argument("--run-id", default=None,
+                   help="run id; the same id resumes a run, skipping complete phases (default: a new one, "
+                        "or the latest run with --phases none)")
+    s.add_argument("--keep", action="store_true", help="keep each approach's last checkpoint")
+    s.add_argument("--no-summary", action="store_true", help="do not execute the summary notebook")
+    s.set_defaults(func=cmd_suite)
 
     s = sub.add_parser("compare", help="the comparison table from results files")
     s.add_argument("results", nargs="+", metavar="RESULTS", help="results .jsonl files")

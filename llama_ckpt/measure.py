@@ -61,6 +61,7 @@ class Options:
     run_id: str | None = None
     progress: bool | None = None  # tqdm bars; default: only on a terminal
     disk_reference: bool = True  # time one sequential file of the model's size
+    checkpoints: Path | None = None  # where checkpoints go; default <out>/checkpoints/<run_id>
 
 
 class PeakRSS:
@@ -273,7 +274,7 @@ def run(approaches: list[Approach], source: ModelSource, opts: Options,
     run_id = opts.run_id or new_run_id()
     results_path = Path(opts.results) if opts.results else out / "results" / f"{run_id}.jsonl"
     writer = ResultsWriter(results_path)
-    ckpt_root = out / "checkpoints" / run_id
+    ckpt_root = Path(opts.checkpoints) if opts.checkpoints else out / "checkpoints" / run_id
 
     say(f"run {run_id}: {len(approaches)} approach(es) x {opts.repeats} repeat(s) on {source.name} "
         f"({len(source.specs)} tensors, {source.n_params:,} parameters, {source.nbytes / 1e9:.2f} GB); "

@@ -255,7 +255,7 @@ def _fmt_pct(p: float | None) -> str:
     return "-" if p is None else f"{p:+.0f}%"
 
 
-def _fmt_bytes(n: float | None) -> str:
+def fmt_bytes(n: float | None) -> str:
     if n is None:
         return "-"
     for unit, div in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
@@ -285,7 +285,7 @@ def comparison_table(rows: list[dict], baseline: str = "tensorstore", reference:
     for name, s in summ.items():
         med = lambda st: st.median if st else None
         cells = [name, s["stored_dtype"] + ("" if s["load_cold"] else " (warm!)"),
-                 _fmt_s(s["save_s"]), _fmt_s(s["load_s"]), _fmt_bytes(med(s["bytes_on_disk"])),
+                 _fmt_s(s["save_s"]), _fmt_s(s["load_s"]), fmt_bytes(med(s["bytes_on_disk"])),
                  f"{med(s['n_files']):.0f}", f"{med(s['save_Bps']) / 1e6:.0f}", f"{med(s['load_Bps']) / 1e6:.0f}"]
         for other in (base, ref):
             for key in ("save_s", "load_s", "bytes_on_disk"):

@@ -1,0 +1,157 @@
+"""The phases of the notebook suite: what each one measures, and the one call
+each notebook makes (:func:`run_phase`).
+
+Each phase tests one question of the user's guide by changing one knob of the
+``tensorstore`` baseline, measures the guide's approach for that knob against
+the baseline, and sweeps the knob further. All phases of a suite run share a
+run id, so the summary's ratios come from one run.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Callable
+
+from . import measure
+from .approaches import APPROACHES, Approach, sweep
+from .model import get_model
+from .results import read_results
+
+MiB, KiB = 1 << 20, 1 << 10
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = REPO / "saved_models"
+
+
+@dataclass(frozen=True)
+class Phase:
+    id: str  # "4a"
+    slug: str  # notebook and results file name, "4a-concurrency"
+    title: str
+    question: str
+    knob: str  # what changes against the baseline
+    metrics: str
+    guide: tuple[str, ...]  # the guide's approaches this phase measures
+    extra: Callable[[], list[Approach]] = field(default=lambda: [])  # the sweep
+    axis: str | None = None  # the knob the sweep varies (x axis of its chart)
+    claims: tuple[int, ...] = ()  # the guide's claims this phase can judge
+
+    def approaches(self) -> list[Approach]:
+        out = {a.name: a for a in [APPROACHES[n] for n in self.guide] + self.extra()}
+        return list(out.values())
+
+
+PHASES: dict[str, Phase] = {p.id: p for p in [
+    Phase("00", "00-baselines", "Baselines",
+          "How do torch.save, the TensorStore baseline and T5X's configuration compare?",
+          "none: the three reference points", "save and cold-load time, size on disk, file count, peak memory",
+          ("pytorch", "tensorstore", "t5x")),
+    Phase("4a", "4a-concurrency", "Concurrency",
+          "Does parallelism help? TensorStore with 128 concurrent file operations against one at a time.",
+          "file_io_concurrency (1 -> 128; all writes in flight together above 1)",
+          "save and load time against the baseline; the sweep 1, 4, 16, 64, 128",
+          ("tensorstore", "ts+concurrency"),
+          lambda: sweep("tensorstore", concurrency=[1, 4, 16, 64, 128]), "concurrency", (2,)),
+    Phase("4b", "4b-chunks", "Chunk size",
+          "Do large chunks help? 1 MiB chunks against 64 elements per dimension.",
+          "chunk shape (64 per dimension -> whole rows up to 1 MiB)",
+          "save, load, size and file count; the sweep 64/dim, 64 KiB, 1 MiB, 16 MiB, 64 MiB, whole tensor",
+          ("tensorstore", "ts+chunks"),
+          lambda: [APPROACHES["tensorstore"]] + sweep("ts+chunks", chunk_size=[64 * KiB, 1 * MiB, 16 * MiB, 64 * MiB])
+          + sweep("ts+chunks", chunk_rule="whole"), "chunk_size", (1, 8)),
+    Phase("4c", "4c-compression", "Compression",
+          "Is compression worth it? gzip against no compressor, and other codecs at 1 MiB chunks.",
+          "compressor (none -> gzip)",
+          "save and load time, compression ratio overall and by tensor kind",
+          ("tensorstore", "ts+compression"),
+          lambda: sweep("ts+chunks", compression=[None, "gzip", "gzip:9", "zstd", "blosc-lz4"]), "compression", (3,)),
+    Phase("4d", "4d-float16", "Smaller dtype",
+          "Does a smaller dtype help? float16 against float32, plus bfloat16.",
+          "stored dtype (float32 -> float16; bfloat16 as a sweep point)",
+          "save and load time, size, and the precision cost by tensor kind: max abs/rel error, overflow to inf, "
+          "flush to zero",
+          ("tensorstore", "ts+float16"),
+          lambda: sweep("tensorstore", dtype=["float32", "float16", "bfloat16"]), "dtype", (4,)),
+    Phase("4e", "4e-ocdbt", "OCDBT",
+          "Is OCDBT better than the plain file driver?",
+          "kvstore (file -> OCDBT over file)",
+          "save and load time, size, files created, bytes beyond the chunk data (metadata)",
+          ("tensorstore", "ts+ocdbt"),
+          lambda: sweep("ts+chunks", use_ocdbt=[False, True]), "use_ocdbt", (5,)),
+]}
+SUMMARY_SLUG = "99-summary"
+
+
+def get_phase(phase_id: str) -> Phase:
+    from .errors import UserError
+
+    for p in PHASES.values():
+        if phase_id in (p.id, p.slug):
+            return p
+    raise UserError(f"unknown phase {phase_id!r}; valid phases: {', '.join(PHASES)}")
+
+
+def run_dir(out_dir: str | Path, run_id: str) -> Path:
+    return Path(out_dir or DEFAULT_OUT) / "runs" / run_id
+
+
+def latest_run(out_dir: str | Path) -> str | None:
+    runs = Path(out_dir or DEFAULT_OUT) / "runs"
+    ids = sorted(p.name for p in runs.iterdir() if p.is_dir()) if runs.is_dir() else []
+    return ids[-1] if ids else None
+
+
+def results_path(out_dir: str | Path, run_id: str, slug: str) -> Path:
+    return run_dir(out_dir, run_id) / "results" / f"{slug}.jsonl"
+
+
+def phase_complete(out_dir: str | Path, run_id: str, slug: str) -> bool:
+    """A phase's results are complete when its file ends with an ``end`` record."""
+    p = results_path(out_dir, run_id, slug)
+    return p.is_file() and bool(read_results([p]).ends)
+
+
+@dataclass
+class PhaseResult:
+    phase: Phase
+    run_id: str
+    results_path: Path
+    rows: list[dict]
+    env: dict
+    reused: bool  # complete results of this run were found and not measured again
+
+
+def run_phase(phase_id: str, model: str = "small", model_path: str = "", repeats: int = 1,
+              out_dir: str | Path = "", run_id: str = "", keep: bool = False, progress: bool | None = None,
+              say=print) -> PhaseResult:
+    """Measure one phase (or reuse its complete results from the same run id)
+    and return its rows. An incomplete results file from an interrupted try
+    is kept aside (``*.incomplete-<time>``), never mixed in."""
+    phase = get_phase(phase_id)
+    run_id = run_id or measure.new_run_id()
+    rdir = run_dir(out_dir, run_id)
+    rpath = results_path(out_dir, run_id, phase.slug)
+    if phase_complete(out_dir, run_id, phase.slug):
+        loaded = read_results([rpath])
+        say(f"phase {phase.slug}: complete results of run {run_id} found in {rpath}; not measured again")
+        return PhaseResult(phase, run_id, rpath, loaded.measurements, loaded.environments[-1], True)
+    if rpath.exists():
+        aside = rpath.with_name(rpath.name + f".incomplete-{datetime.now():%Y%m%d-%H%M%S}")
+        shutil.move(rpath, aside)
+        say(f"phase {phase.slug}: an interrupted try's rows were moved to {aside}")
+    source = get_model(model or None, model_path or None)
+    opts = measure.Options(out=rdir, repeats=repeats, keep=keep, results=rpath, run_id=run_id, progress=progress,
+                           checkpoints=rdir / "checkpoints" / phase.slug)
+    env, rows = measure.run(phase.approaches(), source, opts, say=say,
+                            on_row=lambda r: say(f"  {r['approach']} #{r['repeat']}: "
+                                                 + ("ERROR " + r["error"] if r["error"] else
+                                                    f"save {r['save_s']:.2f} s, load {r['load_s']:.2f} s")))
+    return PhaseResult(phase, run_id, rpath, rows, env, False)
+
+
+def run_results(out_dir: str | Path, run_id: str):
+    """Every phase's rows and environment records of one run."""
+    files = sorted((run_dir(out_dir, run_id) / "results").glob("*.jsonl"))
+    return read_results(files), files

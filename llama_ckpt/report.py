@@ -1,0 +1,162 @@
+"""Tables and findings computed from result rows, for the notebooks.
+
+Findings are sentences built from the measured numbers; nothing here states a
+conclusion that the data did not produce.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from .claims import judge_claims
+from .results import Stat, change, fmt_bytes, is_valid, summarize
+
+
+def knob_label(knobs: dict | None, axis: str | None) -> str:
+    """How a sweep point is named on a chart: the value of the swept knob."""
+    if not knobs or not axis:
+        return "-"
+    if axis == "chunk_size":
+        rule = knobs.get("chunk_rule")
+        if rule == "per_dim":
+            return f"{knobs['chunk_size']}/dim"
+        if rule == "whole":
+            return "whole tensor"
+        return fmt_bytes(knobs["chunk_size"]).replace(".00", "") if knobs["chunk_size"] < 1e6 else \
+            f"{knobs['chunk_size'] >> 20} MiB"
+    v = knobs.get(axis)
+    return "none" if v is None else str(v)
+
+
+def labels(rows: list[dict], axis: str | None) -> dict[str, str]:
+    out = {}
+    for r in rows:
+        out.setdefault(r["approach"], knob_label(r.get("knobs"), axis))
+    return out
+
+
+def order(rows: list[dict]) -> list[str]:
+    return list(dict.fromkeys(r["approach"] for r in rows))
+
+
+def table(rows: list[dict], baseline: str = "tensorstore", axis: str | None = None) -> pd.DataFrame:
+    """One line per approach: medians [min, max] of the repeats, size, files,
+    throughput, changes against ``baseline``, compression ratio and the bytes
+    beyond the chunk data."""
+    summ = summarize(rows)
+    base = summ.get(baseline)
+    lab = labels(rows, axis)
+    payload = {}
+    for r in rows:
+        if is_valid(r):
+            payload.setdefault(r["approach"], (r.get("payload_bytes"), r.get("bytes_apparent")))
+    recs = []
+    for name, s in summ.items():
+        rec = {"approach": name}
+        if axis:
+            rec[axis] = lab.get(name)
+        rec.update({
+            "dtype": s["stored_dtype"],
+            "save_s": s["save_s"].median, "save_min": s["save_s"].lo, "save_max": s["save_s"].hi,
+            "load_s": s["load_s"].median, "load_min": s["load_s"].lo, "load_max": s["load_s"].hi,
+            "size_GB": s["bytes_on_disk"].median / 1e9, "files": int(s["n_files"].median),
+            "save_MB/s": s["save_Bps"].median / 1e6, "load_MB/s": s["load_Bps"].median / 1e6,
+        })
+        if base is not None:
+            for key, col in (("save_s", "save_vs_base_%"), ("load_s", "load_vs_base_%"),
+                             ("bytes_on_disk", "size_vs_base_%")):
+                rec[col] = change(s[key].median, base[key].median)
+        p, a = payload.get(name, (None, None))
+        rec["compression_ratio"] = p / a if p and a else None
+        rec["overhead_bytes"] = a - p if p is not None and a is not None else None
+        rec["repeats"] = s["n"]
+        recs.append(rec)
+    return pd.DataFrame.from_records(recs).set_index("approach")
+
+
+def kind_table(rows: list[dict]) -> pd.DataFrame:
+    """Per approach and tensor kind: payload, stored bytes, compression ratio
+    and the cast's error, from the first valid row of each approach."""
+    recs = []
+    seen = set()
+    for r in rows:
+        if not is_valid(r) or r["approach"] in seen or not r.get("by_kind"):
+            continue
+        seen.add(r["approach"])
+        for kind, k in r["by_kind"].items():
+            a, p = k.get("bytes_apparent"), k.get("payload_bytes")
+            recs.append({"approach": r["approach"], "dtype": r["stored_dtype"], "kind": kind,
+                         "n_tensors": k.get("n_tensors"), "payload_bytes": p, "bytes_apparent": a,
+                         "compression_ratio": p / a if a and p else None,
+                         "max_abs_err": k.get("max_abs_err"), "max_rel_err": k.get("max_rel_err"),
+                         "n_overflow": k.get("n_overflow"), "n_flushed": k.get("n_flushed")})
+    return pd.DataFrame.from_records(recs)
+
+
+def _times(a: Stat, b: Stat) -> str:
+    ratio = a.median / b.median if b.median else float("nan")
+    overlap = not (a.hi < b.lo or a.lo > b.hi)
+    return (f"{ratio:.2f}x ({a.median:.3g} s vs {b.median:.3g} s"
+            + ("; the repeats' ranges overlap)" if overlap else ")"))
+
+
+def versus(summ: dict, a: str, b: str) -> str:
+    """One sentence: ``a`` against ``b`` on save, load, size and files."""
+    if a not in summ or b not in summ:
+        return f"- {a} against {b}: not both measured."
+    sa, sb = summ[a], summ[b]
+    dt = "" if sa["stored_dtype"] == sb["stored_dtype"] else \
+        f" (different dtypes: {a} stores {sa['stored_dtype']}, {b} {sb['stored_dtype']})"
+    return (f"- **{a}** against **{b}**{dt}: save {_times(sa['save_s'], sb['save_s'])}, "
+            f"cold load {_times(sa['load_s'], sb['load_s'])}, "
+            f"size {sa['bytes_on_disk'].median / sb['bytes_on_disk'].median:.2f}x "
+            f"({fmt_bytes(sa['bytes_on_disk'].median)} vs {fmt_bytes(sb['bytes_on_disk'].median)}), "
+            f"files {sa['n_files'].median:.0f} vs {sb['n_files'].median:.0f}.")
+
+
+def sweep_sentence(rows: list[dict], axis: str) -> str:
+    summ = summarize(rows)
+    if len(summ) < 2:
+        return ""
+    lab = labels(rows, axis)
+    out = []
+    for key, what in (("save_s", "save"), ("load_s", "cold load"), ("bytes_on_disk", "size")):
+        best = min(summ, key=lambda n: summ[n][key].median)
+        worst = max(summ, key=lambda n: summ[n][key].median)
+        unit = (lambda v: fmt_bytes(v)) if key == "bytes_on_disk" else (lambda v: f"{v:.3g} s")
+        out.append(f"{what}: best at {axis} = {lab[best]} ({unit(summ[best][key].median)}), "
+                   f"worst at {lab[worst]} ({unit(summ[worst][key].median)})")
+    return f"- Sweep of {axis}: " + "; ".join(out) + "."
+
+
+def claim_lines(rows: list[dict], numbers: tuple[int, ...]) -> list[str]:
+    out = []
+    for c in judge_claims(rows, numbers):
+        flag = f" Note, stored dtypes differ: {c['dtypes']}." if c["dtypes"] else ""
+        out.append(f"- Guide claim {c['claim']}: *{c['text']}* **{c['verdict']}**: {c['measured']}."
+                   f" (Guide's figures: {c['guide']}.){flag}")
+    return out
+
+
+def findings(rows: list[dict], guide: tuple[str, ...], axis: str | None, claims: tuple[int, ...],
+             baseline: str = "tensorstore") -> str:
+    """Markdown findings of one phase, computed from its rows."""
+    valid = [r for r in rows if is_valid(r)]
+    bad = [r for r in rows if r.get("record") == "measurement" and not is_valid(r)]
+    if not valid:
+        return "No valid measurement: nothing to conclude."
+    summ = summarize(valid)
+    lines = [f"Measured on **{valid[0]['model']}** ({valid[0]['n_tensors']} tensors), "
+             f"{max(s['n'] for s in summ.values())} repeat(s), run `{valid[0]['run_id']}`; "
+             "ratios are medians of this run."]
+    others = [g for g in guide if g != baseline]
+    for g in others:
+        lines.append(versus(summ, g, baseline))
+    if baseline not in guide and len(guide) > 1:
+        lines.append(versus(summ, guide[1], guide[0]))
+    if axis:
+        lines.append(sweep_sentence(valid, axis))
+    lines += claim_lines(valid, claims)
+    for r in bad:
+        lines.append(f"- Not counted: {r['approach']} repeat {r['repeat']}: {r.get('error') or 'did not verify'}.")
+    return "\n".join(lines)

@@ -1,0 +1,95 @@
+"""``make run-all``: every phase notebook executed by papermill into
+``OUT/runs/RUN_ID/``, then the summary, then the 8-way table on the console.
+
+A phase whose results are complete and whose executed notebook ran clean is
+skipped when the same RUN_ID runs again. A failing phase stops the suite,
+naming the phase and the cell; its executed notebook shows the failing cell,
+and finished phases' results stay.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from . import measure
+from .errors import UserError
+from .model import get_model
+from .phases import DEFAULT_OUT, PHASES, REPO, SUMMARY_SLUG, get_phase, phase_complete, run_dir
+
+NOTEBOOKS = REPO / "notebooks"
+
+
+class PhaseFailed(Exception):
+    """A notebook raised: the message names the phase, the cell and the file."""
+
+
+def notebook_ran_clean(path: Path) -> bool:
+    """True when an executed notebook exists and no cell has an error output."""
+    try:
+        nb = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return False
+    return not any(o.get("output_type") == "error" for c in nb.get("cells", []) for o in c.get("outputs", []))
+
+
+def execute(slug: str, out_nb: Path, parameters: dict, stream: bool = True) -> None:
+    """Execute one notebook; with ``stream`` its printed progress (a line per
+    measured row) goes to this console as it runs."""
+    import papermill as pm
+
+    src = NOTEBOOKS / f"{slug}.ipynb"
+    if not src.is_file():
+        raise UserError(f"notebook {src} not found")
+    out_nb.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        pm.execute_notebook(str(src), str(out_nb), parameters=parameters, cwd=str(NOTEBOOKS),
+                            kernel_name="python3", progress_bar=False, log_output=False,
+                            stdout_file=sys.stdout if stream else None, stderr_file=sys.stderr if stream else None)
+    except pm.PapermillExecutionError as exc:
+        raise PhaseFailed(f"phase {slug} failed in cell {exc.exec_count}: {exc.ename}: "
+                          f"{str(exc.evalue).splitlines()[0] if exc.evalue else ''}; executed notebook: {out_nb}") from None
+
+
+def run_suite(phase_ids: list[str], model: str = "small", model_path: str = "", repeats: int = 3,
+              out_dir: str | Path = DEFAULT_OUT, run_id: str = "", keep: bool = False,
+              summary: bool = True) -> str:
+    """Run the phases, then the summary; returns the run id."""
+    out_dir = Path(out_dir).resolve()
+    phases = [get_phase(p) for p in phase_ids]
+    if repeats < 1:
+        raise UserError(f"REPEATS must be at least 1, got {repeats}")
+    run_id = run_id or measure.new_run_id()
+    rdir = run_dir(out_dir, run_id)
+    if phases:
+        measure.check_writable(rdir)
+        source = get_model(model or None, model_path or None)
+        approaches = list({a.name: a for p in phases for a in p.approaches()}.values())
+        measure.check_disk(approaches, source, rdir, keep, reference=True)
+    params = dict(MODEL=model, MODEL_PATH=model_path or "", REPEATS=repeats, OUT_DIR=str(out_dir), RUN_ID=run_id,
+                  KEEP_CHECKPOINTS=keep)
+    t_all = time.perf_counter()
+    for i, p in enumerate(phases, 1):
+        out_nb = rdir / f"{p.slug}.ipynb"
+        if phase_complete(out_dir, run_id, p.slug) and notebook_ran_clean(out_nb):
+            print(f"[{i}/{len(phases)}] {p.slug}: complete in run {run_id}, skipped", flush=True)
+            continue
+        print(f"[{i}/{len(phases)}] {p.slug}: {p.title}: {len(p.approaches())} approaches x {repeats} repeat(s) "
+              f"on {model_path or model}", flush=True)
+        t0 = time.perf_counter()
+        execute(p.slug, out_nb, params)
+        print(f"[{i}/{len(phases)}] {p.slug}: done in {time.perf_counter() - t0:.0f} s -> {out_nb}", flush=True)
+    if summary:
+        out_nb = rdir / f"{SUMMARY_SLUG}.ipynb"
+        print(f"summary: {out_nb}", flush=True)
+        execute(SUMMARY_SLUG, out_nb, dict(OUT_DIR=str(out_dir), RUN_ID=run_id), stream=False)
+        from . import summary as summ
+
+        s = summ.load(out_dir, run_id)
+        print()
+        print(f"The 8-way table (run {run_id}, {time.perf_counter() - t_all:.0f} s):")
+        print(s.eight_way_text())
+        print(f"\nchart: {out_dir / summ.CHART_NAME}\nnotebooks: {rdir}")
+    return run_id

@@ -1,0 +1,161 @@
+"""The summary of one suite run: the 8-way table and chart, the sweep charts,
+the claims table, the guide's figures beside ours, and findings computed from
+the data."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from . import plots, report
+from .claims import GUIDE_EIGHT, GUIDE_FIGURES, HOLDS, FAILS, UNSURE, judge_claims
+from .errors import UserError
+from .phases import PHASES, latest_run, run_dir, run_results
+from .results import change, comparison_table, is_valid, summarize, read_results
+
+CHART_NAME = "8way_performance_comparison.png"
+
+
+@dataclass
+class Summary:
+    out_dir: Path
+    run_id: str
+    rows: list[dict]
+    envs: list[dict]
+    by_phase: dict[str, list[dict]]  # phase slug -> its measurement rows
+    complete: dict[str, bool]  # phase slug -> its results file ended properly
+    warnings: list[str]
+
+    @property
+    def guide_rows(self) -> list[dict]:
+        return [r for r in self.rows if r["approach"] in GUIDE_EIGHT]
+
+    def env(self) -> dict:
+        """The disk reference as the median over the run's phases."""
+        out = {}
+        for key in ("reference_write_s", "reference_read_s", "reference_bytes"):
+            vals = [e[key] for e in self.envs if e.get(key)]
+            out[key] = statistics.median(vals) if vals else None
+        return out
+
+    def status(self) -> str:
+        lines = [f"Run `{self.run_id}` in `{run_dir(self.out_dir, self.run_id)}`: "
+                 f"{len(self.rows)} measurement rows, {sum(is_valid(r) for r in self.rows)} valid."]
+        for p in PHASES.values():
+            state = ("complete" if self.complete.get(p.slug) else
+                     "**incomplete** (interrupted: its rows are shown but the phase should be run again)"
+                     if p.slug in self.complete else "not run")
+            lines.append(f"- {p.slug}: {state}")
+        lines += [f"- warning: {w}" for w in self.warnings]
+        if self.envs:
+            e = self.envs[0]
+            lines.append(f"- machine: {e.get('cpu_model')}, {e.get('n_cpus')} CPUs, {e.get('ram_bytes', 0) / 2**30:.0f} GiB; "
+                         f"output on {e.get('out_fs_type')}; torch {e.get('torch')}, tensorstore {e.get('tensorstore')}; "
+                         f"git {e.get('git_commit')}")
+        return "\n".join(lines)
+
+    def eight_way_table(self) -> pd.DataFrame:
+        t = report.table(self.guide_rows)
+        ref = summarize(self.guide_rows).get("pytorch")
+        if ref is not None:
+            summ = summarize(self.guide_rows)
+            for key, col in (("save_s", "save_vs_pytorch_%"), ("load_s", "load_vs_pytorch_%"),
+                             ("bytes_on_disk", "size_vs_pytorch_%")):
+                t[col] = [change(summ[n][key].median, ref[key].median) for n in t.index]
+        order = [n for n in GUIDE_EIGHT if n in t.index]
+        return t.loc[order]
+
+    def eight_way_text(self) -> str:
+        rows = sorted(self.guide_rows, key=lambda r: GUIDE_EIGHT.index(r["approach"]))
+        return comparison_table(rows)
+
+    def eight_way_chart(self):
+        fig = plots.comparison(self.guide_rows, self.env(), title="The guide's eight approaches",
+                               order=list(GUIDE_EIGHT))
+        plots.save(fig, Path(self.out_dir) / CHART_NAME)
+        plots.save(fig, run_dir(self.out_dir, self.run_id) / "figures" / CHART_NAME)
+        return fig
+
+    def sweep_charts(self) -> list:
+        figs = []
+        for p in PHASES.values():
+            rows = [r for r in self.by_phase.get(p.slug, []) if is_valid(r)]
+            if not p.axis or not rows:
+                continue
+            fig = plots.sweep(rows, report.order(rows), report.labels(rows, p.axis), p.axis,
+                              title=f"{p.id} {p.title}: sweep of {p.axis}")
+            plots.save(fig, run_dir(self.out_dir, self.run_id) / "figures" / f"{p.slug}-sweep.png")
+            figs.append(fig)
+        return figs
+
+    def claims(self) -> list[dict]:
+        return judge_claims(self.guide_rows)
+
+    def claims_table(self) -> pd.DataFrame:
+        return pd.DataFrame(self.claims()).set_index("claim").rename(
+            columns={"dtypes": "stored dtypes differ", "guide": "guide's figures"})
+
+    def guide_table(self) -> pd.DataFrame:
+        """The guide's figures and ours, as changes against tensorstore."""
+        summ = summarize(self.guide_rows)
+        base = summ.get("tensorstore")
+        recs = []
+        for n in GUIDE_EIGHT:
+            rec = {"approach": n, "dtype": summ[n]["stored_dtype"] if n in summ else None}
+            for metric, key, g in (("save", "save_s", "save_s"), ("load", "load_s", "load_s"),
+                                   ("size", "bytes_on_disk", "size_gb")):
+                rec[f"{metric}: guide %"] = change(GUIDE_FIGURES[g][n], GUIDE_FIGURES[g]["tensorstore"])
+                rec[f"{metric}: ours %"] = (change(summ[n][key].median, base[key].median)
+                                            if n in summ and base else None)
+            recs.append(rec)
+        return pd.DataFrame(recs).set_index("approach")
+
+    def findings(self) -> str:
+        summ = summarize(self.guide_rows)
+        if not summ:
+            return "No valid measurement of the guide's approaches in this run."
+        claims = self.claims()
+        count = {v: [str(c["claim"]) for c in claims if c["verdict"] == v] for v in (HOLDS, FAILS, UNSURE)}
+        out = [f"Of the guide's 8 claims, {len(count[HOLDS])} hold ({', '.join(count[HOLDS]) or 'none'}), "
+               f"{len(count[FAILS])} do not ({', '.join(count[FAILS]) or 'none'}) and {len(count[UNSURE])} are "
+               f"inconclusive ({', '.join(count[UNSURE]) or 'none'}) on this run."]
+        for key, what in (("save_s", "save"), ("load_s", "cold load"), ("bytes_on_disk", "size")):
+            ranked = sorted(summ, key=lambda n: summ[n][key].median)
+            out.append(f"- {what}: " + " < ".join(f"{n} ({summ[n][key].median / (1e9 if key == 'bytes_on_disk' else 1):.3g}"
+                                                  f"{' GB' if key == 'bytes_on_disk' else ' s'})" for n in ranked) + ".")
+        if "pytorch" in summ and "ts+float16" in summ:
+            p, t = summ["pytorch"], summ["ts+float16"]
+            out.append(f"- Like for like in float16: ts+float16 saves in {t['save_s'].median / p['save_s'].median:.2f}x "
+                       f"and loads in {t['load_s'].median / p['load_s'].median:.2f}x pytorch's time.")
+        env = self.env()
+        if env.get("reference_write_s") and env.get("reference_bytes"):
+            w = env["reference_bytes"] / env["reference_write_s"]
+            r = env["reference_bytes"] / env["reference_read_s"]
+            best_s = max(summ, key=lambda n: summ[n]["save_Bps"].median)
+            best_l = max(summ, key=lambda n: summ[n]["load_Bps"].median)
+            out.append(f"- The disk wrote {w / 1e6:.0f} MB/s and read {r / 1e6:.0f} MB/s sequentially; the fastest "
+                       f"writer ({best_s}) reached {summ[best_s]['save_Bps'].median / w:.0%} of that and the fastest "
+                       f"reader ({best_l}) {summ[best_l]['load_Bps'].median / r:.0%}.")
+        missing = [n for n in GUIDE_EIGHT if n not in summ]
+        if missing:
+            out.append(f"- Not measured (or not valid) in this run: {', '.join(missing)}.")
+        return "\n".join(out)
+
+
+def load(out_dir: str | Path, run_id: str = "") -> Summary:
+    run_id = run_id or latest_run(out_dir)
+    if not run_id:
+        raise UserError(f"no run in {Path(out_dir) / 'runs'}: run the phases first (make run-all)")
+    loaded, files = run_results(out_dir, run_id)
+    if not files:
+        raise UserError(f"run {run_id}: no results in {run_dir(out_dir, run_id) / 'results'}")
+    by_phase, complete = {}, {}
+    for f in files:
+        one = read_results([f])
+        by_phase[f.stem] = one.measurements
+        complete[f.stem] = bool(one.ends)
+    return Summary(Path(out_dir), run_id, loaded.measurements, loaded.environments, by_phase, complete,
+                   loaded.warnings)
