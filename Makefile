@@ -1,4 +1,4 @@
-# llama_ckpt: `make help` lists the targets.
+# llama_ckpt: `make help` lists the targets and options.
 SHELL := /bin/bash
 PYTHON_SYS ?= python3
 VENV := .venv
@@ -9,15 +9,17 @@ MODEL_PATH ?=## a local Hugging Face model folder instead of a preset
 REPEATS ?= 3## timed save+load cycles per approach
 OUT ?= saved_models## output directory
 KEEP ?= 0## 1 keeps each approach's last checkpoint
+RUN_ID ?=## run id, the same id resumes a run; empty: a new one (summary: the latest)
 
-MODEL_ARGS := $(if $(MODEL_PATH),--model-path "$(MODEL_PATH)",--model $(MODEL))
-KEEP_ARGS := $(if $(filter 1 yes true,$(KEEP)),--keep,)
+SUITE = $(PY) -m llama_ckpt suite --model $(MODEL) $(if $(MODEL_PATH),--model-path "$(MODEL_PATH)") \
+	--repeats $(REPEATS) --out "$(OUT)" $(if $(RUN_ID),--run-id "$(RUN_ID)") $(if $(filter 1 yes true,$(KEEP)),--keep)
+PHASES := 00 4a 4b 4c 4d 4e
 
-.PHONY: help setup run-all test clean
+.PHONY: help setup run-all test summary report lab clean $(addprefix phase-,$(PHASES))
 
 help: ## list the targets and options
 	@echo "targets:"
-	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z0-9_%-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  make %-12s %s\n", $$1, $$2}'
 	@echo "options (make TARGET NAME=value):"
 	@grep -E '^[A-Z_]+ \?=.*## ' $(MAKEFILE_LIST) | sed -E 's/ \?= ?([^#]*)## /\t\1\t/' | awk -F'\t' '{printf "  %-10s %s (default: %s)\n", $$1, $$3, ($$2 == "" ? "none" : $$2)}'
 
@@ -29,11 +31,24 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 
 setup: $(VENV)/.installed ## create .venv and install the pinned requirements
 
-run-all: setup ## run every approach on MODEL and print the comparison table
-	$(PY) -m llama_ckpt run --approach all $(MODEL_ARGS) --repeats $(REPEATS) --out "$(OUT)" $(KEEP_ARGS)
+run-all: setup ## every phase notebook, then the summary; prints the 8-way table
+	$(SUITE) --phases all
+
+phase-%: setup ## one phase: make phase-00, phase-4a ... phase-4e
+	$(SUITE) --phases $* --no-summary
+
+summary: setup ## rebuild the summary from the results already there
+	$(PY) -m llama_ckpt suite --phases none --out "$(OUT)" $(if $(RUN_ID),--run-id "$(RUN_ID)")
+
+report: setup ## render the executed notebooks of a run to HTML beside them
+	@dir="$(OUT)/runs/$(or $(RUN_ID),$$(ls -1 $(OUT)/runs | sort | tail -1))"; \
+	  echo "rendering $$dir/*.ipynb"; $(VENV)/bin/jupyter nbconvert --to html --log-level WARN "$$dir"/*.ipynb
+
+lab: setup ## open JupyterLab on notebooks/
+	$(VENV)/bin/jupyter lab notebooks/
 
 test: setup ## run the tests (tiny model, a few minutes)
 	$(PY) -m pytest -q
 
-clean: ## remove everything under OUT (checkpoints, results)
+clean: ## remove everything under OUT (checkpoints, results, runs, charts)
 	find "$(OUT)" -mindepth 1 ! -name .gitkeep -exec rm -rf {} +

@@ -108,8 +108,9 @@ class Best:
 
     def judge(self, summ: dict) -> tuple[str, str]:
         pool = {n: s for n, s in summ.items() if self.among is None or n in self.among}
-        if self.a not in pool or len(pool) < 2:
-            return UNSURE, f"{self.a} not measured" if self.a not in pool else "nothing to compare with"
+        missing = [n for n in (self.among or ()) if n not in pool]
+        if self.a not in pool or len(pool) < 2 or missing:
+            return UNSURE, f"{self.metric}: not measured in these rows: {', '.join(missing or [self.a])}"
         key = _METRIC[self.metric]
         ranked = sorted(pool, key=lambda n: pool[n][key].median)
         mine = pool[self.a][key]

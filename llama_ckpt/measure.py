@@ -173,7 +173,7 @@ def _describe_error(exc: BaseException, path: Path) -> str:
 
 
 def _bar(enabled: bool, total: int, desc: str):
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, unit="tensor", leave=False, disable=not enabled, file=sys.stderr)
 

@@ -3,19 +3,17 @@
 Every bar is the median of the repeats with an error bar from min to max;
 the run's disk reference is drawn as a line where it applies: the time the
 disk took to write / read the float32 model's bytes sequentially, and the
-float32 model's size.
+float32 model's size. In a notebook the figures show inline; elsewhere
+matplotlib falls back to a file-only backend when there is no display.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from .results import summarize  # noqa: E402
+from .results import summarize
 
 _PANELS = (("save_s", "save time (s)"), ("load_s", "cold load time (s)"), ("bytes_on_disk", "size on disk (GB)"))
 

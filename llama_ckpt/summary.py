@@ -14,7 +14,7 @@ from . import plots, report
 from .claims import GUIDE_EIGHT, GUIDE_FIGURES, HOLDS, FAILS, UNSURE, judge_claims
 from .errors import UserError
 from .phases import PHASES, latest_run, run_dir, run_results
-from .results import change, comparison_table, is_valid, summarize, read_results
+from .results import change, comparison_table, fmt_bytes, is_valid, summarize
 
 CHART_NAME = "8way_performance_comparison.png"
 
@@ -119,13 +119,12 @@ class Summary:
             return "No valid measurement of the guide's approaches in this run."
         claims = self.claims()
         count = {v: [str(c["claim"]) for c in claims if c["verdict"] == v] for v in (HOLDS, FAILS, UNSURE)}
-        out = [f"Of the guide's 8 claims, {len(count[HOLDS])} hold ({', '.join(count[HOLDS]) or 'none'}), "
-               f"{len(count[FAILS])} do not ({', '.join(count[FAILS]) or 'none'}) and {len(count[UNSURE])} are "
-               f"inconclusive ({', '.join(count[UNSURE]) or 'none'}) on this run."]
+        out = [f"Of the guide's {len(claims)} claims, on this run: holds: {', '.join(count[HOLDS]) or 'none'}; "
+               f"does not hold: {', '.join(count[FAILS]) or 'none'}; inconclusive: {', '.join(count[UNSURE]) or 'none'}."]
         for key, what in (("save_s", "save"), ("load_s", "cold load"), ("bytes_on_disk", "size")):
             ranked = sorted(summ, key=lambda n: summ[n][key].median)
-            out.append(f"- {what}: " + " < ".join(f"{n} ({summ[n][key].median / (1e9 if key == 'bytes_on_disk' else 1):.3g}"
-                                                  f"{' GB' if key == 'bytes_on_disk' else ' s'})" for n in ranked) + ".")
+            show = (lambda v: fmt_bytes(v)) if key == "bytes_on_disk" else (lambda v: f"{v:.3g} s")
+            out.append(f"- {what}: " + " < ".join(f"{n} ({show(summ[n][key].median)})" for n in ranked) + ".")
         if "pytorch" in summ and "ts+float16" in summ:
             p, t = summ["pytorch"], summ["ts+float16"]
             out.append(f"- Like for like in float16: ts+float16 saves in {t['save_s'].median / p['save_s'].median:.2f}x "
