@@ -17,7 +17,7 @@ from pathlib import Path
 from . import measure
 from .errors import UserError
 from .model import get_model
-from .phases import DEFAULT_OUT, PHASES, REPO, SUMMARY_SLUG, get_phase, phase_complete, run_dir
+from .phases import DEFAULT_OUT, REPO, SUMMARY_SLUG, get_phase, latest_run, phase_complete, run_dir
 
 NOTEBOOKS = REPO / "notebooks"
 
@@ -61,6 +61,10 @@ def run_suite(phase_ids: list[str], model: str = "small", model_path: str = "", 
     phases = [get_phase(p) for p in phase_ids]
     if repeats < 1:
         raise UserError(f"REPEATS must be at least 1, got {repeats}")
+    if not phases and not run_id:  # summary only: the latest run
+        run_id = latest_run(out_dir)
+        if not run_id:
+            raise UserError(f"no run in {out_dir / 'runs'}: run the phases first (make run-all)")
     run_id = run_id or measure.new_run_id()
     rdir = run_dir(out_dir, run_id)
     if phases:

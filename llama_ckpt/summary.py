@@ -14,7 +14,7 @@ from . import plots, report
 from .claims import GUIDE_EIGHT, GUIDE_FIGURES, HOLDS, FAILS, UNSURE, judge_claims
 from .errors import UserError
 from .phases import PHASES, latest_run, run_dir, run_results
-from .results import change, comparison_table, fmt_bytes, is_valid, summarize
+from .results import change, comparison_table, fmt_bytes, is_valid, read_results, summarize
 
 CHART_NAME = "8way_performance_comparison.png"
 

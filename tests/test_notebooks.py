@@ -1,0 +1,129 @@
+"""Smoke test: every notebook executed by papermill on the tiny model, as
+`make run-all MODEL=tiny REPEATS=1` does."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import nbformat
+import pytest
+
+from llama_ckpt import suite
+from llama_ckpt.claims import GUIDE_EIGHT
+from llama_ckpt.phases import PHASES, SUMMARY_SLUG, phase_complete
+from llama_ckpt.results import read_results
+
+NOTEBOOKS = suite.NOTEBOOKS
+ALL = [p.slug for p in PHASES.values()] + [SUMMARY_SLUG]
+RUN = "smoke"
+
+
+@pytest.fixture(scope="module")
+def suite_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("suite")
+    r = subprocess.run([sys.executable, "-m", "llama_ckpt", "suite", "--model", "tiny", "--repeats", "1",
+                        "--out", str(out), "--run-id", RUN], capture_output=True, text=True, timeout=900)
+    return out, r
+
+
+def test_suite_exits_cleanly_and_reports_progress(suite_run):
+    out, r = suite_run
+    assert r.returncode == 0, r.stderr[-3000:]
+    for i, p in enumerate(PHASES.values(), 1):
+        assert f"[{i}/{len(PHASES)}] {p.slug}" in r.stdout
+
+
+@pytest.mark.parametrize("slug", ALL)
+def test_executed_notebook_has_no_error_output(suite_run, slug):
+    out, _ = suite_run
+    nb = nbformat.read(out / "runs" / RUN / f"{slug}.ipynb", as_version=4)
+    errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert not errors, errors
+    assert any(o.get("data", {}).get("image/png") for c in nb.cells for o in c.get("outputs", []))  # a figure
+
+
+@pytest.mark.parametrize("phase", list(PHASES.values()), ids=lambda p: p.slug)
+def test_each_phase_wrote_its_result_rows(suite_run, phase):
+    out, _ = suite_run
+    loaded = read_results([out / "runs" / RUN / "results" / f"{phase.slug}.jsonl"])
+    assert loaded.ends and loaded.environments
+    assert [r["approach"] for r in loaded.measurements] == [a.name for a in phase.approaches()]
+    assert all(r["verified"] for r in loaded.measurements)
+
+
+def test_summary_wrote_a_real_png(suite_run):
+    from PIL import Image
+
+    out, _ = suite_run
+    for path in (out / "8way_performance_comparison.png",
+                 out / "runs" / RUN / "figures" / "8way_performance_comparison.png"):
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        with Image.open(path) as im:
+            assert im.size[0] > 500 and im.size[1] > 200
+
+
+def test_the_8_way_table_has_the_eight_approaches(suite_run):
+    _, r = suite_run
+    table = r.stdout.split("The 8-way table", 1)[1]
+    first_words = [line.split()[0] for line in table.splitlines()[1:] if line.strip()]
+    assert [w for w in first_words if w in GUIDE_EIGHT] == list(GUIDE_EIGHT)
+
+
+def test_summary_has_a_claims_table_with_computed_verdicts(suite_run):
+    out, _ = suite_run
+    nb = nbformat.read(out / "runs" / RUN / f"{SUMMARY_SLUG}.ipynb", as_version=4)
+    html = "".join(o.get("data", {}).get("text/html", "") for c in nb.cells for o in c.get("outputs", []))
+    assert "Chunking is the primary optimisation" in html
+    assert sum(html.count(v) for v in ("holds", "does not hold", "inconclusive")) >= 8
+
+
+def test_running_again_with_the_same_run_id_skips_complete_phases(suite_run):
+    out, _ = suite_run
+    r = subprocess.run([sys.executable, "-m", "llama_ckpt", "suite", "--model", "tiny", "--repeats", "1",
+                        "--out", str(out), "--run-id", RUN, "--phases", "00,4a", "--no-summary"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "00-baselines: complete in run smoke, skipped" in r.stdout
+    assert "4a-concurrency: complete in run smoke, skipped" in r.stdout
+
+
+@pytest.mark.parametrize("slug", ALL)
+def test_help_notebook_lists_the_parameters(slug):
+    r = subprocess.run([sys.executable, "-m", "papermill", "--help-notebook", str(NOTEBOOKS / f"{slug}.ipynb")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0
+    names = ["OUT_DIR", "RUN_ID"] + ([] if slug == SUMMARY_SLUG else
+                                     ["MODEL", "MODEL_PATH", "REPEATS", "KEEP_CHECKPOINTS"])
+    for n in names:
+        assert f"  {n}: " in r.stdout, (n, r.stdout)
+    assert "Unable to parse" not in r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("slug", ALL)
+def test_committed_notebooks_are_clean(slug):
+    nb = nbformat.read(NOTEBOOKS / f"{slug}.ipynb", as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert not any(c.get("outputs") for c in code), "outputs are committed"
+    params = [c for c in code if "parameters" in c.metadata.get("tags", [])]
+    assert len(params) == 1
+    for line in params[0].source.splitlines():
+        assert ": " in line.split("=")[0] and "  # " in line, f"untyped or uncommented parameter: {line}"
+    assert not any("class " in c.source or "def " in c.source for c in code), "logic belongs in llama_ckpt/"
+
+
+def test_a_failing_phase_stops_the_suite_naming_it(tmp_path, monkeypatch):
+    nbs = tmp_path / "notebooks"
+    nbs.mkdir()
+    shutil.copy(NOTEBOOKS / "00-baselines.ipynb", nbs)
+    bad = nbformat.read(NOTEBOOKS / "4a-concurrency.ipynb", as_version=4)
+    bad.cells.insert(3, nbformat.v4.new_code_cell("raise RuntimeError('injected failure')"))
+    nbformat.write(bad, nbs / "4a-concurrency.ipynb")
+    monkeypatch.setattr(suite, "NOTEBOOKS", nbs)
+    out = tmp_path / "out"
+    with pytest.raises(suite.PhaseFailed, match=r"phase 4a-concurrency failed in cell \d+: RuntimeError: injected"):
+        suite.run_suite(["00", "4a", "4b"], model="tiny", repeats=1, out_dir=out, run_id="f", summary=False)
+    assert phase_complete(out, "f", "00-baselines")  # finished phases keep their results
+    executed = json.loads((out / "runs" / "f" / "4a-concurrency.ipynb").read_text())
+    assert any(o.get("ename") == "RuntimeError" for c in executed["cells"] for o in c.get("outputs", []))
+    assert not (out / "runs" / "f" / "4b-chunks.ipynb").exists()  # the suite stopped
