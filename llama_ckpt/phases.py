@@ -37,17 +37,24 @@ class Phase:
     extra: Callable[[], list[Approach]] = field(default=lambda: [])  # the sweep
     axis: str | None = None  # the knob the sweep varies (x axis of its chart)
     claims: tuple[int, ...] = ()  # the guide's claims this phase can judge
+    pairs: tuple[tuple[str, str], ...] = ()  # (a, b) comparisons in the findings; default: each against the baseline
 
     def approaches(self) -> list[Approach]:
         out = {a.name: a for a in [APPROACHES[n] for n in self.guide] + self.extra()}
         return list(out.values())
 
+    def comparisons(self, baseline: str = "tensorstore") -> tuple[tuple[str, str], ...]:
+        return self.pairs or tuple((g, baseline) for g in self.guide if g != baseline)
+
 
 PHASES: dict[str, Phase] = {p.id: p for p in [
     Phase("00", "00-baselines", "Baselines",
           "How do torch.save, the TensorStore baseline and T5X's configuration compare?",
-          "none: the three reference points", "save and cold-load time, size on disk, file count, peak memory",
-          ("pytorch", "tensorstore", "t5x")),
+          "none: the three reference points, plus the same-dtype partners pytorch-fp32 (of tensorstore) and "
+          "ts+float16 (of pytorch)", "save and cold-load time, size on disk, file count, peak memory",
+          ("pytorch", "tensorstore", "t5x", "pytorch-fp32", "ts+float16"),
+          pairs=(("pytorch", "tensorstore"), ("t5x", "tensorstore"), ("pytorch-fp32", "tensorstore"),
+                 ("pytorch", "ts+float16"))),
     Phase("4a", "4a-concurrency", "Concurrency",
           "Does parallelism help? TensorStore with 128 concurrent file operations against one at a time.",
           "file_io_concurrency (1 -> 128; all writes in flight together above 1)",
@@ -80,6 +87,15 @@ PHASES: dict[str, Phase] = {p.id: p for p in [
           "save and load time, size, files created, bytes beyond the chunk data (metadata)",
           ("tensorstore", "ts+ocdbt"),
           lambda: sweep("ts+chunks", use_ocdbt=[False, True]), "use_ocdbt", (5,)),
+    Phase("05", "05-formats", "Formats in use today",
+          "What do teams use today, and can a TensorStore configuration beat torch.save?",
+          "format: torch.save, safetensors, torch.distributed.checkpoint, zarr3 shards, and ts+best (OCDBT, "
+          "16 MiB chunks, one transaction, concurrency 128, no source copy)",
+          "save and cold-load time as ratios in this run, throughput as a share of the disk reference, size, files",
+          ("pytorch-fp32", "safetensors", "dcp", "ts+zarr3", "ts+best", "ts+best16", "ts+chunks", "pytorch"),
+          pairs=(("ts+best", "pytorch-fp32"), ("ts+best", "safetensors"), ("ts+best16", "pytorch"),
+                 ("ts+best", "ts+chunks"), ("safetensors", "pytorch-fp32"), ("dcp", "pytorch-fp32"),
+                 ("ts+zarr3", "ts+chunks"))),
 ]}
 SUMMARY_SLUG = "99-summary"
 

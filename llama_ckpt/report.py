@@ -138,9 +138,23 @@ def claim_lines(rows: list[dict], numbers: tuple[int, ...]) -> list[str]:
     return out
 
 
-def findings(rows: list[dict], guide: tuple[str, ...], axis: str | None, claims: tuple[int, ...],
-             baseline: str = "tensorstore") -> str:
-    """Markdown findings of one phase, computed from its rows."""
+def disk_share(rows: list[dict], env: dict | None) -> pd.DataFrame:
+    """Each approach's throughput (checkpoint bytes per second) as a share of
+    the disk reference measured in the same run."""
+    summ = summarize(rows)
+    w = (env or {}).get("reference_write_Bps")
+    r = (env or {}).get("reference_read_Bps")
+    recs = [{"approach": n, "dtype": s["stored_dtype"], "save_MB/s": s["save_Bps"].median / 1e6,
+             "save_share_of_disk": s["save_Bps"].median / w if w else None,
+             "load_MB/s": s["load_Bps"].median / 1e6, "load_share_of_disk": s["load_Bps"].median / r if r else None}
+            for n, s in summ.items()]
+    return pd.DataFrame(recs).set_index("approach")
+
+
+def findings(rows: list[dict], phase, baseline: str = "tensorstore") -> str:
+    """Markdown findings of one phase (a :class:`llama_ckpt.phases.Phase`),
+    computed from its rows."""
+    pairs, axis, claims = phase.comparisons(baseline), phase.axis, phase.claims
     valid = [r for r in rows if is_valid(r)]
     bad = [r for r in rows if r.get("record") == "measurement" and not is_valid(r)]
     if not valid:
@@ -149,11 +163,8 @@ def findings(rows: list[dict], guide: tuple[str, ...], axis: str | None, claims:
     lines = [f"Measured on **{valid[0]['model']}** ({valid[0]['n_tensors']} tensors), "
              f"{max(s['n'] for s in summ.values())} repeat(s), run `{valid[0]['run_id']}`; "
              "ratios are medians of this run."]
-    others = [g for g in guide if g != baseline]
-    for g in others:
-        lines.append(versus(summ, g, baseline))
-    if baseline not in guide and len(guide) > 1:
-        lines.append(versus(summ, guide[1], guide[0]))
+    for a, b in pairs:
+        lines.append(versus(summ, a, b))
     if axis:
         lines.append(sweep_sentence(valid, axis))
     lines += claim_lines(valid, claims)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import plots, report
+from .approaches import APPROACHES
 from .claims import GUIDE_EIGHT, GUIDE_FIGURES, HOLDS, FAILS, UNSURE, judge_claims
 from .errors import UserError
 from .phases import PHASES, latest_run, run_dir, run_results
@@ -113,6 +114,65 @@ class Summary:
             recs.append(rec)
         return pd.DataFrame(recs).set_index("approach")
 
+    @property
+    def registered_rows(self) -> list[dict]:
+        return [r for r in self.rows if r["approach"] in APPROACHES]
+
+    def all_table(self) -> pd.DataFrame:
+        """Every registered approach measured in this run, with its throughput
+        as a share of the disk reference."""
+        t = report.table(self.registered_rows)
+        share = report.disk_share(self.registered_rows, self.env_rates())
+        t["save_share_of_disk"] = share["save_share_of_disk"]
+        t["load_share_of_disk"] = share["load_share_of_disk"]
+        return t.loc[[n for n in APPROACHES if n in t.index]]
+
+    def all_chart(self):
+        summ = summarize(self.registered_rows)
+        fig = plots.comparison(self.registered_rows, self.env(), title="Every approach",
+                               order=[n for n in APPROACHES if n in summ])
+        plots.save(fig, run_dir(self.out_dir, self.run_id) / "figures" / "all-approaches.png")
+        return fig
+
+    def env_rates(self) -> dict:
+        e = self.env()
+        if not e.get("reference_bytes") or not e.get("reference_write_s"):
+            return {}
+        return {"reference_write_Bps": e["reference_bytes"] / e["reference_write_s"],
+                "reference_read_Bps": e["reference_bytes"] / e["reference_read_s"]}
+
+    def ranking(self, top: int = 5) -> pd.DataFrame:
+        """The best registered approaches for three jobs: fastest save, fastest
+        cold load, smallest on disk without loss (bit-exact to the source)."""
+        summ = summarize(self.registered_rows)
+        lossless = [n for n, st in summ.items() if st["max_abs_err"] == 0]
+        jobs = {"fastest save": (list(summ), "save_s", "s"), "fastest cold load": (list(summ), "load_s", "s"),
+                "smallest without loss": (lossless, "bytes_on_disk", "B")}
+        recs = []
+        for job, (names, key, unit) in jobs.items():
+            for rank, n in enumerate(sorted(names, key=lambda n: summ[n][key].median)[:top], 1):
+                v = summ[n][key].median
+                recs.append({"job": job, "rank": rank, "approach": n, "dtype": summ[n]["stored_dtype"],
+                             "median": fmt_bytes(v) if unit == "B" else f"{v:.3g} s"})
+        return pd.DataFrame(recs).set_index(["job", "rank"])
+
+    AIMS = (("ts+best", "pytorch-fp32"), ("ts+best", "safetensors"), ("ts+best16", "pytorch"))
+
+    def aim(self) -> pd.DataFrame:
+        """Issue 4's aim: ts+best against the faster of pytorch-fp32 and
+        safetensors, ts+best16 against pytorch; ratios of medians (below 1 =
+        ts+best faster)."""
+        summ = summarize(self.registered_rows)
+        recs = []
+        for a, b in self.AIMS:
+            if a in summ and b in summ:
+                recs.append({"ratio": f"{a} / {b}",
+                             "save": summ[a]["save_s"].median / summ[b]["save_s"].median,
+                             "load": summ[a]["load_s"].median / summ[b]["load_s"].median,
+                             "size": summ[a]["bytes_on_disk"].median / summ[b]["bytes_on_disk"].median,
+                             "repeats": f"{summ[a]['n']} / {summ[b]['n']}"})
+        return pd.DataFrame(recs).set_index("ratio") if recs else pd.DataFrame()
+
     def findings(self) -> str:
         summ = summarize(self.guide_rows)
         if not summ:
@@ -138,6 +198,10 @@ class Summary:
             out.append(f"- The disk wrote {w / 1e6:.0f} MB/s and read {r / 1e6:.0f} MB/s sequentially; the fastest "
                        f"writer ({best_s}) reached {summ[best_s]['save_Bps'].median / w:.0%} of that and the fastest "
                        f"reader ({best_l}) {summ[best_l]['load_Bps'].median / r:.0%}.")
+        aim = self.aim()
+        if not aim.empty:
+            out.append("- ts+best's aim (ratios of medians, below 1 = faster): " + "; ".join(
+                f"{idx} save {r['save']:.2f}x, load {r['load']:.2f}x" for idx, r in aim.iterrows()) + ".")
         missing = [n for n in GUIDE_EIGHT if n not in summ]
         if missing:
             out.append(f"- Not measured (or not valid) in this run: {', '.join(missing)}.")

@@ -22,7 +22,7 @@ def test_registry_has_the_guides_eight_in_order():
 
 @pytest.fixture(scope="module")
 def expected(tiny_sd):
-    return expected_digests(tiny_sd, {torch.float32, torch.float16})
+    return expected_digests(tiny_sd, {a.stored_dtype for a in APPROACHES.values()})
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +155,7 @@ def test_resolve():
         resolve("pytorch,nope")
 
 
-def test_knobs_are_frozen_and_validated():
+def test_knobs_are_frozen_and_validated():  # noqa: D103
     from llama_ckpt.approaches import TSKnobs
     import dataclasses
 
@@ -167,3 +167,87 @@ def test_knobs_are_frozen_and_validated():
         with pytest.raises(ValueError):
             TSKnobs(**bad)
     assert isinstance(APPROACHES["ts+ocdbt"], TensorStoreZarr) and APPROACHES["ts+ocdbt"].k.use_ocdbt
+
+
+# -- beyond the guide ----------------------------------------------------------
+
+def test_beyond_the_guide_is_registered():
+    assert list(APPROACHES)[8:] == ["pytorch-fp32", "safetensors", "dcp", "ts+zarr3", "ts+bfloat16", "ts+best",
+                                    "ts+best16"]
+    assert {n: str(APPROACHES[n].stored_dtype) for n in ("pytorch-fp32", "safetensors", "dcp", "ts+zarr3",
+                                                         "ts+best", "ts+best16", "ts+bfloat16")} == {
+        "pytorch-fp32": "torch.float32", "safetensors": "torch.float32", "dcp": "torch.float32",
+        "ts+zarr3": "torch.float32", "ts+best": "torch.float32", "ts+best16": "torch.float16",
+        "ts+bfloat16": "torch.bfloat16"}
+
+
+def test_safetensors_file_has_every_tensor_in_float32(saved, tiny_sd):
+    from safetensors import safe_open
+
+    with safe_open(str(saved / "safetensors" / "model.safetensors"), framework="pt") as f:
+        assert set(f.keys()) == set(tiny_sd)
+        assert all(f.get_slice(k).get_dtype() == "F32" for k in f.keys())
+
+
+def test_dcp_writes_metadata_and_a_file_per_writer_thread(saved):
+    files = sorted(p.name for p in (saved / "dcp").iterdir())
+    assert ".metadata" in files
+    distcp = [f for f in files if f.endswith(".distcp")]
+    assert 1 <= len(distcp) <= APPROACHES["dcp"].threads()
+
+
+def test_zarr3_is_one_shard_per_tensor_with_inner_chunks(saved):
+    d = saved / "ts+zarr3" / EMBED
+    meta = json.loads((d / "zarr.json").read_text())
+    assert meta["zarr_format"] == 3 and meta["data_type"] == "float32"
+    (codec,) = meta["codecs"]
+    assert codec["name"] == "sharding_indexed"
+    inner = codec["configuration"]["chunk_shape"]
+    assert inner == list(APPROACHES["ts+zarr3"].chunk_shape((1000, 64), 4))
+    shard = meta["chunk_grid"]["configuration"]["chunk_shape"]
+    assert all(s >= d_ and s % i == 0 for s, d_, i in zip(shard, [1000, 64], inner))  # one shard covers it
+    data = [p for p in d.rglob("*") if p.is_file() and p.name != "zarr.json"]
+    assert len(data) == 1  # the shard
+
+
+def test_ts_best_is_one_ocdbt_database_with_large_chunks(saved):
+    import tensorstore as ts
+
+    a = APPROACHES["ts+best"]
+    assert a.k.use_ocdbt and a.k.transaction and a.k.reference_source and a.k.concurrency == 128
+    root = saved / "ts+best"
+    assert (root / "manifest.ocdbt").is_file()
+    n_files = sum(1 for p in root.rglob("*") if p.is_file())
+    assert n_files <= 5  # manifest.json, manifest.ocdbt and a few data files: one transaction
+    kv = ts.KvStore.open(a.kvstore(root, EMBED)).result()
+    meta = json.loads(kv.read(".zarray").result().value)
+    assert meta["chunks"] == [1000, 64] and meta["dtype"] == "<f4"
+    assert APPROACHES["ts+best16"].k == dataclasses_replace(a.k, dtype="float16")
+
+
+def dataclasses_replace(k, **kw):
+    import dataclasses
+
+    return dataclasses.replace(k, **kw)
+
+
+def test_bfloat16_round_trips_bit_exactly(saved, tiny_sd):
+    loaded = APPROACHES["ts+bfloat16"].load(saved / "ts+bfloat16")
+    assert all(torch.equal(loaded[k], tiny_sd[k].to(torch.bfloat16)) for k in tiny_sd)
+
+
+def test_sweep_expands_the_product_and_reuses_registered_names():
+    from llama_ckpt.approaches import sweep, variant
+
+    names = [a.name for a in sweep("tensorstore", concurrency=[1, 4, 128])]
+    assert names == ["tensorstore", "tensorstore[concurrency=4]", "ts+concurrency"]
+    grid = sweep("ts+chunks", chunk_size=[1 << 16, 1 << 20], use_ocdbt=[False, True])
+    assert [a.name for a in grid] == ["ts+chunks[chunk_size=64KiB]", "ts+chunks[chunk_size=64KiB,use_ocdbt=True]",
+                                      "ts+chunks", "ts+chunks[use_ocdbt=True]"]
+    assert variant("tensorstore", dtype="bfloat16").name == "ts+bfloat16"
+    with pytest.raises(UserError, match="bad knob"):
+        variant("tensorstore", chunk_size=-1)
+    with pytest.raises(UserError, match="bad knob"):
+        variant("tensorstore", colour="red")
+    with pytest.raises(UserError, match="at least one value"):
+        sweep("tensorstore", concurrency=[])
