@@ -63,8 +63,22 @@ class Approach:
     description: str
     stored_dtype: torch.dtype  # floating tensors are stored in this dtype
 
+    def __init__(self, name: str, description: str, knobs):
+        self.name, self.description, self.k = name, description, knobs
+        self.stored_dtype = _TORCH_DTYPES[knobs.dtype]
+
     def knobs(self) -> dict:
-        raise NotImplementedError
+        return dataclasses.asdict(self.k)
+
+    def _cast_consuming(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The state dict in the stored dtype, emptying ``state_dict`` as it
+        goes so each source tensor is released once cast (a no-op cast keeps
+        the same tensor)."""
+        out = {}
+        for name in list(state_dict):
+            t = state_dict.pop(name)
+            out[name] = t.to(self.stored(t.dtype)).contiguous()
+        return out
 
     def _save(self, state_dict: dict[str, torch.Tensor], path: Path, progress: Progress) -> None:
         raise NotImplementedError
@@ -135,20 +149,9 @@ class TorchSave(Approach):
     class Knobs:
         dtype: str = "float16"  # stored dtype of floating tensors
 
-    def __init__(self, name: str, description: str, knobs: "TorchSave.Knobs"):
-        self.name, self.description, self.k = name, description, knobs
-        self.stored_dtype = _TORCH_DTYPES[knobs.dtype]
-
-    def knobs(self) -> dict:
-        return dataclasses.asdict(self.k)
-
     def _save(self, state_dict, path, progress):
-        out = {}
-        for name in list(state_dict):
-            # pop: the float32 original is released as soon as it is cast
-            t = state_dict.pop(name)
-            out[name] = t.to(self.stored(t.dtype))
-            progress(1)
+        out = self._cast_consuming(state_dict)
+        progress(len(out))
         with open(path / self.FILE, "wb") as f:
             torch.save(out, f)
             f.flush()
@@ -182,20 +185,10 @@ class SafeTensors(Approach):
     class Knobs:
         dtype: str = "float32"  # stored dtype of floating tensors
 
-    def __init__(self, name: str, description: str, knobs: "SafeTensors.Knobs"):
-        self.name, self.description, self.k = name, description, knobs
-        self.stored_dtype = _TORCH_DTYPES[knobs.dtype]
-
-    def knobs(self) -> dict:
-        return dataclasses.asdict(self.k)
-
     def _save(self, state_dict, path, progress):
         from safetensors.torch import save_file
 
-        out = {}
-        for name in list(state_dict):
-            t = state_dict.pop(name)
-            out[name] = t.to(self.stored(t.dtype)).contiguous()
+        out = self._cast_consuming(state_dict)
         save_file(out, str(path / self.FILE))
         fsync_path(path / self.FILE)
         progress(len(out))
@@ -230,10 +223,6 @@ class DistributedCheckpoint(Approach):
         dtype: str = "float32"  # stored dtype of floating tensors
         thread_count: int = 0  # writer threads; 0 = the cores this process may use
 
-    def __init__(self, name: str, description: str, knobs: "DistributedCheckpoint.Knobs"):
-        self.name, self.description, self.k = name, description, knobs
-        self.stored_dtype = _TORCH_DTYPES[knobs.dtype]
-
     def threads(self) -> int:
         return self.k.thread_count or len(os.sched_getaffinity(0))
 
@@ -243,10 +232,7 @@ class DistributedCheckpoint(Approach):
     def _save(self, state_dict, path, progress):
         import torch.distributed.checkpoint as dcp
 
-        out = {}
-        for name in list(state_dict):
-            t = state_dict.pop(name)
-            out[name] = t.to(self.stored(t.dtype))
+        out = self._cast_consuming(state_dict)
         writer = dcp.FileSystemWriter(str(path), thread_count=self.threads(), sync_files=True)
         with warnings.catch_warnings():  # "assuming the intent is to save in a single process": it is
             warnings.simplefilter("ignore", UserWarning)
@@ -353,13 +339,6 @@ class TensorStoreZarr(Approach):
     full size; with small chunks the file count and per-file overhead grow
     with the tensor (a 3200x3200 matrix at 64 per dimension is 2,500 files).
     """
-
-    def __init__(self, name: str, description: str, knobs: TSKnobs):
-        self.name, self.description, self.k = name, description, knobs
-        self.stored_dtype = _TORCH_DTYPES[knobs.dtype]
-
-    def knobs(self) -> dict:
-        return dataclasses.asdict(self.k)
 
     # -- specs ---------------------------------------------------------------
     def chunk_shape(self, shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
