@@ -509,8 +509,10 @@ MiB = 1 << 20
 
 # ts+best: chosen by measurement on the small preset (OpenLLaMA-3B's 237 tensors,
 # 0.68 GB float32), 2 repeats each, save + cold load, on this 2-core machine
-# (2026-11-28; the sweep is `best_candidates()`). All with concurrency 128 and
-# no source copy:
+# (2026-11-28, medians of 2, while another benchmark was using the same disk:
+# read them as a ranking, not as speeds; the 05-formats phase measures ts+best
+# against torch.save and safetensors properly). The sweep is
+# `best_candidates()`, all with concurrency 128 and no source copy:
 #   file kvstore, 1 MiB chunks, writes in flight ....... save 2.11 s, load 1.05 s
 #   file kvstore, 16 MiB chunks, one transaction ........ save 0.89 s, load 0.60 s
 #   OCDBT, writes in flight (a commit per write) ......... save 3.7-4.9 s
