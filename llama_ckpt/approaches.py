@@ -16,6 +16,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import time
+import uuid
 import warnings
 from collections import deque
 from dataclasses import dataclass
@@ -26,11 +28,13 @@ import numpy as np
 import torch
 
 from . import chunks as chunk_rules
-from .errors import UserError
-from .fsutil import fsync_path
+from .errors import FAILURES, UserError
+from .fsutil import fsync_path, remove
 from .model import TensorSpec
 
 MANIFEST = "manifest.json"
+COMMIT = "COMMITTED"  # the commit marker, written last: a checkpoint without it does not exist
+TMP_TAG = ".tmp-"  # <name>.tmp-<id>: where a save writes before it is renamed into place
 Progress = Callable[[int], None]  # called with the number of tensors just finished
 
 # Writes in flight at once for the "all writes in flight together" approaches
@@ -103,34 +107,98 @@ class Approach:
         """The dtype a tensor of ``dtype`` is stored in (integers are kept)."""
         return self.stored_dtype if dtype.is_floating_point else dtype
 
-    def save(self, state_dict: dict[str, torch.Tensor], path: Path, progress: Progress = _no_progress) -> None:
+    def save(self, state_dict: dict[str, torch.Tensor], path: Path, progress: Progress = _no_progress,
+             digests: dict[str, str] | None = None) -> None:
+        """Write a checkpoint atomically: into a temporary sibling
+        ``<name>.tmp-<id>``, then the manifest (with each tensor's SHA-256 in
+        the stored dtype), then the commit marker, each fsynced, then rename
+        into place. ``digests`` (name -> hex) saves hashing here when the
+        caller has them already; otherwise they are computed before writing."""
         path = Path(path)
         if path.exists():
             raise FileExistsError(f"checkpoint path {path} already exists")
-        path.mkdir(parents=True)
         tensors = [{"name": k, "shape": list(v.shape), "dtype": str(self.stored(v.dtype)).removeprefix("torch.")}
                    for k, v in state_dict.items()]
-        self._save(state_dict, path, progress)
-        manifest = {"approach": self.name, "knobs": self.knobs(), "tensors": tensors}
-        with open(path / MANIFEST, "w") as f:
-            json.dump(manifest, f)
-            f.flush()
-            os.fsync(f.fileno())
-        fsync_path(path)
-        fsync_path(path.parent)
+        if digests is None:
+            from .verify import tensor_digest
+
+            digests = {k: tensor_digest(v.to(self.stored(v.dtype))) for k, v in state_dict.items()}
+        for t in tensors:
+            t["sha256"] = digests[t["name"]]
+        tmp = path.with_name(f"{path.name}{TMP_TAG}{uuid.uuid4().hex[:8]}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+        try:
+            self._save(state_dict, tmp, progress)
+            manifest = {"approach": self.name, "mechanism": type(self).__name__, "knobs": self.knobs(),
+                        "tensors": tensors}
+            _write_durably(tmp / MANIFEST, json.dumps(manifest))
+            for root, _dirs, _files in os.walk(tmp):  # directory entries (files fsynced themselves)
+                fsync_path(Path(root))
+            _write_durably(tmp / COMMIT, json.dumps({"committed_at": time.time()}))
+            fsync_path(tmp)
+            os.rename(tmp, path)
+            fsync_path(path.parent)
+        except BaseException:
+            remove(tmp)
+            raise
 
     def load(self, path: Path, progress: Progress = _no_progress) -> dict[str, torch.Tensor]:
+        """Every tensor of a committed checkpoint of this approach, in memory."""
         path = Path(path)
-        try:
-            with open(path / MANIFEST) as f:
-                manifest = json.load(f)
-        except FileNotFoundError:
-            raise UserError(f"{path}: not a llama_ckpt checkpoint (no {MANIFEST})") from None
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{path / MANIFEST}: corrupt manifest ({exc})") from None
+        manifest = read_manifest(path)
         if manifest.get("approach") != self.name:
             raise UserError(f"{path}: checkpoint of approach {manifest.get('approach')!r}, not {self.name!r}")
         return self._load(path, manifest, progress)
+
+    def iter_tensors(self, path: Path, manifest: dict):
+        """(name, tensor or the exception that reading it raised), one tensor
+        at a time where the format allows it; for `verify`."""
+        try:
+            sd = self._load(path, manifest, _no_progress)
+        except FAILURES as exc:  # the whole file failed: every tensor is bad
+            for t in manifest["tensors"]:
+                yield t["name"], exc
+            return
+        for t in manifest["tensors"]:
+            yield t["name"], sd.get(t["name"], KeyError(f"{t['name']} not in the checkpoint"))
+
+    def tensor_file(self, path: Path, name: str) -> Path:
+        """The file (or directory) that holds a tensor's bytes."""
+        return Path(path)
+
+
+def _write_durably(path: Path, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_manifest(path: Path) -> dict:
+    """The manifest of a committed checkpoint; a clear error for anything
+    else (a leftover temporary, no commit marker, no or corrupt manifest)."""
+    path = Path(path)
+    if TMP_TAG in path.name:
+        raise UserError(f"{path}: incomplete checkpoint (the temporary of an interrupted save)")
+    if not path.is_dir():
+        raise UserError(f"{path}: no such checkpoint directory")
+    if not (path / MANIFEST).is_file():
+        raise UserError(f"{path}: not a llama_ckpt checkpoint (no {MANIFEST})")
+    if not (path / COMMIT).is_file():
+        raise UserError(f"{path}: incomplete checkpoint (no commit marker {COMMIT}): never loaded or measured")
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+        _ = [(t["name"], t["shape"], t["dtype"]) for t in manifest["tensors"]]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"{path / MANIFEST}: corrupt manifest ({exc})") from None
+    return manifest
+
+
+def stale_temporaries(root: Path) -> list[Path]:
+    """Leftover ``*.tmp-*`` directories of interrupted saves under ``root``."""
+    root = Path(root)
+    return sorted(p for p in root.rglob(f"*{TMP_TAG}*") if p.is_dir()) if root.is_dir() else []
 
 
 class TorchSave(Approach):
@@ -158,9 +226,13 @@ class TorchSave(Approach):
             os.fsync(f.fileno())
 
     def _load(self, path, manifest, progress):
+        # weights_only passed explicitly: TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD cannot turn it off
         sd = torch.load(path / self.FILE, map_location="cpu", weights_only=True, mmap=False)
         progress(len(sd))
         return sd
+
+    def tensor_file(self, path, name):
+        return Path(path) / self.FILE
 
     def estimate_bytes(self, specs, block):
         # one zip record per tensor, 64-byte aligned, plus pickle and headers
@@ -202,6 +274,24 @@ class SafeTensors(Approach):
                 out[name] = f.get_tensor(name).clone()
                 progress(1)
         return out
+
+    def iter_tensors(self, path, manifest):
+        from safetensors import safe_open
+
+        try:
+            f = safe_open(str(path / self.FILE), framework="pt")
+        except FAILURES as exc:
+            yield from ((t["name"], exc) for t in manifest["tensors"])
+            return
+        with f:
+            for t in manifest["tensors"]:
+                try:
+                    yield t["name"], f.get_tensor(t["name"]).clone()
+                except FAILURES as exc:
+                    yield t["name"], exc
+
+    def tensor_file(self, path, name):
+        return Path(path) / self.FILE
 
     def estimate_bytes(self, specs, block):
         return _round_up(sum(s.numel * self.stored(s.dtype).itemsize + 128 for s in specs) + (1 << 20), block)
@@ -248,6 +338,31 @@ class DistributedCheckpoint(Approach):
             dcp.load(out, storage_reader=dcp.FileSystemReader(str(path)), no_dist=True)
         progress(len(out))
         return out
+
+    def iter_tensors(self, path, manifest):
+        import torch.distributed.checkpoint as dcp
+
+        for t in manifest["tensors"]:
+            one = {t["name"]: torch.empty(t["shape"], dtype=getattr(torch, t["dtype"]))}
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", UserWarning)
+                    dcp.load(one, storage_reader=dcp.FileSystemReader(str(path)), no_dist=True)
+                yield t["name"], one[t["name"]]
+            except FAILURES as exc:
+                yield t["name"], exc
+
+    def tensor_file(self, path, name):
+        import torch.distributed.checkpoint as dcp
+
+        try:
+            meta = dcp.FileSystemReader(str(path)).read_metadata()
+            for idx, info in meta.storage_data.items():
+                if idx.fqn == name:
+                    return Path(path) / info.relative_path
+        except FAILURES:  # the metadata itself is damaged
+            return Path(path) / ".metadata"
+        return Path(path)
 
     def estimate_bytes(self, specs, block):
         data = sum(s.numel * self.stored(s.dtype).itemsize + 1024 for s in specs)
@@ -374,6 +489,7 @@ class TensorStoreZarr(Approach):
             return {
                 "driver": "zarr3",
                 "kvstore": self.kvstore(root, name),
+                "store_data_equal_to_fill_value": True,
                 "metadata": {
                     "shape": list(shape),
                     "data_type": _ZARR3_DTYPE[dtype],
@@ -387,6 +503,7 @@ class TensorStoreZarr(Approach):
         return {
             "driver": "zarr",
             "kvstore": self.kvstore(root, name),
+            "store_data_equal_to_fill_value": True,  # an all-zero chunk is still written
             "metadata": {
                 "shape": list(shape),
                 "chunks": list(self.chunk_shape(shape, dtype.itemsize)),
@@ -445,8 +562,7 @@ class TensorStoreZarr(Approach):
         names = [(t["name"], getattr(torch, t["dtype"]), tuple(t["shape"])) for t in manifest["tensors"]]
 
         def open_read(name, dtype, shape):
-            spec = {"driver": "zarr3" if self.k.use_zarr3 else "zarr", "kvstore": self.kvstore(path, name)}
-            return ts.open(spec, open=True, read=True, context=ctx)
+            return ts.open(self.read_spec(path, name), open=True, read=True, context=ctx)
 
         if self.k.concurrency == 1:
             for name, dtype, shape in names:
@@ -476,6 +592,25 @@ class TensorStoreZarr(Approach):
         for x in c:
             per_chunk *= x
         return chunk_rules.n_chunks(spec.shape, c) * per_chunk
+
+    def read_spec(self, path: Path, name: str) -> dict:
+        """Strict reads: a missing chunk is an error, not fill-value zeros."""
+        return {"driver": "zarr3" if self.k.use_zarr3 else "zarr", "kvstore": self.kvstore(path, name),
+                "fill_missing_data_reads": False}
+
+    def iter_tensors(self, path, manifest):
+        import tensorstore as ts
+
+        ctx = self.context()
+        for t in manifest["tensors"]:
+            try:
+                store = ts.open(self.read_spec(path, t["name"]), open=True, read=True, context=ctx).result()
+                yield t["name"], _to_torch(store.read().result())
+            except FAILURES as exc:
+                yield t["name"], exc
+
+    def tensor_file(self, path, name):
+        return Path(path) if self.k.use_ocdbt else Path(path) / name
 
     def estimate_bytes(self, specs, block):
         total = 0

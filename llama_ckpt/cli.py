@@ -72,13 +72,16 @@ def cmd_run(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from .results import comparison_table, group_by_run, read_results
+    from .results import comparison_table, group_by_run, incomplete_runs, read_results
 
     loaded = read_results(Path(p) for p in args.results)
     for w in loaded.warnings:
         print(f"warning: {w}", file=sys.stderr)
     if not loaded.measurements:
         raise UserError("no measurement rows in " + ", ".join(args.results))
+    for run_id in incomplete_runs(loaded):
+        print(f"warning: run {run_id} is incomplete (interrupted or still running): its rows are shown "
+              "but it did not finish", file=sys.stderr)
     refs = {e["run_id"]: e for e in loaded.environments}
     for run_id, rows in group_by_run(loaded.measurements).items():
         env = refs.get(run_id, {})
@@ -108,6 +111,27 @@ def cmd_suite(args) -> int:
         print(f"{exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def cmd_verify(args) -> int:
+    from .integrity import verify
+
+    worst = 0
+    for p in args.paths:
+        try:
+            r = verify(p)
+        except UserError as exc:
+            print(f"{p}: NOT OK: {exc}")
+            worst = max(worst, 1)
+            continue
+        if r.ok:
+            print(f"{p}: OK: {r.approach}, {r.n_tensors} tensors, {r.n_bytes:,} bytes match their digests")
+        else:
+            print(f"{p}: NOT OK: {r.approach}, {len(r.bad)} of {r.n_tensors} tensors bad")
+            for line in r.bad:
+                print(f"  {line}")
+            worst = 1
+    return worst
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -148,6 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--keep", action="store_true", help="keep each approach's last checkpoint")
     s.add_argument("--no-summary", action="store_true", help="do not execute the summary notebook")
     s.set_defaults(func=cmd_suite)
+
+    s = sub.add_parser("verify", help="check checkpoints against the digests in their manifests")
+    s.add_argument("paths", nargs="+", metavar="PATH", help="checkpoint directories")
+    s.set_defaults(func=cmd_verify)
 
     s = sub.add_parser("compare", help="the comparison table from results files")
     s.add_argument("results", nargs="+", metavar="RESULTS", help="results .jsonl files")

@@ -3,8 +3,10 @@ and residency, sizes on disk, free space."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
+import fcntl
 import mmap
 import os
 import random
@@ -185,3 +187,50 @@ def remove(path: Path) -> None:
         shutil.rmtree(path)
     elif path.exists() or path.is_symlink():
         path.unlink()
+
+
+LOCK_NAME = ".llama_ckpt.lock"
+
+
+def _ancestors() -> set[int]:
+    import psutil
+
+    try:
+        return {p.pid for p in psutil.Process().parents()}
+    except psutil.Error:
+        return set()
+
+
+@contextlib.contextmanager
+def output_lock(directory: Path):
+    """Hold ``directory``'s lock while a run writes there: a second run on the
+    same directory refuses. A process whose ancestor holds the lock (the
+    suite's notebook kernels) shares it."""
+    from .errors import UserError
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                holder = int(os.pread(fd, 32, 0).decode().split()[0])
+            except (ValueError, IndexError):
+                holder = None
+            if holder is not None and holder in _ancestors():
+                yield
+                return
+            raise UserError(f"{directory} is in use by another run (pid {holder}); "
+                            "wait for it to finish or choose another output directory") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)

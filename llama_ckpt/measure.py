@@ -4,7 +4,9 @@ For each approach and repeat:
 
 1. build a fresh float32 source (outside the timer);
 2. time ``save`` from the call until its bytes are durable (each approach
-   fsyncs what it writes; a float16 approach's cast is inside the timer);
+   fsyncs what it writes; a float16 approach's cast is inside the timer),
+   including the suite's atomic commit (manifest, commit marker, rename: a
+   few small fsyncs) but not the digests, recorded before the timer;
 3. free the source, evict the checkpoint's files from the page cache and
    confirm it with mincore (outside the timer);
 4. time ``load`` until every tensor is materialised in memory;
@@ -35,8 +37,8 @@ from typing import Callable
 import psutil
 
 from . import fsutil
-from .approaches import Approach
-from .errors import UserError
+from .approaches import Approach, stale_temporaries
+from .errors import FAILURES, UserError
 from .model import ModelSource
 from .results import ResultsWriter, environment_record, measurement_row
 from .verify import check, expected_digests
@@ -62,6 +64,7 @@ class Options:
     progress: bool | None = None  # tqdm bars; default: only on a terminal
     disk_reference: bool = True  # time one sequential file of the model's size
     checkpoints: Path | None = None  # where checkpoints go; default <out>/checkpoints/<run_id>
+    lock: Path | None = None  # the directory whose lock the run holds; default out
 
 
 class PeakRSS:
@@ -209,13 +212,14 @@ def measure_approach(approach: Approach, source: ModelSource, expected: dict, ck
                 stored_dtype=str(approach.stored_dtype).removeprefix("torch."),
                 source_dtype=",".join(sorted({str(s.dtype).removeprefix("torch.") for s in source.specs})))
     fsutil.remove(ckpt_path)  # each repeat saves into a fresh directory
+    digests = {k: e.digest for k, e in expected[approach.stored_dtype].items()}
     stage = "save"
     try:
         sd = source.materialize()
         gc.collect()
         with PeakRSS() as rss_save, _bar(progress, len(sd), f"{approach.name} save #{repeat}") as bar:
             t0 = time.perf_counter()
-            approach.save(sd, ckpt_path, bar.update)
+            approach.save(sd, ckpt_path, bar.update, digests=digests)
             save_s = time.perf_counter() - t0
         del sd
         gc.collect()
@@ -255,7 +259,7 @@ def measure_approach(approach: Approach, source: ModelSource, expected: dict, ck
     except (KeyboardInterrupt, SystemExit):
         fsutil.remove(ckpt_path)
         raise
-    except Exception as exc:  # noqa: BLE001 - one approach failing must not stop the others
+    except FAILURES as exc:  # one approach failing must not stop the others
         gc.collect()
         fsutil.remove(ckpt_path)  # a partial checkpoint is never kept or measured
         return measurement_row(**base, verified=False, error=f"{stage} failed: {_describe_error(exc, ckpt_path)}",
@@ -270,6 +274,11 @@ def run(approaches: list[Approach], source: ModelSource, opts: Options,
         raise UserError(f"--repeats must be at least 1, got {opts.repeats}")
     out = Path(opts.out)
     check_writable(out)
+    with fsutil.output_lock(Path(opts.lock) if opts.lock else out):
+        return _run_locked(approaches, source, opts, out, on_row, say)
+
+
+def _run_locked(approaches, source, opts, out, on_row, say):
     need = check_disk(approaches, source, out, opts.keep, opts.disk_reference)
     run_id = opts.run_id or new_run_id()
     results_path = Path(opts.results) if opts.results else out / "results" / f"{run_id}.jsonl"
@@ -279,6 +288,9 @@ def run(approaches: list[Approach], source: ModelSource, opts: Options,
     say(f"run {run_id}: {len(approaches)} approach(es) x {opts.repeats} repeat(s) on {source.name} "
         f"({len(source.specs)} tensors, {source.n_params:,} parameters, {source.nbytes / 1e9:.2f} GB); "
         f"results -> {results_path}")
+    for stale in stale_temporaries(ckpt_root.parent):
+        fsutil.remove(stale)
+        say(f"removed the stale temporary of an interrupted save: {stale}")
     ref = {}
     if opts.disk_reference:
         say(f"disk reference: {source.nbytes / 1e9:.2f} GB sequential write + cold read")
@@ -295,17 +307,26 @@ def run(approaches: list[Approach], source: ModelSource, opts: Options,
     gc.collect()
 
     rows = []
-    for a in approaches:
-        for k in range(1, opts.repeats + 1):
-            row = measure_approach(a, source, expected, ckpt_root / a.name, k, run_id, opts)
-            writer.write(row)
-            rows.append(row)
-            on_row(row)
-        if not opts.keep:
-            fsutil.remove(ckpt_root / a.name)
+
+    def end(complete: bool, **why):
+        writer.write({"record": "end", "run_id": run_id, "complete": complete, "n_rows": len(rows),
+                      "n_valid": sum(bool(r.get("verified")) for r in rows),
+                      "n_planned": len(approaches) * opts.repeats,
+                      "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **why})
+
+    try:
+        for a in approaches:
+            for k in range(1, opts.repeats + 1):
+                row = measure_approach(a, source, expected, ckpt_root / a.name, k, run_id, opts)
+                writer.write(row)
+                rows.append(row)
+                on_row(row)
+            if not opts.keep:
+                fsutil.remove(ckpt_root / a.name)
+    except KeyboardInterrupt:
+        end(False, interrupted="KeyboardInterrupt")  # a SIGKILL leaves no end record: incomplete too
+        raise
     if not opts.keep:
         fsutil.remove(ckpt_root)
-    writer.write({"record": "end", "run_id": run_id, "n_rows": len(rows),
-                  "n_valid": sum(bool(r.get("verified")) for r in rows),
-                  "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+    end(True)
     return env | {"results_path": str(results_path)}, rows

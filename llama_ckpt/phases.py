@@ -126,7 +126,7 @@ def results_path(out_dir: str | Path, run_id: str, slug: str) -> Path:
 def phase_complete(out_dir: str | Path, run_id: str, slug: str) -> bool:
     """A phase's results are complete when its file ends with an ``end`` record."""
     p = results_path(out_dir, run_id, slug)
-    return p.is_file() and bool(read_results([p]).ends)
+    return p.is_file() and any(e.get("complete", True) for e in read_results([p]).ends)
 
 
 @dataclass
@@ -159,7 +159,7 @@ def run_phase(phase_id: str, model: str = "small", model_path: str = "", repeats
         say(f"phase {phase.slug}: an interrupted try's rows were moved to {aside}")
     source = get_model(model or None, model_path or None)
     opts = measure.Options(out=rdir, repeats=repeats, keep=keep, results=rpath, run_id=run_id, progress=progress,
-                           checkpoints=rdir / "checkpoints" / phase.slug)
+                           checkpoints=rdir / "checkpoints" / phase.slug, lock=Path(out_dir or DEFAULT_OUT))
     env, rows = measure.run(phase.approaches(), source, opts, say=say,
                             on_row=lambda r: say(f"  {r['approach']} #{r['repeat']}: "
                                                  + ("ERROR " + r["error"] if r["error"] else

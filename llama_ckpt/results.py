@@ -4,8 +4,9 @@ the comparison table.
 A results file holds three kinds of record, told apart by ``record``:
 ``"environment"`` (one per run: versions, machine, file system, git commit,
 the disk reference), ``"measurement"`` (one per approach and repeat, every
-sample kept) and ``"end"`` (written last, when every planned row is in: a
-file without it is from an interrupted run). Rows are appended and flushed as each finishes, so an
+sample kept) and ``"end"`` (written last: ``complete`` true when every planned
+row is in, false after Ctrl-C; a run killed outright has none, and counts as
+incomplete too). Rows are appended and flushed as each finishes, so an
 interrupted run keeps what it measured.
 """
 
@@ -311,3 +312,9 @@ def comparison_table(rows: list[dict], baseline: str = "tensorstore", reference:
         notes.append(f"not counted: {r['approach']} repeat {r.get('repeat')}: "
                      + (r.get("error") or "did not round-trip (verification failed)"))
     return render(header, body) + "\n" + "\n".join(notes)
+
+
+def incomplete_runs(loaded: "Loaded") -> list[str]:
+    """Run ids with measurements but no complete end record."""
+    done = {e.get("run_id") for e in loaded.ends if e.get("complete", True)}
+    return sorted({r.get("run_id") for r in loaded.measurements} - done)

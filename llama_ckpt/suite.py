@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import measure
+from . import fsutil, measure
 from .errors import UserError
 from .model import get_model
 from .phases import DEFAULT_OUT, REPO, SUMMARY_SLUG, get_phase, latest_run, phase_complete, run_dir
@@ -72,6 +72,12 @@ def run_suite(phase_ids: list[str], model: str = "small", model_path: str = "", 
         source = get_model(model or None, model_path or None)
         approaches = list({a.name: a for p in phases for a in p.approaches()}.values())
         measure.check_disk(approaches, source, rdir, keep, reference=True)
+    with fsutil.output_lock(out_dir):  # the notebooks' kernels, our children, share it
+        _run_phases(phases, model, model_path, repeats, out_dir, run_id, keep, summary, rdir)
+    return run_id
+
+
+def _run_phases(phases, model, model_path, repeats, out_dir, run_id, keep, summary, rdir):
     params = dict(MODEL=model, MODEL_PATH=model_path or "", REPEATS=repeats, OUT_DIR=str(out_dir), RUN_ID=run_id,
                   KEEP_CHECKPOINTS=keep)
     t_all = time.perf_counter()
@@ -96,4 +102,3 @@ def run_suite(phase_ids: list[str], model: str = "small", model_path: str = "", 
         print(f"The 8-way table (run {run_id}, {time.perf_counter() - t_all:.0f} s):")
         print(s.eight_way_text())
         print(f"\nchart: {out_dir / summ.CHART_NAME}\nnotebooks: {rdir}")
-    return run_id

@@ -219,6 +219,6 @@ def load(out_dir: str | Path, run_id: str = "") -> Summary:
     for f in files:
         one = read_results([f])
         by_phase[f.stem] = one.measurements
-        complete[f.stem] = bool(one.ends)
+        complete[f.stem] = any(e.get("complete", True) for e in one.ends)
     return Summary(Path(out_dir), run_id, loaded.measurements, loaded.environments, by_phase, complete,
                    loaded.warnings)

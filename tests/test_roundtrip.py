@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from llama_ckpt.approaches import APPROACHES, MANIFEST, TensorStoreZarr, TorchSave, resolve
+from llama_ckpt.approaches import APPROACHES, COMMIT, MANIFEST, TensorStoreZarr, TorchSave, resolve
 from llama_ckpt.errors import UserError
 from llama_ckpt.model import get_model
 from llama_ckpt.verify import check, expected_digests
@@ -123,7 +123,7 @@ def test_chunk_rules_in_the_approaches_on_the_real_shapes():
 
 def test_pytorch_stores_float16_in_one_file(saved):
     files = sorted(p.name for p in (saved / "pytorch").iterdir())
-    assert files == sorted([TorchSave.FILE, MANIFEST])
+    assert files == sorted([TorchSave.FILE, MANIFEST, COMMIT])
     sd = torch.load(saved / "pytorch" / TorchSave.FILE, weights_only=True)
     assert all(t.dtype == torch.float16 for t in sd.values())
 
@@ -218,7 +218,7 @@ def test_ts_best_is_one_ocdbt_database_with_large_chunks(saved):
     root = saved / "ts+best"
     assert (root / "manifest.ocdbt").is_file()
     n_files = sum(1 for p in root.rglob("*") if p.is_file())
-    assert n_files <= 5  # manifest.json, manifest.ocdbt and a few data files: one transaction
+    assert n_files <= 6  # manifest.json, COMMITTED, manifest.ocdbt and a few data files: one transaction
     kv = ts.KvStore.open(a.kvstore(root, EMBED)).result()
     meta = json.loads(kv.read(".zarray").result().value)
     assert meta["chunks"] == [1000, 64] and meta["dtype"] == "<f4"
