@@ -44,6 +44,7 @@ Progress = Callable[[int], None]  # called with the number of tensors just finis
 # beside the first, and the run must stay under 1.3x the float32 model in
 # peak RSS. The small preset (0.68 GB) is entirely in flight at once.
 INFLIGHT_BYTES = 1 << 30
+MAX_CHUNK = 1 << 32  # a chunk is held in memory whole: more than 4 GiB (or 2^32 per dimension) is a mistake
 
 _TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -390,6 +391,9 @@ class TSKnobs:
             raise ValueError(f"unknown chunk_rule {self.chunk_rule!r}")
         if self.chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {self.chunk_size}")
+        if self.chunk_size > MAX_CHUNK:
+            raise ValueError(f"chunk_size {self.chunk_size} is absurd: at most {MAX_CHUNK} "
+                             f"({'elements per dimension' if self.chunk_rule == 'per_dim' else 'bytes'})")
         if self.concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {self.concurrency}")
         if self.dtype not in _TORCH_DTYPES:
