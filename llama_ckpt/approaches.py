@@ -528,7 +528,9 @@ class TensorStoreZarr(Approach):
             txn = ts.Transaction()
             keep = []  # with reference_source, TensorStore holds these arrays until the commit
             for name in list(state_dict):
-                t = state_dict[name]
+                # pop: a cast copy (ts+best16) replaces its float32 source, so
+                # the peak stays near one copy of the model until the commit
+                t = state_dict.pop(name)
                 target = self.stored(t.dtype)
                 arr = _to_numpy(t.to(target))
                 store = ts.open(self.spec(path, name, tuple(t.shape), target), create=True, context=ctx,
@@ -542,7 +544,7 @@ class TensorStoreZarr(Approach):
         inflight: deque = deque()
         held = 0
         for name in list(state_dict):
-            t = state_dict[name]
+            t = state_dict.pop(name)
             target = self.stored(t.dtype)
             arr = _to_numpy(t.to(target))
             store = ts.open(self.spec(path, name, tuple(t.shape), target), create=True, context=ctx).result()

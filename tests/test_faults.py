@@ -114,8 +114,7 @@ def test_disk_full_mid_save_is_an_error_row_and_the_partial_files_go(tmp_path, s
 
 # 3. One flipped byte ------------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["pytorch", "tensorstore", "ts+compression", "ts+ocdbt", "safetensors", "dcp",
-                                  "ts+zarr3", "ts+best"])
+@pytest.mark.parametrize("name", list(APPROACHES))
 def test_a_flipped_byte_is_caught_and_the_tensor_named(tmp_path, tiny_sd, name):
     out = faults.probe(APPROACHES[name], "flipped byte", tmp_path, tiny_sd)
     assert out.result in (faults.FORMAT_RAISES, faults.ONLY_DIGESTS), out
