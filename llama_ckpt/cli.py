@@ -1,4 +1,4 @@
-"""``python -m llama_ckpt``: list, run, compare.
+"""``python -m llama_ckpt``: list, run, suite, verify, compare.
 
 Bad input ends with one line on stderr and exit code 2, never a traceback.
 """
