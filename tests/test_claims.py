@@ -31,6 +31,12 @@ def test_claim_1_does_not_hold_when_faster_but_not_by_90_percent():
     assert c["verdict"] == FAILS and "not about 0.1x" in c["measured"]
 
 
+def test_claim_1_holds_and_says_so_when_the_effect_is_stronger_than_claimed():
+    rows = rows_for("tensorstore", [100, 105, 110]) + rows_for("ts+chunks", [3, 3.5, 4])
+    c = claim(rows, 1)
+    assert c["verdict"] == HOLDS and "stronger effect than the claimed 0.1x" in c["measured"]
+
+
 def test_claim_1_does_not_hold_when_slower():
     rows = rows_for("tensorstore", [10, 11, 12]) + rows_for("ts+chunks", [20, 21, 22])
     assert claim(rows, 1)["verdict"] == FAILS
