@@ -22,8 +22,8 @@ def knob_label(knobs: dict | None, axis: str | None) -> str:
             return f"{knobs['chunk_size']}/dim"
         if rule == "whole":
             return "whole tensor"
-        return fmt_bytes(knobs["chunk_size"]).replace(".00", "") if knobs["chunk_size"] < 1e6 else \
-            f"{knobs['chunk_size'] >> 20} MiB"
+        n = knobs["chunk_size"]
+        return f"{n >> 20} MiB" if n % (1 << 20) == 0 else f"{n >> 10} KiB" if n % 1024 == 0 else f"{n} B"
     v = knobs.get(axis)
     return "none" if v is None else str(v)
 
