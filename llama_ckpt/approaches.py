@@ -567,18 +567,18 @@ class TensorStoreZarr(Approach):
         out: dict[str, torch.Tensor] = {}
         names = [(t["name"], getattr(torch, t["dtype"]), tuple(t["shape"])) for t in manifest["tensors"]]
 
-        def open_read(name, dtype, shape):
+        def open_read(name):
             return ts.open(self.read_spec(path, name), open=True, read=True, context=ctx)
 
         if self.k.concurrency == 1:
-            for name, dtype, shape in names:
-                out[name] = _to_torch(open_read(name, dtype, shape).result().read().result())
+            for name, _dtype, _shape in names:
+                out[name] = _to_torch(open_read(name).result().read().result())
                 progress(1)
         else:
             # All reads in flight together, up to INFLIGHT_BYTES: unbounded, the
             # chunk buffers of a 64-element-chunk OpenLLaMA-3B load pile up
             # beside the result (22 GB RSS, killed by the OOM killer here).
-            stores = [(n, d, s, open_read(n, d, s)) for n, d, s in names]
+            stores = [(n, d, s, open_read(n)) for n, d, s in names]
             pending: deque = deque()
             held = 0
             for n, d, s, f in stores:
@@ -603,15 +603,17 @@ class TensorStoreZarr(Approach):
         """The directory holding one tensor's files (None inside OCDBT)."""
         return None if self.k.use_ocdbt else Path(path) / name
 
+    def chunking(self, spec: TensorSpec) -> tuple[int, int]:
+        """(number of chunks, bytes of one full chunk) of a tensor as stored."""
+        dt = self.stored(spec.dtype)
+        c = self.chunk_shape(spec.shape, dt.itemsize)
+        return chunk_rules.n_chunks(spec.shape, c), dt.itemsize * _numel(c)
+
     def payload_bytes(self, spec: TensorSpec) -> int:
         """Bytes of chunk data before compression: zarr v2 stores edge chunks
         at full size, so padding counts."""
-        dt = self.stored(spec.dtype)
-        c = self.chunk_shape(spec.shape, dt.itemsize)
-        per_chunk = dt.itemsize
-        for x in c:
-            per_chunk *= x
-        return chunk_rules.n_chunks(spec.shape, c) * per_chunk
+        n, chunk_bytes = self.chunking(spec)
+        return n * chunk_bytes
 
     def read_spec(self, path: Path, name: str) -> dict:
         """Strict reads: a missing chunk is an error, not fill-value zeros."""
@@ -635,12 +637,7 @@ class TensorStoreZarr(Approach):
     def estimate_bytes(self, specs, block):
         total = 0
         for s in specs:
-            dt = self.stored(s.dtype)
-            c = self.chunk_shape(s.shape, dt.itemsize)
-            n = chunk_rules.n_chunks(s.shape, c)
-            chunk_bytes = dt.itemsize
-            for x in c:
-                chunk_bytes *= x
+            n, chunk_bytes = self.chunking(s)
             # gzip is assumed not to shrink anything: an upper bound.
             if self.k.use_ocdbt:
                 total += n * chunk_bytes
