@@ -47,7 +47,7 @@ report: setup ## render the executed notebooks of a run to HTML beside them
 lab: setup ## open JupyterLab on notebooks/
 	$(VENV)/bin/jupyter lab notebooks/
 
-test: setup ## run the tests (tiny model, a few minutes)
+test: setup ## run the tests (tiny model; about 10 minutes)
 	$(PY) -m pytest -q
 
 clean: ## remove everything under OUT (checkpoints, results, runs, charts)
