@@ -121,6 +121,11 @@ def _git_commit() -> str | None:
         return None
 
 
+# The code a run measures is the code imported when it started: read HEAD once,
+# here, not when the environment record is written (HEAD may move meanwhile).
+GIT_COMMIT = _git_commit()
+
+
 def _version(mod: str) -> str | None:
     try:
         from importlib.metadata import version
@@ -163,7 +168,7 @@ def environment_record(run_id: str, out_dir: Path, **extra) -> dict:
         "out_fs_type": fs["fstype"],
         "out_fs_device": fs["device"],
         "out_fs_mount": fs["mount"],
-        "git_commit": _git_commit(),
+        "git_commit": GIT_COMMIT,
         **extra,
     }
 
