@@ -202,7 +202,25 @@ def stale_temporaries(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob(f"*{TMP_TAG}*") if p.is_dir()) if root.is_dir() else []
 
 
-class TorchSave(Approach):
+class _OneFile(Approach):
+    """An approach that writes the whole state dict into one file, ``FILE``."""
+
+    FILE: str
+
+    @dataclass(frozen=True)
+    class Knobs:
+        dtype: str = "float32"  # stored dtype of floating tensors
+
+    def tensor_file(self, path, name):
+        return Path(path) / self.FILE
+
+    def estimate_bytes(self, specs, block):
+        # the data plus, per tensor, its header or zip record (256 B is an upper bound), plus 1 MiB
+        data = sum(s.numel * self.stored(s.dtype).itemsize + 256 for s in specs)
+        return _round_up(data + (1 << 20), block)
+
+
+class TorchSave(_OneFile):
     """``torch.save`` of the whole state dict into one ``model.pth`` (the zip
     format: one record per tensor), cast to ``dtype`` first; loaded with
     ``torch.load(weights_only=True)``, which reads every record into memory.
@@ -213,10 +231,6 @@ class TorchSave(Approach):
     """
 
     FILE = "model.pth"
-
-    @dataclass(frozen=True)
-    class Knobs:
-        dtype: str = "float16"  # stored dtype of floating tensors
 
     def _save(self, state_dict, path, progress):
         out = self._cast_consuming(state_dict)
@@ -232,16 +246,9 @@ class TorchSave(Approach):
         progress(len(sd))
         return sd
 
-    def tensor_file(self, path, name):
-        return Path(path) / self.FILE
-
-    def estimate_bytes(self, specs, block):
-        # one zip record per tensor, 64-byte aligned, plus pickle and headers
-        data = sum(s.numel * self.stored(s.dtype).itemsize + 256 for s in specs)
-        return _round_up(data + (1 << 20), block)
 
 
-class SafeTensors(Approach):
+class SafeTensors(_OneFile):
     """``safetensors.torch.save_file`` of the state dict into one
     ``model.safetensors`` (a JSON header, then every tensor's raw bytes),
     fsynced after; loaded with ``safe_open``, copying each tensor out of the
@@ -253,10 +260,6 @@ class SafeTensors(Approach):
     """
 
     FILE = "model.safetensors"
-
-    @dataclass(frozen=True)
-    class Knobs:
-        dtype: str = "float32"  # stored dtype of floating tensors
 
     def _save(self, state_dict, path, progress):
         from safetensors.torch import save_file
@@ -291,11 +294,6 @@ class SafeTensors(Approach):
                 except FAILURES as exc:
                     yield t["name"], exc
 
-    def tensor_file(self, path, name):
-        return Path(path) / self.FILE
-
-    def estimate_bytes(self, specs, block):
-        return _round_up(sum(s.numel * self.stored(s.dtype).itemsize + 128 for s in specs) + (1 << 20), block)
 
 
 class DistributedCheckpoint(Approach):
