@@ -19,7 +19,7 @@ import platform
 import statistics
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
@@ -72,10 +72,7 @@ class Loaded:
     measurements: list[dict]
     environments: list[dict]
     warnings: list[str]
-    ends: list[dict] = None
-
-    def __post_init__(self):
-        self.ends = self.ends or []
+    ends: list[dict] = field(default_factory=list)
 
 
 def read_results(paths: Iterable[Path]) -> Loaded:
