@@ -9,13 +9,14 @@ MODEL_PATH ?=## a local Hugging Face model folder instead of a preset
 REPEATS ?= 3## timed save+load cycles per approach
 OUT ?= saved_models## output directory
 KEEP ?= 0## 1 keeps each approach's last checkpoint
+S3_DIR ?= $(OUT)/s3## data directory of the local S3 server (make s3-up)
 RUN_ID ?=## run id, the same id resumes a run; empty: a new one (summary: the latest)
 
 SUITE = $(PY) -m llama_ckpt suite --model $(MODEL) $(if $(MODEL_PATH),--model-path "$(MODEL_PATH)") \
 	--repeats $(REPEATS) --out "$(OUT)" $(if $(RUN_ID),--run-id "$(RUN_ID)") $(if $(filter 1 yes true,$(KEEP)),--keep)
 PHASES := 00 4a 4b 4c 4d 4e 05
 
-.PHONY: help setup run-all test summary report lab clean $(addprefix phase-,$(PHASES))
+.PHONY: help setup run-all test summary report lab clean s3-up s3-down $(addprefix phase-,$(PHASES))
 
 help: ## list the targets and options
 	@echo "targets:"
@@ -49,6 +50,12 @@ lab: setup ## open JupyterLab on notebooks/
 
 test: setup ## run the tests (tiny model; about 10 minutes)
 	$(PY) -m pytest -q
+
+s3-up: setup ## start a local S3 server (SeaweedFS) on loopback; prints its endpoint
+	$(PY) -m llama_ckpt.s3 up "$(S3_DIR)"
+
+s3-down: setup ## stop the server s3-up started
+	$(PY) -m llama_ckpt.s3 down "$(S3_DIR)"
 
 clean: ## remove everything under OUT (checkpoints, results, runs, charts)
 	find "$(OUT)" -mindepth 1 ! -name .gitkeep -exec rm -rf {} +

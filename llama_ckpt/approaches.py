@@ -14,6 +14,7 @@ fsynced last, inside the timed save: loading reads the tensor list from it.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
 import time
@@ -31,6 +32,7 @@ from . import chunks as chunk_rules
 from .errors import FAILURES, UserError
 from .fsutil import fsync_path, remove
 from .model import TensorSpec
+from .s3 import S3Path
 
 MANIFEST = "manifest.json"
 COMMIT = "COMMITTED"  # the commit marker, written last: a checkpoint without it does not exist
@@ -67,6 +69,7 @@ class Approach:
     name: str
     description: str
     stored_dtype: torch.dtype  # floating tensors are stored in this dtype
+    s3_unsupported: str | None = None  # why this approach cannot target S3 (None: it can)
 
     def __init__(self, name: str, description: str, knobs):
         self.name, self.description, self.k = name, description, knobs
@@ -115,25 +118,18 @@ class Approach:
         the stored dtype), then the commit marker, each fsynced, then rename
         into place. ``digests`` (name -> hex) saves hashing here when the
         caller has them already; otherwise they are computed before writing."""
+        if isinstance(path, S3Path):
+            return self._save_s3(state_dict, path, progress, digests)
         path = Path(path)
         if path.exists():
             raise FileExistsError(f"checkpoint path {path} already exists")
-        tensors = [{"name": k, "shape": list(v.shape), "dtype": str(self.stored(v.dtype)).removeprefix("torch.")}
-                   for k, v in state_dict.items()]
-        if digests is None:
-            from .verify import tensor_digest
-
-            digests = {k: tensor_digest(v.to(self.stored(v.dtype))) for k, v in state_dict.items()}
-        for t in tensors:
-            t["sha256"] = digests[t["name"]]
+        tensors = self._manifest_tensors(state_dict, digests)
         tmp = path.with_name(f"{path.name}{TMP_TAG}{uuid.uuid4().hex[:8]}")
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp.mkdir()
         try:
             self._save(state_dict, tmp, progress)
-            manifest = {"approach": self.name, "mechanism": type(self).__name__, "knobs": self.knobs(),
-                        "tensors": tensors}
-            _write_durably(tmp / MANIFEST, json.dumps(manifest))
+            _write_durably(tmp / MANIFEST, json.dumps(self._manifest(tensors)))
             for root, _dirs, _files in os.walk(tmp):  # directory entries (files fsynced themselves)
                 fsync_path(Path(root))
             _write_durably(tmp / COMMIT, json.dumps({"committed_at": time.time()}))
@@ -144,9 +140,41 @@ class Approach:
             remove(tmp)
             raise
 
+    def _save_s3(self, state_dict, path: S3Path, progress, digests) -> None:
+        """The same protocol on an object store, which has no rename: the
+        objects go straight under the checkpoint's prefix, then the manifest,
+        then the commit marker in one PUT. A prefix without the marker is an
+        interrupted save: never loaded, removed by the next run."""
+        if self.s3_unsupported:
+            raise UserError(f"{self.name} cannot write to S3: {self.s3_unsupported}")
+        if path.exists():
+            raise FileExistsError(f"checkpoint {path} already exists")
+        tensors = self._manifest_tensors(state_dict, digests)
+        try:
+            self._save(state_dict, path, progress)
+            (path / MANIFEST).write_text(json.dumps(self._manifest(tensors)))
+            (path / COMMIT).write_text(json.dumps({"committed_at": time.time()}))
+        except BaseException:
+            path.remove()
+            raise
+
+    def _manifest(self, tensors: list[dict]) -> dict:
+        return {"approach": self.name, "mechanism": type(self).__name__, "knobs": self.knobs(), "tensors": tensors}
+
+    def _manifest_tensors(self, state_dict, digests) -> list[dict]:
+        tensors = [{"name": k, "shape": list(v.shape), "dtype": str(self.stored(v.dtype)).removeprefix("torch.")}
+                   for k, v in state_dict.items()]
+        if digests is None:
+            from .verify import tensor_digest
+
+            digests = {k: tensor_digest(v.to(self.stored(v.dtype))) for k, v in state_dict.items()}
+        for t in tensors:
+            t["sha256"] = digests[t["name"]]
+        return tensors
+
     def load(self, path: Path, progress: Progress = _no_progress) -> dict[str, torch.Tensor]:
         """Every tensor of a committed checkpoint of this approach, in memory."""
-        path = Path(path)
+        path = path if isinstance(path, S3Path) else Path(path)
         manifest = read_manifest(path)
         if manifest.get("approach") != self.name:
             raise UserError(f"{path}: checkpoint of approach {manifest.get('approach')!r}, not {self.name!r}")
@@ -179,6 +207,8 @@ def _write_durably(path: Path, text: str) -> None:
 def read_manifest(path: Path) -> dict:
     """The manifest of a committed checkpoint; a clear error for anything
     else (a leftover temporary, no commit marker, no or corrupt manifest)."""
+    if isinstance(path, S3Path):
+        return _read_manifest_s3(path)
     path = Path(path)
     if TMP_TAG in path.name:
         raise UserError(f"{path}: incomplete checkpoint (the temporary of an interrupted save)")
@@ -188,6 +218,19 @@ def read_manifest(path: Path) -> dict:
         raise UserError(f"{path}: not a llama_ckpt checkpoint (no {MANIFEST})")
     if not (path / COMMIT).is_file():
         raise UserError(f"{path}: incomplete checkpoint (no commit marker {COMMIT}): never loaded or measured")
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+        _ = [(t["name"], t["shape"], t["dtype"]) for t in manifest["tensors"]]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"{path / MANIFEST}: corrupt manifest ({exc})") from None
+    return manifest
+
+
+def _read_manifest_s3(path: S3Path) -> dict:
+    if not (path / COMMIT).is_file():
+        if path.is_dir():
+            raise UserError(f"{path}: incomplete checkpoint (no commit marker {COMMIT}): never loaded or measured")
+        raise UserError(f"{path}: no such checkpoint")
     try:
         manifest = json.loads((path / MANIFEST).read_text())
         _ = [(t["name"], t["shape"], t["dtype"]) for t in manifest["tensors"]]
@@ -212,7 +255,7 @@ class _OneFile(Approach):
         dtype: str = "float32"  # stored dtype of floating tensors
 
     def tensor_file(self, path, name):
-        return Path(path) / self.FILE
+        return path / self.FILE if isinstance(path, S3Path) else Path(path) / self.FILE
 
     def estimate_bytes(self, specs, block):
         # the data plus, per tensor, its header or zip record (256 B is an upper bound), plus 1 MiB
@@ -235,6 +278,10 @@ class TorchSave(_OneFile):
     def _save(self, state_dict, path, progress):
         out = self._cast_consuming(state_dict)
         progress(len(out))
+        if isinstance(path, S3Path):  # streamed by multipart upload: no second copy in memory
+            with (path / self.FILE).open_writer() as f:
+                torch.save(out, f)
+            return
         with open(path / self.FILE, "wb") as f:
             torch.save(out, f)
             f.flush()
@@ -242,7 +289,8 @@ class TorchSave(_OneFile):
 
     def _load(self, path, manifest, progress):
         # weights_only passed explicitly: TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD cannot turn it off
-        sd = torch.load(path / self.FILE, map_location="cpu", weights_only=True, mmap=False)
+        src = io.BytesIO((path / self.FILE).read_bytes()) if isinstance(path, S3Path) else path / self.FILE
+        sd = torch.load(src, map_location="cpu", weights_only=True, mmap=False)
         progress(len(sd))
         return sd
 
@@ -262,9 +310,15 @@ class SafeTensors(_OneFile):
     FILE = "model.safetensors"
 
     def _save(self, state_dict, path, progress):
-        from safetensors.torch import save_file
+        from safetensors.torch import save, save_file
 
         out = self._cast_consuming(state_dict)
+        if isinstance(path, S3Path):  # the library serialises to bytes (a second copy), then one upload
+            data = save(out)
+            with (path / self.FILE).open_writer() as f:
+                f.write(data)
+            progress(len(out))
+            return
         save_file(out, str(path / self.FILE))
         fsync_path(path / self.FILE)
         progress(len(out))
@@ -272,6 +326,12 @@ class SafeTensors(_OneFile):
     def _load(self, path, manifest, progress):
         from safetensors import safe_open
 
+        if isinstance(path, S3Path):
+            from safetensors.torch import load
+
+            out = load((path / self.FILE).read_bytes())
+            progress(len(out))
+            return out
         out = {}
         with safe_open(str(path / self.FILE), framework="pt") as f:
             for name in f.keys():
@@ -282,6 +342,9 @@ class SafeTensors(_OneFile):
     def iter_tensors(self, path, manifest):
         from safetensors import safe_open
 
+        if isinstance(path, S3Path):
+            yield from super().iter_tensors(path, manifest)
+            return
         try:
             f = safe_open(str(path / self.FILE), framework="pt")
         except FAILURES as exc:
@@ -306,6 +369,9 @@ class DistributedCheckpoint(Approach):
     Caveats: DCP's files are meant to be read by DCP; the single-process path
     is what a one-host job gets, the sharded path is another question.
     """
+
+    s3_unsupported = ("FileSystemWriter writes a local directory; DCP's fsspec writer would need s3fs, "
+                      "which this suite does not install")
 
     @dataclass(frozen=True)
     class Knobs:
@@ -468,12 +534,22 @@ class TensorStoreZarr(Approach):
             return chunk_rules.t5x(shape, itemsize, k.chunk_size)
         return chunk_rules.whole(shape)
 
-    def context(self):
+    def context(self, path=None):
+        """File I/O (or, on S3, request) concurrency limited to the knob; on
+        S3, retries bounded so a dead endpoint fails within seconds."""
         import tensorstore as ts
 
+        if isinstance(path, S3Path):
+            return ts.Context({"s3_request_concurrency": {"limit": self.k.concurrency},
+                               "s3_request_retries": {"max_retries": 2, "initial_delay": "200ms",
+                                                      "max_delay": "2s"}})
         return ts.Context({"file_io_concurrency": {"limit": self.k.concurrency}, "file_io_sync": True})
 
     def kvstore(self, root: Path, name: str) -> dict:
+        if isinstance(root, S3Path):
+            if self.k.use_ocdbt:
+                return {"driver": "ocdbt", "base": root.target.kvstore(root.key), "path": f"{name}/"}
+            return root.kvstore(name)
         root = Path(root).resolve()  # OCDBT needs an absolute path
         if self.k.use_ocdbt:
             return {"driver": "ocdbt", "base": f"file://{root}/", "path": f"{name}/"}
@@ -519,7 +595,7 @@ class TensorStoreZarr(Approach):
     def _save(self, state_dict, path, progress):
         import tensorstore as ts
 
-        ctx = self.context()
+        ctx = self.context(path)
         if self.k.transaction:
             # One commit at the end: nothing is durable before it; writes only
             # stage data, so there is nothing to bound until the commit.
@@ -561,7 +637,7 @@ class TensorStoreZarr(Approach):
     def _load(self, path, manifest, progress):
         import tensorstore as ts
 
-        ctx = self.context()
+        ctx = self.context(path)
         out: dict[str, torch.Tensor] = {}
         names = [(t["name"], getattr(torch, t["dtype"]), tuple(t["shape"])) for t in manifest["tensors"]]
 
@@ -598,8 +674,8 @@ class TensorStoreZarr(Approach):
         return out
 
     def tensor_dir(self, path: Path, name: str) -> Path | None:
-        """The directory holding one tensor's files (None inside OCDBT)."""
-        return None if self.k.use_ocdbt else Path(path) / name
+        """The directory holding one tensor's files (None inside OCDBT or on S3)."""
+        return None if self.k.use_ocdbt or isinstance(path, S3Path) else Path(path) / name
 
     def chunking(self, spec: TensorSpec) -> tuple[int, int]:
         """(number of chunks, bytes of one full chunk) of a tensor as stored."""
@@ -621,7 +697,7 @@ class TensorStoreZarr(Approach):
     def iter_tensors(self, path, manifest):
         import tensorstore as ts
 
-        ctx = self.context()
+        ctx = self.context(path)
         for t in manifest["tensors"]:
             try:
                 store = ts.open(self.read_spec(path, t["name"]), open=True, read=True, context=ctx).result()
@@ -630,6 +706,8 @@ class TensorStoreZarr(Approach):
                 yield t["name"], exc
 
     def tensor_file(self, path, name):
+        if isinstance(path, S3Path):
+            return path if self.k.use_ocdbt else path / name
         return Path(path) if self.k.use_ocdbt else Path(path) / name
 
     def estimate_bytes(self, specs, block):

@@ -34,18 +34,43 @@ def cmd_list(args) -> int:
 
     width = max(map(len, APPROACHES))
     for name, a in APPROACHES.items():
-        print(f"{name.ljust(width)}  {a.description}")
+        s3 = f" [not on S3: {a.s3_unsupported}]" if a.s3_unsupported else ""
+        print(f"{name.ljust(width)}  {a.description}{s3}")
     return 0
 
 
 def _row_line(row: dict) -> str:
     if row.get("error"):
         return f"  {row['approach']:<16} #{row['repeat']}  ERROR {row['error']}"
+    cold = {True: "", False: " (warm: eviction not confirmed)", None: " (server cache not evicted)"}[row["load_cold"]]
+    on_s3 = row.get("requests_save") is not None
+    reqs = (f"  requests {_requests(row['requests_save'])}/{_requests(row['requests_load'])}" if on_s3 else "")
     return (f"  {row['approach']:<16} #{row['repeat']}  save {row['save_s']:8.2f} s  load {row['load_s']:8.2f} s"
-            f"{'' if row['load_cold'] else ' (warm: eviction not confirmed)'}  {row['bytes_on_disk'] / 1e6:10.1f} MB"
-            f"  {row['n_files']:>7} files  peak RSS {row['peak_rss_save_bytes'] / 1e9:.2f}/{row['peak_rss_load_bytes'] / 1e9:.2f} GB"
+            f"{cold}  {row['bytes_on_disk'] / 1e6:10.1f} MB"
+            f"  {row['n_files']:>7} {'objects' if on_s3 else 'files'}{reqs}  peak RSS {row['peak_rss_save_bytes'] / 1e9:.2f}/{row['peak_rss_load_bytes'] / 1e9:.2f} GB"
             f"  {'verified' if row['verified'] else 'NOT VERIFIED'}"
             + (f" (max abs err {row['max_abs_err']:.2e})" if row.get("max_abs_err") else ""))
+
+
+def _requests(counts: dict) -> int:
+    from .s3 import Requests
+
+    return Requests(counts).total
+
+
+def _storage(args):
+    """The S3 target of --storage/--s3-endpoint/--s3-delay-ms, or None (the local disk)."""
+    from .s3 import Target, local_server_dir
+
+    if not args.storage or args.storage == "local":
+        if args.s3_endpoint or args.s3_delay_ms:
+            raise UserError("--s3-endpoint and --s3-delay-ms need --storage s3://BUCKET/PREFIX")
+        return None
+    if args.s3_delay_ms < 0:
+        raise UserError(f"--s3-delay-ms must be >= 0, got {args.s3_delay_ms:g}")
+    endpoint = args.s3_endpoint
+    server_dir = local_server_dir(endpoint, [Path(args.out) / "s3", Path(DEFAULT_OUT) / "s3"]) if endpoint else None
+    return Target.parse(args.storage, endpoint, delay_ms=args.s3_delay_ms, server_dir=server_dir)
 
 
 def cmd_run(args) -> int:
@@ -57,15 +82,17 @@ def cmd_run(args) -> int:
     approaches = resolve(args.approach)
     if args.model and args.model_path:
         raise UserError("give --model or --model-path, not both")
+    storage = _storage(args)
     source = get_model(args.model, args.model_path, seed=args.seed)
     opts = measure.Options(out=Path(args.out), repeats=args.repeats, keep=args.keep, warm=args.warm,
-                           results=Path(args.results) if args.results else None, run_id=args.run_id)
+                           results=Path(args.results) if args.results else None, run_id=args.run_id,
+                           storage=storage)
     env, rows = measure.run(approaches, source, opts, on_row=lambda r: print(_row_line(r), flush=True),
                             say=lambda s: print(s, flush=True))
     print()
     print(comparison_table(rows))
     if "reference_write_Bps" in env:
-        print(f"disk reference: write {env['reference_write_Bps'] / 1e6:.0f} MB/s, "
+        print(f"{env['reference_kind']} reference: write {env['reference_write_Bps'] / 1e6:.0f} MB/s, "
               f"read {env['reference_read_Bps'] / 1e6:.0f} MB/s{'' if env['reference_read_cold'] else ' (read not cold)'}")
     print(f"results: {env['results_path']}")
     return 0 if all(r.get("verified") for r in rows) else 1
@@ -116,10 +143,16 @@ def cmd_suite(args) -> int:
 def cmd_verify(args) -> int:
     from .integrity import verify
 
+    from .s3 import Target
+
     worst = 0
     for p in args.paths:
         try:
-            r = verify(p)
+            if p.startswith("s3://"):
+                bucket, _, key = p[len("s3://"):].partition("/")
+                r = verify(Target.parse(f"s3://{bucket}", args.s3_endpoint).path(key.strip("/")))
+            else:
+                r = verify(p)
         except UserError as exc:
             print(f"{p}: NOT OK: {exc}")
             worst = max(worst, 1)
@@ -158,6 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--keep", action="store_true", help="keep each approach's last checkpoint (default: delete once measured)")
     s.add_argument("--warm", action="store_true", help="also time a warm load from the page cache")
     s.add_argument("--seed", type=int, default=0, help="seed of the preset's random weights (default: 0)")
+    s.add_argument("--storage", default=None, metavar="s3://BUCKET/PREFIX",
+                   help="write checkpoints to an S3 bucket instead of the local disk (credentials from the "
+                        "AWS_* environment variables; none: unsigned requests)")
+    s.add_argument("--s3-endpoint", default=None, metavar="URL", help="the S3 endpoint, e.g. what `make s3-up` prints")
+    s.add_argument("--s3-delay-ms", type=float, default=0.0, metavar="MS",
+                   help="add this round-trip delay between the client and the S3 server (a proxy on loopback)")
     s.set_defaults(func=cmd_run)
 
     s = sub.add_parser("suite", help="execute the phase notebooks with papermill, then the summary")
@@ -174,7 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_suite)
 
     s = sub.add_parser("verify", help="check checkpoints against the digests in their manifests")
-    s.add_argument("paths", nargs="+", metavar="PATH", help="checkpoint directories")
+    s.add_argument("paths", nargs="+", metavar="PATH", help="checkpoint directories, or s3://BUCKET/KEY prefixes")
+    s.add_argument("--s3-endpoint", default=None, metavar="URL", help="the S3 endpoint of s3:// paths")
     s.set_defaults(func=cmd_verify)
 
     s = sub.add_parser("compare", help="the comparison table from results files")

