@@ -55,6 +55,44 @@ def _no_progress(_n: int) -> None:
     pass
 
 
+class SavePhases:
+    """Where a save's time goes: ``with SavePhases() as sp`` around a save
+    collects seconds per phase (``sp.seconds``) from the ``phase()`` blocks
+    inside the approaches; outside one, ``phase()`` costs one attribute read."""
+
+    active: "SavePhases | None" = None
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    def __enter__(self):
+        SavePhases.active = self
+        return self
+
+    def __exit__(self, *exc):
+        SavePhases.active = None
+        return False
+
+
+class phase:
+    """``with phase("commit"):`` adds the block's wall time to the active
+    :class:`SavePhases` under that name."""
+
+    __slots__ = ("name", "t0")
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __enter__(self):
+        self.t0 = time.perf_counter()
+
+    def __exit__(self, *exc):
+        rec = SavePhases.active
+        if rec is not None:
+            rec.seconds[self.name] = rec.seconds.get(self.name, 0.0) + time.perf_counter() - self.t0
+        return False
+
+
 class Approach:
     """The contract every approach meets.
 
@@ -129,13 +167,14 @@ class Approach:
         tmp.mkdir()
         try:
             self._save(state_dict, tmp, progress)
-            _write_durably(tmp / MANIFEST, json.dumps(self._manifest(tensors)))
-            for root, _dirs, _files in os.walk(tmp):  # directory entries (files fsynced themselves)
-                fsync_path(Path(root))
-            _write_durably(tmp / COMMIT, json.dumps({"committed_at": time.time()}))
-            fsync_path(tmp)
-            os.rename(tmp, path)
-            fsync_path(path.parent)
+            with phase("suite: manifest, directory fsyncs, marker, rename"):
+                _write_durably(tmp / MANIFEST, json.dumps(self._manifest(tensors)))
+                for root, _dirs, _files in os.walk(tmp):  # directory entries (files fsynced themselves)
+                    fsync_path(Path(root))
+                _write_durably(tmp / COMMIT, json.dumps({"committed_at": time.time()}))
+                fsync_path(tmp)
+                os.rename(tmp, path)
+                fsync_path(path.parent)
         except BaseException:
             remove(tmp)
             raise
@@ -152,8 +191,9 @@ class Approach:
         tensors = self._manifest_tensors(state_dict, digests)
         try:
             self._save(state_dict, path, progress)
-            (path / MANIFEST).write_text(json.dumps(self._manifest(tensors)))
-            (path / COMMIT).write_text(json.dumps({"committed_at": time.time()}))
+            with phase("suite: manifest, marker"):
+                (path / MANIFEST).write_text(json.dumps(self._manifest(tensors)))
+                (path / COMMIT).write_text(json.dumps({"committed_at": time.time()}))
         except BaseException:
             path.remove()
             raise
@@ -276,16 +316,19 @@ class TorchSave(_OneFile):
     FILE = "model.pth"
 
     def _save(self, state_dict, path, progress):
-        out = self._cast_consuming(state_dict)
+        with phase("cast"):
+            out = self._cast_consuming(state_dict)
         progress(len(out))
         if isinstance(path, S3Path):  # streamed by multipart upload: no second copy in memory
-            with (path / self.FILE).open_writer() as f:
+            with phase("serialise + upload"), (path / self.FILE).open_writer() as f:
                 torch.save(out, f)
             return
         with open(path / self.FILE, "wb") as f:
-            torch.save(out, f)
-            f.flush()
-            os.fsync(f.fileno())
+            with phase("serialise + write"):
+                torch.save(out, f)
+                f.flush()
+            with phase("fsync"):
+                os.fsync(f.fileno())
 
     def _load(self, path, manifest, progress):
         # weights_only passed explicitly: TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD cannot turn it off
@@ -312,15 +355,19 @@ class SafeTensors(_OneFile):
     def _save(self, state_dict, path, progress):
         from safetensors.torch import save, save_file
 
-        out = self._cast_consuming(state_dict)
+        with phase("cast"):
+            out = self._cast_consuming(state_dict)
         if isinstance(path, S3Path):  # the library serialises to bytes (a second copy), then one upload
-            data = save(out)
-            with (path / self.FILE).open_writer() as f:
+            with phase("serialise"):
+                data = save(out)
+            with phase("upload"), (path / self.FILE).open_writer() as f:
                 f.write(data)
             progress(len(out))
             return
-        save_file(out, str(path / self.FILE))
-        fsync_path(path / self.FILE)
+        with phase("serialise + write"):
+            save_file(out, str(path / self.FILE))
+        with phase("fsync"):
+            fsync_path(path / self.FILE)
         progress(len(out))
 
     def _load(self, path, manifest, progress):
@@ -387,9 +434,11 @@ class DistributedCheckpoint(Approach):
     def _save(self, state_dict, path, progress):
         import torch.distributed.checkpoint as dcp
 
-        out = self._cast_consuming(state_dict)
+        with phase("cast"):
+            out = self._cast_consuming(state_dict)
         writer = dcp.FileSystemWriter(str(path), thread_count=self.threads(), sync_files=True)
-        with warnings.catch_warnings():  # "assuming the intent is to save in a single process": it is
+        with warnings.catch_warnings(), phase("dcp.save (plan, write, fsync)"):
+            # "assuming the intent is to save in a single process": it is
             warnings.simplefilter("ignore", UserWarning)
             dcp.save(out, storage_writer=writer, no_dist=True)
         progress(len(out))
@@ -606,13 +655,17 @@ class TensorStoreZarr(Approach):
                 # the peak stays near one copy of the model until the commit
                 t = state_dict.pop(name)
                 target = self.stored(t.dtype)
-                arr = _to_numpy(t.to(target))
-                store = ts.open(self.spec(path, name, tuple(t.shape), target), create=True, context=ctx,
-                                transaction=txn).result()
-                store.write(arr, can_reference_source_data_indefinitely=self.k.reference_source or None).result()
+                with phase("cast"):
+                    arr = _to_numpy(t.to(target))
+                with phase("open arrays (in the transaction)"):
+                    store = ts.open(self.spec(path, name, tuple(t.shape), target), create=True, context=ctx,
+                                    transaction=txn).result()
+                with phase("stage writes (in the transaction)"):
+                    store.write(arr, can_reference_source_data_indefinitely=self.k.reference_source or None).result()
                 keep.append(arr)
                 progress(1)
-            txn.commit_async().result()
+            with phase("commit (encode, write, fsync, OCDBT manifest)"):
+                txn.commit_async().result()
             return
         budget = 0 if self.k.concurrency == 1 else INFLIGHT_BYTES
         inflight: deque = deque()
@@ -620,19 +673,23 @@ class TensorStoreZarr(Approach):
         for name in list(state_dict):
             t = state_dict.pop(name)
             target = self.stored(t.dtype)
-            arr = _to_numpy(t.to(target))
-            store = ts.open(self.spec(path, name, tuple(t.shape), target), create=True, context=ctx).result()
+            with phase("cast"):
+                arr = _to_numpy(t.to(target))
+            with phase("open arrays"):
+                store = ts.open(self.spec(path, name, tuple(t.shape), target), create=True, context=ctx).result()
             inflight.append((store.write(arr, can_reference_source_data_indefinitely=self.k.reference_source or None),
                              arr.nbytes))
             held += arr.nbytes
-            while inflight and held > budget:
-                fut, n = inflight.popleft()
-                fut.result()
-                held -= n
+            with phase("wait for writes (encode, write, fsync)"):
+                while inflight and held > budget:
+                    fut, n = inflight.popleft()
+                    fut.result()
+                    held -= n
+                    progress(1)
+        with phase("wait for writes (encode, write, fsync)"):
+            while inflight:
+                inflight.popleft()[0].result()
                 progress(1)
-        while inflight:
-            inflight.popleft()[0].result()
-            progress(1)
 
     def _load(self, path, manifest, progress):
         import tensorstore as ts

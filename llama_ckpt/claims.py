@@ -209,3 +209,31 @@ def judge_claims(rows: list[dict], numbers: tuple[int, ...] | None = None) -> li
     """Each claim's verdict on these rows (all valid rows of one run)."""
     summ = summarize(rows)
     return [c.judge(summ) for c in CLAIMS if numbers is None or c.number in numbers]
+
+
+# Judged on the cloud rows (4e's S3 section), at every added delay separately.
+CLOUD_CLAIM = Claim(
+    9, "OCDBT is better for cloud storage: on an S3 object store, OCDBT saves and loads faster than the plain "
+       "zarr driver, at 64-element and at 1 MiB chunks.",
+    [Check("ts+ocdbt", "tensorstore", "save"), Check("ts+ocdbt", "tensorstore", "load"),
+     Check("ts+chunks[use_ocdbt=True]", "ts+chunks", "save"), Check("ts+chunks[use_ocdbt=True]", "ts+chunks", "load")])
+
+
+def judge_cloud(rows: list[dict]) -> dict:
+    """Claim 9 on rows measured on S3: judged at each added round-trip delay;
+    the verdict is the weakest of them."""
+    from .results import is_valid
+
+    by_delay: dict[float, list[dict]] = {}
+    for r in rows:
+        if r.get("requests_save") is not None and is_valid(r):
+            by_delay.setdefault(float(r.get("s3_delay_ms") or 0), []).append(r)
+    if not by_delay:
+        return {"claim": 9, "text": CLOUD_CLAIM.text, "verdict": UNSURE, "measured": "not measured on S3",
+                "dtypes": "", "guide": ""}
+    parts = {d: CLOUD_CLAIM.judge(summarize(rs)) for d, rs in sorted(by_delay.items())}
+    verdicts = [p["verdict"] for p in parts.values()]
+    verdict = FAILS if FAILS in verdicts else UNSURE if UNSURE in verdicts else HOLDS
+    return {"claim": 9, "text": CLOUD_CLAIM.text, "verdict": verdict,
+            "measured": " | ".join(f"+{d:g} ms RTT ({p['verdict']}): {p['measured']}" for d, p in parts.items()),
+            "dtypes": "", "guide": "no figures: the guide recommends OCDBT for the cloud without measuring it"}

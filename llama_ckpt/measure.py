@@ -1,6 +1,9 @@
 """The timing protocol, one function for every approach.
 
-For each approach and repeat:
+For each repeat, every approach in turn (interleaved, so that drift of the
+shared machine hits every approach alike; ``interleave=False`` runs each
+approach's repeats back to back), after the disk reference measured
+``REFERENCE_SAMPLES`` times:
 
 1. build a fresh float32 source (outside the timer);
 2. time ``save`` from the call until its bytes are durable (each approach
@@ -38,7 +41,7 @@ import psutil
 
 from . import fsutil
 from . import s3
-from .approaches import Approach, stale_temporaries
+from .approaches import Approach, SavePhases, stale_temporaries
 from .errors import FAILURES, UserError
 from .model import ModelSource
 from .results import ResultsWriter, environment_record, measurement_row
@@ -46,6 +49,9 @@ from .verify import check, expected_digests
 
 # Headroom left free on the output file system beyond the estimate.
 DISK_HEADROOM = 256 << 20
+# Samples of the disk (or object) reference per run: one sample proved
+# untrustworthy here (the same write measured 341 then 1,869 MB/s back to back).
+REFERENCE_SAMPLES = 3
 # Block size of the disk reference's sequential writes and reads.
 REFERENCE_BLOCK = 16 << 20
 
@@ -63,7 +69,8 @@ class Options:
     results: Path | None = None  # results file; default <out>/results/<run_id>.jsonl
     run_id: str | None = None
     progress: bool | None = None  # tqdm bars; default: only on a terminal
-    disk_reference: bool = True  # time one sequential file of the model's size
+    disk_reference: bool = True  # time one sequential file of the model's size (REFERENCE_SAMPLES times)
+    interleave: bool = True  # repeat k of every approach before repeat k+1 of any, so drift hits all alike
     checkpoints: Path | None = None  # where checkpoints go; default <out>/checkpoints/<run_id>
     lock: Path | None = None  # the directory whose lock the run holds; default out
     storage: "s3.Target | None" = None  # checkpoints on an S3 bucket instead of the local disk
@@ -200,6 +207,24 @@ def object_reference(nbytes: int, root: "s3.S3Path", server_dir: str | None) -> 
             "reference_read_Bps": nbytes / read_s if read_s else None}
 
 
+def _median_reference(samples: list[dict]) -> dict:
+    """The reference as the medians of its samples (write and read each),
+    with every sample kept in ``reference_samples``."""
+    import statistics
+
+    out = dict(samples[0])
+    for key in ("reference_write_s", "reference_read_s"):
+        out[key] = statistics.median(s[key] for s in samples)
+    n = out["reference_bytes"]
+    out["reference_write_Bps"] = n / out["reference_write_s"] if out["reference_write_s"] else None
+    out["reference_read_Bps"] = n / out["reference_read_s"] if out["reference_read_s"] else None
+    colds = [s["reference_read_cold"] for s in samples]
+    out["reference_read_cold"] = None if None in colds else all(colds)
+    out["reference_samples"] = [{"write_s": s["reference_write_s"], "read_s": s["reference_read_s"],
+                                 "read_cold": s["reference_read_cold"]} for s in samples]
+    return out
+
+
 def _remove(path) -> None:
     if isinstance(path, s3.S3Path):
         path.remove()
@@ -260,7 +285,7 @@ def measure_approach(approach: Approach, source: ModelSource, expected: dict, ck
         sd = source.materialize()
         gc.collect()
         with PeakRSS() as rss_save, _bar(progress, len(sd), f"{approach.name} save #{repeat}") as bar, \
-                s3.Requests() as req_save:
+                s3.Requests() as req_save, SavePhases() as save_phases:
             t0 = time.perf_counter()
             approach.save(sd, ckpt_path, bar.update, digests=digests)
             save_s = time.perf_counter() - t0
@@ -304,6 +329,7 @@ def measure_approach(approach: Approach, source: ModelSource, expected: dict, ck
             bytes_on_disk=fp.bytes_on_disk, bytes_apparent=fp.bytes_apparent, n_files=fp.n_files,
             payload_bytes=sum(approach.payload_bytes(sp) for sp in source.specs), by_kind=by_kind,
             peak_rss_save_bytes=rss_save.peak, peak_rss_load_bytes=rss_load.peak,
+            save_phases=save_phases.seconds,
             requests_save=req_save.counts if on_s3 else None, requests_load=req_load.counts if on_s3 else None,
             verified=verdict.verified, max_abs_err=verdict.max_abs_err, max_rel_err=verdict.max_rel_err,
             n_overflow=verdict.n_overflow, n_flushed=verdict.n_flushed,
@@ -374,11 +400,12 @@ def _run_locked(approaches, source, opts, out, on_row, say):
         say(f"removed the stale temporary of an interrupted save: {st}")
     ref = {}
     if opts.disk_reference and target is not None:
-        say(f"object reference: one {source.nbytes / 1e9:.2f} GB object put + read")
-        ref = object_reference(source.nbytes, ckpt_root, target.server_dir)
+        say(f"object reference: one {source.nbytes / 1e9:.2f} GB object put + read, {REFERENCE_SAMPLES} times")
+        ref = _median_reference([object_reference(source.nbytes, ckpt_root, target.server_dir)
+                                 for _ in range(REFERENCE_SAMPLES)])
     elif opts.disk_reference:
-        say(f"disk reference: {source.nbytes / 1e9:.2f} GB sequential write + cold read")
-        ref = disk_reference(source.nbytes, ckpt_root)
+        say(f"disk reference: {source.nbytes / 1e9:.2f} GB sequential write + cold read, {REFERENCE_SAMPLES} times")
+        ref = _median_reference([disk_reference(source.nbytes, ckpt_root) for _ in range(REFERENCE_SAMPLES)])
     where = {} if target is None else dict(storage=target.url, s3_delay_ms=target.delay_ms,
                                            s3_server_dir=target.server_dir, skipped=skipped)
     env = environment_record(run_id, out, model=source.name, n_tensors=len(source.specs),
@@ -400,14 +427,17 @@ def _run_locked(approaches, source, opts, out, on_row, say):
                       "n_planned": len(approaches) * opts.repeats,
                       "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **why})
 
+    if opts.interleave:  # round k of every approach, then round k+1
+        plan = [(a, k) for k in range(1, opts.repeats + 1) for a in approaches]
+    else:
+        plan = [(a, k) for a in approaches for k in range(1, opts.repeats + 1)]
     try:
-        for a in approaches:
-            for k in range(1, opts.repeats + 1):
-                row = measure_approach(a, source, expected, ckpt_root / a.name, k, run_id, opts)
-                writer.write(row)
-                rows.append(row)
-                on_row(row)
-            if not opts.keep:
+        for a, k in plan:
+            row = measure_approach(a, source, expected, ckpt_root / a.name, k, run_id, opts)
+            writer.write(row)
+            rows.append(row)
+            on_row(row)
+            if not (opts.keep and k == opts.repeats):  # one checkpoint on disk at a time; keep: the last
                 _remove(ckpt_root / a.name)
     except KeyboardInterrupt:
         end(False, interrupted="KeyboardInterrupt")  # a SIGKILL leaves no end record: incomplete too

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import measure
-from .approaches import APPROACHES, Approach, sweep
+from .approaches import APPROACHES, Approach, sweep, variant
 from .model import get_model
 from .results import read_results
 
@@ -171,3 +171,93 @@ def run_results(out_dir: str | Path, run_id: str):
     """Every phase's rows and environment records of one run."""
     files = sorted((run_dir(out_dir, run_id) / "results").glob("*.jsonl"))
     return read_results(files), files
+
+
+# -- the cloud section of 4e: plain zarr against OCDBT on an S3 server ---------
+CLOUD_DELAYS_MS = (0.0, 20.0)  # added round trip: loopback, and a bucket in a nearby cloud region
+CLOUD_BUCKET = "llama-ckpt"
+CLOUD_MODEL = "tiny"
+
+
+CLOUD_PAIRS = (("ts+ocdbt", "tensorstore"), ("ts+chunks[use_ocdbt=True]", "ts+chunks"),
+               ("ts+best", "ts+best[use_ocdbt=False]"))  # (OCDBT, the same on plain zarr objects)
+
+
+def cloud_approaches() -> list[Approach]:
+    """OCDBT against plain zarr objects at 64-element chunks (the baseline and
+    ts+ocdbt), at 1 MiB chunks (ts+chunks with and without OCDBT), and with
+    every write in one transaction (ts+best with and without OCDBT)."""
+    return ([APPROACHES["tensorstore"], APPROACHES["ts+ocdbt"]] + sweep("ts+chunks", use_ocdbt=[False, True])
+            + [variant("ts+best", use_ocdbt=False), APPROACHES["ts+best"]])
+
+
+def cloud_results_path(out_dir: str | Path, run_id: str, slug: str, delay_ms: float) -> Path:
+    # beside, not inside, results/: the summary's local comparisons never mix in S3 rows
+    return run_dir(out_dir, run_id) / "results-cloud" / f"{slug}-{delay_ms:g}ms.jsonl"
+
+
+@dataclass
+class CloudResult:
+    run_id: str
+    rows: list[dict]  # every delay's rows; each carries s3_delay_ms
+    envs: list[dict]
+    endpoint: str
+    server_started: bool  # a private server was started for this and stopped after
+
+
+def run_cloud(phase_id: str = "4e", model: str = CLOUD_MODEL, model_path: str = "", repeats: int = 1,
+              out_dir: str | Path = "", run_id: str = "", endpoint: str = "",
+              delays: tuple[float, ...] = CLOUD_DELAYS_MS, progress: bool | None = None, say=print) -> CloudResult:
+    """The phase's cloud approaches on S3 at each added round-trip delay.
+    Without ``endpoint``, a private SeaweedFS server is started under the
+    run's directory and stopped (its data removed) at the end. Complete
+    results of the same run id are reused, as for the local phases."""
+    from . import s3
+
+    phase = get_phase(phase_id)
+    run_id = run_id or measure.new_run_id()
+    rdir = run_dir(out_dir, run_id)
+    lock = Path(out_dir or DEFAULT_OUT)
+    rows, envs, todo = [], [], []
+    for d in delays:
+        p = cloud_results_path(out_dir, run_id, phase.slug, d)
+        if p.is_file() and any(e.get("complete", True) for e in read_results([p]).ends):
+            loaded = read_results([p])
+            rows += loaded.measurements
+            envs += loaded.environments[-1:]
+            say(f"cloud {d:g} ms: complete results of run {run_id} found in {p}; not measured again")
+        else:
+            todo.append(d)
+    server = None
+    if todo and not endpoint:
+        server = s3.start_server(rdir / "s3")
+        endpoint = server.endpoint
+        say(f"started a private SeaweedFS server at {endpoint} (data in {server.data_dir})")
+    server_dir = server.data_dir if server else (s3.local_server_dir(endpoint, [lock / "s3"]) if endpoint else None)
+    try:
+        source = get_model(model or None, model_path or None) if todo else None
+        for d in todo:
+            p = cloud_results_path(out_dir, run_id, phase.slug, d)
+            if p.exists():
+                p.rename(p.with_name(p.name + f".incomplete-{datetime.now():%Y%m%d-%H%M%S}"))
+            target = s3.Target(CLOUD_BUCKET, f"{run_id}/{phase.slug}-{d:g}ms", endpoint, delay_ms=d,
+                               server_dir=server_dir)
+            opts = measure.Options(out=rdir, repeats=repeats, results=p, run_id=run_id, progress=progress,
+                                   lock=lock, storage=target)
+            env, rs = measure.run(cloud_approaches(), source, opts, say=say,
+                                  on_row=lambda r: say(f"  {r['approach']} #{r['repeat']} at {d:g} ms: "
+                                                       + ("ERROR " + r["error"] if r["error"] else
+                                                          f"save {r['save_s']:.2f} s, load {r['load_s']:.2f} s")))
+            rows += rs
+            envs.append(env)
+    finally:
+        if server is not None:
+            server.stop()
+            shutil.rmtree(server.data_dir, ignore_errors=True)
+    return CloudResult(run_id, rows, envs, endpoint, server is not None)
+
+
+def cloud_rows(out_dir: str | Path, run_id: str) -> list[dict]:
+    """Every cloud row of a run (all phases, all delays)."""
+    files = sorted((run_dir(out_dir, run_id) / "results-cloud").glob("*.jsonl"))
+    return read_results(files).measurements if files else []

@@ -104,3 +104,28 @@ def save(fig, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     return path
+
+
+def cloud(table, title: str = ""):
+    """Save and load time on S3 by approach, one group of bars per added delay
+    (medians; ``report.cloud_table``), and the requests each save made."""
+    import numpy as np
+
+    delays = sorted({d for d, _ in table.index})
+    names = list(dict.fromkeys(n for _, n in table.index))
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.2))
+    width = 0.8 / max(1, len(delays))
+    for ax, col, label in zip(axes, ("save_s", "load_s", "requests_save"),
+                              ("save time (s)", "cold load time (s)", "requests per save")):
+        for i, d in enumerate(delays):
+            vals = [table.loc[(d, n), col] if (d, n) in table.index else np.nan for n in names]
+            ax.bar(np.arange(len(names)) + i * width, vals, width, label=f"+{d:g} ms RTT")
+        ax.set_xticks(np.arange(len(names)) + width * (len(delays) - 1) / 2)
+        ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel(label)
+        ax.set_yscale("log")
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle((title + "  " if title else "") + "(median of repeats, log scale)", fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -33,7 +33,7 @@ MEASUREMENT_FIELDS = (
     "save_s", "load_s", "load_cold", "resident_after_evict", "load_warm_s",
     "bytes_on_disk", "bytes_apparent", "n_files", "payload_bytes", "by_kind",
     "peak_rss_save_bytes", "peak_rss_load_bytes",
-    "storage", "s3_delay_ms", "requests_save", "requests_load",
+    "save_phases", "storage", "s3_delay_ms", "requests_save", "requests_load",
     "verified", "max_abs_err", "max_rel_err", "n_overflow", "n_flushed", "error",
     "finished_at",
 )

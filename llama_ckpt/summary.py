@@ -5,16 +5,16 @@ the data."""
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
 from . import plots, report
 from .approaches import APPROACHES
-from .claims import GUIDE_EIGHT, GUIDE_FIGURES, HOLDS, FAILS, UNSURE, judge_claims
+from .claims import GUIDE_EIGHT, GUIDE_FIGURES, HOLDS, FAILS, UNSURE, judge_claims, judge_cloud
 from .errors import UserError
-from .phases import PHASES, latest_run, run_dir, run_results
+from .phases import PHASES, cloud_rows, latest_run, run_dir, run_results
 from .results import change, comparison_table, fmt_bytes, is_valid, read_results, summarize
 
 CHART_NAME = "8way_performance_comparison.png"
@@ -29,6 +29,7 @@ class Summary:
     by_phase: dict[str, list[dict]]  # phase slug -> its measurement rows
     complete: dict[str, bool]  # phase slug -> its results file ended properly
     warnings: list[str]
+    cloud: list[dict] = field(default_factory=list)  # 4e's rows on S3 (every delay)
 
     @property
     def guide_rows(self) -> list[dict]:
@@ -93,7 +94,7 @@ class Summary:
         return figs
 
     def claims(self) -> list[dict]:
-        return judge_claims(self.guide_rows)
+        return judge_claims(self.guide_rows) + [judge_cloud(self.cloud)]
 
     def claims_table(self) -> pd.DataFrame:
         return pd.DataFrame(self.claims()).set_index("claim").rename(
@@ -173,6 +174,11 @@ class Summary:
                              "repeats": f"{summ[a]['n']} / {summ[b]['n']}"})
         return pd.DataFrame(recs).set_index("ratio") if recs else pd.DataFrame()
 
+    def save_phases(self) -> pd.DataFrame:
+        """Where the save time of the aim's approaches goes (the 05 phase's rows)."""
+        names = list(dict.fromkeys(n for pair in self.AIMS for n in pair))
+        return report.save_phases_table(self.by_phase.get("05-formats", []), names)
+
     def findings(self) -> str:
         summ = summarize(self.guide_rows)
         if not summ:
@@ -221,4 +227,4 @@ def load(out_dir: str | Path, run_id: str = "") -> Summary:
         by_phase[f.stem] = one.measurements
         complete[f.stem] = any(e.get("complete", True) for e in one.ends)
     return Summary(Path(out_dir), run_id, loaded.measurements, loaded.environments, by_phase, complete,
-                   loaded.warnings)
+                   loaded.warnings, cloud_rows(out_dir, run_id))

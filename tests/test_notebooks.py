@@ -78,6 +78,22 @@ def test_summary_has_a_claims_table_with_computed_verdicts(suite_run):
     assert sum(html.count(v) for v in ("holds", "does not hold", "inconclusive")) >= 8
 
 
+def test_4e_measured_the_cloud_section_on_a_private_s3_server_and_the_summary_judges_claim_9(suite_run):
+    from llama_ckpt.phases import CLOUD_DELAYS_MS, cloud_approaches, cloud_results_path
+
+    out, _ = suite_run
+    for d in CLOUD_DELAYS_MS:
+        loaded = read_results([cloud_results_path(out, RUN, "4e-ocdbt", d)])
+        assert loaded.ends and loaded.ends[-1]["complete"]
+        rows = loaded.measurements
+        assert [r["approach"] for r in rows] == [a.name for a in cloud_approaches()]
+        assert all(r["verified"] and r["s3_delay_ms"] == d and r["requests_save"] for r in rows)
+    assert not (out / "runs" / RUN / "s3").exists()  # the private server's data went with it
+    nb = nbformat.read(out / "runs" / RUN / f"{SUMMARY_SLUG}.ipynb", as_version=4)
+    html = "".join(o.get("data", {}).get("text/html", "") for c in nb.cells for o in c.get("outputs", []))
+    assert "OCDBT is better for cloud storage" in html and "RTT_added_ms" in html
+
+
 def test_running_again_with_the_same_run_id_skips_complete_phases(suite_run):
     out, _ = suite_run
     r = subprocess.run([sys.executable, "-m", "llama_ckpt", "suite", "--model", "tiny", "--repeats", "1",
