@@ -905,6 +905,10 @@ def resolve(names: str | Iterable[str]) -> list[Approach]:
     if not names:
         raise UserError(f"no approach given; valid approaches: all, {', '.join(APPROACHES)}")
     unknown = [n for n in names if n not in APPROACHES]
+    from .distributed import SHARDED
+
+    if unknown and all(n in SHARDED for n in unknown):
+        raise UserError(f"{', '.join(unknown)}: sharded approach(es), run with --world-size N")
     if unknown:
         raise UserError(f"unknown approach {', '.join(map(repr, unknown))}; valid approaches: all, {', '.join(APPROACHES)}")
     return [APPROACHES[n] for n in dict.fromkeys(names)]

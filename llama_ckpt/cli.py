@@ -36,6 +36,12 @@ def cmd_list(args) -> int:
     for name, a in APPROACHES.items():
         s3 = f" [not on S3: {a.s3_unsupported}]" if a.s3_unsupported else ""
         print(f"{name.ljust(width)}  {a.description}{s3}")
+    from .distributed import SHARDED
+
+    print("\nsharded, with --world-size N [--load-world-size M] (any N -> M):")
+    for name, a in SHARDED.items():
+        s3 = f" [not on S3: {a.s3_unsupported}]" if a.s3_unsupported else ""
+        print(f"{name.ljust(width)}  {a.description}{s3}")
     return 0
 
 
@@ -43,8 +49,9 @@ def _row_line(row: dict) -> str:
     if row.get("error"):
         return f"  {row['approach']:<16} #{row['repeat']}  ERROR {row['error']}"
     cold = {True: "", False: " (warm: eviction not confirmed)", None: " (server cache not evicted)"}[row["load_cold"]]
-    on_s3 = row.get("requests_save") is not None
-    reqs = (f"  requests {_requests(row['requests_save'])}/{_requests(row['requests_load'])}" if on_s3 else "")
+    on_s3 = row.get("storage") not in (None, "local")
+    reqs = (f"  requests {_requests(row['requests_save'])}/{_requests(row['requests_load'])}"
+            if row.get("requests_save") is not None else "")
     return (f"  {row['approach']:<16} #{row['repeat']}  save {row['save_s']:8.2f} s  load {row['load_s']:8.2f} s"
             f"{cold}  {row['bytes_on_disk'] / 1e6:10.1f} MB"
             f"  {row['n_files']:>7} {'objects' if on_s3 else 'files'}{reqs}  peak RSS {row['peak_rss_save_bytes'] / 1e9:.2f}/{row['peak_rss_load_bytes'] / 1e9:.2f} GB"
@@ -73,12 +80,26 @@ def _storage(args):
     return Target.parse(args.storage, endpoint, delay_ms=args.s3_delay_ms, server_dir=server_dir)
 
 
+def _ranks_line(row: dict) -> str:
+    if not row.get("ranks_save"):
+        return ""
+    ws = ", ".join(f"{r['write_s']:.2f}" for r in row["ranks_save"] if r.get("write_s") is not None)
+    rs = ", ".join(f"{r['read_s']:.2f}" for r in row.get("ranks_load") or [] if r.get("read_s") is not None)
+    agg = row["bytes_on_disk"] / row["save_s"] / 1e6 if row.get("save_s") and row.get("bytes_on_disk") else None
+    return (f"\n    {row['world_size']} -> {row['load_world_size']} ranks; per-rank write s [{ws}], read s [{rs}]"
+            + (f"; aggregate {agg:.0f} MB/s" if agg else ""))
+
+
 def cmd_run(args) -> int:
     from . import measure
     from .approaches import resolve
     from .model import get_model
     from .results import comparison_table
 
+    if args.load_world_size and not args.world_size:
+        raise UserError("--load-world-size needs --world-size")
+    if args.world_size:
+        return _run_sharded(args)
     approaches = resolve(args.approach)
     if args.model and args.model_path:
         raise UserError("give --model or --model-path, not both")
@@ -94,6 +115,29 @@ def cmd_run(args) -> int:
     if "reference_write_Bps" in env:
         print(f"{env['reference_kind']} reference: write {env['reference_write_Bps'] / 1e6:.0f} MB/s, "
               f"read {env['reference_read_Bps'] / 1e6:.0f} MB/s{'' if env['reference_read_cold'] else ' (read not cold)'}")
+    print(f"results: {env['results_path']}")
+    return 0 if all(r.get("verified") for r in rows) else 1
+
+
+def _run_sharded(args) -> int:
+    from . import distributed, measure
+    from .model import get_model
+    from .results import comparison_table
+
+    approaches = distributed.resolve(args.approach)
+    if args.model_path:
+        raise UserError("--world-size needs a model preset (--model): every rank builds its own rows of the "
+                        "seeded weights; --model-path is not supported there")
+    storage = _storage(args)
+    source = get_model(args.model, None, seed=args.seed)
+    opts = measure.Options(out=Path(args.out), repeats=args.repeats, keep=args.keep,
+                           results=Path(args.results) if args.results else None, run_id=args.run_id,
+                           storage=storage)
+    env, rows = distributed.run(approaches, source, opts, args.world_size, args.load_world_size,
+                                on_row=lambda r: print(_row_line(r) + _ranks_line(r), flush=True),
+                                say=lambda s: print(s, flush=True))
+    print()
+    print(comparison_table(rows, baseline="pytorch-per-rank", reference="dcp-sharded"))
     print(f"results: {env['results_path']}")
     return 0 if all(r.get("verified") for r in rows) else 1
 
@@ -197,6 +241,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--s3-endpoint", default=None, metavar="URL", help="the S3 endpoint, e.g. what `make s3-up` prints")
     s.add_argument("--s3-delay-ms", type=float, default=0.0, metavar="MS",
                    help="add this round-trip delay between the client and the S3 server (a proxy on loopback)")
+    s.add_argument("--world-size", type=_positive_int, default=None, metavar="N",
+                   help="save with N processes over torch.distributed (gloo), each holding a row shard of every "
+                        "tensor; the approaches are then the sharded ones (see 'list')")
+    s.add_argument("--load-world-size", type=_positive_int, default=None, metavar="M",
+                   help="load on M processes instead of N (resharding; default: N)")
     s.set_defaults(func=cmd_run)
 
     s = sub.add_parser("suite", help="execute the phase notebooks with papermill, then the summary")

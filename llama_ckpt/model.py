@@ -135,16 +135,23 @@ class PresetModel(ModelSource):
         self.specs = [TensorSpec(s.name, s.shape, torch.float32) for s in _specs_on_meta(self.config)]
 
     def materialize(self) -> dict[str, torch.Tensor]:
-        out = {}
-        for s in self.specs:
-            t = torch.empty(s.shape, dtype=s.dtype)
-            if tensor_kind(s.name) == "norm":
-                t.fill_(1.0)
-            else:
-                g = torch.Generator().manual_seed(self.seed * 1_000_003 + zlib.crc32(s.name.encode()))
-                t.normal_(0.0, INIT_STD, generator=g)
-            out[s.name] = t
-        return out
+        return {s.name: self.tensor(s) for s in self.specs}
+
+    def tensor(self, s: TensorSpec) -> torch.Tensor:
+        """One tensor, bitwise the same every time (a rank builds only what it needs)."""
+        return seeded_tensor(s, self.seed)
+
+
+def seeded_tensor(s: TensorSpec, seed: int) -> torch.Tensor:
+    """A preset's tensor from its spec and the run seed alone (no model
+    config needed: the sharded ranks call this without importing transformers)."""
+    t = torch.empty(s.shape, dtype=s.dtype)
+    if tensor_kind(s.name) == "norm":
+        t.fill_(1.0)
+    else:
+        g = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(s.name.encode()))
+        t.normal_(0.0, INIT_STD, generator=g)
+    return t
 
 
 class LocalModel(ModelSource):

@@ -38,6 +38,7 @@ class Phase:
     axis: str | None = None  # the knob the sweep varies (x axis of its chart)
     claims: tuple[int, ...] = ()  # the guide's claims this phase can judge
     pairs: tuple[tuple[str, str], ...] = ()  # (a, b) comparisons in the findings; default: each against the baseline
+    n_runs: int = 1  # complete end records its results file holds when the phase is done (06: one per config)
 
     def approaches(self) -> list[Approach]:
         out = {a.name: a for a in [APPROACHES[n] for n in self.guide] + self.extra()}
@@ -96,7 +97,15 @@ PHASES: dict[str, Phase] = {p.id: p for p in [
           pairs=(("ts+best", "pytorch-fp32"), ("ts+best", "safetensors"), ("ts+best16", "pytorch"),
                  ("ts+best", "ts+chunks"), ("safetensors", "pytorch-fp32"), ("dcp", "pytorch-fp32"),
                  ("ts+zarr3", "ts+chunks"))),
+    Phase("06", "06-distributed", "Sharded across processes",
+          "How do sharded checkpoints scale when many processes write one checkpoint together, and can they be "
+          "read back on another number of processes?",
+          "ranks saving (1, 2, 4) and loading (the same, and resharded 2 -> 3, 4 -> 2), over torch.distributed (gloo)",
+          "checkpoint time (the slowest rank plus the commit), per-rank write and read times, aggregate throughput, "
+          "files", (), n_runs=5),
 ]}
+# 06's configurations: (ranks saving, ranks loading)
+DIST_CONFIGS = ((1, 1), (2, 2), (4, 4), (2, 3), (4, 2))
 SUMMARY_SLUG = "99-summary"
 
 
@@ -126,7 +135,8 @@ def results_path(out_dir: str | Path, run_id: str, slug: str) -> Path:
 def phase_complete(out_dir: str | Path, run_id: str, slug: str) -> bool:
     """A phase's results are complete when its file ends with an ``end`` record."""
     p = results_path(out_dir, run_id, slug)
-    return p.is_file() and any(e.get("complete", True) for e in read_results([p]).ends)
+    need = next((ph.n_runs for ph in PHASES.values() if ph.slug == slug), 1)
+    return p.is_file() and sum(bool(e.get("complete", True)) for e in read_results([p]).ends) >= need
 
 
 @dataclass
@@ -261,3 +271,38 @@ def cloud_rows(out_dir: str | Path, run_id: str) -> list[dict]:
     """Every cloud row of a run (all phases, all delays)."""
     files = sorted((run_dir(out_dir, run_id) / "results-cloud").glob("*.jsonl"))
     return read_results(files).measurements if files else []
+
+
+def run_distributed(phase_id: str = "06", model: str = "small", repeats: int = 1, out_dir: str | Path = "",
+                    run_id: str = "", configs: tuple[tuple[int, int], ...] = DIST_CONFIGS,
+                    progress: bool | None = None, say=print) -> PhaseResult:
+    """The sharded approaches at each (save ranks, load ranks) configuration,
+    all rows in the phase's one results file (one end record per config)."""
+    from . import distributed
+
+    phase = get_phase(phase_id)
+    run_id = run_id or measure.new_run_id()
+    rdir = run_dir(out_dir, run_id)
+    rpath = results_path(out_dir, run_id, phase.slug)
+    if phase_complete(out_dir, run_id, phase.slug):
+        loaded = read_results([rpath])
+        say(f"phase {phase.slug}: complete results of run {run_id} found in {rpath}; not measured again")
+        return PhaseResult(phase, run_id, rpath, loaded.measurements, loaded.environments[-1], True)
+    if rpath.exists():
+        aside = rpath.with_name(rpath.name + f".incomplete-{datetime.now():%Y%m%d-%H%M%S}")
+        shutil.move(rpath, aside)
+        say(f"phase {phase.slug}: an interrupted try's rows were moved to {aside}")
+    source = get_model(model or None)
+    rows, env = [], {}
+    for world, load_world in configs:
+        opts = measure.Options(out=rdir, repeats=repeats, results=rpath, run_id=run_id, progress=progress,
+                               checkpoints=rdir / "checkpoints" / phase.slug, lock=Path(out_dir or DEFAULT_OUT),
+                               disk_reference=(world, load_world) == configs[0])
+        env_c, rs = distributed.run(list(distributed.SHARDED.values()), source, opts, world, load_world, say=say,
+                                    on_row=lambda r: say(f"  {r['approach']} #{r['repeat']} {r['world_size']} -> "
+                                                         f"{r['load_world_size']} ranks: "
+                                                         + ("ERROR " + r["error"] if r["error"] else
+                                                            f"save {r['save_s']:.2f} s, load {r['load_s']:.2f} s")))
+        env = env or env_c
+        rows += rs
+    return PhaseResult(phase, run_id, rpath, rows, env, False)

@@ -129,3 +129,22 @@ def cloud(table, title: str = ""):
     fig.suptitle((title + "  " if title else "") + "(median of repeats, log scale)", fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def scaling(table, title: str = ""):
+    """Aggregate save and load throughput against the number of ranks (same
+    ranks saving and loading), one line per sharded approach."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, col, label in zip(axes, ("save_MB/s", "load_MB/s"), ("aggregate save MB/s", "aggregate cold load MB/s")):
+        for name in dict.fromkeys(a for a, _, _ in table.index):
+            sub = table.loc[name].reset_index()
+            sub = sub[sub["ranks_save"] == sub["ranks_load"]].sort_values("ranks_save")
+            ax.plot(sub["ranks_save"], sub[col], marker="o", label=name)
+        ax.set_xlabel("ranks")
+        ax.set_ylabel(label)
+        ax.set_xticks(sorted({w for _, w, _ in table.index}))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle((title + "  " if title else "") + "(median of repeats)", fontsize=10)
+    fig.tight_layout()
+    return fig

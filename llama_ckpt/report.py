@@ -71,6 +71,8 @@ def table(rows: list[dict], baseline: str = "tensorstore", axis: str | None = No
         rec["overhead_bytes"] = a - p if p is not None and a is not None else None
         rec["repeats"] = s["n"]
         recs.append(rec)
+    if not recs:
+        return pd.DataFrame()
     return pd.DataFrame.from_records(recs).set_index("approach")
 
 
@@ -148,7 +150,7 @@ def disk_share(rows: list[dict], env: dict | None) -> pd.DataFrame:
              "save_share_of_disk": s["save_Bps"].median / w if w else None,
              "load_MB/s": s["load_Bps"].median / 1e6, "load_share_of_disk": s["load_Bps"].median / r if r else None}
             for n, s in summ.items()]
-    return pd.DataFrame(recs).set_index("approach")
+    return pd.DataFrame(recs).set_index("approach") if recs else pd.DataFrame()
 
 
 def findings(rows: list[dict], phase, baseline: str = "tensorstore") -> str:
@@ -260,3 +262,55 @@ def save_phases_table(rows: list[dict], approaches: list[str] | None = None) -> 
     if not recs:
         return pd.DataFrame()
     return pd.DataFrame.from_records(recs).set_index("approach")
+
+
+def scaling_table(rows: list[dict]) -> pd.DataFrame:
+    """The sharded rows: one line per approach and (save ranks -> load ranks),
+    medians of the repeats: checkpoint time (slowest rank plus commit),
+    slowest and fastest rank's own write, aggregate throughput (checkpoint
+    bytes / time), the load alike, and the speed-up against 1 rank."""
+    by: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if is_valid(r) and r.get("world_size"):
+            by.setdefault((r["approach"], r["world_size"], r["load_world_size"]), []).append(r)
+    med = lambda xs: float(pd.Series(xs).median())  # noqa: E731
+    recs = []
+    for (name, w, lw), rs in sorted(by.items(), key=lambda kv: (list(dict.fromkeys(r["approach"] for r in rows)).index(kv[0][0]), kv[0][1], kv[0][2])):
+        save, load = med([r["save_s"] for r in rs]), med([r["load_s"] for r in rs])
+        size = med([r["bytes_on_disk"] for r in rs])
+        recs.append({
+            "approach": name, "ranks_save": w, "ranks_load": lw, "save_s": save, "load_s": load,
+            "rank_write_max_s": med([max(k["write_s"] for k in r["ranks_save"]) for r in rs]),
+            "rank_write_min_s": med([min(k["write_s"] for k in r["ranks_save"]) for r in rs]),
+            "save_MB/s": size / save / 1e6, "load_MB/s": size / load / 1e6, "files": int(med([r["n_files"] for r in rs])),
+            "repeats": len(rs)})
+    if not recs:
+        return pd.DataFrame()
+    t = pd.DataFrame.from_records(recs)
+    for col, base_col in (("save_speedup", "save_s"), ("load_speedup", "load_s")):
+        one = {r["approach"]: r[base_col] for r in recs if r["ranks_save"] == 1 and r["ranks_load"] == 1}
+        t[col] = [one[a] / v if a in one else None for a, v in zip(t["approach"], t[base_col])]
+    return t.set_index(["approach", "ranks_save", "ranks_load"])
+
+
+def scaling_findings(rows: list[dict], cores: int | None = None) -> str:
+    t = scaling_table(rows)
+    if t.empty:
+        return "No valid sharded rows."
+    lines = []
+    for name in dict.fromkeys(a for a, _, _ in t.index):
+        sub = t.loc[name]
+        parts = []
+        for (w, lw), r in sub.iterrows():
+            if w == lw and w > 1 and r["save_speedup"] is not None:
+                parts.append(f"{w} ranks: save {r['save_speedup']:.2f}x, load {r['load_speedup']:.2f}x the 1-rank "
+                             f"speed ({r['save_MB/s']:.0f} / {r['load_MB/s']:.0f} MB/s aggregate)")
+        for (w, lw), r in sub.iterrows():
+            if w != lw:
+                parts.append(f"saved by {w}, loaded by {lw}: load {r['load_s']:.3g} s, verified")
+        if parts:
+            lines.append(f"- `{name}`: " + "; ".join(parts) + ".")
+    if cores:
+        lines.append(f"- This machine has {cores} cores: ranks beyond {cores} share them, so speed-ups there measure "
+                     "overlap of I/O waits, not added compute.")
+    return "\n".join(lines)

@@ -34,6 +34,7 @@ MEASUREMENT_FIELDS = (
     "bytes_on_disk", "bytes_apparent", "n_files", "payload_bytes", "by_kind",
     "peak_rss_save_bytes", "peak_rss_load_bytes",
     "save_phases", "storage", "s3_delay_ms", "requests_save", "requests_load",
+    "world_size", "load_world_size", "ranks_save", "ranks_load",
     "verified", "max_abs_err", "max_rel_err", "n_overflow", "n_flushed", "error",
     "finished_at",
 )

@@ -113,7 +113,7 @@ class Summary:
                 rec[f"{metric}: ours %"] = (change(summ[n][key].median, base[key].median)
                                             if n in summ and base else None)
             recs.append(rec)
-        return pd.DataFrame(recs).set_index("approach")
+        return pd.DataFrame(recs).set_index("approach") if recs else pd.DataFrame() if recs else pd.DataFrame()
 
     @property
     def registered_rows(self) -> list[dict]:
@@ -123,6 +123,8 @@ class Summary:
         """Every registered approach measured in this run, with its throughput
         as a share of the disk reference."""
         t = report.table(self.registered_rows)
+        if t.empty:
+            return t
         share = report.disk_share(self.registered_rows, self.env_rates())
         t["save_share_of_disk"] = share["save_share_of_disk"]
         t["load_share_of_disk"] = share["load_share_of_disk"]
@@ -155,7 +157,7 @@ class Summary:
                 v = summ[n][key].median
                 recs.append({"job": job, "rank": rank, "approach": n, "dtype": summ[n]["stored_dtype"],
                              "median": fmt_bytes(v) if unit == "B" else f"{v:.3g} s"})
-        return pd.DataFrame(recs).set_index(["job", "rank"])
+        return pd.DataFrame(recs).set_index(["job", "rank"]) if recs else pd.DataFrame()
 
     AIMS = (("ts+best", "pytorch-fp32"), ("ts+best", "safetensors"), ("ts+best16", "pytorch"))
 
@@ -173,6 +175,18 @@ class Summary:
                              "size": summ[a]["bytes_on_disk"].median / summ[b]["bytes_on_disk"].median,
                              "repeats": f"{summ[a]['n']} / {summ[b]['n']}"})
         return pd.DataFrame(recs).set_index("ratio") if recs else pd.DataFrame()
+
+    def scaling(self) -> pd.DataFrame:
+        """06's sharded rows: checkpoint time and aggregate throughput by ranks."""
+        return report.scaling_table(self.by_phase.get("06-distributed", []))
+
+    def scaling_chart(self):
+        t = self.scaling()
+        if t.empty:
+            return None
+        fig = plots.scaling(t, title="sharded checkpoints by ranks")
+        plots.save(fig, run_dir(self.out_dir, self.run_id) / "figures" / "scaling.png")
+        return fig
 
     def save_phases(self) -> pd.DataFrame:
         """Where the save time of the aim's approaches goes (the 05 phase's rows)."""

@@ -175,3 +175,15 @@ def test_make_s3_up_and_down(tmp_path):
                           timeout=60)
     assert down.returncode == 0 and "stopped" in down.stdout
     assert s3.running_server(d) is None
+
+
+def test_sharded_save_on_two_ranks_and_load_on_three_from_s3(server, tmp_path):
+    r = cli("run", "--approach", "all", "--world-size", "2", "--load-world-size", "3", "--model", "tiny",
+            "--repeats", "1", "--out", str(tmp_path), "--storage", "s3://ckpt/sharded",
+            "--s3-endpoint", server.endpoint)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "skipped dcp-sharded: it cannot target S3" in r.stdout
+    rows = [json.loads(l) for l in next((tmp_path / "results").glob("*.jsonl")).read_text().splitlines()]
+    rows = [x for x in rows if x["record"] == "measurement"]
+    assert [x["approach"] for x in rows] == ["ts-sharded", "ts-sharded+ocdbt", "pytorch-per-rank"]
+    assert all(x["verified"] and x["storage"] == "s3://ckpt/sharded" and x["n_files"] > 0 for x in rows)

@@ -1,0 +1,101 @@
+"""Sharded checkpoints over torch.distributed (gloo): N ranks save, M ranks load."""
+
+import json
+import os
+
+import pytest
+
+from llama_ckpt import distributed
+from llama_ckpt.distributed import SHARDED, TARGET_CHUNK, row_chunk, shard_rows
+
+from .test_cli import assert_one_line_error, cli
+
+
+@pytest.mark.parametrize("rows, world", [(64, 1), (64, 3), (1000, 4), (5, 4), (3, 4), (32000, 3)])
+def test_shards_are_contiguous_cover_every_row_once_and_match_torch_chunk(rows, world):
+    import torch
+
+    spans = [shard_rows(rows, r, world) for r in range(world)]
+    assert spans[0][0] == 0 and spans[-1][1] == rows
+    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))  # contiguous, no overlap
+    chunks = torch.arange(rows).chunk(world)
+    for r, (a, b) in enumerate(spans):
+        want = chunks[r].tolist() if r < len(chunks) else []
+        assert list(range(a, b)) == want
+
+
+@pytest.mark.parametrize("shape, world", [((32000, 640), 2), ((1728, 640), 3), ((640,), 4), ((3200, 8640), 4),
+                                          ((97, 640), 2)])
+def test_ts_sharded_chunks_divide_the_shards_and_stay_under_the_target(shape, world):
+    c = row_chunk(shape, 4, world)
+    s = -(-shape[0] // world)
+    assert s % c == 0  # every shard boundary is a chunk boundary: no two ranks write one chunk
+    row_bytes = 4 * (shape[1] if len(shape) > 1 else 1)
+    assert c * row_bytes <= TARGET_CHUNK or c == 1
+
+
+def _rows(tmp_path):
+    f = next((tmp_path / "results").glob("*.jsonl"))
+    return [json.loads(l) for l in f.read_text().splitlines() if json.loads(l)["record"] == "measurement"]
+
+
+def test_two_ranks_save_three_ranks_load_every_approach_verified(tmp_path):
+    r = cli("run", "--approach", "dcp-sharded,ts-sharded,ts-sharded+ocdbt,pytorch-per-rank", "--world-size", "2",
+            "--load-world-size", "3", "--model", "tiny", "--repeats", "1", "--out", str(tmp_path))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    rows = _rows(tmp_path)
+    assert [x["approach"] for x in rows] == list(SHARDED)
+    for x in rows:
+        assert x["verified"] and not x["error"], x["error"]
+        assert x["world_size"] == 2 and x["load_world_size"] == 3
+        assert [k["rank"] for k in x["ranks_save"]] == [0, 1] and [k["rank"] for k in x["ranks_load"]] == [0, 1, 2]
+        assert all(k["verified"] for k in x["ranks_load"])
+        assert sum(k["bytes"] for k in x["ranks_save"]) == sum(k["bytes"] for k in x["ranks_load"])
+        assert x["save_s"] >= max(k["write_s"] for k in x["ranks_save"])  # the slowest rank bounds the checkpoint
+        assert x["load_cold"] is True
+    assert "ranks beyond 2 share them" in r.stdout or os.cpu_count() > 2
+    assert not any((tmp_path / "checkpoints").rglob("*.pth"))  # deleted once measured
+
+
+def test_four_ranks_save_two_ranks_load(tmp_path):
+    r = cli("run", "--approach", "ts-sharded+ocdbt,pytorch-per-rank,dcp-sharded", "--world-size", "4",
+            "--load-world-size", "2", "--model", "tiny", "--repeats", "1", "--out", str(tmp_path))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    rows = _rows(tmp_path)
+    assert len(rows) == 3 and all(x["verified"] for x in rows)
+    assert all(len(x["ranks_save"]) == 4 and len(x["ranks_load"]) == 2 for x in rows)
+
+
+@pytest.mark.parametrize("approach", ["ts-sharded+ocdbt", "pytorch-per-rank"])
+def test_a_rank_killed_mid_save_leaves_no_checkpoint_and_the_others_do_not_hang(tmp_path, approach):
+    env = dict(os.environ, **{distributed.FAULT_ENV: "kill-rank-1-mid-save"})
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "llama_ckpt", "run", "--approach", approach, "--world-size", "2",
+                        "--model", "tiny", "--repeats", "1", "--out", str(tmp_path), "--keep"],
+                       capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 1, r.stdout + r.stderr
+    (row,) = _rows(tmp_path)
+    assert row["error"].startswith("save failed") and "rank 1 died (killed by signal 9)" in row["error"]
+    assert "rank 0 failed while" in row["error"]  # the survivor exited with an error naming its step
+    ckpts = tmp_path / "checkpoints"
+    assert not any(p.name == "COMMITTED" for p in ckpts.rglob("*"))
+    assert not [p for p in ckpts.rglob("*") if ".tmp-" in p.name]  # the temporary went too
+
+
+def test_bad_distributed_input_is_one_line(tmp_path):
+    assert_one_line_error(cli("run", "--load-world-size", "2", "--model", "tiny", "--out", str(tmp_path)),
+                          "needs --world-size")
+    assert_one_line_error(cli("run", "--approach", "pytorch", "--world-size", "2", "--model", "tiny",
+                              "--out", str(tmp_path)), "unknown approach", "ts-sharded")
+    assert_one_line_error(cli("run", "--approach", "ts-sharded", "--model", "tiny", "--out", str(tmp_path)),
+                          "run with --world-size")
+    assert_one_line_error(cli("run", "--world-size", "0", "--model", "tiny", "--out", str(tmp_path)), "at least 1")
+
+
+def test_list_shows_the_sharded_approaches():
+    r = cli("list")
+    assert r.returncode == 0
+    for name in SHARDED:
+        assert any(line.startswith(name + " ") for line in r.stdout.splitlines())
