@@ -22,7 +22,7 @@ help: ## list the targets and options
 	@echo "targets:"
 	@grep -E '^[a-zA-Z0-9_%-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  make %-12s %s\n", $$1, $$2}'
 	@echo "options (make TARGET NAME=value):"
-	@grep -E '^[A-Z_]+ \?=.*## ' $(MAKEFILE_LIST) | sed -E 's/ \?= ?([^#]*)## /\t\1\t/' | awk -F'\t' '{printf "  %-10s %s (default: %s)\n", $$1, $$3, ($$2 == "" ? "none" : $$2)}'
+	@grep -E '^[A-Z0-9_]+ \?=.*## ' $(MAKEFILE_LIST) | sed -E 's/ \?= ?([^#]*)## /\t\1\t/' | awk -F'\t' '{printf "  %-10s %s (default: %s)\n", $$1, $$3, ($$2 == "" ? "none" : $$2)}'
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON_SYS) -m venv $(VENV)

@@ -97,3 +97,24 @@ def test_check_direction_for_slower_claims():
     s = summarize(rows_for("t5x", [20, 21]) + rows_for("ts+chunks", [10, 11]))
     assert Check("t5x", "ts+chunks", "save", lower=False).judge(s)[0] == HOLDS
     assert Check("ts+chunks", "t5x", "save", lower=False).judge(s)[0] == FAILS
+
+
+def cloud_rows(delay, ocdbt_factor):
+    """Rows on S3 at one delay: OCDBT approaches take ``ocdbt_factor`` times the plain ones."""
+    out = []
+    for plain, ocdbt in (("tensorstore", "ts+ocdbt"), ("ts+chunks", "ts+chunks[use_ocdbt=True]")):
+        for name, f in ((plain, 1.0), (ocdbt, ocdbt_factor)):
+            for r in rows_for(name, [10 * f, 10.5 * f, 11 * f], [5 * f, 5.2 * f, 5.4 * f]):
+                r.update(requests_save={"write": 10}, requests_load={"read": 10}, s3_delay_ms=delay)
+                out.append(r)
+    return out
+
+
+def test_claim_9_is_judged_at_every_delay_and_takes_the_weakest_verdict():
+    from llama_ckpt.claims import judge_cloud
+
+    assert judge_cloud(cloud_rows(0, 0.5) + cloud_rows(20, 0.5))["verdict"] == HOLDS
+    c = judge_cloud(cloud_rows(0, 0.5) + cloud_rows(20, 2.0))
+    assert c["verdict"] == FAILS and "+0 ms RTT (holds)" in c["measured"] and "+20 ms RTT (does not hold)" in c["measured"]
+    assert judge_cloud(cloud_rows(0, 1.0))["verdict"] == UNSURE  # overlapping ranges
+    assert judge_cloud(rows_for("tensorstore", [1, 2]))["verdict"] == UNSURE  # nothing on S3

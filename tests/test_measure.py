@@ -146,3 +146,36 @@ def test_presets_have_openllama_3b_structure():
     assert [s.name for s in small.specs] == [s.name for s in big.specs]
     assert 0.5e9 <= small.nbytes <= 1e9
     assert get_model("tiny").nbytes < 5e6
+
+
+def test_the_disk_reference_is_the_median_of_its_samples(tiny_run):
+    import statistics
+
+    _, env, _ = tiny_run
+    samples = env["reference_samples"]
+    assert len(samples) == measure.REFERENCE_SAMPLES
+    assert env["reference_write_s"] == statistics.median(s["write_s"] for s in samples)
+    assert env["reference_read_s"] == statistics.median(s["read_s"] for s in samples)
+
+
+def test_every_row_splits_its_save_into_steps(tiny_run):
+    _, _, rows = tiny_run
+    by = {r["approach"]: r for r in rows}
+    assert set(by["safetensors"]["save_phases"]) >= {"cast", "serialise + write", "fsync"}
+    assert "commit (encode, write, fsync, OCDBT manifest)" in by["ts+best"]["save_phases"]
+    assert "wait for writes (encode, write, fsync)" in by["ts+chunks"]["save_phases"]
+    for r in rows:
+        steps = r["save_phases"]
+        assert steps and all(v >= 0 for v in steps.values())
+        assert sum(steps.values()) <= r["save_s"]  # the steps lie inside the timed save
+
+
+def test_repeats_are_interleaved_unless_asked_otherwise(tmp_path):
+    a = [APPROACHES["pytorch"], APPROACHES["ts+chunks"]]
+    _, rows = measure.run(a, get_model("tiny"), measure.Options(out=tmp_path / "i", repeats=2, disk_reference=False))
+    assert [(r["approach"], r["repeat"]) for r in rows] == [("pytorch", 1), ("ts+chunks", 1), ("pytorch", 2),
+                                                            ("ts+chunks", 2)]
+    _, rows = measure.run(a, get_model("tiny"), measure.Options(out=tmp_path / "b", repeats=2, disk_reference=False,
+                                                                interleave=False))
+    assert [(r["approach"], r["repeat"]) for r in rows] == [("pytorch", 1), ("pytorch", 2), ("ts+chunks", 1),
+                                                            ("ts+chunks", 2)]
