@@ -48,7 +48,7 @@ report: setup ## render the executed notebooks of a run to HTML beside them
 lab: setup ## open JupyterLab on notebooks/
 	$(VENV)/bin/jupyter lab notebooks/
 
-test: setup ## run the tests (tiny model; about 10 minutes)
+test: setup ## run the tests (tiny model; about 20 minutes)
 	$(PY) -m pytest -q
 
 s3-up: setup ## start a local S3 server (SeaweedFS) on loopback; prints its endpoint

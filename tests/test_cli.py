@@ -27,9 +27,14 @@ def assert_one_line_error(r, *needles):
 def test_list_shows_every_approach_name_first_one_per_line():
     r = cli("list")
     assert r.returncode == 0
-    lines = r.stdout.strip().splitlines()
+    single, sharded = r.stdout.strip().split("\n\n")
+    lines = single.splitlines()
     assert [l.split()[0] for l in lines] == list(APPROACHES)
     assert all(len(l.split(None, 1)) == 2 for l in lines)  # a description on each
+    from llama_ckpt.distributed import SHARDED
+
+    head, *rest = sharded.splitlines()
+    assert "--world-size" in head and [l.split()[0] for l in rest] == list(SHARDED)
 
 
 @pytest.mark.parametrize("cmd", [[], ["run"], ["compare"], ["list"]])
