@@ -44,6 +44,14 @@ class Phase:
         out = {a.name: a for a in [APPROACHES[n] for n in self.guide] + self.extra()}
         return list(out.values())
 
+    def size(self) -> str:
+        """What the phase measures, for progress lines."""
+        if self.guide:
+            return f"{len(self.approaches())} approaches"
+        from .distributed import SHARDED
+
+        return f"{len(SHARDED)} sharded approaches x {self.n_runs} rank configurations"
+
     def comparisons(self, baseline: str = "tensorstore") -> tuple[tuple[str, str], ...]:
         return self.pairs or tuple((g, baseline) for g in self.guide if g != baseline)
 

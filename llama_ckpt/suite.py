@@ -86,7 +86,7 @@ def _run_phases(phases, model, model_path, repeats, out_dir, run_id, keep, summa
         if phase_complete(out_dir, run_id, p.slug) and notebook_ran_clean(out_nb):
             print(f"[{i}/{len(phases)}] {p.slug}: complete in run {run_id}, skipped", flush=True)
             continue
-        print(f"[{i}/{len(phases)}] {p.slug}: {p.title}: {len(p.approaches())} approaches x {repeats} repeat(s) "
+        print(f"[{i}/{len(phases)}] {p.slug}: {p.title}: {p.size()} x {repeats} repeat(s) "
               f"on {model_path or model}", flush=True)
         t0 = time.perf_counter()
         execute(p.slug, out_nb, params)
