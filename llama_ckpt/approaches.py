@@ -168,13 +168,7 @@ class Approach:
         try:
             self._save(state_dict, tmp, progress)
             with phase("suite: manifest, directory fsyncs, marker, rename"):
-                _write_durably(tmp / MANIFEST, json.dumps(self._manifest(tensors)))
-                for root, _dirs, _files in os.walk(tmp):  # directory entries (files fsynced themselves)
-                    fsync_path(Path(root))
-                _write_durably(tmp / COMMIT, json.dumps({"committed_at": time.time()}))
-                fsync_path(tmp)
-                os.rename(tmp, path)
-                fsync_path(path.parent)
+                commit(tmp, path, self._manifest(tensors))
         except BaseException:
             remove(tmp)
             raise
@@ -192,8 +186,7 @@ class Approach:
         try:
             self._save(state_dict, path, progress)
             with phase("suite: manifest, marker"):
-                (path / MANIFEST).write_text(json.dumps(self._manifest(tensors)))
-                (path / COMMIT).write_text(json.dumps({"committed_at": time.time()}))
+                commit(path, path, self._manifest(tensors))
         except BaseException:
             path.remove()
             raise
@@ -237,6 +230,25 @@ class Approach:
         return Path(path)
 
 
+def commit(tmp, path, manifest: dict) -> None:
+    """Make a fully written checkpoint real. On a file system: the manifest,
+    every directory entry and the commit marker fsynced, then ``tmp`` renamed
+    to ``path``. On S3 (``tmp`` is ``path``: no rename there) the manifest,
+    then the marker in one PUT."""
+    stamp = json.dumps({"committed_at": time.time()})
+    if isinstance(path, S3Path):
+        (path / MANIFEST).write_text(json.dumps(manifest))
+        (path / COMMIT).write_text(stamp)
+        return
+    _write_durably(tmp / MANIFEST, json.dumps(manifest))
+    for root, _dirs, _files in os.walk(tmp):  # directory entries (files fsynced themselves)
+        fsync_path(Path(root))
+    _write_durably(tmp / COMMIT, stamp)
+    fsync_path(tmp)
+    os.rename(tmp, path)
+    fsync_path(path.parent)
+
+
 def _write_durably(path: Path, text: str) -> None:
     with open(path, "w") as f:
         f.write(text)
@@ -258,12 +270,7 @@ def read_manifest(path: Path) -> dict:
         raise UserError(f"{path}: not a llama_ckpt checkpoint (no {MANIFEST})")
     if not (path / COMMIT).is_file():
         raise UserError(f"{path}: incomplete checkpoint (no commit marker {COMMIT}): never loaded or measured")
-    try:
-        manifest = json.loads((path / MANIFEST).read_text())
-        _ = [(t["name"], t["shape"], t["dtype"]) for t in manifest["tensors"]]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise UserError(f"{path / MANIFEST}: corrupt manifest ({exc})") from None
-    return manifest
+    return _parse_manifest(path)
 
 
 def _read_manifest_s3(path: S3Path) -> dict:
@@ -271,6 +278,11 @@ def _read_manifest_s3(path: S3Path) -> dict:
         if path.is_dir():
             raise UserError(f"{path}: incomplete checkpoint (no commit marker {COMMIT}): never loaded or measured")
         raise UserError(f"{path}: no such checkpoint")
+    return _parse_manifest(path)
+
+
+def _parse_manifest(path) -> dict:
+    """The manifest of a checkpoint known to be committed (a local path or an S3Path)."""
     try:
         manifest = json.loads((path / MANIFEST).read_text())
         _ = [(t["name"], t["shape"], t["dtype"]) for t in manifest["tensors"]]

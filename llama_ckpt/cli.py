@@ -50,19 +50,15 @@ def _row_line(row: dict) -> str:
         return f"  {row['approach']:<16} #{row['repeat']}  ERROR {row['error']}"
     cold = {True: "", False: " (warm: eviction not confirmed)", None: " (server cache not evicted)"}[row["load_cold"]]
     on_s3 = row.get("storage") not in (None, "local")
-    reqs = (f"  requests {_requests(row['requests_save'])}/{_requests(row['requests_load'])}"
+    from .s3 import request_total
+
+    reqs = (f"  requests {request_total(row['requests_save'])}/{request_total(row['requests_load'])}"
             if row.get("requests_save") is not None else "")
     return (f"  {row['approach']:<16} #{row['repeat']}  save {row['save_s']:8.2f} s  load {row['load_s']:8.2f} s"
             f"{cold}  {row['bytes_on_disk'] / 1e6:10.1f} MB"
             f"  {row['n_files']:>7} {'objects' if on_s3 else 'files'}{reqs}  peak RSS {row['peak_rss_save_bytes'] / 1e9:.2f}/{row['peak_rss_load_bytes'] / 1e9:.2f} GB"
             f"  {'verified' if row['verified'] else 'NOT VERIFIED'}"
             + (f" (max abs err {row['max_abs_err']:.2e})" if row.get("max_abs_err") else ""))
-
-
-def _requests(counts: dict) -> int:
-    from .s3 import Requests
-
-    return Requests(counts).total
 
 
 def _storage(args):

@@ -62,6 +62,7 @@ import torch
 from .errors import UserError
 
 COLLECTIVE_TIMEOUT_S = 120  # a rank waiting longer than this on the others gives up with an error
+RANK_GROUP_TIMEOUT_S = 3600  # a group of ranks still running after this is killed
 FAULT_ENV = "LLAMA_CKPT_FAULT"  # tests: "kill-rank-R-mid-save" SIGKILLs rank R half way through its save
 RANK_OVERHEAD = 500 << 20  # a rank's interpreter, torch and TensorStore, measured ~0.4 GB here
 TARGET_CHUNK = 16 << 20  # ts-sharded: row chunks of at most this many bytes, dividing the shard
@@ -424,28 +425,14 @@ def _worker(rank: int, job: dict) -> None:
 
 
 def _commit(root, job: dict, specs) -> None:
-    """Rank 0, after every rank's rows are durable: manifest, marker, rename."""
-    from .approaches import COMMIT, MANIFEST, _write_durably
-    from .fsutil import fsync_path
+    """Rank 0, after every rank's rows are durable: the suite's commit."""
+    from .approaches import commit
     from .s3 import S3Path
 
     manifest = {"approach": job["approach"], "mechanism": "Sharded", "world_size": job["world"],
                 "sharding": "rows: ceil(rows / world_size) per rank, torch.chunk's split",
                 "tensors": [{"name": s.name, "shape": list(s.shape), "dtype": "float32"} for s in specs]}
-    stamp = json.dumps({"committed_at": time.time()})
-    if isinstance(root, S3Path):
-        (root / MANIFEST).write_text(json.dumps(manifest))
-        (root / COMMIT).write_text(stamp)
-        return
-    root = Path(root)
-    _write_durably(root / MANIFEST, json.dumps(manifest))
-    for d, _dirs, _files in os.walk(root):
-        fsync_path(Path(d))
-    _write_durably(root / COMMIT, stamp)
-    fsync_path(root)
-    final = Path(job["final"])
-    os.rename(root, final)
-    fsync_path(final.parent)
+    commit(root, root if isinstance(root, S3Path) else Path(job["final"]), manifest)
 
 
 # -- the parent -------------------------------------------------------------------
@@ -496,7 +483,7 @@ def launch(job: dict, world: int, timeout: float) -> list[dict]:
 
 
 def measure_sharded(approach: Sharded, source, world: int, load_world: int, repeat: int, run_id: str,
-                    ckpt_path, opts) -> dict:
+                    ckpt_path) -> dict:
     """One save on ``world`` ranks and one cold load on ``load_world`` ranks: one row."""
     from datetime import datetime, timezone
 
@@ -518,7 +505,7 @@ def measure_sharded(approach: Sharded, source, world: int, load_world: int, repe
     if approach.s3_unsupported and on_s3:
         return measurement_row(**base, verified=False, error=f"{approach.name} cannot target S3: "
                                f"{approach.s3_unsupported}", finished_at=finished())
-    timeout = getattr(opts, "rank_timeout", 3600)
+    timeout = RANK_GROUP_TIMEOUT_S
     if on_s3:
         ckpt_path.remove()
         tmp = ckpt_path
@@ -573,13 +560,10 @@ def run(approaches: list[Sharded], source, opts, world: int, load_world: int | N
     """Measure each sharded approach ``opts.repeats`` times (interleaved):
     a save on ``world`` ranks, a cold load on ``load_world`` (default: the
     same) ranks. Rows go to the results file as they finish."""
-    from dataclasses import replace
-    from datetime import datetime, timezone
+    import psutil
 
-    from . import fsutil, measure, s3
+    from . import measure
     from .model import PresetModel
-    from .netdelay import delayed
-    from .results import ResultsWriter, environment_record
 
     load_world = load_world or world
     if world < 1 or load_world < 1:
@@ -589,91 +573,56 @@ def run(approaches: list[Sharded], source, opts, world: int, load_world: int | N
                         "seeded weights; --model-path is not supported there")
     if opts.repeats < 1:
         raise UserError(f"--repeats must be at least 1, got {opts.repeats}")
-    import psutil
-
     # every rank holds its rows, builds one whole tensor at a time, and starts its own interpreter and torch
     ranks = max(world, load_world)
     need = 1.2 * source.nbytes + ranks * (max(s.nbytes for s in source.specs) + RANK_OVERHEAD)
     if need > psutil.virtual_memory().available:
         raise UserError(f"{source.name} on {ranks} ranks needs about {need / 1e9:.1f} GB of memory; "
                         f"{psutil.virtual_memory().available / 1e9:.1f} GB available")
-    out = Path(opts.out)
-    measure.check_writable(out)
-    with fsutil.output_lock(Path(opts.lock) if opts.lock else out):
-        target = opts.storage
-        if target is None:
-            return _run(approaches, source, opts, world, load_world, out, None, on_row, say)
-        with delayed(target.endpoint, target.delay_ms) as endpoint:
-            return _run(approaches, source, opts, world, load_world, out, replace(target, endpoint=endpoint),
-                        on_row, say)
+    return measure.locked(opts, say, lambda o, out: _run(approaches, source, o, world, load_world, out, on_row, say))
 
 
-def _run(approaches, source, opts, world, load_world, out, target, on_row, say):
-    from datetime import datetime, timezone
-
-    from . import fsutil, measure, s3
-    from .approaches import stale_temporaries
-    from .results import ResultsWriter, environment_record
+def _run(approaches, source, opts, world, load_world, out, on_row, say):
+    from . import measure
+    from .results import environment_record
 
     run_id = opts.run_id or measure.new_run_id()
+    target = opts.storage
     results_path = Path(opts.results) if opts.results else out / "results" / f"{run_id}.jsonl"
     skipped = {}
     if target is not None:
-        s3.check_target(target, say)
-        skipped = {a.name: a.s3_unsupported for a in approaches if a.s3_unsupported}
-        for name, why in skipped.items():
-            say(f"skipped {name}: it cannot target S3 ({why})")
-        approaches = [a for a in approaches if not a.s3_unsupported]
-        if not approaches:
-            raise UserError("none of the chosen approaches can target S3; see `python -m llama_ckpt list`")
+        approaches, skipped = measure.s3_preflight(approaches, target, say)
         ckpt_root = target.path(run_id)
-        stale = s3.stale_saves(target.path())
     else:
-        measure.check_disk([], source, out, False, opts.disk_reference) if opts.disk_reference else None
+        if opts.disk_reference:
+            measure.check_disk([], source, out, False, opts.disk_reference)
         ckpt_root = Path(opts.checkpoints) if opts.checkpoints else out / "checkpoints" / run_id
-        stale = stale_temporaries(ckpt_root.parent)
-    for st in stale:
-        st.remove() if isinstance(st, s3.S3Path) else fsutil.remove(st)
-        say(f"removed the stale temporary of an interrupted save: {st}")
-    writer = ResultsWriter(results_path)
+    measure.remove_stale(target, ckpt_root, say)
+    log = measure.RunLog(results_path, run_id, len(approaches) * opts.repeats, on_row)
     cores = len(os.sched_getaffinity(0))
     say(f"run {run_id}: {len(approaches)} sharded approach(es) x {opts.repeats} repeat(s) on {source.name}, "
         f"saved by {world} rank(s), loaded by {load_world}; {cores} cores"
         + (f": ranks beyond {cores} share them" if max(world, load_world) > cores else "")
         + f"; results -> {results_path}")
-    ref = {}
-    if opts.disk_reference and target is None:
-        ref = measure._median_reference([measure.disk_reference(source.nbytes, ckpt_root)
-                                         for _ in range(measure.REFERENCE_SAMPLES)])
+    # the disk reference only: no object reference for sharded runs on S3
+    ref = measure.reference(source, ckpt_root, None, say) if opts.disk_reference and target is None else {}
     env = environment_record(run_id, out, model=source.name, n_tensors=len(source.specs), n_params=source.n_params,
                              source_bytes=source.nbytes, repeats=opts.repeats, approaches=[a.name for a in approaches],
                              world_size=world, load_world_size=load_world, cores=cores,
                              **({} if target is None else dict(storage=target.url, s3_delay_ms=target.delay_ms,
                                                                skipped=skipped)),
                              **ref)
-    writer.write(env)
-    rows = []
-
-    def end(complete: bool, **why):
-        writer.write({"record": "end", "run_id": run_id, "complete": complete, "n_rows": len(rows),
-                      "n_valid": sum(bool(r.get("verified")) for r in rows),
-                      "n_planned": len(approaches) * opts.repeats,
-                      "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **why})
-
+    log.write(env)
     try:
-        for k in range(1, opts.repeats + 1):
-            for a in approaches:
-                path = ckpt_root / f"{a.name}-w{world}"
-                row = measure_sharded(a, source, world, load_world, k, run_id, path, opts)
-                if not (opts.keep and k == opts.repeats):
-                    path.remove() if isinstance(path, s3.S3Path) else fsutil.remove(path)
-                writer.write(row)
-                rows.append(row)
-                on_row(row)
+        for a, k in measure.plan(approaches, opts):
+            path = ckpt_root / f"{a.name}-w{world}"
+            log.add(measure_sharded(a, source, world, load_world, k, run_id, path))
+            if not (opts.keep and k == opts.repeats):
+                measure.remove_checkpoint(path)
     except KeyboardInterrupt:
-        end(False, interrupted="KeyboardInterrupt")
+        log.end(False, interrupted="KeyboardInterrupt")
         raise
     if not opts.keep:
-        ckpt_root.remove() if isinstance(ckpt_root, s3.S3Path) else fsutil.remove(ckpt_root)
-    end(True)
-    return env | {"results_path": str(results_path)}, rows
+        measure.remove_checkpoint(ckpt_root)
+    log.end(True)
+    return env | {"results_path": str(results_path)}, log.rows

@@ -225,7 +225,8 @@ def _median_reference(samples: list[dict]) -> dict:
     return out
 
 
-def _remove(path) -> None:
+def remove_checkpoint(path) -> None:
+    """Remove a checkpoint (or anything) at a local path or an S3 prefix."""
     if isinstance(path, s3.S3Path):
         path.remove()
     else:
@@ -281,7 +282,7 @@ def measure_approach(approach: Approach, source: ModelSource, expected: dict, ck
     digests = {k: e.digest for k, e in expected[approach.stored_dtype].items()}
     stage = "save"
     try:
-        _remove(ckpt_path)  # each repeat saves into a fresh directory
+        remove_checkpoint(ckpt_path)  # each repeat saves into a fresh directory
         sd = source.materialize()
         gc.collect()
         with PeakRSS() as rss_save, _bar(progress, len(sd), f"{approach.name} save #{repeat}") as bar, \
@@ -336,12 +337,12 @@ def measure_approach(approach: Approach, source: ModelSource, expected: dict, ck
             error=None if verdict.verified else f"verification failed: {verdict.summary()}",
             finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     except (KeyboardInterrupt, SystemExit):
-        _remove(ckpt_path)
+        remove_checkpoint(ckpt_path)
         raise
     except FAILURES as exc:  # one approach failing must not stop the others
         gc.collect()
         try:
-            _remove(ckpt_path)
+            remove_checkpoint(ckpt_path)
         except FAILURES:  # the store went away: the error row says why
             pass  # a partial checkpoint is never kept or measured
         return measurement_row(**base, verified=False, error=f"{stage} failed: {_describe_error(exc, ckpt_path)}",
@@ -354,21 +355,88 @@ def run(approaches: list[Approach], source: ModelSource, opts: Options,
     file as they finish and to ``on_row``. Returns (environment, rows)."""
     if opts.repeats < 1:
         raise UserError(f"--repeats must be at least 1, got {opts.repeats}")
+    return locked(opts, say, lambda o, out: _run_locked(approaches, source, o, out, on_row, say))
+
+
+def locked(opts: Options, say, fn):
+    """``fn(opts, out)`` with the output directory checked and locked, and,
+    for a run on S3 with an added delay, the endpoint behind the delay proxy."""
     out = Path(opts.out)
     check_writable(out)
     with fsutil.output_lock(Path(opts.lock) if opts.lock else out):
-        if opts.storage is None:
-            return _run_locked(approaches, source, opts, out, on_row, say)
+        target = opts.storage
+        if target is None:
+            return fn(opts, out)
         from dataclasses import replace
 
         from .netdelay import delayed
 
-        target = opts.storage
         with delayed(target.endpoint, target.delay_ms) as endpoint:
             if target.delay_ms:
                 say(f"S3 requests go through a proxy adding {target.delay_ms:g} ms of round trip: {endpoint}")
-            proxied = replace(target, endpoint=endpoint)
-            return _run_locked(approaches, source, replace(opts, storage=proxied), out, on_row, say)
+            return fn(replace(opts, storage=replace(target, endpoint=endpoint)), out)
+
+
+def s3_preflight(approaches: list, target: "s3.Target", say) -> tuple[list, dict[str, str]]:
+    """The endpoint answers and the bucket exists; the approaches that can
+    target S3, and the others with the reason each is skipped."""
+    s3.check_target(target, say)
+    skipped = {a.name: a.s3_unsupported for a in approaches if a.s3_unsupported}
+    for name, why in skipped.items():
+        say(f"skipped {name}: it cannot target S3 ({why})")
+    approaches = [a for a in approaches if not a.s3_unsupported]
+    if not approaches:
+        raise UserError("none of the chosen approaches can target S3; see `python -m llama_ckpt list`")
+    return approaches, skipped
+
+
+def remove_stale(target: "s3.Target | None", ckpt_root, say) -> None:
+    """Remove what interrupted saves left: ``*.tmp-*`` directories beside the
+    run's checkpoints, or uncommitted prefixes on S3."""
+    for st in s3.stale_saves(target.path()) if target else stale_temporaries(Path(ckpt_root).parent):
+        remove_checkpoint(st)
+        say(f"removed the stale temporary of an interrupted save: {st}")
+
+
+def reference(source: ModelSource, ckpt_root, target: "s3.Target | None", say) -> dict:
+    """The disk (or, on S3, object) reference: REFERENCE_SAMPLES samples, medians."""
+    if target is not None:
+        say(f"object reference: one {source.nbytes / 1e9:.2f} GB object put + read, {REFERENCE_SAMPLES} times")
+        return _median_reference([object_reference(source.nbytes, ckpt_root, target.server_dir)
+                                  for _ in range(REFERENCE_SAMPLES)])
+    say(f"disk reference: {source.nbytes / 1e9:.2f} GB sequential write + cold read, {REFERENCE_SAMPLES} times")
+    return _median_reference([disk_reference(source.nbytes, ckpt_root) for _ in range(REFERENCE_SAMPLES)])
+
+
+def plan(approaches: list, opts: Options) -> list[tuple]:
+    """(approach, repeat) in measuring order: round k of every approach, then
+    round k+1 (interleaved), or each approach's repeats back to back."""
+    if opts.interleave:
+        return [(a, k) for k in range(1, opts.repeats + 1) for a in approaches]
+    return [(a, k) for a in approaches for k in range(1, opts.repeats + 1)]
+
+
+class RunLog:
+    """A run's results file: records appended as they come, rows also passed
+    to ``on_row``, and the ``end`` record (complete or not) last."""
+
+    def __init__(self, path: Path, run_id: str, n_planned: int, on_row: Callable[[dict], None]):
+        self.path, self.run_id, self.n_planned, self.on_row = Path(path), run_id, n_planned, on_row
+        self.writer = ResultsWriter(self.path)
+        self.rows: list[dict] = []
+
+    def write(self, record: dict) -> None:
+        self.writer.write(record)
+
+    def add(self, row: dict) -> None:
+        self.writer.write(row)
+        self.rows.append(row)
+        self.on_row(row)
+
+    def end(self, complete: bool, **why) -> None:
+        self.writer.write({"record": "end", "run_id": self.run_id, "complete": complete, "n_rows": len(self.rows),
+                           "n_valid": sum(bool(r.get("verified")) for r in self.rows), "n_planned": self.n_planned,
+                           "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **why})
 
 
 def _run_locked(approaches, source, opts, out, on_row, say):
@@ -376,42 +444,26 @@ def _run_locked(approaches, source, opts, out, on_row, say):
     target = opts.storage
     skipped = {}
     if target is not None:
-        s3.check_target(target, say)
-        skipped = {a.name: a.s3_unsupported for a in approaches if a.s3_unsupported}
-        for name, why in skipped.items():
-            say(f"skipped {name}: it cannot target S3 ({why})")
-        approaches = [a for a in approaches if not a.s3_unsupported]
-        if not approaches:
-            raise UserError("none of the chosen approaches can target S3; see `python -m llama_ckpt list`")
+        approaches, skipped = s3_preflight(approaches, target, say)
         need = {}
         ckpt_root = target.path(run_id)
     else:
         need = check_disk(approaches, source, out, opts.keep, opts.disk_reference)
         ckpt_root = Path(opts.checkpoints) if opts.checkpoints else out / "checkpoints" / run_id
     results_path = Path(opts.results) if opts.results else out / "results" / f"{run_id}.jsonl"
-    writer = ResultsWriter(results_path)
+    log = RunLog(results_path, run_id, len(approaches) * opts.repeats, on_row)
 
     say(f"run {run_id}: {len(approaches)} approach(es) x {opts.repeats} repeat(s) on {source.name} "
         f"({len(source.specs)} tensors, {source.n_params:,} parameters, {source.nbytes / 1e9:.2f} GB); "
         f"results -> {results_path}")
-    stale = s3.stale_saves(target.path()) if target else stale_temporaries(ckpt_root.parent)
-    for st in stale:
-        _remove(st)
-        say(f"removed the stale temporary of an interrupted save: {st}")
-    ref = {}
-    if opts.disk_reference and target is not None:
-        say(f"object reference: one {source.nbytes / 1e9:.2f} GB object put + read, {REFERENCE_SAMPLES} times")
-        ref = _median_reference([object_reference(source.nbytes, ckpt_root, target.server_dir)
-                                 for _ in range(REFERENCE_SAMPLES)])
-    elif opts.disk_reference:
-        say(f"disk reference: {source.nbytes / 1e9:.2f} GB sequential write + cold read, {REFERENCE_SAMPLES} times")
-        ref = _median_reference([disk_reference(source.nbytes, ckpt_root) for _ in range(REFERENCE_SAMPLES)])
+    remove_stale(target, ckpt_root, say)
+    ref = reference(source, ckpt_root, target, say) if opts.disk_reference else {}
     where = {} if target is None else dict(storage=target.url, s3_delay_ms=target.delay_ms,
                                            s3_server_dir=target.server_dir, skipped=skipped)
     env = environment_record(run_id, out, model=source.name, n_tensors=len(source.specs),
                              n_params=source.n_params, source_bytes=source.nbytes, repeats=opts.repeats,
                              approaches=[a.name for a in approaches], disk_estimate_bytes=need, **where, **ref)
-    writer.write(env)
+    log.write(env)
 
     say("recording per-tensor digests of the source")
     sd = source.materialize()
@@ -419,30 +471,15 @@ def _run_locked(approaches, source, opts, out, on_row, say):
     del sd
     gc.collect()
 
-    rows = []
-
-    def end(complete: bool, **why):
-        writer.write({"record": "end", "run_id": run_id, "complete": complete, "n_rows": len(rows),
-                      "n_valid": sum(bool(r.get("verified")) for r in rows),
-                      "n_planned": len(approaches) * opts.repeats,
-                      "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **why})
-
-    if opts.interleave:  # round k of every approach, then round k+1
-        plan = [(a, k) for k in range(1, opts.repeats + 1) for a in approaches]
-    else:
-        plan = [(a, k) for a in approaches for k in range(1, opts.repeats + 1)]
     try:
-        for a, k in plan:
-            row = measure_approach(a, source, expected, ckpt_root / a.name, k, run_id, opts)
-            writer.write(row)
-            rows.append(row)
-            on_row(row)
+        for a, k in plan(approaches, opts):
+            log.add(measure_approach(a, source, expected, ckpt_root / a.name, k, run_id, opts))
             if not (opts.keep and k == opts.repeats):  # one checkpoint on disk at a time; keep: the last
-                _remove(ckpt_root / a.name)
+                remove_checkpoint(ckpt_root / a.name)
     except KeyboardInterrupt:
-        end(False, interrupted="KeyboardInterrupt")  # a SIGKILL leaves no end record: incomplete too
+        log.end(False, interrupted="KeyboardInterrupt")  # a SIGKILL leaves no end record: incomplete too
         raise
     if not opts.keep:
-        _remove(ckpt_root)
-    end(True)
-    return env | {"results_path": str(results_path)}, rows
+        remove_checkpoint(ckpt_root)
+    log.end(True)
+    return env | {"results_path": str(results_path)}, log.rows

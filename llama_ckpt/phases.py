@@ -157,6 +157,21 @@ class PhaseResult:
     reused: bool  # complete results of this run were found and not measured again
 
 
+def _reuse_or_set_aside(phase: Phase, out_dir, run_id: str, rpath: Path, say) -> PhaseResult | None:
+    """The phase's complete results of this run, if there are any; otherwise
+    None, with an interrupted try's results file moved aside
+    (``*.incomplete-<time>``) so that it is never mixed in."""
+    if phase_complete(out_dir, run_id, phase.slug):
+        loaded = read_results([rpath])
+        say(f"phase {phase.slug}: complete results of run {run_id} found in {rpath}; not measured again")
+        return PhaseResult(phase, run_id, rpath, loaded.measurements, loaded.environments[-1], True)
+    if rpath.exists():
+        aside = rpath.with_name(rpath.name + f".incomplete-{datetime.now():%Y%m%d-%H%M%S}")
+        shutil.move(rpath, aside)
+        say(f"phase {phase.slug}: an interrupted try's rows were moved to {aside}")
+    return None
+
+
 def run_phase(phase_id: str, model: str = "small", model_path: str = "", repeats: int = 1,
               out_dir: str | Path = "", run_id: str = "", keep: bool = False, progress: bool | None = None,
               say=print) -> PhaseResult:
@@ -167,14 +182,8 @@ def run_phase(phase_id: str, model: str = "small", model_path: str = "", repeats
     run_id = run_id or measure.new_run_id()
     rdir = run_dir(out_dir, run_id)
     rpath = results_path(out_dir, run_id, phase.slug)
-    if phase_complete(out_dir, run_id, phase.slug):
-        loaded = read_results([rpath])
-        say(f"phase {phase.slug}: complete results of run {run_id} found in {rpath}; not measured again")
-        return PhaseResult(phase, run_id, rpath, loaded.measurements, loaded.environments[-1], True)
-    if rpath.exists():
-        aside = rpath.with_name(rpath.name + f".incomplete-{datetime.now():%Y%m%d-%H%M%S}")
-        shutil.move(rpath, aside)
-        say(f"phase {phase.slug}: an interrupted try's rows were moved to {aside}")
+    if (done := _reuse_or_set_aside(phase, out_dir, run_id, rpath, say)) is not None:
+        return done
     source = get_model(model or None, model_path or None)
     opts = measure.Options(out=rdir, repeats=repeats, keep=keep, results=rpath, run_id=run_id, progress=progress,
                            checkpoints=rdir / "checkpoints" / phase.slug, lock=Path(out_dir or DEFAULT_OUT))
@@ -292,14 +301,8 @@ def run_distributed(phase_id: str = "06", model: str = "small", repeats: int = 1
     run_id = run_id or measure.new_run_id()
     rdir = run_dir(out_dir, run_id)
     rpath = results_path(out_dir, run_id, phase.slug)
-    if phase_complete(out_dir, run_id, phase.slug):
-        loaded = read_results([rpath])
-        say(f"phase {phase.slug}: complete results of run {run_id} found in {rpath}; not measured again")
-        return PhaseResult(phase, run_id, rpath, loaded.measurements, loaded.environments[-1], True)
-    if rpath.exists():
-        aside = rpath.with_name(rpath.name + f".incomplete-{datetime.now():%Y%m%d-%H%M%S}")
-        shutil.move(rpath, aside)
-        say(f"phase {phase.slug}: an interrupted try's rows were moved to {aside}")
+    if (done := _reuse_or_set_aside(phase, out_dir, run_id, rpath, say)) is not None:
+        return done
     source = get_model(model or None)
     rows, env = [], {}
     for world, load_world in configs:

@@ -175,17 +175,13 @@ def findings(rows: list[dict], phase, baseline: str = "tensorstore") -> str:
     return "\n".join(lines)
 
 
-def _requests(counts: dict | None) -> int | None:
-    from .s3 import Requests
-
-    return None if counts is None else Requests(counts).total
-
-
 def cloud_table(rows: list[dict]) -> pd.DataFrame:
     """The cloud rows: one line per added delay and approach, with medians of
     the repeats for time, objects stored and requests made (reads, writes,
     lists, deletes; TensorStore's kvstore metrics plus the suite's own
     manifest, marker and listing requests)."""
+    from .s3 import request_total
+
     recs = []
     by: dict[tuple, list[dict]] = {}
     for r in rows:
@@ -200,8 +196,8 @@ def cloud_table(rows: list[dict]) -> pd.DataFrame:
             "chunks": knob_label(knobs, "chunk_size"), "kvstore": "OCDBT" if knobs.get("use_ocdbt") else "zarr files",
             "save_s": s["save_s"].median, "load_s": s["load_s"].median,
             "objects": int(s["n_files"].median), "stored_MB": s["bytes_on_disk"].median / 1e6,
-            "requests_save": int(med([_requests(r["requests_save"]) for r in rs])),
-            "requests_load": int(med([_requests(r["requests_load"]) for r in rs])),
+            "requests_save": int(med([request_total(r["requests_save"]) for r in rs])),
+            "requests_load": int(med([request_total(r["requests_load"]) for r in rs])),
             "server_cold": all(r.get("load_cold") for r in rs), "repeats": s["n"],
         })
     if not recs:

@@ -326,7 +326,15 @@ class Requests:
 
     @property
     def total(self) -> int:
-        return sum(v for k, v in self.counts.items() if k in ("read", "write", "list", "delete", "delete_range"))
+        return request_total(self.counts)
+
+
+def request_total(counts: dict | None) -> int | None:
+    """Requests in a row's counts (reads, writes, lists, deletes; not the
+    byte counters nor TensorStore's batch tallies); None for a row not on S3."""
+    if counts is None:
+        return None
+    return sum(v for k, v in counts.items() if k in ("read", "write", "list", "delete", "delete_range"))
 
 
 # -- preflight -----------------------------------------------------------------
