@@ -9,7 +9,17 @@ import argparse
 import sys
 from pathlib import Path
 
+from .bench import measure
 from .errors import UserError
+from .model import DEFAULT_PRESET, PRESETS, get_model
+from .phases import PHASES
+from .registry import APPROACHES, names, resolve
+from .results import comparison_table, group_by_run, incomplete_runs, read_results
+from .s3 import local_server_dir
+from .store import Location, Target
+from .store.s3 import request_total
+from .suite import PhaseFailed, run_suite
+from .verify import verify
 
 DEFAULT_OUT = "saved_models"
 
@@ -30,18 +40,17 @@ def _positive_int(text: str) -> int:
 
 
 def cmd_list(args) -> int:
-    from .approaches import APPROACHES
-
+    single, sharded = names(), names(sharded=True)
     width = max(map(len, APPROACHES))
-    for name, a in APPROACHES.items():
-        s3 = f" [not on S3: {a.s3_unsupported}]" if a.s3_unsupported else ""
-        print(f"{name.ljust(width)}  {a.description}{s3}")
-    from .distributed import SHARDED
 
-    print("\nsharded, with --world-size N [--load-world-size M] (any N -> M):")
-    for name, a in SHARDED.items():
+    def line(name):
+        a = APPROACHES[name]
         s3 = f" [not on S3: {a.s3_unsupported}]" if a.s3_unsupported else ""
-        print(f"{name.ljust(width)}  {a.description}{s3}")
+        return f"{name.ljust(width)}  {a.description}{s3}"
+
+    print("\n".join(line(n) for n in single))
+    print("\nsharded, with --world-size N [--load-world-size M] (any N -> M):")
+    print("\n".join(line(n) for n in sharded))
     return 0
 
 
@@ -49,22 +58,26 @@ def _row_line(row: dict) -> str:
     if row.get("error"):
         return f"  {row['approach']:<16} #{row['repeat']}  ERROR {row['error']}"
     cold = {True: "", False: " (warm: eviction not confirmed)", None: " (server cache not evicted)"}[row["load_cold"]]
-    on_s3 = row.get("storage") not in (None, "local")
-    from .s3 import request_total
-
+    on_s3 = row.get("requests_save") is not None
     reqs = (f"  requests {request_total(row['requests_save'])}/{request_total(row['requests_load'])}"
-            if row.get("requests_save") is not None else "")
-    return (f"  {row['approach']:<16} #{row['repeat']}  save {row['save_s']:8.2f} s  load {row['load_s']:8.2f} s"
+            if on_s3 else "")
+    line = (f"  {row['approach']:<16} #{row['repeat']}  save {row['save_s']:8.2f} s  load {row['load_s']:8.2f} s"
             f"{cold}  {row['bytes_on_disk'] / 1e6:10.1f} MB"
-            f"  {row['n_files']:>7} {'objects' if on_s3 else 'files'}{reqs}  peak RSS {row['peak_rss_save_bytes'] / 1e9:.2f}/{row['peak_rss_load_bytes'] / 1e9:.2f} GB"
+            f"  {row['n_files']:>7} {'objects' if on_s3 else 'files'}{reqs}"
+            f"  peak RSS {row['peak_rss_save_bytes'] / 1e9:.2f}/{row['peak_rss_load_bytes'] / 1e9:.2f} GB"
             f"  {'verified' if row['verified'] else 'NOT VERIFIED'}"
             + (f" (max abs err {row['max_abs_err']:.2e})" if row.get("max_abs_err") else ""))
+    if row.get("ranks_save"):
+        ws = ", ".join(f"{r['write_s']:.2f}" for r in row["ranks_save"] if r.get("write_s") is not None)
+        rs = ", ".join(f"{r['read_s']:.2f}" for r in row.get("ranks_load") or [] if r.get("read_s") is not None)
+        agg = row["bytes_on_disk"] / row["save_s"] / 1e6 if row.get("save_s") and row.get("bytes_on_disk") else None
+        line += (f"\n    {row['world_size']} -> {row['load_world_size']} ranks; per-rank write s [{ws}], read s [{rs}]"
+                 + (f"; aggregate {agg:.0f} MB/s" if agg else ""))
+    return line
 
 
-def _storage(args):
-    """The S3 target of --storage/--s3-endpoint/--s3-delay-ms, or None (the local disk)."""
-    from .s3 import Target, local_server_dir
-
+def _storage(args) -> Location | None:
+    """The S3 prefix of --storage/--s3-endpoint/--s3-delay-ms, or None (the local disk)."""
     if not args.storage or args.storage == "local":
         if args.s3_endpoint or args.s3_delay_ms:
             raise UserError("--s3-endpoint and --s3-delay-ms need --storage s3://BUCKET/PREFIX")
@@ -73,41 +86,31 @@ def _storage(args):
         raise UserError(f"--s3-delay-ms must be >= 0, got {args.s3_delay_ms:g}")
     endpoint = args.s3_endpoint
     server_dir = local_server_dir(endpoint, [Path(args.out) / "s3", Path(DEFAULT_OUT) / "s3"]) if endpoint else None
-    return Target.parse(args.storage, endpoint, delay_ms=args.s3_delay_ms, server_dir=server_dir)
-
-
-def _ranks_line(row: dict) -> str:
-    if not row.get("ranks_save"):
-        return ""
-    ws = ", ".join(f"{r['write_s']:.2f}" for r in row["ranks_save"] if r.get("write_s") is not None)
-    rs = ", ".join(f"{r['read_s']:.2f}" for r in row.get("ranks_load") or [] if r.get("read_s") is not None)
-    agg = row["bytes_on_disk"] / row["save_s"] / 1e6 if row.get("save_s") and row.get("bytes_on_disk") else None
-    return (f"\n    {row['world_size']} -> {row['load_world_size']} ranks; per-rank write s [{ws}], read s [{rs}]"
-            + (f"; aggregate {agg:.0f} MB/s" if agg else ""))
+    return Target.parse(args.storage, endpoint, delay_ms=args.s3_delay_ms, server_dir=server_dir).path()
 
 
 def cmd_run(args) -> int:
-    from . import measure
-    from .approaches import resolve
-    from .model import get_model
-    from .results import comparison_table
-
     if args.load_world_size and not args.world_size:
         raise UserError("--load-world-size needs --world-size")
-    if args.world_size:
-        return _run_sharded(args)
-    approaches = resolve(args.approach)
+    sharded = bool(args.world_size)
+    approaches = resolve(args.approach, sharded=sharded)
     if args.model and args.model_path:
         raise UserError("give --model or --model-path, not both")
+    if sharded and args.model_path:
+        raise UserError("--world-size needs a model preset (--model): every rank builds its own rows of the "
+                        "seeded weights; --model-path is not supported there")
     storage = _storage(args)
     source = get_model(args.model, args.model_path, seed=args.seed)
     opts = measure.Options(out=Path(args.out), repeats=args.repeats, keep=args.keep, warm=args.warm,
                            results=Path(args.results) if args.results else None, run_id=args.run_id,
-                           storage=storage)
+                           storage=storage, world_size=args.world_size, load_world_size=args.load_world_size)
     env, rows = measure.run(approaches, source, opts, on_row=lambda r: print(_row_line(r), flush=True),
                             say=lambda s: print(s, flush=True))
     print()
-    print(comparison_table(rows))
+    if sharded:
+        print(comparison_table(rows, baseline="pytorch-per-rank", reference="dcp-sharded"))
+    else:
+        print(comparison_table(rows))
     if "reference_write_Bps" in env:
         print(f"{env['reference_kind']} reference: write {env['reference_write_Bps'] / 1e6:.0f} MB/s, "
               f"read {env['reference_read_Bps'] / 1e6:.0f} MB/s{'' if env['reference_read_cold'] else ' (read not cold)'}")
@@ -115,32 +118,7 @@ def cmd_run(args) -> int:
     return 0 if all(r.get("verified") for r in rows) else 1
 
 
-def _run_sharded(args) -> int:
-    from . import distributed, measure
-    from .model import get_model
-    from .results import comparison_table
-
-    approaches = distributed.resolve(args.approach)
-    if args.model_path:
-        raise UserError("--world-size needs a model preset (--model): every rank builds its own rows of the "
-                        "seeded weights; --model-path is not supported there")
-    storage = _storage(args)
-    source = get_model(args.model, None, seed=args.seed)
-    opts = measure.Options(out=Path(args.out), repeats=args.repeats, keep=args.keep,
-                           results=Path(args.results) if args.results else None, run_id=args.run_id,
-                           storage=storage)
-    env, rows = distributed.run(approaches, source, opts, args.world_size, args.load_world_size,
-                                on_row=lambda r: print(_row_line(r) + _ranks_line(r), flush=True),
-                                say=lambda s: print(s, flush=True))
-    print()
-    print(comparison_table(rows, baseline="pytorch-per-rank", reference="dcp-sharded"))
-    print(f"results: {env['results_path']}")
-    return 0 if all(r.get("verified") for r in rows) else 1
-
-
 def cmd_compare(args) -> int:
-    from .results import comparison_table, group_by_run, incomplete_runs, read_results
-
     loaded = read_results(Path(p) for p in args.results)
     for w in loaded.warnings:
         print(f"warning: {w}", file=sys.stderr)
@@ -162,9 +140,6 @@ def cmd_compare(args) -> int:
 
 
 def cmd_suite(args) -> int:
-    from .phases import PHASES
-    from .suite import PhaseFailed, run_suite
-
     if args.phases.strip() in ("all", ""):
         ids = list(PHASES)
     elif args.phases.strip() == "none":
@@ -181,10 +156,6 @@ def cmd_suite(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from .integrity import verify
-
-    from .s3 import Target
-
     worst = 0
     for p in args.paths:
         try:
@@ -197,10 +168,11 @@ def cmd_verify(args) -> int:
             print(f"{p}: NOT OK: {exc}")
             worst = max(worst, 1)
             continue
+        what = f"{r.n_tensors} tensors" + (f" in {r.n_shards} shards" if r.n_shards else "")
         if r.ok:
-            print(f"{p}: OK: {r.approach}, {r.n_tensors} tensors, {r.n_bytes:,} bytes match their digests")
+            print(f"{p}: OK: {r.approach}, {what}, {r.n_bytes:,} bytes match their digests")
         else:
-            print(f"{p}: NOT OK: {r.approach}, {len(r.bad)} of {r.n_tensors} tensors bad")
+            print(f"{p}: NOT OK: {r.approach}, {len(r.bad)} bad of {what}")
             for line in r.bad:
                 print(f"  {line}")
             worst = 1
@@ -208,8 +180,6 @@ def cmd_verify(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .model import DEFAULT_PRESET, PRESETS
-
     p = _Parser(prog="python -m llama_ckpt",
                 description="Benchmark ways of storing LLaMA-shaped model weights: save, load, size, exactness.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)

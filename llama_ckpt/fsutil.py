@@ -15,6 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+import psutil
+
+from .errors import UserError
+
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mmap.restype = ctypes.c_void_p
 _libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
@@ -68,20 +72,6 @@ def fsync_path(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def fsync_tree(path: Path) -> None:
-    """fsync every file and directory under ``path`` (and ``path``'s parent,
-    so that its directory entry is durable too)."""
-    path = Path(path)
-    if path.is_dir():
-        for root, dirs, files in os.walk(path):
-            for f in files:
-                fsync_path(Path(root, f))
-            fsync_path(Path(root))
-    else:
-        fsync_path(path)
-    fsync_path(path.parent)
 
 
 def evict(path: Path) -> None:
@@ -193,8 +183,6 @@ LOCK_NAME = ".llama_ckpt.lock"
 
 
 def _ancestors() -> set[int]:
-    import psutil
-
     try:
         return {p.pid for p in psutil.Process().parents()}
     except psutil.Error:
@@ -206,8 +194,6 @@ def output_lock(directory: Path):
     """Hold ``directory``'s lock while a run writes there: a second run on the
     same directory refuses. A process whose ancestor holds the lock (the
     suite's notebook kernels) shares it."""
-    from .errors import UserError
-
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / LOCK_NAME
@@ -234,3 +220,16 @@ def output_lock(directory: Path):
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+def check_writable(out: Path) -> None:
+    """``out`` can be created and written, or one clear error."""
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        with open(probe, "w") as f:
+            f.write("x")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"output directory {out} cannot be written: {exc.strerror or exc}") from None

@@ -15,10 +15,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
-from . import measure
-from .approaches import APPROACHES, Approach, sweep, variant
+from . import s3
+from .bench import measure
+from .errors import UserError
+from .formats.base import Format
 from .model import get_model
+from .registry import APPROACHES, names, sweep, variant
 from .results import read_results
+from .store import Target
 
 MiB, KiB = 1 << 20, 1 << 10
 REPO = Path(__file__).resolve().parent.parent
@@ -34,13 +38,13 @@ class Phase:
     knob: str  # what changes against the baseline
     metrics: str
     guide: tuple[str, ...]  # the guide's approaches this phase measures
-    extra: Callable[[], list[Approach]] = field(default=lambda: [])  # the sweep
+    extra: Callable[[], list[Format]] = field(default=lambda: [])  # the sweep
     axis: str | None = None  # the knob the sweep varies (x axis of its chart)
     claims: tuple[int, ...] = ()  # the guide's claims this phase can judge
     pairs: tuple[tuple[str, str], ...] = ()  # (a, b) comparisons in the findings; default: each against the baseline
     n_runs: int = 1  # complete end records its results file holds when the phase is done (06: one per config)
 
-    def approaches(self) -> list[Approach]:
+    def approaches(self) -> list[Format]:
         out = {a.name: a for a in [APPROACHES[n] for n in self.guide] + self.extra()}
         return list(out.values())
 
@@ -48,9 +52,7 @@ class Phase:
         """What the phase measures, for progress lines."""
         if self.guide:
             return f"{len(self.approaches())} approaches"
-        from .distributed import SHARDED
-
-        return f"{len(SHARDED)} sharded approaches x {self.n_runs} rank configurations"
+        return f"{len(names(sharded=True))} sharded approaches x {self.n_runs} rank configurations"
 
     def comparisons(self, baseline: str = "tensorstore") -> tuple[tuple[str, str], ...]:
         return self.pairs or tuple((g, baseline) for g in self.guide if g != baseline)
@@ -118,8 +120,6 @@ SUMMARY_SLUG = "99-summary"
 
 
 def get_phase(phase_id: str) -> Phase:
-    from .errors import UserError
-
     for p in PHASES.values():
         if phase_id in (p.id, p.slug):
             return p
@@ -210,7 +210,7 @@ CLOUD_PAIRS = (("ts+ocdbt", "tensorstore"), ("ts+chunks[use_ocdbt=True]", "ts+ch
                ("ts+best", "ts+best[use_ocdbt=False]"))  # (OCDBT, the same on plain zarr objects)
 
 
-def cloud_approaches() -> list[Approach]:
+def cloud_approaches() -> list[Format]:
     """OCDBT against plain zarr objects at 64-element chunks (the baseline and
     ts+ocdbt), at 1 MiB chunks (ts+chunks with and without OCDBT), and with
     every write in one transaction (ts+best with and without OCDBT)."""
@@ -239,8 +239,6 @@ def run_cloud(phase_id: str = "4e", model: str = CLOUD_MODEL, model_path: str = 
     Without ``endpoint``, a private SeaweedFS server is started under the
     run's directory and stopped (its data removed) at the end. Complete
     results of the same run id are reused, as for the local phases."""
-    from . import s3
-
     phase = get_phase(phase_id)
     run_id = run_id or measure.new_run_id()
     rdir = run_dir(out_dir, run_id)
@@ -267,10 +265,10 @@ def run_cloud(phase_id: str = "4e", model: str = CLOUD_MODEL, model_path: str = 
             p = cloud_results_path(out_dir, run_id, phase.slug, d)
             if p.exists():
                 p.rename(p.with_name(p.name + f".incomplete-{datetime.now():%Y%m%d-%H%M%S}"))
-            target = s3.Target(CLOUD_BUCKET, f"{run_id}/{phase.slug}-{d:g}ms", endpoint, delay_ms=d,
-                               server_dir=server_dir)
+            target = Target(CLOUD_BUCKET, f"{run_id}/{phase.slug}-{d:g}ms", endpoint, delay_ms=d,
+                            server_dir=server_dir)
             opts = measure.Options(out=rdir, repeats=repeats, results=p, run_id=run_id, progress=progress,
-                                   lock=lock, storage=target)
+                                   lock=lock, storage=target.path())
             env, rs = measure.run(cloud_approaches(), source, opts, say=say,
                                   on_row=lambda r: say(f"  {r['approach']} #{r['repeat']} at {d:g} ms: "
                                                        + ("ERROR " + r["error"] if r["error"] else
@@ -295,8 +293,6 @@ def run_distributed(phase_id: str = "06", model: str = "small", repeats: int = 1
                     progress: bool | None = None, say=print) -> PhaseResult:
     """The sharded approaches at each (save ranks, load ranks) configuration,
     all rows in the phase's one results file (one end record per config)."""
-    from . import distributed
-
     phase = get_phase(phase_id)
     run_id = run_id or measure.new_run_id()
     rdir = run_dir(out_dir, run_id)
@@ -308,8 +304,9 @@ def run_distributed(phase_id: str = "06", model: str = "small", repeats: int = 1
     for world, load_world in configs:
         opts = measure.Options(out=rdir, repeats=repeats, results=rpath, run_id=run_id, progress=progress,
                                checkpoints=rdir / "checkpoints" / phase.slug, lock=Path(out_dir or DEFAULT_OUT),
-                               disk_reference=(world, load_world) == configs[0])
-        env_c, rs = distributed.run(list(distributed.SHARDED.values()), source, opts, world, load_world, say=say,
+                               disk_reference=(world, load_world) == configs[0], world_size=world,
+                               load_world_size=load_world)
+        env_c, rs = measure.run([APPROACHES[n] for n in names(sharded=True)], source, opts, say=say,
                                     on_row=lambda r: say(f"  {r['approach']} #{r['repeat']} {r['world_size']} -> "
                                                          f"{r['load_world_size']} ranks: "
                                                          + ("ERROR " + r["error"] if r["error"] else

@@ -14,7 +14,8 @@ import sys
 import time
 from pathlib import Path
 
-from . import fsutil, measure
+from . import fsutil
+from .bench import measure
 from .errors import UserError
 from .model import get_model
 from .phases import DEFAULT_OUT, REPO, SUMMARY_SLUG, get_phase, latest_run, phase_complete, run_dir

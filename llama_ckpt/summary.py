@@ -11,7 +11,9 @@ from pathlib import Path
 import pandas as pd
 
 from . import plots, report
-from .approaches import APPROACHES
+from .registry import APPROACHES as _REGISTERED, names as _names
+
+APPROACHES = {n: _REGISTERED[n] for n in _names()}  # the single-process approaches
 from .claims import GUIDE_EIGHT, GUIDE_FIGURES, HOLDS, FAILS, UNSURE, judge_claims, judge_cloud
 from .errors import UserError
 from .phases import PHASES, cloud_rows, latest_run, run_dir, run_results

@@ -1,147 +1,96 @@
-"""Round-trip checks by per-tensor digests.
+"""``python -m llama_ckpt verify PATH``: is a checkpoint complete and exactly
+what was saved?
 
-Before a save, :func:`expected_digests` records for every tensor the SHA-256
-of its bytes in each dtype some approach stores (the float32 bytes, the
-float16 cast, ...) together with the error that cast makes against the
-source. The source can then be freed, and a load is checked tensor by tensor
-against the digest of its stored dtype: bit-exact or not. A float16 load that
-is bit-exact to the float16 cast of the source has exactly the cast's error,
-so the recorded error is the load's error.
+Every checkpoint this suite writes carries a manifest with the SHA-256 of each
+tensor's stored bytes (of each rank's shard, for a sharded checkpoint) and a
+commit marker written last. ``verify`` reads each tensor (or shard) back with
+the checkpoint's own approach (rebuilt from the manifest's format and knobs,
+so sweep variants verify too) and checks it against its digest, naming each
+bad tensor, the shard and the file that holds it.
 """
 
 from __future__ import annotations
 
-import hashlib
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import torch
-
-from .model import tensor_kind
-
-# hashlib releases the GIL on large buffers: two threads use both cores.
-_HASH_THREADS = 2
-
-
-def tensor_digest(t: torch.Tensor) -> str:
-    """SHA-256 of the tensor's bytes (C order), whatever its dtype."""
-    t = t.detach()
-    if not t.is_contiguous():
-        t = t.contiguous()
-    return hashlib.sha256(t.reshape(-1).view(torch.uint8).numpy()).hexdigest()
-
-
-@dataclass(frozen=True)
-class Expected:
-    digest: str
-    shape: tuple[int, ...]
-    max_abs_err: float  # of this dtype's cast against the source
-    max_rel_err: float  # max |cast - src| / |src| over nonzero src
-    n_overflow: int = 0  # finite source values that became inf
-    n_flushed: int = 0  # nonzero source values that became zero
-
-
-_STATS_BLOCK = 1 << 23  # elements per slice when measuring a cast's error (bounds memory)
-
-
-def _cast_stats(src: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, float, float, int, int]:
-    """The cast and its error against the source: max absolute and relative
-    error over finite values, values that overflowed to inf, nonzero values
-    flushed to zero. Differences are taken in float32 slices: a rounded value
-    lies within a factor 2 of its source, so the subtraction is exact."""
-    cast = src.to(dtype)
-    if cast.dtype == src.dtype or not src.dtype.is_floating_point:
-        return cast, 0.0, 0.0, 0, 0
-    s_all, c_all = src.reshape(-1), cast.reshape(-1)
-    max_abs = max_rel = 0.0
-    n_overflow = n_flushed = 0
-    for i in range(0, s_all.numel(), _STATS_BLOCK):
-        s = s_all[i:i + _STATS_BLOCK].float()
-        c = c_all[i:i + _STATS_BLOCK].float()
-        finite = torch.isfinite(c) & torch.isfinite(s)
-        diff = (c - s).abs()
-        if finite.any():
-            max_abs = max(max_abs, float(diff[finite].max()))
-        nz = finite & (s != 0)
-        if nz.any():
-            max_rel = max(max_rel, float((diff[nz] / s[nz].abs()).max()))
-        n_overflow += int((torch.isinf(c) & torch.isfinite(s)).sum())
-        n_flushed += int(((c == 0) & (s != 0)).sum())
-    return cast, max_abs, max_rel, n_overflow, n_flushed
-
-
-def expected_digests(state_dict: dict[str, torch.Tensor], dtypes: set[torch.dtype]) -> dict[torch.dtype, dict[str, Expected]]:
-    """For each dtype, each tensor's digest after casting the source to it."""
-    def one(item):
-        name, t = item
-        row = {}
-        for dt in dtypes:
-            target = dt if t.dtype.is_floating_point else t.dtype
-            cast, a, r, o, f = _cast_stats(t, target)
-            row[dt] = Expected(tensor_digest(cast), tuple(t.shape), a, r, o, f)
-        return name, row
-
-    out: dict[torch.dtype, dict[str, Expected]] = {dt: {} for dt in dtypes}
-    with ThreadPoolExecutor(_HASH_THREADS) as pool:
-        for name, row in pool.map(one, state_dict.items()):
-            for dt, e in row.items():
-                out[dt][name] = e
-    return out
+from .checkpoint import read_manifest
+from .digests import tensor_digest
+from .errors import UserError
+from .registry import approach_of
+from .store import Location, at
 
 
 @dataclass
-class Verdict:
-    verified: bool
-    max_abs_err: float = 0.0
-    max_rel_err: float = 0.0
-    n_overflow: int = 0
-    n_flushed: int = 0
-    problems: list[str] = field(default_factory=list)
-    # per tensor kind (embedding, attention, mlp, norm, lm_head): the cast's
-    # max_abs_err, max_rel_err, n_overflow, n_flushed over verified tensors
-    by_kind: dict[str, dict] = field(default_factory=dict)
+class Report:
+    path: Location
+    approach: str
+    n_tensors: int
+    n_bytes: int = 0
+    n_shards: int = 0  # 0: not sharded
+    bad: list[str] = field(default_factory=list)  # one line per bad tensor or shard: name, file, what
 
-    def summary(self) -> str:
-        if self.verified:
-            return "ok"
-        more = f" (+{len(self.problems) - 3} more)" if len(self.problems) > 3 else ""
-        return "; ".join(self.problems[:3]) + more
+    @property
+    def ok(self) -> bool:
+        return not self.bad
 
 
-def check(loaded: dict[str, torch.Tensor], expected: dict[str, Expected]) -> Verdict:
-    """Compare a loaded state dict with the digests of what was saved: same
-    names, same shapes, bit-exact bytes."""
-    v = Verdict(verified=True)
-    missing = sorted(set(expected) - set(loaded))
-    extra = sorted(set(loaded) - set(expected))
-    if missing:
-        v.problems.append(f"missing tensors: {', '.join(missing[:5])}" + (" ..." if len(missing) > 5 else ""))
-    if extra:
-        v.problems.append(f"unexpected tensors: {', '.join(extra[:5])}" + (" ..." if len(extra) > 5 else ""))
+def _what(got, shape, dtype: str, digest: str) -> str | None:
+    """What is wrong with a tensor read back (None: nothing)."""
+    if isinstance(got, BaseException):
+        msg = str(got).strip().splitlines()[0] if str(got).strip() else type(got).__name__
+        return f"unreadable: {type(got).__name__}: {msg[:300]}"
+    if list(got.shape) != list(shape) or str(got.dtype).removeprefix("torch.") != dtype:
+        return f"shape/dtype {list(got.shape)} {got.dtype}, manifest says {list(shape)} {dtype}"
+    if tensor_digest(got) != digest:
+        return "bytes differ from the digest recorded at save"
+    return None
 
-    def one(name):
-        t, e = loaded[name], expected[name]
-        if tuple(t.shape) != e.shape:
-            return name, f"{name}: shape {tuple(t.shape)} != saved {e.shape}"
-        if tensor_digest(t) != e.digest:
-            return name, f"{name}: bytes differ from what was saved"
-        return name, None
 
-    with ThreadPoolExecutor(_HASH_THREADS) as pool:
-        for name, problem in pool.map(one, sorted(set(loaded) & set(expected))):
-            if problem:
-                v.problems.append(problem)
-            else:
-                e = expected[name]
-                v.max_abs_err = max(v.max_abs_err, e.max_abs_err)
-                v.max_rel_err = max(v.max_rel_err, e.max_rel_err)
-                v.n_overflow += e.n_overflow
-                v.n_flushed += e.n_flushed
-                k = v.by_kind.setdefault(tensor_kind(name), dict(max_abs_err=0.0, max_rel_err=0.0,
-                                                                 n_overflow=0, n_flushed=0))
-                k["max_abs_err"] = max(k["max_abs_err"], e.max_abs_err)
-                k["max_rel_err"] = max(k["max_rel_err"], e.max_rel_err)
-                k["n_overflow"] += e.n_overflow
-                k["n_flushed"] += e.n_flushed
-    v.verified = not v.problems
-    return v
+def verify(where) -> Report:
+    """Read every tensor of the checkpoint at ``where`` (a Location or a
+    local path) and check its digests. Raises UserError for what is not a
+    committed checkpoint at all."""
+    loc = at(where)
+    man = read_manifest(loc)
+    approach = approach_of(man)
+    report = Report(loc, approach.name, len(man["tensors"]))
+    want = {t["name"]: t for t in man["tensors"]}
+    if "world_size" in man:
+        return _verify_shards(loc, man, approach, report, want)
+    if any("sha256" not in t for t in want.values()):
+        raise UserError(f"{loc}: the manifest has no digests (written before digests were recorded)")
+    seen = set()
+    for name, got in approach.iter_tensors(loc, man):
+        seen.add(name)
+        t = want[name]
+        problem = _what(got, t["shape"], t["dtype"], t["sha256"])
+        if problem:
+            report.bad.append(f"{name} ({approach.tensor_file(loc, man, name)}): {problem}")
+        else:
+            report.n_bytes += got.numel() * got.element_size()
+    for name in sorted(set(want) - seen):
+        report.bad.append(f"{name} ({approach.tensor_file(loc, man, name)}): missing")
+    return report
+
+
+def _verify_shards(loc, man, approach, report: Report, want: dict) -> Report:
+    world = man["world_size"]
+    report.n_shards = world
+    if any("shards" not in t for t in want.values()):
+        raise UserError(f"{loc}: the manifest has no per-shard digests (written before they were recorded)")
+    seen = set()
+    for name, rank, got in approach.iter_shards(loc, man):
+        seen.add((name, rank))
+        t = want[name]
+        s = t["shards"][rank]
+        a, b = s["rows"]
+        shape = [b - a] + list(t["shape"][1:])
+        problem = _what(got, shape, t["dtype"], s["sha256"])
+        where = approach.shard_file(loc, man, name, rank)
+        if problem:
+            report.bad.append(f"{name} shard {rank} of {world} (rows {a}-{b}, {where}): {problem}")
+        else:
+            report.n_bytes += got.numel() * got.element_size()
+    for name, rank in sorted({(n, r) for n in want for r in range(world)} - seen):
+        report.bad.append(f"{name} shard {rank} of {world} ({approach.shard_file(loc, man, name, rank)}): missing")
+    return report

@@ -17,11 +17,14 @@ from typing import Callable
 
 import torch
 
-from .approaches import APPROACHES, COMMIT, MANIFEST, Approach
-from .errors import FAILURES
-from .fsutil import iter_files
-from .integrity import verify
-from .model import get_model
+from ..checkpoint import COMMIT, MANIFEST
+from ..digests import tensor_digest
+from ..errors import FAILURES
+from ..formats.base import Format
+from ..fsutil import iter_files
+from ..model import get_model
+from ..registry import APPROACHES, names
+from ..verify import verify
 
 FORMAT_RAISES = "format raises"
 ONLY_DIGESTS = "only the digests"
@@ -89,7 +92,7 @@ class Outcome:
     verify_said: str  # the first line `verify` printed about it
 
 
-def probe(approach: Approach, fault: str, root: Path, source: dict[str, torch.Tensor]) -> Outcome:
+def probe(approach: Format, fault: str, root: Path, source: dict[str, torch.Tensor]) -> Outcome:
     path = root / f"{approach.name}-{fault.replace(' ', '-')}"
     approach.save({k: v.clone() for k, v in source.items()}, path)
     what = FAULTS[fault](path)
@@ -97,8 +100,6 @@ def probe(approach: Approach, fault: str, root: Path, source: dict[str, torch.Te
         return Outcome(approach.name, fault, "-", NOT_APPLICABLE, "", "")
     try:
         loaded = approach.load(path)
-        from .verify import tensor_digest
-
         expected = {k: tensor_digest(v.to(approach.stored(v.dtype))) for k, v in source.items()}
         same = set(loaded) == set(expected) and all(tensor_digest(loaded[k]) == expected[k] for k in expected)
         format_said, raised = "", False
@@ -115,10 +116,10 @@ def probe(approach: Approach, fault: str, root: Path, source: dict[str, torch.Te
     return Outcome(approach.name, fault, what, result, format_said, verify_said)
 
 
-def reliability(approaches: list[Approach] | None = None, faults: list[str] | None = None,
+def reliability(approaches: list[Format] | None = None, faults: list[str] | None = None,
                 root: Path | None = None) -> list[Outcome]:
     """Every fault on every approach, on the tiny model."""
-    approaches = approaches or list(APPROACHES.values())
+    approaches = approaches or [APPROACHES[n] for n in names()]
     source = get_model("tiny").materialize()
     with tempfile.TemporaryDirectory(prefix="llama_ckpt-faults-", dir=root) as tmp:
         return [probe(a, f, Path(tmp), source) for a in approaches for f in (faults or list(FAULTS))]

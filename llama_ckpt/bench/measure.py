@@ -1,0 +1,403 @@
+"""The timing protocol: one function for one approach, single-process or on
+ranks, and the run that measures many.
+
+For each repeat, every approach in turn (interleaved, so that drift of the
+shared machine hits every approach alike; ``interleave=False`` runs each
+approach's repeats back to back), after the storage reference measured
+``REFERENCE_SAMPLES`` times:
+
+1. build a fresh float32 source (outside the timer; on ranks each rank
+   builds its own rows);
+2. time the save from the call until its bytes are durable (each format
+   fsyncs what it writes; a float16 approach's cast is inside the timer),
+   including the suite's atomic commit (manifest, commit marker, publish: a
+   few small fsyncs) but not the digests, recorded before the timer;
+3. free the source, evict the checkpoint from the caches and confirm it
+   with mincore (outside the timer);
+4. time the load until every tensor is materialised in memory;
+5. after the timer, check every tensor against the digests recorded before
+   the first save; a mismatch makes the row invalid;
+6. with ``warm``, load again from the page cache, timed and checked alike.
+
+Peak resident memory is reset before each save and load (Linux's
+``clear_refs``) and read from ``VmHWM`` after. Before anything is written the
+free disk is checked against each approach's estimated footprint. A failure
+inside one approach becomes an ``error`` row, its partial checkpoint is
+removed, and the next approach runs.
+"""
+
+from __future__ import annotations
+
+import errno
+import gc
+import os
+import sys
+import time
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import psutil
+from tqdm import tqdm
+
+from .. import fsutil
+from ..digests import check, expected_digests
+from ..errors import FAILURES, UserError
+from ..formats.base import Format
+from ..model import ModelSource, PresetModel, tensor_kind
+from ..recorders import PeakRSS, Steps
+from ..results import ResultsWriter, environment_record, measurement_row
+from ..store import LocalDir, Location, at
+from . import ranks
+from .probes import REFERENCE_SAMPLES, reference
+
+DISK_HEADROOM = 256 << 20  # free space left on the output file system beyond the estimate
+RANK_OVERHEAD = 500 << 20  # a rank's interpreter, torch and TensorStore, measured ~0.4 GB here
+
+
+def new_run_id() -> str:
+    return datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass
+class Options:
+    out: Path  # where checkpoints/ and results/ go
+    repeats: int = 3  # timed save+load cycles per approach
+    keep: bool = False  # keep each approach's last checkpoint
+    warm: bool = False  # also time a warm (page-cached) load
+    results: Path | None = None  # results file; default <out>/results/<run_id>.jsonl
+    run_id: str | None = None
+    progress: bool | None = None  # tqdm bars; default: only on a terminal
+    disk_reference: bool = True  # time one sequential file of the model's size (REFERENCE_SAMPLES times)
+    interleave: bool = True  # repeat k of every approach before repeat k+1 of any, so drift hits all alike
+    checkpoints: Location | Path | None = None  # the run's checkpoints; default <storage>/<run_id>
+    storage: Location | None = None  # where runs' checkpoints live; default <out>/checkpoints (an S3 prefix...)
+    lock: Path | None = None  # the directory whose lock the run holds; default out
+    world_size: int | None = None  # sharded approaches: ranks saving
+    load_world_size: int | None = None  # ranks loading (default: world_size)
+
+
+# -- up-front checks -----------------------------------------------------------------
+def disk_needed(approaches: list[Format], source: ModelSource, out: Path, reference_too: bool) -> dict[str, int]:
+    """Bytes each approach's checkpoint is estimated to occupy (chunk files
+    rounded up to the file system's block size)."""
+    block = fsutil.block_size(out)
+    return {a.name: a.estimate_bytes(source.specs, block) for a in approaches} | (
+        {"disk reference": -(-source.nbytes // block) * block} if reference_too else {})
+
+
+def check_disk(approaches: list[Format], source: ModelSource, out: Path, keep: bool, reference_too: bool) -> dict:
+    need = disk_needed(approaches, source, out, reference_too)
+    if not need:
+        return need
+    # Without keep, one checkpoint exists at a time; with it, every approach's last one stays.
+    total = (sum(v for k, v in need.items() if k != "disk reference") if keep else 0)
+    total = max(total, max(need.values())) + DISK_HEADROOM
+    free = fsutil.free_bytes(out)
+    if total > free:
+        biggest = max(need, key=need.get)
+        raise UserError(
+            f"not enough free disk in {out}: needs {total:,} bytes ({total / 1e9:.2f} GB"
+            + (", every kept checkpoint" if keep else f", largest: {biggest} {need[biggest] / 1e9:.2f} GB")
+            + f"), {free:,} bytes ({free / 1e9:.2f} GB) free")
+    return need
+
+
+def check_memory(source: ModelSource, world: int) -> None:
+    """Every rank holds its rows, builds one whole tensor at a time, and
+    starts its own interpreter and torch."""
+    need = 1.2 * source.nbytes + world * (max(s.nbytes for s in source.specs) + RANK_OVERHEAD)
+    if need > psutil.virtual_memory().available:
+        raise UserError(f"{source.name} on {world} ranks needs about {need / 1e9:.1f} GB of memory; "
+                        f"{psutil.virtual_memory().available / 1e9:.1f} GB available")
+
+
+def _describe_error(exc: BaseException, where) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "No space left" in str(exc):
+        return f"disk full while writing {where}: {text}"
+    return f"{type(exc).__name__}: {text}"
+
+
+def _bar(enabled: bool, total: int, desc: str):
+    return tqdm(total=total, desc=desc, unit="tensor", leave=False, disable=not enabled, file=sys.stderr)
+
+
+# -- one approach, one repeat ------------------------------------------------------------
+def _by_kind(approach: Format, source: ModelSource, loc: Location, verdict) -> dict[str, dict]:
+    """Per tensor kind: the data's bytes as stored before compression
+    (``payload_bytes``), the bytes its files take (``bytes_apparent``, where
+    the format keeps a directory per tensor) and the cast's error."""
+    out: dict[str, dict] = {}
+    for sp in source.specs:
+        k = out.setdefault(tensor_kind(sp.name), {"n_tensors": 0, "payload_bytes": 0, "bytes_apparent": 0})
+        k["n_tensors"] += 1
+        k["payload_bytes"] += approach.payload_bytes(sp)
+        sub = approach.tensor_sub(sp.name)
+        if sub is None or k["bytes_apparent"] is None:
+            k["bytes_apparent"] = None
+        else:
+            k["bytes_apparent"] += loc.footprint(sub).bytes_apparent
+    for kind, errs in verdict.by_kind.items():
+        out.setdefault(kind, {}).update(errs)
+    return out
+
+
+def measure_approach(approach: Format, source: ModelSource, expected: dict | None, loc: Location, repeat: int,
+                     run_id: str, opts: Options) -> dict:
+    """One save + cold load (+ warm load) of one approach at ``loc``: one
+    result row. ``expected`` holds the source's digests per stored dtype
+    (single-process); sharded approaches check each rank's slice in the rank."""
+    world = opts.world_size if approach.sharded else None
+    load_world = (opts.load_world_size or world) if approach.sharded else None
+    base = dict(run_id=run_id, approach=approach.name, model=source.name, path=str(loc), **loc.row_fields(),
+                knobs=approach.knobs(), n_tensors=len(source.specs), n_params=source.n_params,
+                tensor_set=source.tensor_set_digest(), repeat=repeat,
+                stored_dtype=str(approach.stored_dtype).removeprefix("torch."),
+                source_dtype=",".join(sorted({str(s.dtype).removeprefix("torch.") for s in source.specs})),
+                world_size=world, load_world_size=load_world)
+    stage = "save"
+    try:
+        loc.remove()  # each repeat saves into a fresh location
+        if approach.sharded:
+            return measurement_row(**base, **_sharded(approach, source, loc, world, load_world), finished_at=_now())
+        return measurement_row(**base, **_single(approach, source, expected, loc, repeat, opts), finished_at=_now())
+    except (KeyboardInterrupt, SystemExit):
+        loc.remove()
+        raise
+    except _StageFailed as failed:
+        stage, exc = failed.stage, failed.exc
+    except FAILURES as exc_:  # one approach failing must not stop the others
+        exc = exc_
+    gc.collect()
+    try:
+        loc.remove()
+    except FAILURES:  # the store went away: the error row says why
+        pass  # a partial checkpoint is never kept or measured
+    return measurement_row(**base, verified=False, error=f"{stage} failed: {_describe_error(exc, loc)}",
+                           finished_at=_now())
+
+
+class _StageFailed(Exception):
+    def __init__(self, stage: str, exc: BaseException):
+        super().__init__(str(exc))
+        self.stage, self.exc = stage, exc
+
+
+def _single(approach: Format, source: ModelSource, expected: dict, loc: Location, repeat: int, opts: Options) -> dict:
+    progress = sys.stderr.isatty() if opts.progress is None else opts.progress
+    exp = expected[approach.stored_dtype]
+    digests = {k: e.digest for k, e in exp.items()}
+    stage = "save"
+    try:
+        sd = source.materialize()
+        gc.collect()
+        steps = Steps()
+        with PeakRSS() as rss_save, _bar(progress, len(sd), f"{approach.name} save #{repeat}") as bar, \
+                loc.count_requests() as req_save:
+            t0 = time.perf_counter()
+            approach.save(sd, loc, bar.update, digests=digests, steps=steps)
+            save_s = time.perf_counter() - t0
+        del sd
+        gc.collect()
+        fp = loc.footprint()
+
+        stage = "load"
+        cold, frac = loc.evict()
+        with PeakRSS() as rss_load, _bar(progress, len(source.specs), f"{approach.name} load #{repeat}") as bar, \
+                loc.count_requests() as req_load:
+            t0 = time.perf_counter()
+            loaded = approach.load(loc, bar.update)
+            load_s = time.perf_counter() - t0
+        verdict = check(loaded, exp)
+        del loaded
+        gc.collect()
+        by_kind = _by_kind(approach, source, loc, verdict)
+
+        warm_s = None
+        if opts.warm and verdict.verified:
+            stage = "warm load"
+            t0 = time.perf_counter()
+            loaded = approach.load(loc)
+            warm_s = time.perf_counter() - t0
+            warm_verdict = check(loaded, exp)
+            del loaded
+            gc.collect()
+            if not warm_verdict.verified:
+                verdict = warm_verdict
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except FAILURES as exc:
+        raise _StageFailed(stage, exc) from exc
+    return dict(save_s=save_s, load_s=load_s, load_cold=cold, resident_after_evict=frac, load_warm_s=warm_s,
+                bytes_on_disk=fp.bytes_on_disk, bytes_apparent=fp.bytes_apparent, n_files=fp.n_files,
+                payload_bytes=sum(approach.payload_bytes(sp) for sp in source.specs), by_kind=by_kind,
+                peak_rss_save_bytes=rss_save.peak, peak_rss_load_bytes=rss_load.peak,
+                save_phases=steps.seconds, requests_save=req_save, requests_load=req_load,
+                verified=verdict.verified, max_abs_err=verdict.max_abs_err, max_rel_err=verdict.max_rel_err,
+                n_overflow=verdict.n_overflow, n_flushed=verdict.n_flushed,
+                error=None if verdict.verified else f"verification failed: {verdict.summary()}")
+
+
+def _sharded(approach: Format, source: ModelSource, loc: Location, world: int, load_world: int) -> dict:
+    """A save on ``world`` ranks and a cold load on ``load_world`` ranks."""
+    job = dict(kind="save", approach={"approach": approach.name, "mechanism": type(approach).__name__,
+                                      "knobs": approach.knobs(), "world_size": world},
+               specs=source.specs, seed=source.seed, final=loc)
+    staged = loc.stage()
+    with loc.count_requests() as req_save:
+        saves = ranks.launch(dict(job, staged=staged), world)
+    errors = [r["error"] for r in saves if r.get("error")]
+    if errors:  # no commit happened: what was staged goes
+        loc.discard(staged)
+        return dict(verified=False, ranks_save=saves, error="save failed: " + "; ".join(errors))
+    fp = loc.footprint()
+    cold, frac = loc.evict()
+    with loc.count_requests() as req_load:
+        loads = ranks.launch(dict(job, kind="load"), load_world)
+    errors = [r["error"] for r in loads if r.get("error")]
+    unverified = [f"rank {r['rank']}: {', '.join(r.get('bad', []))}" for r in loads
+                  if not r.get("error") and not r.get("verified")]
+    keys_save = ("rank", "host", "write_s", "checkpoint_s", "bytes", "peak_rss_bytes")
+    keys_load = ("rank", "host", "read_s", "checkpoint_s", "bytes", "peak_rss_bytes", "verified")
+    return dict(
+        save_s=max(r["checkpoint_s"] for r in saves),
+        load_s=max((r.get("checkpoint_s") or 0) for r in loads) if not errors else None,
+        load_cold=cold, resident_after_evict=frac, bytes_on_disk=fp.bytes_on_disk,
+        bytes_apparent=fp.bytes_apparent, n_files=fp.n_files, payload_bytes=source.nbytes,
+        peak_rss_save_bytes=max(r.get("peak_rss_bytes", 0) for r in saves),
+        peak_rss_load_bytes=max((r.get("peak_rss_bytes") or 0) for r in loads),
+        requests_save=req_save, requests_load=req_load,
+        ranks_save=[{k: r.get(k) for k in keys_save} for r in saves],
+        ranks_load=[{k: r.get(k) for k in keys_load} for r in loads],
+        verified=not errors and not unverified,
+        error=("load failed: " + "; ".join(errors)) if errors else
+        (f"verification failed: {'; '.join(unverified)}" if unverified else None))
+
+
+# -- a run -------------------------------------------------------------------------------
+def plan(approaches: list, opts: Options) -> list[tuple]:
+    """(approach, repeat) in measuring order: round k of every approach, then
+    round k+1 (interleaved), or each approach's repeats back to back."""
+    if opts.interleave:
+        return [(a, k) for k in range(1, opts.repeats + 1) for a in approaches]
+    return [(a, k) for a in approaches for k in range(1, opts.repeats + 1)]
+
+
+class RunLog:
+    """A run's results file: records appended as they come, rows also passed
+    to ``on_row``, and the ``end`` record (complete or not) last."""
+
+    def __init__(self, path: Path, run_id: str, n_planned: int, on_row: Callable[[dict], None]):
+        self.path, self.run_id, self.n_planned, self.on_row = Path(path), run_id, n_planned, on_row
+        self.writer = ResultsWriter(self.path)
+        self.rows: list[dict] = []
+
+    def write(self, record: dict) -> None:
+        self.writer.write(record)
+
+    def add(self, row: dict) -> None:
+        self.writer.write(row)
+        self.rows.append(row)
+        self.on_row(row)
+
+    def end(self, complete: bool, **why) -> None:
+        self.writer.write({"record": "end", "run_id": self.run_id, "complete": complete, "n_rows": len(self.rows),
+                           "n_valid": sum(bool(r.get("verified")) for r in self.rows), "n_planned": self.n_planned,
+                           "finished_at": _now(), **why})
+
+
+def run(approaches: list[Format], source: ModelSource, opts: Options,
+        on_row: Callable[[dict], None] = lambda r: None, say: Callable[[str], None] = lambda s: None):
+    """Measure every approach ``opts.repeats`` times; rows go to the results
+    file as they finish and to ``on_row``. Returns (environment, rows).
+    Sharded approaches (all or none of them) run on ``opts.world_size`` ranks."""
+    if opts.repeats < 1:
+        raise UserError(f"--repeats must be at least 1, got {opts.repeats}")
+    sharded = {a.sharded for a in approaches}
+    if len(sharded) > 1:
+        raise UserError("sharded and single-process approaches cannot be measured in one run")
+    if True in sharded:
+        world, load_world = opts.world_size, opts.load_world_size or opts.world_size
+        if not world or world < 1 or load_world < 1:
+            raise UserError(f"--world-size and --load-world-size must be at least 1, got {world} and {load_world}")
+        if not isinstance(source, PresetModel):
+            raise UserError("--world-size needs a model preset (--model): every rank builds its own rows of the "
+                            "seeded weights; --model-path is not supported there")
+        check_memory(source, max(world, load_world))
+        opts = replace(opts, load_world_size=load_world)
+    out = Path(opts.out)
+    fsutil.check_writable(out)
+    storage = at(opts.storage) if opts.storage is not None else LocalDir(out / "checkpoints")
+    with fsutil.output_lock(Path(opts.lock) if opts.lock else out), storage.delayed(say) as storage:
+        return _run(approaches, source, replace(opts, storage=storage), out, on_row, say)
+
+
+def _run(approaches, source, opts: Options, out: Path, on_row, say):
+    run_id = opts.run_id or new_run_id()
+    storage = opts.storage
+    root = at(opts.checkpoints) if opts.checkpoints is not None else storage / run_id
+    storage.preflight(say)
+    if root.local_file() is None:  # an object store: formats that need local files are skipped
+        skipped = {a.name: a.s3_unsupported for a in approaches if a.s3_unsupported}
+        for name, why in skipped.items():
+            say(f"skipped {name}: it cannot target S3 ({why})")
+        approaches = [a for a in approaches if not a.s3_unsupported]
+        if not approaches:
+            raise UserError("none of the chosen approaches can target S3; see `python -m llama_ckpt list`")
+        need: dict = {}
+    else:
+        skipped = None
+        need = check_disk(approaches, source, root.local_file(), opts.keep, opts.disk_reference)
+    results_path = Path(opts.results) if opts.results else out / "results" / f"{run_id}.jsonl"
+    log = RunLog(results_path, run_id, len(approaches) * opts.repeats, on_row)
+    sharded = approaches[0].sharded
+    cores = len(os.sched_getaffinity(0))
+    if sharded:
+        w, lw = opts.world_size, opts.load_world_size
+        say(f"run {run_id}: {len(approaches)} sharded approach(es) x {opts.repeats} repeat(s) on {source.name}, "
+            f"saved by {w} rank(s), loaded by {lw}; {cores} cores"
+            + (f": ranks beyond {cores} share them" if max(w, lw) > cores else "") + f"; results -> {results_path}")
+    else:
+        say(f"run {run_id}: {len(approaches)} approach(es) x {opts.repeats} repeat(s) on {source.name} "
+            f"({len(source.specs)} tensors, {source.n_params:,} parameters, {source.nbytes / 1e9:.2f} GB); "
+            f"results -> {results_path}")
+    for st in root.parent.stale_saves():
+        st.remove()
+        say(f"removed the stale temporary of an interrupted save: {st}")
+    ref = {}
+    if opts.disk_reference:
+        say(f"{root.reference_kind} reference: {source.nbytes / 1e9:.2f} GB sequential write + cold read, "
+            f"{REFERENCE_SAMPLES} times")
+        ref = reference(source.nbytes, root / "reference")
+    extra = dict(world_size=opts.world_size, load_world_size=opts.load_world_size, cores=cores) if sharded else {}
+    env = environment_record(run_id, out, model=source.name, n_tensors=len(source.specs), n_params=source.n_params,
+                             source_bytes=source.nbytes, repeats=opts.repeats, approaches=[a.name for a in approaches],
+                             disk_estimate_bytes=need, **storage.env_fields(),
+                             **({} if skipped is None else {"skipped": skipped}), **extra, **ref)
+    log.write(env)
+    expected = None
+    if not sharded:
+        say("recording per-tensor digests of the source")
+        sd = source.materialize()
+        expected = expected_digests(sd, {a.stored_dtype for a in approaches})
+        del sd
+        gc.collect()
+    try:
+        for a, k in plan(approaches, opts):
+            loc = root / (f"{a.name}-w{opts.world_size}" if sharded else a.name)
+            log.add(measure_approach(a, source, expected, loc, k, run_id, opts))
+            if not (opts.keep and k == opts.repeats):  # one checkpoint at a time; keep: the last
+                loc.remove()
+    except KeyboardInterrupt:
+        log.end(False, interrupted="KeyboardInterrupt")  # a SIGKILL leaves no end record: incomplete too
+        raise
+    if not opts.keep:
+        root.remove()
+    log.end(True)
+    return env | {"results_path": str(results_path)}, log.rows

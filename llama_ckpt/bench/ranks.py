@@ -1,0 +1,181 @@
+"""Ranks: N processes joined by torch.distributed (gloo, CPU) that save one
+logical checkpoint together, or load one back, each its own rows.
+
+Sharding: every tensor is split along its first dimension into contiguous
+row blocks (:func:`llama_ckpt.checkpoint.shard_rows`, torch.chunk's split,
+the one DTensor's ``Shard(0)`` uses), so every format sees the same layout.
+Every rank builds only its own rows of the preset's seeded weights.
+
+Commit, as for one process: the parent stages the checkpoint; every rank
+writes its files and makes them durable; all meet at a barrier; rank 0
+writes the manifest (with each shard's rows and SHA-256, gathered from the
+ranks before the timer started) and the marker, and publishes. A rank that
+dies before that barrier leaves no committed checkpoint; the others fail
+their next collective (gloo notices the closed connection, or the collective
+timeout ends the wait) and exit with an error naming the step.
+
+Timing (MLPerf Storage's definitions): each rank's own write time (until its
+bytes are durable) and bytes; the checkpoint time is from the barrier that
+starts every rank together to the commit, i.e. the slowest rank plus the
+commit. A load's time is the slowest rank's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sys
+import tempfile
+import time
+import traceback
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+
+from .. import checkpoint
+from ..digests import tensor_digest
+from ..formats.base import RankContext
+from ..model import seeded_tensor
+from ..recorders import high_water_mark
+from ..registry import approach_of
+
+COLLECTIVE_TIMEOUT_S = 120  # a rank waiting longer than this on the others gives up with an error
+RANK_GROUP_TIMEOUT_S = 3600  # a group of ranks still running after this is killed
+FAULT_ENV = "LLAMA_CKPT_FAULT"  # tests: "kill-rank-R-mid-save" SIGKILLs rank R half way through its save
+
+
+def _fault(stage: str, rank: int):
+    def hit():
+        if os.environ.get(FAULT_ENV) == f"kill-rank-{rank}-{stage}":
+            os.kill(os.getpid(), signal.SIGKILL)
+    return hit
+
+
+def _shard_digests(specs, seed: int, rank: int, world: int) -> dict[str, dict]:
+    """This rank's rows of every tensor of the unsharded source: rows and SHA-256."""
+    out = {}
+    for s in specs:
+        a, b = checkpoint.shard_rows(s.shape[0], rank, world)
+        out[s.name] = {"rows": [a, b], "sha256": tensor_digest(seeded_tensor(s, seed)[a:b].contiguous())}
+    return out
+
+
+def worker(rank: int, job: dict) -> None:
+    """One rank: join the group, do the job's save or load, write rank<r>.json."""
+    import torch.distributed as dist
+
+    out = Path(job["report_dir"]) / f"rank{rank}.json"
+    report: dict = {"rank": rank, "host": socket.gethostname()}
+    step = "joining the process group"
+    try:
+        torch.set_num_threads(1)  # ranks share the machine's cores; said beside the numbers
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(job["port"]))
+        world = job["world"]
+        dist.init_process_group("gloo", rank=rank, world_size=world,
+                                timeout=timedelta(seconds=job.get("timeout", COLLECTIVE_TIMEOUT_S)))
+        fmt = approach_of(job["approach"])
+        specs, final = job["specs"], job["final"]
+        ctx = RankContext(rank, world, dist, _fault("mid-save", rank))
+        if job["kind"] == "save":
+            step = "building this rank's rows"
+            shards = {s.name: seeded_tensor(s, job["seed"])[slice(*ctx.rows(s.shape[0]))].clone() for s in specs}
+            step = "recording the digests of this rank's rows"
+            mine = _shard_digests(specs, job["seed"], rank, world)
+            every = [None] * world
+            dist.all_gather_object(every, mine)
+            step = "preparing"
+            fmt.prepare_rank(ctx, job["staged"], saving=True)
+            step = "waiting for every rank to start the save"
+            dist.barrier()
+            t0 = time.perf_counter()
+            step = "writing this rank's rows"
+            fmt.write_rank(shards, job["staged"], specs, ctx)
+            own = time.perf_counter() - t0
+            step = "waiting for every rank's rows to be durable"
+            dist.barrier()
+            if rank == 0:
+                step = "committing"
+                tensors = [{"name": s.name, "shape": list(s.shape), "dtype": str(fmt.stored(s.dtype)).removeprefix(
+                    "torch."), "shards": [every[r][s.name] for r in range(world)]} for s in specs]
+                checkpoint.commit(final, job["staged"], checkpoint.manifest(
+                    fmt, tensors, world_size=world, sharding=checkpoint.SHARDING))
+            step = "waiting for the commit"
+            dist.barrier()
+            report.update(write_s=own, checkpoint_s=time.perf_counter() - t0,
+                          bytes=sum(t.numel() * t.element_size() for t in shards.values()))
+        else:
+            step = "reading the manifest"
+            man = checkpoint.read_manifest(final)
+            step = "recording the digests of this rank's slice"
+            expected = {n: d["sha256"] for n, d in _shard_digests(specs, job["seed"], rank, world).items()}
+            step = "preparing"
+            fmt.prepare_rank(ctx, final, saving=False)
+            step = "waiting for every rank to start the load"
+            dist.barrier()
+            t0 = time.perf_counter()
+            step = "reading this rank's rows"
+            got = fmt.read_rank(final, man, specs, ctx)
+            own = time.perf_counter() - t0
+            step = "waiting for every rank's load"
+            dist.barrier()
+            total = time.perf_counter() - t0
+            bad = [n for n, d in expected.items() if n not in got or tensor_digest(got[n].contiguous()) != d]
+            report.update(read_s=own, checkpoint_s=total, verified=not bad, bad=bad[:5],
+                          bytes=sum(t.numel() * t.element_size() for t in got.values()))
+        report["peak_rss_bytes"] = high_water_mark()
+        dist.barrier()
+        dist.destroy_process_group()
+    except BaseException as exc:  # noqa: BLE001 - reported, then the rank exits non-zero
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        report["error"] = f"rank {rank} failed while {step}: {type(exc).__name__}: {msg[:300]}"
+        report["traceback"] = traceback.format_exc()[-2000:]
+        out.write_text(json.dumps(report))
+        sys.exit(1)
+    out.write_text(json.dumps(report))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(job: dict, world: int, timeout: float = RANK_GROUP_TIMEOUT_S) -> list[dict]:
+    """Run ``world`` ranks of ``job`` and return their reports (rank order).
+    A rank that dies without a report is reported as such; if one fails, the
+    others get a grace period to fail their collectives by themselves, then
+    are killed."""
+    import torch.multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    with tempfile.TemporaryDirectory(prefix="llama-ckpt-ranks-") as rd:
+        job = dict(job, world=world, port=_free_port(), report_dir=rd)
+        procs = [ctx.Process(target=worker, args=(r, job), daemon=False) for r in range(world)]
+        for p in procs:
+            p.start()
+        deadline = time.monotonic() + timeout
+        failed_at = None
+        while any(p.is_alive() for p in procs):
+            time.sleep(0.05)
+            if failed_at is None and any(p.exitcode not in (None, 0) for p in procs):
+                failed_at = time.monotonic()
+            grace_over = failed_at is not None and time.monotonic() - failed_at > 30
+            if grace_over or time.monotonic() > deadline:
+                for p in procs:
+                    if p.is_alive():
+                        p.kill()
+        for p in procs:
+            p.join()
+        reports = []
+        for r, p in enumerate(procs):
+            f = Path(rd) / f"rank{r}.json"
+            rep = json.loads(f.read_text()) if f.exists() else {"rank": r}
+            if p.exitcode != 0 and "error" not in rep:
+                how = f"killed by signal {-p.exitcode}" if p.exitcode and p.exitcode < 0 else f"exit code {p.exitcode}"
+                rep["error"] = f"rank {r} died ({how}) without a report"
+            rep["exitcode"] = p.exitcode
+            reports.append(rep)
+        return reports

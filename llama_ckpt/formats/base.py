@@ -1,0 +1,188 @@
+"""The contract every format meets, single-process and per rank.
+
+A format is one storage mechanism (``torch.save``, safetensors, DCP,
+TensorStore) with its knobs as a frozen dataclass; an approach is a format
+with a name, a description, knob values and tags (see
+:mod:`llama_ckpt.registry`). Formats write and read; the atomic commit, the
+manifest and the digests are :mod:`llama_ckpt.checkpoint`'s, the storage is
+a :class:`~llama_ckpt.store.Location`'s.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from .. import checkpoint
+from ..errors import FAILURES
+from ..model import TensorSpec
+from ..recorders import Steps
+from ..store import Location, at
+
+Progress = Callable[[int], None]  # called with the number of tensors just finished
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def no_progress(_n: int) -> None:
+    pass
+
+
+def round_up(n: int, block: int) -> int:
+    return -(-n // block) * block
+
+
+@dataclass
+class RankContext:
+    """What a format's per-rank code gets from the rank it runs in."""
+
+    rank: int
+    world: int
+    dist: Any  # torch.distributed, initialised
+    fault: Callable[[], None] = lambda: None  # tests: may kill this rank mid-save
+    state: dict = field(default_factory=dict)  # the format's own (a device mesh, a coordinator address)
+
+    def rows(self, n: int) -> tuple[int, int]:
+        return checkpoint.shard_rows(n, self.rank, self.world)
+
+
+class Format:
+    """``write(state_dict, loc, steps, progress)`` writes the format's files
+    into ``loc`` (a staging location) and returns once they are durable; it
+    may consume ``state_dict`` (empty it as tensors are converted) to keep the
+    peak memory near one copy of the model. ``read(loc, manifest, progress)``
+    returns every tensor materialised in memory, in the stored dtype.
+
+    Per rank (formats that can shard, used by approaches tagged ``sharded``):
+    ``prepare_rank`` (imports, meshes, coordinators: before the timer),
+    ``write_rank`` (this rank's rows of every tensor, durable on return) and
+    ``read_rank`` (this rank's rows, for any number of ranks).
+    """
+
+    Knobs: type
+    s3_unsupported: str | None = None  # why this format cannot use an object store (None: it can)
+    can_shard: bool = False
+
+    def __init__(self, name: str, description: str, knobs, tags: tuple[str, ...] = ()):
+        self.name, self.description, self.k, self.tags = name, description, knobs, frozenset(tags)
+        self.stored_dtype = DTYPES[knobs.dtype]
+        if self.sharded and not self.can_shard:
+            raise TypeError(f"{type(self).__name__} has no per-rank save")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+    @property
+    def sharded(self) -> bool:
+        return "sharded" in self.tags
+
+    def knobs(self) -> dict:
+        return dataclasses.asdict(self.k)
+
+    def with_knobs(self, name: str, description: str, knobs) -> "Format":
+        return type(self)(name, description, knobs, tuple(self.tags - {"guide"}))
+
+    def stored(self, dtype: torch.dtype) -> torch.dtype:
+        """The dtype a tensor of ``dtype`` is stored in (integers are kept)."""
+        return self.stored_dtype if dtype.is_floating_point else dtype
+
+    def payload_bytes(self, spec: TensorSpec) -> int:
+        """Bytes of the tensor's data as stored, before any compression."""
+        return spec.numel * self.stored(spec.dtype).itemsize
+
+    def estimate_bytes(self, specs: list[TensorSpec], block: int) -> int:
+        """An upper bound of the checkpoint's bytes on disk (allocated blocks)."""
+        raise NotImplementedError
+
+    def cast_consuming(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The state dict in the stored dtype, emptying ``state_dict`` as it
+        goes so each source tensor is released once cast (a no-op cast keeps
+        the same tensor)."""
+        out = {}
+        for name in list(state_dict):
+            t = state_dict.pop(name)
+            out[name] = t.to(self.stored(t.dtype)).contiguous()
+        return out
+
+    # -- single process -----------------------------------------------------------
+    def write(self, state_dict, loc: Location, steps: Steps, progress: Progress) -> None:
+        raise NotImplementedError
+
+    def read(self, loc: Location, manifest: dict, progress: Progress) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def save(self, state_dict, where, progress: Progress | None = None, digests: dict[str, str] | None = None,
+             steps: Steps | None = None) -> None:
+        """A committed checkpoint of ``state_dict`` at ``where`` (a Location or a local path)."""
+        checkpoint.save(self, state_dict, at(where), progress, digests, steps)
+
+    def load(self, where, progress: Progress | None = None) -> dict[str, torch.Tensor]:
+        return checkpoint.load(self, at(where), progress)
+
+    def tensor_sub(self, name: str) -> str | None:
+        """The directory inside the checkpoint holding only this tensor's
+        files, where the format has one (for per-tensor sizes)."""
+        return None
+
+    def tensor_file(self, loc: Location, manifest: dict, name: str) -> str:
+        """Where a tensor's bytes are, for messages."""
+        return str(loc)
+
+    def iter_tensors(self, loc: Location, manifest: dict):
+        """(name, tensor or the exception reading it raised), one tensor at a
+        time where the format allows it; for ``verify``."""
+        try:
+            sd = self.read(loc, manifest, no_progress)
+        except FAILURES as exc:  # the whole file failed: every tensor is bad
+            for t in manifest["tensors"]:
+                yield t["name"], exc
+            return
+        for t in manifest["tensors"]:
+            yield t["name"], sd.get(t["name"], KeyError(f"{t['name']} not in the checkpoint"))
+
+    def iter_shards(self, loc: Location, manifest: dict):
+        """(name, rank, tensor of that rank's rows or an exception) of a
+        sharded checkpoint, read in one process; for ``verify``."""
+        world = manifest["world_size"]
+        for name, got in self.iter_tensors(loc, manifest):
+            for r in range(world):
+                if isinstance(got, BaseException):
+                    yield name, r, got
+                else:
+                    a, b = checkpoint.shard_rows(got.shape[0], r, world)
+                    yield name, r, got[a:b]
+
+    def shard_file(self, loc: Location, manifest: dict, name: str, rank: int) -> str:
+        return self.tensor_file(loc, manifest, name)
+
+    # -- per rank --------------------------------------------------------------------
+    def prepare_rank(self, ctx: RankContext, loc: Location | None, saving: bool) -> None:
+        """Imports and collective setup, before the timer starts."""
+
+    def write_rank(self, shards: dict[str, torch.Tensor], loc: Location, specs: list[TensorSpec],
+                   ctx: RankContext) -> None:
+        raise NotImplementedError
+
+    def read_rank(self, loc: Location, manifest: dict, specs: list[TensorSpec],
+                  ctx: RankContext) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+
+class OneFile(Format):
+    """A format that writes the whole state dict into one file, ``FILE``."""
+
+    FILE: str
+
+    @dataclass(frozen=True)
+    class Knobs:
+        dtype: str = "float32"  # stored dtype of floating tensors
+
+    def tensor_file(self, loc, manifest, name):
+        return loc.where(self.FILE)
+
+    def estimate_bytes(self, specs, block):
+        # the data plus, per tensor, its header or zip record (256 B is an upper bound), plus 1 MiB
+        data = sum(s.numel * self.stored(s.dtype).itemsize + 256 for s in specs)
+        return round_up(data + (1 << 20), block)
