@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from llama_ckpt import s3 as s3_server
 from llama_ckpt.model import get_model
 
 
@@ -12,6 +13,14 @@ def tiny():
 @pytest.fixture(scope="session")
 def tiny_sd(tiny):
     return tiny.materialize()
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory):
+    """One SeaweedFS server on loopback for the whole test session."""
+    srv = s3_server.start_server(tmp_path_factory.mktemp("s3") / "s3")
+    yield srv
+    srv.stop()
 
 
 def clone(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

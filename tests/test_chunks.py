@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from llama_ckpt import chunks
+from llama_ckpt.formats import chunks
 
 
 def chunk_bytes(c, itemsize=4):

@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from llama_ckpt.approaches import APPROACHES
+from llama_ckpt.registry import APPROACHES, names
 
 
 def cli(*args, cwd=None):
@@ -29,12 +29,10 @@ def test_list_shows_every_approach_name_first_one_per_line():
     assert r.returncode == 0
     single, sharded = r.stdout.strip().split("\n\n")
     lines = single.splitlines()
-    assert [l.split()[0] for l in lines] == list(APPROACHES)
+    assert [l.split()[0] for l in lines] == names()
     assert all(len(l.split(None, 1)) == 2 for l in lines)  # a description on each
-    from llama_ckpt.distributed import SHARDED
-
     head, *rest = sharded.splitlines()
-    assert "--world-size" in head and [l.split()[0] for l in rest] == list(SHARDED)
+    assert "--world-size" in head and [l.split()[0] for l in rest] == names(sharded=True)
 
 
 @pytest.mark.parametrize("cmd", [[], ["run"], ["compare"], ["list"]])
@@ -126,7 +124,7 @@ def test_model_path_runs_every_approach_on_real_weights(tmp_path, hf_folder):
     assert r.returncode == 0, r.stderr + r.stdout
     rows = [json.loads(l) for l in next((tmp_path / "results").glob("*.jsonl")).read_text().splitlines()]
     ms = [r for r in rows if r["record"] == "measurement"]
-    assert len(ms) == len(APPROACHES) and all(m["verified"] for m in ms)
+    assert len(ms) == len(names()) and all(m["verified"] for m in ms)
     assert all(m["n_tensors"] == len(sd) and m["source_dtype"] == "bfloat16" for m in ms)
     # bfloat16 -> float32 is lossless
     assert all(m["max_abs_err"] == 0 for m in ms if m["stored_dtype"] == "float32")

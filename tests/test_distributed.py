@@ -2,11 +2,14 @@
 
 import json
 import os
+import re
 
 import pytest
 
-from llama_ckpt import distributed
-from llama_ckpt.distributed import SHARDED, TARGET_CHUNK, row_chunk, shard_rows
+from llama_ckpt.bench import ranks
+from llama_ckpt.checkpoint import shard_rows
+from llama_ckpt.formats.tensorstore import row_chunk
+from llama_ckpt.registry import APPROACHES, names
 
 from .test_cli import assert_one_line_error, cli
 
@@ -27,11 +30,12 @@ def test_shards_are_contiguous_cover_every_row_once_and_match_torch_chunk(rows, 
 @pytest.mark.parametrize("shape, world", [((32000, 640), 2), ((1728, 640), 3), ((640,), 4), ((3200, 8640), 4),
                                           ((97, 640), 2)])
 def test_ts_sharded_chunks_divide_the_shards_and_stay_under_the_target(shape, world):
-    c = row_chunk(shape, 4, world)
+    target = APPROACHES["ts-sharded"].k.chunk_size
+    c = row_chunk(shape, 4, world, target)
     s = -(-shape[0] // world)
     assert s % c == 0  # every shard boundary is a chunk boundary: no two ranks write one chunk
     row_bytes = 4 * (shape[1] if len(shape) > 1 else 1)
-    assert c * row_bytes <= TARGET_CHUNK or c == 1
+    assert c * row_bytes <= target or c == 1
 
 
 def _rows(tmp_path):
@@ -40,11 +44,11 @@ def _rows(tmp_path):
 
 
 def test_two_ranks_save_three_ranks_load_every_approach_verified(tmp_path):
-    r = cli("run", "--approach", "dcp-sharded,ts-sharded,ts-sharded+ocdbt,pytorch-per-rank", "--world-size", "2",
-            "--load-world-size", "3", "--model", "tiny", "--repeats", "1", "--out", str(tmp_path))
+    r = cli("run", "--approach", "all", "--world-size", "2", "--load-world-size", "3", "--model", "tiny",
+            "--repeats", "1", "--out", str(tmp_path), "--keep")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     rows = _rows(tmp_path)
-    assert [x["approach"] for x in rows] == list(SHARDED)
+    assert [x["approach"] for x in rows] == names(sharded=True)
     for x in rows:
         assert x["verified"] and not x["error"], x["error"]
         assert x["world_size"] == 2 and x["load_world_size"] == 3
@@ -53,8 +57,40 @@ def test_two_ranks_save_three_ranks_load_every_approach_verified(tmp_path):
         assert sum(k["bytes"] for k in x["ranks_save"]) == sum(k["bytes"] for k in x["ranks_load"])
         assert x["save_s"] >= max(k["write_s"] for k in x["ranks_save"])  # the slowest rank bounds the checkpoint
         assert x["load_cold"] is True
+        assert all(k["host"] for k in x["ranks_save"] + x["ranks_load"])
     assert "ranks beyond 2 share them" in r.stdout or os.cpu_count() > 2
-    assert not any((tmp_path / "checkpoints").rglob("*.pth"))  # deleted once measured
+    # verify checks every shard of every kept checkpoint against the digests gathered at save
+    kept = sorted(p.parent for p in (tmp_path / "checkpoints").rglob("COMMITTED"))
+    assert len(kept) == len(rows)
+    v = cli("verify", *map(str, kept))
+    assert v.returncode == 0 and v.stdout.count("in 2 shards") == len(rows), v.stdout
+    # a flipped byte in rank 1's data is named with its tensor and shard
+    for ckpt in kept:
+        victim = _rank1_data_file(ckpt)
+        data = bytearray(victim.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        victim.write_bytes(bytes(data))
+        bad = cli("verify", str(ckpt))
+        assert bad.returncode == 1 and "NOT OK" in bad.stdout, bad.stdout
+        # OCDBT packs every rank's chunks into shared data files: any shard may be the damaged one
+        shard = r"\d" if "ocdbt" in ckpt.name else "1"
+        assert re.search(rf"\.weight shard {shard} of 2 \(rows \d+-\d+, .*\): bytes differ", bad.stdout), bad.stdout
+
+
+def _rank1_data_file(ckpt):
+    """A file holding only rank 1's rows of some tensor: its rank file, a
+    chunk past the middle of a row-chunked array, or the largest data file."""
+    if (ckpt / "rank1.pth").exists():
+        return ckpt / "rank1.pth"
+    embed = ckpt / "model.embed_tokens.weight"
+    if embed.is_dir():  # zarr chunks named by row-chunk index: the last one is in rank 1's half
+        return max((p for p in embed.iterdir() if p.name[0].isdigit()), key=lambda p: int(p.name.split(".")[0]))
+    dcp = sorted(ckpt.glob("__1_*.distcp"))  # DCP: one file per rank (and writer thread)
+    if dcp:
+        return dcp[0]
+    skip = {"manifest.json", "COMMITTED", ".metadata", "manifest.ocdbt"}
+    files = [p for p in ckpt.rglob("*") if p.is_file() and p.name not in skip]
+    return max(files, key=lambda p: (p.stat().st_size, p.name))
 
 
 def test_four_ranks_save_two_ranks_load(tmp_path):
@@ -68,7 +104,7 @@ def test_four_ranks_save_two_ranks_load(tmp_path):
 
 @pytest.mark.parametrize("approach", ["ts-sharded+ocdbt", "pytorch-per-rank"])
 def test_a_rank_killed_mid_save_leaves_no_checkpoint_and_the_others_do_not_hang(tmp_path, approach):
-    env = dict(os.environ, **{distributed.FAULT_ENV: "kill-rank-1-mid-save"})
+    env = dict(os.environ, **{ranks.FAULT_ENV: "kill-rank-1-mid-save"})
     import subprocess
     import sys
 
@@ -97,5 +133,5 @@ def test_bad_distributed_input_is_one_line(tmp_path):
 def test_list_shows_the_sharded_approaches():
     r = cli("list")
     assert r.returncode == 0
-    for name in SHARDED:
+    for name in names(sharded=True):
         assert any(line.startswith(name + " ") for line in r.stdout.splitlines())

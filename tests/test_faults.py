@@ -12,15 +12,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from llama_ckpt import faults, measure
-from llama_ckpt.approaches import APPROACHES, COMMIT, MANIFEST, TMP_TAG, TensorStoreZarr, variant
+from llama_ckpt.bench import faults, measure
+from llama_ckpt.checkpoint import COMMIT, MANIFEST
+from llama_ckpt.formats.tensorstore import TensorStoreZarr
+from llama_ckpt.registry import APPROACHES, names, variant
+from llama_ckpt.store import TMP_TAG
 from llama_ckpt.errors import UserError
-from llama_ckpt.integrity import verify
+from llama_ckpt.verify import verify
 from llama_ckpt.model import get_model
 
 from .conftest import clone
 
-TS = [n for n, a in APPROACHES.items() if isinstance(a, TensorStoreZarr)]
+SINGLE = names()
+TS = [n for n in SINGLE if isinstance(APPROACHES[n], TensorStoreZarr)]
 
 
 def cli(*args, env=None, timeout=600):
@@ -32,7 +36,7 @@ def cli(*args, env=None, timeout=600):
 
 SAVER = """
 import sys
-from llama_ckpt.approaches import APPROACHES
+from llama_ckpt.registry import APPROACHES
 from llama_ckpt.model import get_model
 sd = get_model("small").materialize()
 print("saving", flush=True)
@@ -114,7 +118,7 @@ def test_disk_full_mid_save_is_an_error_row_and_the_partial_files_go(tmp_path, s
 
 # 3. One flipped byte ------------------------------------------------------------
 
-@pytest.mark.parametrize("name", list(APPROACHES))
+@pytest.mark.parametrize("name", SINGLE)
 def test_a_flipped_byte_is_caught_and_the_tensor_named(tmp_path, tiny_sd, name):
     out = faults.probe(APPROACHES[name], "flipped byte", tmp_path, tiny_sd)
     assert out.result in (faults.FORMAT_RAISES, faults.ONLY_DIGESTS), out
@@ -124,11 +128,11 @@ def test_a_flipped_byte_is_caught_and_the_tensor_named(tmp_path, tiny_sd, name):
 
 
 def test_verify_exits_zero_on_every_good_checkpoint(tmp_path, tiny_sd):
-    for name, a in APPROACHES.items():
-        a.save(clone(tiny_sd), tmp_path / name)
-    r = cli("verify", *[str(tmp_path / n) for n in APPROACHES])
+    for name in SINGLE:
+        APPROACHES[name].save(clone(tiny_sd), tmp_path / name)
+    r = cli("verify", *[str(tmp_path / n) for n in SINGLE])
     assert r.returncode == 0, r.stdout
-    assert r.stdout.count(": OK: ") == len(APPROACHES)
+    assert r.stdout.count(": OK: ") == len(SINGLE)
 
 
 # 4. Deleted and truncated files -------------------------------------------------
@@ -152,7 +156,7 @@ def test_missing_or_truncated_files_are_clear_errors_naming_the_file(tmp_path, t
 def test_the_reliability_table_has_every_approach_and_fault(tmp_path):
     outcomes = faults.reliability(root=tmp_path)
     table = faults.reliability_table(outcomes)
-    assert list(table.index) == list(APPROACHES) and list(table.columns) == list(faults.FAULTS)
+    assert list(table.index) == SINGLE and list(table.columns) == list(faults.FAULTS)
     assert faults.NOT_CAUGHT not in table.values  # the digests catch whatever the formats miss
 
 
@@ -165,7 +169,7 @@ class Payload:
 
 MALICIOUS = """
 import os, sys
-from llama_ckpt.approaches import APPROACHES
+from llama_ckpt.registry import APPROACHES
 try:
     APPROACHES["pytorch"].load(sys.argv[1])
     print("LOADED")

@@ -9,8 +9,11 @@ import subprocess
 import pytest
 import torch
 
-from llama_ckpt import fsutil, measure
-from llama_ckpt.approaches import APPROACHES, TorchSave, resolve
+from llama_ckpt import fsutil
+from llama_ckpt.bench import measure, probes
+from llama_ckpt.formats.torch_save import TorchSave
+from llama_ckpt.recorders import PeakRSS
+from llama_ckpt.registry import APPROACHES, names, resolve
 from llama_ckpt.model import get_model
 from llama_ckpt.results import MEASUREMENT_FIELDS, read_results
 
@@ -25,7 +28,7 @@ def tiny_run(tmp_path_factory):
 
 def test_every_approach_gives_a_verified_row_with_equal_tensor_counts(tiny_run):
     _, _, rows = tiny_run
-    assert [r["approach"] for r in rows] == list(APPROACHES)
+    assert [r["approach"] for r in rows] == names()
     assert all(r["verified"] and r["error"] is None for r in rows), [r["error"] for r in rows]
     assert len({r["n_tensors"] for r in rows}) == 1 and len({r["tensor_set"] for r in rows}) == 1
     assert all(set(r) == set(MEASUREMENT_FIELDS) for r in rows)
@@ -85,9 +88,9 @@ def test_eviction_drops_a_file_from_the_page_cache(tmp_path):
 
 
 def test_peak_rss_sees_an_allocation():
-    with measure.PeakRSS() as small:
+    with PeakRSS() as small:
         pass
-    with measure.PeakRSS() as big:
+    with PeakRSS() as big:
         x = torch.ones(64 << 20)  # 256 MB
         del x
     assert big.peak - small.peak > 200e6
@@ -96,9 +99,10 @@ def test_peak_rss_sees_an_allocation():
 class _FillsTheDisk(TorchSave):
     """Writes a partial file, then fails as a full disk does."""
 
-    def _save(self, state_dict, path, progress):
-        (path / self.FILE).write_bytes(b"partial")
-        raise OSError(errno.ENOSPC, "No space left on device")
+    def write(self, state_dict, loc, steps, progress):
+        with loc.open_write(self.FILE) as f:
+            f.write(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
 
 
 def test_a_failing_approach_becomes_an_error_row_and_the_others_run(tmp_path):
@@ -116,7 +120,7 @@ def test_a_failing_approach_becomes_an_error_row_and_the_others_run(tmp_path):
 
 def test_disk_estimate_bounds_the_real_footprint(tiny_run, tmp_path):
     _, _, rows = tiny_run
-    need = measure.disk_needed(resolve("all"), get_model("tiny"), tmp_path, keep=False, reference=False)
+    need = measure.disk_needed(resolve("all"), get_model("tiny"), tmp_path, reference_too=False)
     for r in rows:
         assert r["bytes_on_disk"] <= need[r["approach"]], r["approach"]
 
@@ -153,7 +157,7 @@ def test_the_disk_reference_is_the_median_of_its_samples(tiny_run):
 
     _, env, _ = tiny_run
     samples = env["reference_samples"]
-    assert len(samples) == measure.REFERENCE_SAMPLES
+    assert len(samples) == probes.REFERENCE_SAMPLES
     assert env["reference_write_s"] == statistics.median(s["write_s"] for s in samples)
     assert env["reference_read_s"] == statistics.median(s["read_s"] for s in samples)
 

@@ -6,35 +6,41 @@ import json
 import pytest
 import torch
 
-from llama_ckpt.approaches import APPROACHES, COMMIT, MANIFEST, TensorStoreZarr, TorchSave, resolve
+from llama_ckpt.checkpoint import COMMIT, MANIFEST
+from llama_ckpt.formats.tensorstore import TensorStoreZarr, TSKnobs
+from llama_ckpt.formats.torch_save import TorchSave
+from llama_ckpt.registry import APPROACHES, names, resolve, sweep, variant
+from llama_ckpt.store import LocalDir
 from llama_ckpt.errors import UserError
 from llama_ckpt.model import get_model
-from llama_ckpt.verify import check, expected_digests
+from llama_ckpt.digests import check, expected_digests
 
 from .conftest import clone
 
-GUIDE = ["pytorch", "tensorstore", "t5x", "ts+concurrency", "ts+chunks", "ts+compression", "ts+float16", "ts+ocdbt"]
+SINGLE = names()
 
 
-def test_registry_has_the_guides_eight_in_order():
-    assert list(APPROACHES)[:8] == GUIDE
+def test_registry_opens_with_the_guides_eight():
+    guide = names(tag="guide")
+    assert len(guide) == 8 and SINGLE[:8] == guide and guide[0] == "pytorch"
+    assert all(isinstance(APPROACHES[n], TensorStoreZarr) for n in guide[1:])
 
 
 @pytest.fixture(scope="module")
 def expected(tiny_sd):
-    return expected_digests(tiny_sd, {a.stored_dtype for a in APPROACHES.values()})
+    return expected_digests(tiny_sd, {APPROACHES[n].stored_dtype for n in SINGLE})
 
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory, tiny_sd):
     """One checkpoint per approach, saved once for the module."""
     root = tmp_path_factory.mktemp("ckpt")
-    for name, a in APPROACHES.items():
-        a.save(clone(tiny_sd), root / name)
+    for name in SINGLE:
+        APPROACHES[name].save(clone(tiny_sd), root / name)
     return root
 
 
-@pytest.mark.parametrize("name", list(APPROACHES))
+@pytest.mark.parametrize("name", SINGLE)
 def test_round_trip_is_bit_exact_in_the_stored_dtype(name, saved, expected, tiny_sd):
     a = APPROACHES[name]
     loaded = a.load(saved / name)
@@ -48,7 +54,7 @@ def test_round_trip_is_bit_exact_in_the_stored_dtype(name, saved, expected, tiny
         assert v.max_abs_err > 0  # float16 loses precision, and says how much
 
 
-@pytest.mark.parametrize("name", list(APPROACHES))
+@pytest.mark.parametrize("name", SINGLE)
 def test_manifest_lists_every_tensor(name, saved, tiny_sd):
     m = json.loads((saved / name / MANIFEST).read_text())
     assert m["approach"] == name
@@ -68,7 +74,7 @@ def _zarray(root, name, tensor):
     import tensorstore as ts
 
     a = APPROACHES[name]
-    kv = ts.KvStore.open(a.kvstore(root / name, tensor)).result()
+    kv = ts.KvStore.open(a.kvstore(LocalDir(root / name), tensor)).result()
     return json.loads(kv.read(".zarray").result().value)
 
 
@@ -92,7 +98,7 @@ def test_on_disk_configuration(name, dtype, compressor, chunks_embed, concurrenc
     assert meta["compressor"] == compressor
     assert meta["chunks"] == chunks_embed
     assert meta["shape"] == [1000, 64]
-    ctx = APPROACHES[name].context().spec.to_json()
+    ctx = APPROACHES[name].context(LocalDir(saved)).spec.to_json()
     assert ctx["file_io_concurrency"] == {"limit": concurrency}
     assert ctx["file_io_sync"] is True
 
@@ -108,8 +114,8 @@ def test_ocdbt_is_one_database_and_the_rest_are_files(saved):
 
 def test_ocdbt_base_is_absolute_whatever_path_is_given(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    spec = APPROACHES["ts+ocdbt"].kvstore("relative/dir", "t")
-    assert spec["base"] == f"file://{tmp_path}/relative/dir/"
+    spec = APPROACHES["ts+ocdbt"].kvstore(LocalDir("relative/dir"), "t")
+    assert spec["base"] == {"driver": "file", "path": f"{tmp_path}/relative/dir/"}
 
 
 def test_chunk_rules_in_the_approaches_on_the_real_shapes():
@@ -149,14 +155,14 @@ def test_loading_with_the_wrong_approach_names_both(saved):
 
 
 def test_resolve():
-    assert [a.name for a in resolve("all")] == list(APPROACHES)
+    assert [a.name for a in resolve("all")] == SINGLE
+    assert [a.name for a in resolve("all", sharded=True)] == names(sharded=True)
     assert [a.name for a in resolve("t5x, pytorch")] == ["t5x", "pytorch"]
     with pytest.raises(UserError, match="unknown approach 'nope'.*valid approaches: all, pytorch"):
         resolve("pytorch,nope")
 
 
 def test_knobs_are_frozen_and_validated():  # noqa: D103
-    from llama_ckpt.approaches import TSKnobs
     import dataclasses
 
     k = TSKnobs()
@@ -171,14 +177,10 @@ def test_knobs_are_frozen_and_validated():  # noqa: D103
 
 # -- beyond the guide ----------------------------------------------------------
 
-def test_beyond_the_guide_is_registered():
-    assert list(APPROACHES)[8:] == ["pytorch-fp32", "safetensors", "dcp", "ts+zarr3", "ts+bfloat16", "ts+best",
-                                    "ts+best16"]
-    assert {n: str(APPROACHES[n].stored_dtype) for n in ("pytorch-fp32", "safetensors", "dcp", "ts+zarr3",
-                                                         "ts+best", "ts+best16", "ts+bfloat16")} == {
-        "pytorch-fp32": "torch.float32", "safetensors": "torch.float32", "dcp": "torch.float32",
-        "ts+zarr3": "torch.float32", "ts+best": "torch.float32", "ts+best16": "torch.float16",
-        "ts+bfloat16": "torch.bfloat16"}
+def test_every_approach_stores_the_dtype_its_knobs_say():
+    for a in APPROACHES.values():
+        assert str(a.stored_dtype) == f"torch.{a.k.dtype}", a.name
+    assert APPROACHES["ts+best16"].stored_dtype == torch.float16 and APPROACHES["ts+bfloat16"].stored_dtype == torch.bfloat16
 
 
 def test_safetensors_file_has_every_tensor_in_float32(saved, tiny_sd):
@@ -219,7 +221,7 @@ def test_ts_best_is_one_ocdbt_database_with_large_chunks(saved):
     assert (root / "manifest.ocdbt").is_file()
     n_files = sum(1 for p in root.rglob("*") if p.is_file())
     assert n_files <= 6  # manifest.json, COMMITTED, manifest.ocdbt and a few data files: one transaction
-    kv = ts.KvStore.open(a.kvstore(root, EMBED)).result()
+    kv = ts.KvStore.open(a.kvstore(LocalDir(root), EMBED)).result()
     meta = json.loads(kv.read(".zarray").result().value)
     assert meta["chunks"] == [1000, 64] and meta["dtype"] == "<f4"
     assert APPROACHES["ts+best16"].k == dataclasses_replace(a.k, dtype="float16")
@@ -237,10 +239,8 @@ def test_bfloat16_round_trips_bit_exactly(saved, tiny_sd):
 
 
 def test_sweep_expands_the_product_and_reuses_registered_names():
-    from llama_ckpt.approaches import sweep, variant
-
-    names = [a.name for a in sweep("tensorstore", concurrency=[1, 4, 128])]
-    assert names == ["tensorstore", "tensorstore[concurrency=4]", "ts+concurrency"]
+    got = [a.name for a in sweep("tensorstore", concurrency=[1, 4, 128])]
+    assert got == ["tensorstore", "tensorstore[concurrency=4]", "ts+concurrency"]
     grid = sweep("ts+chunks", chunk_size=[1 << 16, 1 << 20], use_ocdbt=[False, True])
     assert [a.name for a in grid] == ["ts+chunks[chunk_size=64KiB]", "ts+chunks[chunk_size=64KiB,use_ocdbt=True]",
                                       "ts+chunks", "ts+chunks[use_ocdbt=True]"]

@@ -7,40 +7,42 @@ import time
 
 import pytest
 
-from llama_ckpt import measure, s3
-from llama_ckpt.approaches import APPROACHES, COMMIT, MANIFEST, read_manifest
+from llama_ckpt import s3 as s3_server
+from llama_ckpt.bench import measure
+from llama_ckpt.checkpoint import COMMIT, read_manifest
+from llama_ckpt.digests import expected_digests
 from llama_ckpt.errors import UserError
-from llama_ckpt.netdelay import delayed, measure_rtt
-from llama_ckpt.verify import expected_digests
+from llama_ckpt.registry import APPROACHES, names
+from llama_ckpt.store.netdelay import delayed, measure_rtt
+from llama_ckpt.store.s3 import Target, check_target
+from llama_ckpt.verify import verify
 
 from .test_cli import assert_one_line_error, cli
 
-ON_S3 = [n for n, a in APPROACHES.items() if not a.s3_unsupported]
+ON_S3 = [n for n in names() if not APPROACHES[n].s3_unsupported]
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    srv = s3.start_server(tmp_path_factory.mktemp("s3") / "s3")
-    yield srv
-    srv.stop()
+def server(s3):
+    return s3
 
 
 def target(server, url="s3://ckpt/tests", **kw):
-    return s3.Target.parse(url, server.endpoint, server_dir=server.data_dir, **kw)
+    return Target.parse(url, server.endpoint, server_dir=server.data_dir, **kw)
 
 
-def test_only_dcp_cannot_target_s3_and_list_says_why():
-    assert [n for n in APPROACHES if n not in ON_S3] == ["dcp"]
+def test_list_says_why_an_approach_cannot_target_s3():
     r = cli("list")
-    line = next(l for l in r.stdout.splitlines() if l.startswith("dcp "))
-    assert "not on S3" in line
+    for n, a in APPROACHES.items():
+        line = next(l for l in r.stdout.splitlines() if l.startswith(n + " "))
+        assert ("not on S3" in line) == bool(a.s3_unsupported), line
 
 
 def test_every_s3_approach_round_trips_with_objects_and_requests(server, tiny, tmp_path):
     t = target(server, "s3://ckpt/all")
     rows = []
     env, _ = measure.run([APPROACHES[n] for n in ON_S3], tiny,
-                         measure.Options(out=tmp_path, repeats=1, storage=t), on_row=rows.append)
+                         measure.Options(out=tmp_path, repeats=1, storage=t.path()), on_row=rows.append)
     assert [r["approach"] for r in rows] == ON_S3
     for r in rows:
         assert r["verified"] and not r["error"], (r["approach"], r["error"])
@@ -57,18 +59,20 @@ def test_every_s3_approach_round_trips_with_objects_and_requests(server, tiny, t
     assert by["ts+best"]["n_files"] < 10 < by["ts+ocdbt"]["n_files"]
     assert env["reference_kind"] == "s3 object" and env["reference_write_Bps"] > 0
     # nothing left behind without --keep
-    assert not s3.Target.parse("s3://ckpt/all", server.endpoint).path().list()
+    assert not Target.parse("s3://ckpt/all", server.endpoint).path().list()
 
 
-def test_cli_run_all_on_s3_skips_dcp_with_the_reason(server, tmp_path):
-    r = cli("run", "--approach", "pytorch,dcp,ts+chunks,ts+ocdbt", "--model", "tiny", "--repeats", "1",
-            "--out", str(tmp_path), "--storage", "s3://ckpt/cli", "--s3-endpoint", server.endpoint)
+def test_cli_run_on_s3_skips_what_cannot_target_it_with_the_reason(server, tmp_path):
+    cannot = [n for n in names() if n not in ON_S3]
+    r = cli("run", "--approach", ",".join(["pytorch", "ts+chunks", "ts+ocdbt"] + cannot), "--model", "tiny",
+            "--repeats", "1", "--out", str(tmp_path), "--storage", "s3://ckpt/cli", "--s3-endpoint", server.endpoint)
     assert r.returncode == 0, r.stderr
-    assert "skipped dcp: it cannot target S3" in r.stdout
+    for n in cannot:
+        assert f"skipped {n}: it cannot target S3" in r.stdout
     assert r.stdout.count(" verified") == 3 and "objects" in r.stdout and "requests" in r.stdout
     rows = [json.loads(l) for l in next((tmp_path / "results").glob("*.jsonl")).read_text().splitlines()]
     env = rows[0]
-    assert env["skipped"] == {"dcp": APPROACHES["dcp"].s3_unsupported}
+    assert env["skipped"] == {n: APPROACHES[n].s3_unsupported for n in cannot}
 
 
 def test_a_dead_endpoint_is_named_within_seconds(tmp_path):
@@ -81,7 +85,7 @@ def test_a_dead_endpoint_is_named_within_seconds(tmp_path):
 
 def test_tensorstore_against_a_dead_endpoint_fails_fast(tiny, tmp_path):
     """Past the preflight (the server died mid-run): the row is an error, not a hang."""
-    dead = s3.Target.parse("s3://ckpt/x", "http://127.0.0.1:9")
+    dead = Target.parse("s3://ckpt/x", "http://127.0.0.1:9")
     row = measure.measure_approach(APPROACHES["ts+best"], tiny, expected_digests(tiny.materialize(), {
         APPROACHES["ts+best"].stored_dtype}), dead.path("r", "ts+best"), 1, "r", measure.Options(out=tmp_path))
     assert row["error"] and "save failed" in row["error"] and not row["verified"]
@@ -90,9 +94,9 @@ def test_tensorstore_against_a_dead_endpoint_fails_fast(tiny, tmp_path):
 def test_a_missing_bucket_is_created(server):
     t = target(server, "s3://fresh-bucket/p")
     said = []
-    s3.check_target(t, said.append)
+    check_target(t, said.append)
     assert said == [f"created bucket 'fresh-bucket' at {server.endpoint}"]
-    s3.check_target(t, said.append)  # exists now: nothing to say
+    check_target(t, said.append)  # exists now: nothing to say
     assert len(said) == 1
 
 
@@ -114,12 +118,12 @@ def test_an_interrupted_save_is_never_loaded_and_is_removed_next_run(server, tin
     path = t.path("run0", "ts+chunks")
     a.save(tiny.materialize(), path)
     assert read_manifest(path)["approach"] == "ts+chunks"
-    (path / COMMIT).target.client().delete_object(Bucket="ckpt", Key=(path / COMMIT).key)  # as if killed before it
+    t.client().delete_object(Bucket="ckpt", Key=(path / COMMIT).key)  # as if killed before it
     with pytest.raises(UserError, match="incomplete checkpoint"):
         a.load(path)
-    assert s3.stale_saves(t.path()) == [path]
+    assert t.path().stale_saves() == [path]
     said = []
-    measure.run([APPROACHES["pytorch"]], tiny, measure.Options(out=tmp_path, repeats=1, storage=t,
+    measure.run([APPROACHES["pytorch"]], tiny, measure.Options(out=tmp_path, repeats=1, storage=t.path(),
                                                                disk_reference=False), say=said.append)
     assert any("removed the stale temporary" in s and str(path) in s for s in said)
     assert not path.list()
@@ -145,8 +149,6 @@ def test_a_flipped_byte_on_s3_is_caught_by_the_digests(server, tiny):
     data = bytearray(c.get_object(Bucket="ckpt", Key=key)["Body"].read())
     data[100] ^= 0xFF
     c.put_object(Bucket="ckpt", Key=key, Body=bytes(data))
-    from llama_ckpt.integrity import verify
-
     r = verify(path)
     assert not r.ok and any("embed_tokens" in b for b in r.bad)
 
@@ -155,10 +157,10 @@ def test_the_delay_proxy_adds_the_round_trip_and_keeps_the_data(server):
     with delayed(server.endpoint, 30) as ep:
         assert ep != server.endpoint
         assert measure_rtt(ep) >= 0.030  # each request/response waits 15 ms each way, at least
-        p = s3.Target.parse("s3://ckpt/proxy", ep).path("blob")
+        p = Target.parse("s3://ckpt/proxy", ep).path()
         data = bytes(range(256)) * 40_000  # 10 MB through the proxy and back
-        p.write_bytes(data)
-        assert p.read_bytes() == data
+        p.write_bytes("blob", data)
+        assert p.read_bytes("blob") == data
 
 
 def test_make_s3_up_and_down(tmp_path):
@@ -167,14 +169,14 @@ def test_make_s3_up_and_down(tmp_path):
                         timeout=180)
     assert up.returncode == 0, up.stderr
     endpoint = up.stdout.split("endpoint: ")[1].split()[0]
-    assert s3.local_server_dir(endpoint, [tmp_path]) == str(d.resolve())
+    assert s3_server.local_server_dir(endpoint, [tmp_path]) == str(d.resolve())
     again = subprocess.run([sys.executable, "-m", "llama_ckpt.s3", "up", str(d)], capture_output=True, text=True,
                            timeout=60)
     assert again.returncode == 2 and "already runs" in again.stderr
     down = subprocess.run([sys.executable, "-m", "llama_ckpt.s3", "down", str(d)], capture_output=True, text=True,
                           timeout=60)
     assert down.returncode == 0 and "stopped" in down.stdout
-    assert s3.running_server(d) is None
+    assert s3_server.running_server(d) is None
 
 
 def test_sharded_save_on_two_ranks_and_load_on_three_from_s3(server, tmp_path):
@@ -182,8 +184,10 @@ def test_sharded_save_on_two_ranks_and_load_on_three_from_s3(server, tmp_path):
             "--repeats", "1", "--out", str(tmp_path), "--storage", "s3://ckpt/sharded",
             "--s3-endpoint", server.endpoint)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert "skipped dcp-sharded: it cannot target S3" in r.stdout
+    sharded = names(sharded=True)
+    for n in sharded:
+        assert (f"skipped {n}: it cannot target S3" in r.stdout) == bool(APPROACHES[n].s3_unsupported)
     rows = [json.loads(l) for l in next((tmp_path / "results").glob("*.jsonl")).read_text().splitlines()]
     rows = [x for x in rows if x["record"] == "measurement"]
-    assert [x["approach"] for x in rows] == ["ts-sharded", "ts-sharded+ocdbt", "pytorch-per-rank"]
+    assert [x["approach"] for x in rows] == [n for n in sharded if not APPROACHES[n].s3_unsupported]
     assert all(x["verified"] and x["storage"] == "s3://ckpt/sharded" and x["n_files"] > 0 for x in rows)
