@@ -43,6 +43,17 @@ class Phase:
     claims: tuple[int, ...] = ()  # the guide's claims this phase can judge
     pairs: tuple[tuple[str, str], ...] = ()  # (a, b) comparisons in the findings; default: each against the baseline
     n_runs: int = 1  # complete end records its results file holds when the phase is done (06: one per config)
+    about: str = ""  # the header's closing paragraph (default: the protocol)
+
+    def header(self) -> str:
+        """The notebook's header cell, generated from this definition (a test
+        keeps the notebooks in step: ``python -m llama_ckpt.phases headers``)."""
+        if self.guide:
+            apps = ", ".join(f"`{a.name}`" for a in self.approaches())
+        else:
+            apps = ", ".join(f"`{n}`" for n in names(sharded=True)) + " (see `python -m llama_ckpt list`)"
+        return (f"# {self.id} · {self.title}\n\n**Question.** {self.question}\n\n**Knob.** {self.knob}\n\n"
+                f"**Metrics.** {self.metrics}\n\n**Approaches.** {apps}\n\n{self.about or PROTOCOL}")
 
     def approaches(self) -> list[Format]:
         out = {a.name: a for a in [APPROACHES[n] for n in self.guide] + self.extra()}
@@ -57,6 +68,20 @@ class Phase:
     def comparisons(self, baseline: str = "tensorstore") -> tuple[tuple[str, str], ...]:
         return self.pairs or tuple((g, baseline) for g in self.guide if g != baseline)
 
+
+PROTOCOL = ("Protocol (`llama_ckpt.bench.measure`): a save is timed until its bytes are fsynced; a load is timed "
+            "cold (files evicted from the page cache first, confirmed with `mincore`) until every tensor is in memory; "
+            "every load is checked bit for bit against digests of what was saved, and a row that does not round-trip "
+            "is never shown as a result. The disk itself is measured in the same run as a reference.")
+SHARDED_PROTOCOL = (
+    "Each rank is a process joined by torch.distributed on the gloo backend; it owns a contiguous block of rows of "
+    "every tensor (ceil(rows / ranks) rows, `torch.chunk`'s split; 1-D tensors are split the same way). All ranks "
+    "start a save together after a barrier; the checkpoint time ends when rank 0 has committed (manifest, with "
+    "every shard's digest, and marker written after every rank's rows are durable), so it is the slowest rank plus "
+    "the commit. Loads are cold (the checkpoint's files evicted first) and each rank's slice is checked against the "
+    "digests of the same rows of the unsharded source, also when the checkpoint is loaded by another number of "
+    "ranks than saved it. The sharded mode builds the preset's seeded weights in every rank (`MODEL`; `MODEL_PATH` "
+    "is not used here).")
 
 PHASES: dict[str, Phase] = {p.id: p for p in [
     Phase("00", "00-baselines", "Baselines",
@@ -95,7 +120,8 @@ PHASES: dict[str, Phase] = {p.id: p for p in [
     Phase("4e", "4e-ocdbt", "OCDBT",
           "Is OCDBT better than the plain file driver?",
           "kvstore (file -> OCDBT over file)",
-          "save and load time, size, files created, bytes beyond the chunk data (metadata)",
+          "save and load time, size, files created, bytes beyond the chunk data (metadata); on S3: objects, requests "
+          "and time at two round-trip delays",
           ("tensorstore", "ts+ocdbt"),
           lambda: sweep("ts+chunks", use_ocdbt=[False, True]), "use_ocdbt", (5,)),
     Phase("05", "05-formats", "Formats in use today",
@@ -112,7 +138,7 @@ PHASES: dict[str, Phase] = {p.id: p for p in [
           "read back on another number of processes?",
           "ranks saving (1, 2, 4) and loading (the same, and resharded 2 -> 3, 4 -> 2), over torch.distributed (gloo)",
           "checkpoint time (the slowest rank plus the commit), per-rank write and read times, aggregate throughput, "
-          "files", (), n_runs=5),
+          "files", (), n_runs=5, about=SHARDED_PROTOCOL),
 ]}
 # 06's configurations: (ranks saving, ranks loading)
 DIST_CONFIGS = ((1, 1), (2, 2), (4, 4), (2, 3), (4, 2))
@@ -314,3 +340,27 @@ def run_distributed(phase_id: str = "06", model: str = "small", repeats: int = 1
         env = env or env_c
         rows += rs
     return PhaseResult(phase, run_id, rpath, rows, env, False)
+
+
+def sync_headers(notebooks: Path = REPO / "notebooks") -> list[str]:
+    """Rewrite each phase notebook's header cell from its definition; returns
+    the notebooks that changed."""
+    import nbformat
+
+    changed = []
+    for p in PHASES.values():
+        path = notebooks / f"{p.slug}.ipynb"
+        nb = nbformat.read(path, as_version=4)
+        if nb.cells[0].source != p.header():
+            nb.cells[0].source = p.header()
+            nbformat.write(nb, path)
+            changed.append(p.slug)
+    return changed
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] != ["headers"]:
+        sys.exit("usage: python -m llama_ckpt.phases headers")
+    print("rewrote:", ", ".join(sync_headers()) or "nothing (in step)")

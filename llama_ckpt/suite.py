@@ -69,10 +69,10 @@ def run_suite(phase_ids: list[str], model: str = "small", model_path: str = "", 
     run_id = run_id or measure.new_run_id()
     rdir = run_dir(out_dir, run_id)
     if phases:
-        measure.check_writable(rdir)
+        fsutil.check_writable(rdir)
         source = get_model(model or None, model_path or None)
         approaches = list({a.name: a for p in phases for a in p.approaches()}.values())
-        measure.check_disk(approaches, source, rdir, keep, reference=True)
+        measure.check_disk(approaches, source, rdir, keep, True)
     with fsutil.output_lock(out_dir):  # the notebooks' kernels, our children, share it
         _run_phases(phases, model, model_path, repeats, out_dir, run_id, keep, summary, rdir)
     return run_id

@@ -1,31 +1,16 @@
 """The CLI: list, run, compare, and bad input as one line with exit code 2."""
 
 import json
-import subprocess
-import sys
-
 import pytest
 import torch
 
-from llama_ckpt.registry import APPROACHES, names
+from llama_ckpt.registry import names
 
-
-def cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "llama_ckpt", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=600)
-
-
-def assert_one_line_error(r, *needles):
-    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1, r.stderr
-    assert "Traceback" not in r.stderr
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
+from .helpers import assert_one_line_error, cli, cli_here
 
 
 def test_list_shows_every_approach_name_first_one_per_line():
-    r = cli("list")
+    r = cli_here("list")
     assert r.returncode == 0
     single, sharded = r.stdout.strip().split("\n\n")
     lines = single.splitlines()
@@ -37,48 +22,48 @@ def test_list_shows_every_approach_name_first_one_per_line():
 
 @pytest.mark.parametrize("cmd", [[], ["run"], ["compare"], ["list"]])
 def test_help_works_everywhere(cmd):
-    r = cli(*cmd, "--help")
+    r = cli_here(*cmd, "--help")
     assert r.returncode == 0 and "usage:" in r.stdout
 
 
 def test_unknown_approach_lists_the_valid_names(tmp_path):
-    assert_one_line_error(cli("run", "--approach", "pytorch,bogus", "--out", str(tmp_path)),
+    assert_one_line_error(cli_here("run", "--approach", "pytorch,bogus", "--out", str(tmp_path)),
                           "unknown approach 'bogus'", "pytorch", "ts+ocdbt")
 
 
 def test_unknown_preset_lists_the_valid_presets(tmp_path):
-    assert_one_line_error(cli("run", "--model", "llama-70b", "--out", str(tmp_path)),
+    assert_one_line_error(cli_here("run", "--model", "llama-70b", "--out", str(tmp_path)),
                           "unknown model preset 'llama-70b'", "tiny", "small", "open_llama_3b")
 
 
 def test_missing_model_path(tmp_path):
-    assert_one_line_error(cli("run", "--model-path", str(tmp_path / "nope"), "--out", str(tmp_path)),
+    assert_one_line_error(cli_here("run", "--model-path", str(tmp_path / "nope"), "--out", str(tmp_path)),
                           "no such directory")
 
 
 def test_model_path_that_is_not_a_model_folder(tmp_path):
     (tmp_path / "m").mkdir()
-    assert_one_line_error(cli("run", "--model-path", str(tmp_path / "m"), "--out", str(tmp_path)),
+    assert_one_line_error(cli_here("run", "--model-path", str(tmp_path / "m"), "--out", str(tmp_path)),
                           "not a model folder", "config.json")
     (tmp_path / "m" / "config.json").write_text("{}")
-    assert_one_line_error(cli("run", "--model-path", str(tmp_path / "m"), "--out", str(tmp_path)),
+    assert_one_line_error(cli_here("run", "--model-path", str(tmp_path / "m"), "--out", str(tmp_path)),
                           "not a model folder", "safetensors")
 
 
 def test_output_dir_that_cannot_be_written(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    assert_one_line_error(cli("run", "--model", "tiny", "--out", str(blocker / "out")),
+    assert_one_line_error(cli_here("run", "--model", "tiny", "--out", str(blocker / "out")),
                           "output directory", "cannot be written")
 
 
 @pytest.mark.parametrize("bad", ["0", "-1", "three"])
 def test_bad_repeats(tmp_path, bad):
-    assert_one_line_error(cli("run", "--model", "tiny", "--repeats", bad, "--out", str(tmp_path)), "--repeats")
+    assert_one_line_error(cli_here("run", "--model", "tiny", "--repeats", bad, "--out", str(tmp_path)), "--repeats")
 
 
 def test_compare_of_a_missing_file(tmp_path):
-    assert_one_line_error(cli("compare", str(tmp_path / "none.jsonl")), "no such file")
+    assert_one_line_error(cli_here("compare", str(tmp_path / "none.jsonl")), "no such file")
 
 
 def test_run_on_tiny_prints_rows_and_the_comparison_and_writes_results(tmp_path):

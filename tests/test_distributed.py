@@ -11,7 +11,7 @@ from llama_ckpt.checkpoint import shard_rows
 from llama_ckpt.formats.tensorstore import row_chunk
 from llama_ckpt.registry import APPROACHES, names
 
-from .test_cli import assert_one_line_error, cli
+from .helpers import assert_one_line_error, cli, cli_here
 
 
 @pytest.mark.parametrize("rows, world", [(64, 1), (64, 3), (1000, 4), (5, 4), (3, 4), (32000, 3)])
@@ -62,7 +62,7 @@ def test_two_ranks_save_three_ranks_load_every_approach_verified(tmp_path):
     # verify checks every shard of every kept checkpoint against the digests gathered at save
     kept = sorted(p.parent for p in (tmp_path / "checkpoints").rglob("COMMITTED"))
     assert len(kept) == len(rows)
-    v = cli("verify", *map(str, kept))
+    v = cli_here("verify", *map(str, kept))
     assert v.returncode == 0 and v.stdout.count("in 2 shards") == len(rows), v.stdout
     # a flipped byte in rank 1's data is named with its tensor and shard
     for ckpt in kept:
@@ -70,7 +70,7 @@ def test_two_ranks_save_three_ranks_load_every_approach_verified(tmp_path):
         data = bytearray(victim.read_bytes())
         data[len(data) // 2] ^= 0xFF
         victim.write_bytes(bytes(data))
-        bad = cli("verify", str(ckpt))
+        bad = cli_here("verify", str(ckpt))
         assert bad.returncode == 1 and "NOT OK" in bad.stdout, bad.stdout
         # OCDBT packs every rank's chunks into shared data files: any shard may be the damaged one
         shard = r"\d" if "ocdbt" in ckpt.name else "1"
@@ -121,17 +121,17 @@ def test_a_rank_killed_mid_save_leaves_no_checkpoint_and_the_others_do_not_hang(
 
 
 def test_bad_distributed_input_is_one_line(tmp_path):
-    assert_one_line_error(cli("run", "--load-world-size", "2", "--model", "tiny", "--out", str(tmp_path)),
+    assert_one_line_error(cli_here("run", "--load-world-size", "2", "--model", "tiny", "--out", str(tmp_path)),
                           "needs --world-size")
-    assert_one_line_error(cli("run", "--approach", "pytorch", "--world-size", "2", "--model", "tiny",
+    assert_one_line_error(cli_here("run", "--approach", "pytorch", "--world-size", "2", "--model", "tiny",
                               "--out", str(tmp_path)), "unknown approach", "ts-sharded")
-    assert_one_line_error(cli("run", "--approach", "ts-sharded", "--model", "tiny", "--out", str(tmp_path)),
+    assert_one_line_error(cli_here("run", "--approach", "ts-sharded", "--model", "tiny", "--out", str(tmp_path)),
                           "run with --world-size")
-    assert_one_line_error(cli("run", "--world-size", "0", "--model", "tiny", "--out", str(tmp_path)), "at least 1")
+    assert_one_line_error(cli_here("run", "--world-size", "0", "--model", "tiny", "--out", str(tmp_path)), "at least 1")
 
 
 def test_list_shows_the_sharded_approaches():
-    r = cli("list")
+    r = cli_here("list")
     assert r.returncode == 0
     for name in names(sharded=True):
         assert any(line.startswith(name + " ") for line in r.stdout.splitlines())

@@ -22,14 +22,10 @@ from llama_ckpt.verify import verify
 from llama_ckpt.model import get_model
 
 from .conftest import clone
+from .helpers import cli, cli_here
 
 SINGLE = names()
 TS = [n for n in SINGLE if isinstance(APPROACHES[n], TensorStoreZarr)]
-
-
-def cli(*args, env=None, timeout=600):
-    return subprocess.run([sys.executable, "-m", "llama_ckpt", *args], capture_output=True, text=True,
-                          env=env, timeout=timeout)
 
 
 # 1. SIGKILL in the middle of a save ---------------------------------------------
@@ -65,7 +61,7 @@ def test_sigkill_mid_save_leaves_no_checkpoint(tmp_path, name):
         proc.kill()
     assert not final.exists(), "a killed save must not leave a checkpoint at the final path"
     (leftover,) = tmp_path.glob(f"ckpt{TMP_TAG}*")
-    r = cli("verify", str(leftover))
+    r = cli_here("verify", str(leftover))
     assert r.returncode == 1 and "incomplete checkpoint" in r.stdout
     with pytest.raises(UserError, match="incomplete"):
         APPROACHES[name].load(leftover)
@@ -82,7 +78,7 @@ def test_a_checkpoint_without_its_commit_marker_is_never_loaded(tmp_path, tiny_s
     (tmp_path / "c" / COMMIT).unlink()
     with pytest.raises(UserError, match="no commit marker"):
         APPROACHES["ts+chunks"].load(tmp_path / "c")
-    r = cli("verify", str(tmp_path / "c"))
+    r = cli_here("verify", str(tmp_path / "c"))
     assert r.returncode == 1 and "no commit marker" in r.stdout
 
 
@@ -123,14 +119,14 @@ def test_a_flipped_byte_is_caught_and_the_tensor_named(tmp_path, tiny_sd, name):
     out = faults.probe(APPROACHES[name], "flipped byte", tmp_path, tiny_sd)
     assert out.result in (faults.FORMAT_RAISES, faults.ONLY_DIGESTS), out
     assert any(out.verify_said.startswith(k + " ") for k in tiny_sd), out.verify_said
-    r = cli("verify", str(tmp_path / f"{name}-flipped-byte"))
+    r = cli_here("verify", str(tmp_path / f"{name}-flipped-byte"))
     assert r.returncode == 1 and "NOT OK" in r.stdout and out.verify_said.split(" ")[0] in r.stdout
 
 
 def test_verify_exits_zero_on_every_good_checkpoint(tmp_path, tiny_sd):
     for name in SINGLE:
         APPROACHES[name].save(clone(tiny_sd), tmp_path / name)
-    r = cli("verify", *[str(tmp_path / n) for n in SINGLE])
+    r = cli_here("verify", *[str(tmp_path / n) for n in SINGLE])
     assert r.returncode == 0, r.stdout
     assert r.stdout.count(": OK: ") == len(SINGLE)
 
@@ -211,7 +207,7 @@ def test_an_all_zero_tensor_round_trips_under_strict_reads(tmp_path, tiny_sd, na
 
 def test_a_second_run_on_the_same_directory_refuses(tmp_path):
     out = tmp_path / "out"
-    first = subprocess.Popen([sys.executable, "-m", "llama_ckpt", "run", "--approach", "tensorstore", "--model",
+    first = subprocess.Popen([sys.executable, "-m", "llama_ckpt", "run", "--approach", "ts+chunks", "--model",
                               "small", "--repeats", "1", "--out", str(out)], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
     try:
@@ -219,7 +215,7 @@ def test_a_second_run_on_the_same_directory_refuses(tmp_path):
         deadline = time.time() + 120
         while time.time() < deadline and not (lock.exists() and lock.read_text().strip()):
             time.sleep(0.05)
-        second = cli("run", "--approach", "pytorch", "--model", "tiny", "--repeats", "1", "--out", str(out))
+        second = cli_here("run", "--approach", "pytorch", "--model", "tiny", "--repeats", "1", "--out", str(out))
         assert second.returncode == 2 and "in use by another run" in second.stderr
         stdout, stderr = first.communicate(timeout=600)
     finally:
@@ -227,7 +223,7 @@ def test_a_second_run_on_the_same_directory_refuses(tmp_path):
     assert first.returncode == 0, stderr
     (results,) = (out / "results").glob("*.jsonl")
     rows = [json.loads(l) for l in results.read_text().splitlines()]
-    assert [r["approach"] for r in rows if r["record"] == "measurement"] == ["tensorstore"]
+    assert [r["approach"] for r in rows if r["record"] == "measurement"] == ["ts+chunks"]
     assert all(r["verified"] for r in rows if r["record"] == "measurement")
     assert rows[-1]["record"] == "end" and rows[-1]["complete"] is True
 
@@ -267,5 +263,5 @@ def test_nonsense_sweep_values_are_refused_before_anything_is_written(tmp_path, 
 
 
 def test_repeats_zero_writes_nothing(tmp_path):
-    r = cli("run", "--model", "tiny", "--repeats", "0", "--out", str(tmp_path / "o"))
+    r = cli_here("run", "--model", "tiny", "--repeats", "0", "--out", str(tmp_path / "o"))
     assert r.returncode == 2 and not (tmp_path / "o").exists()

@@ -13,11 +13,11 @@ from llama_ckpt.checkpoint import COMMIT, read_manifest
 from llama_ckpt.digests import expected_digests
 from llama_ckpt.errors import UserError
 from llama_ckpt.registry import APPROACHES, names
-from llama_ckpt.store.netdelay import delayed, measure_rtt
+from llama_ckpt.netdelay import delayed, measure_rtt
 from llama_ckpt.store.s3 import Target, check_target
 from llama_ckpt.verify import verify
 
-from .test_cli import assert_one_line_error, cli
+from .helpers import assert_one_line_error, cli, cli_here
 
 ON_S3 = [n for n in names() if not APPROACHES[n].s3_unsupported]
 
@@ -32,7 +32,7 @@ def target(server, url="s3://ckpt/tests", **kw):
 
 
 def test_list_says_why_an_approach_cannot_target_s3():
-    r = cli("list")
+    r = cli_here("list")
     for n, a in APPROACHES.items():
         line = next(l for l in r.stdout.splitlines() if l.startswith(n + " "))
         assert ("not on S3" in line) == bool(a.s3_unsupported), line
@@ -77,7 +77,7 @@ def test_cli_run_on_s3_skips_what_cannot_target_it_with_the_reason(server, tmp_p
 
 def test_a_dead_endpoint_is_named_within_seconds(tmp_path):
     t0 = time.monotonic()
-    r = cli("run", "--model", "tiny", "--storage", "s3://ckpt/x", "--s3-endpoint", "http://127.0.0.1:9",
+    r = cli_here("run", "--model", "tiny", "--storage", "s3://ckpt/x", "--s3-endpoint", "http://127.0.0.1:9",
             "--out", str(tmp_path))
     assert_one_line_error(r, "http://127.0.0.1:9", "not answering")
     assert time.monotonic() - t0 < 120  # a hang guard: bounded retries, not TensorStore's minutes of backoff
@@ -109,7 +109,7 @@ def test_a_missing_bucket_is_created(server):
     (["--storage", "s3://b/p", "--s3-endpoint", "http://127.0.0.1:1", "--s3-delay-ms", "-5"], ">= 0"),
 ])
 def test_bad_storage_options_are_one_line(tmp_path, bad, needle):
-    assert_one_line_error(cli("run", "--model", "tiny", "--out", str(tmp_path), *bad), needle)
+    assert_one_line_error(cli_here("run", "--model", "tiny", "--out", str(tmp_path), *bad), needle)
 
 
 def test_an_interrupted_save_is_never_loaded_and_is_removed_next_run(server, tiny, tmp_path):

@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .. import fsutil
-from . import netdelay
+from .. import netdelay
 from ..errors import UserError
 from .base import MARKER, Location, Writer
 

@@ -6,7 +6,7 @@ the round-trip time in each direction before passing it on, keeping the
 order within a connection and never pausing the reading side, so latency
 grows by the RTT per request/response exchange while throughput is left
 to the two ends (as on a long fat link, not a slow one). It runs in its own
-process (``python -m llama_ckpt.store.netdelay``), so its work does not take the
+process (``python -m llama_ckpt.netdelay``), so its work does not take the
 measuring process's interpreter lock.
 
 :func:`delayed` starts it for the duration of a ``with`` block and yields
@@ -23,7 +23,7 @@ import time
 from collections import deque
 from urllib.parse import urlsplit, urlunsplit
 
-from ..errors import UserError
+from .errors import UserError
 
 READ_BYTES = 1 << 20
 
@@ -102,7 +102,7 @@ def delayed(endpoint: str, rtt_ms: float):
     if u.scheme != "http":
         raise UserError("the delay proxy relays plain http:// endpoints only (a TLS endpoint is far away already)")
     port = u.port or 80
-    proc = subprocess.Popen([sys.executable, "-m", "llama_ckpt.store.netdelay", u.hostname, str(port), str(rtt_ms)],
+    proc = subprocess.Popen([sys.executable, "-m", "llama_ckpt.netdelay", u.hostname, str(port), str(rtt_ms)],
                             stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
     try:
         line = proc.stdout.readline().strip()
