@@ -52,10 +52,10 @@ test: setup ## run the tests (tiny model; about 20 minutes)
 	$(PY) -m pytest -q
 
 s3-up: setup ## start a local S3 server (SeaweedFS) on loopback; prints its endpoint
-	$(PY) -m llama_ckpt.s3 up "$(S3_DIR)"
+	$(PY) -m llama_ckpt.store.server up "$(S3_DIR)"
 
 s3-down: setup ## stop the server s3-up started
-	$(PY) -m llama_ckpt.s3 down "$(S3_DIR)"
+	$(PY) -m llama_ckpt.store.server down "$(S3_DIR)"
 
 clean: ## remove everything under OUT (checkpoints, results, runs, charts)
 	find "$(OUT)" -mindepth 1 ! -name .gitkeep -exec rm -rf {} +

@@ -15,7 +15,7 @@ from .model import DEFAULT_PRESET, PRESETS, get_model
 from .phases import PHASES
 from .registry import APPROACHES, names, resolve
 from .results import comparison_table, group_by_run, incomplete_runs, read_results
-from .s3 import local_server_dir
+from .store.server import local_server_dir
 from .store import Location, Target
 from .store.s3 import request_total
 from .suite import PhaseFailed, run_suite

@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
-from . import s3
+from .store import server as s3_server
 from .bench import measure
 from .errors import UserError
 from .formats.base import Format
@@ -281,10 +281,10 @@ def run_cloud(phase_id: str = "4e", model: str = CLOUD_MODEL, model_path: str = 
             todo.append(d)
     server = None
     if todo and not endpoint:
-        server = s3.start_server(rdir / "s3")
+        server = s3_server.start_server(rdir / "s3")
         endpoint = server.endpoint
         say(f"started a private SeaweedFS server at {endpoint} (data in {server.data_dir})")
-    server_dir = server.data_dir if server else (s3.local_server_dir(endpoint, [lock / "s3"]) if endpoint else None)
+    server_dir = server.data_dir if server else (s3_server.local_server_dir(endpoint, [lock / "s3"]) if endpoint else None)
     try:
         source = get_model(model or None, model_path or None) if todo else None
         for d in todo:

@@ -180,7 +180,7 @@ def cloud_table(rows: list[dict]) -> pd.DataFrame:
     the repeats for time, objects stored and requests made (reads, writes,
     lists, deletes; TensorStore's kvstore metrics plus the suite's own
     manifest, marker and listing requests)."""
-    from .s3 import request_total
+    from .store.s3 import request_total
 
     recs = []
     by: dict[tuple, list[dict]] = {}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -36,6 +37,18 @@ def notebook_ran_clean(path: Path) -> bool:
     return not any(o.get("output_type") == "error" for c in nb.get("cells", []) for o in c.get("outputs", []))
 
 
+def _ipc_kernel_manager(prefix: Path):
+    """A kernel manager whose kernel talks over unix sockets named ``prefix-N``
+    instead of TCP on loopback (unencrypted: ipykernel warns on every start)."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class IPCKernelManager(AsyncKernelManager):
+        def __init__(self, **kw):
+            super().__init__(transport="ipc", ip=str(prefix), **kw)
+
+    return IPCKernelManager
+
+
 def execute(slug: str, out_nb: Path, parameters: dict, stream: bool = True) -> None:
     """Execute one notebook; with ``stream`` its printed progress (a line per
     measured row) goes to this console as it runs."""
@@ -46,9 +59,11 @@ def execute(slug: str, out_nb: Path, parameters: dict, stream: bool = True) -> N
         raise UserError(f"notebook {src} not found")
     out_nb.parent.mkdir(parents=True, exist_ok=True)
     try:
-        pm.execute_notebook(str(src), str(out_nb), parameters=parameters, cwd=str(NOTEBOOKS),
-                            kernel_name="python3", progress_bar=False, log_output=False,
-                            stdout_file=sys.stdout if stream else None, stderr_file=sys.stderr if stream else None)
+        with tempfile.TemporaryDirectory(prefix="llama-ckpt-kernel-") as sockets:
+            pm.execute_notebook(str(src), str(out_nb), parameters=parameters, cwd=str(NOTEBOOKS),
+                                kernel_name="python3", progress_bar=False, log_output=False,
+                                stdout_file=sys.stdout if stream else None, stderr_file=sys.stderr if stream else None,
+                                kernel_manager_class=_ipc_kernel_manager(Path(sockets) / "kernel"))
     except pm.PapermillExecutionError as exc:
         raise PhaseFailed(f"phase {slug} failed in cell {exc.exec_count}: {exc.ename}: "
                           f"{str(exc.evalue).splitlines()[0] if exc.evalue else ''}; executed notebook: {out_nb}") from None

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from llama_ckpt import s3 as s3_server
+from llama_ckpt.store import server as s3_server
 from llama_ckpt.model import get_model
 
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from llama_ckpt import s3 as s3_server
+from llama_ckpt.store import server as s3_server
 from llama_ckpt.bench import measure
 from llama_ckpt.checkpoint import COMMIT, read_manifest
 from llama_ckpt.digests import expected_digests
@@ -165,15 +165,15 @@ def test_the_delay_proxy_adds_the_round_trip_and_keeps_the_data(server):
 
 def test_make_s3_up_and_down(tmp_path):
     d = tmp_path / "srv"
-    up = subprocess.run([sys.executable, "-m", "llama_ckpt.s3", "up", str(d)], capture_output=True, text=True,
+    up = subprocess.run([sys.executable, "-m", "llama_ckpt.store.server", "up", str(d)], capture_output=True, text=True,
                         timeout=180)
     assert up.returncode == 0, up.stderr
     endpoint = up.stdout.split("endpoint: ")[1].split()[0]
     assert s3_server.local_server_dir(endpoint, [tmp_path]) == str(d.resolve())
-    again = subprocess.run([sys.executable, "-m", "llama_ckpt.s3", "up", str(d)], capture_output=True, text=True,
+    again = subprocess.run([sys.executable, "-m", "llama_ckpt.store.server", "up", str(d)], capture_output=True, text=True,
                            timeout=60)
     assert again.returncode == 2 and "already runs" in again.stderr
-    down = subprocess.run([sys.executable, "-m", "llama_ckpt.s3", "down", str(d)], capture_output=True, text=True,
+    down = subprocess.run([sys.executable, "-m", "llama_ckpt.store.server", "down", str(d)], capture_output=True, text=True,
                           timeout=60)
     assert down.returncode == 0 and "stopped" in down.stdout
     assert s3_server.running_server(d) is None
