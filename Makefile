@@ -10,6 +10,8 @@ REPEATS ?= 3## timed save+load cycles per approach
 OUT ?= saved_models## output directory
 KEEP ?= 0## 1 keeps each approach's last checkpoint
 S3_DIR ?= $(OUT)/s3## data directory of the local S3 server (make s3-up)
+LAB_IP ?= 127.0.0.1## address make lab listens on (0.0.0.0 to reach it from outside a container)
+LAB_PORT ?= 8888## port of make lab
 RUN_ID ?=## run id, the same id resumes a run; empty: a new one (summary: the latest)
 
 SUITE = $(PY) -m llama_ckpt suite --model $(MODEL) $(if $(MODEL_PATH),--model-path "$(MODEL_PATH)") \
@@ -45,8 +47,8 @@ report: setup ## render the executed notebooks of a run to HTML beside them
 	@dir="$(OUT)/runs/$(or $(RUN_ID),$$(ls -1 $(OUT)/runs | sort | tail -1))"; \
 	  echo "rendering $$dir/*.ipynb"; $(VENV)/bin/jupyter nbconvert --to html --log-level WARN "$$dir"/*.ipynb
 
-lab: setup ## open JupyterLab on notebooks/
-	$(VENV)/bin/jupyter lab notebooks/
+lab: setup ## JupyterLab on notebooks/ at http://LAB_IP:LAB_PORT/lab (the URL with its token is printed)
+	$(VENV)/bin/jupyter lab --no-browser --ip=$(LAB_IP) --port=$(LAB_PORT) $(if $(filter 0,$(shell id -u)),--allow-root) notebooks/
 
 test: setup ## run the tests (tiny model; about 20 minutes)
 	$(PY) -m pytest -q
