@@ -12,13 +12,14 @@ from pathlib import Path
 from .bench import measure
 from .errors import UserError
 from .model import DEFAULT_PRESET, PRESETS, get_model
-from .phases import PHASES
 from .registry import APPROACHES, names, resolve
 from .results import comparison_table, group_by_run, incomplete_runs, read_results
 from .store.server import local_server_dir
 from .store import Location, Target
 from .store.s3 import request_total
-from .suite import PhaseFailed, run_suite
+from .report import summary as summ
+from .suite.phases import PHASES
+from .suite.runner import PhaseFailed, run_suite
 from .verify import verify
 
 DEFAULT_OUT = "saved_models"
@@ -147,11 +148,16 @@ def cmd_suite(args) -> int:
     else:
         ids = [p.strip() for p in args.phases.split(",") if p.strip()]
     try:
-        run_suite(ids, model=args.model, model_path=args.model_path or "", repeats=args.repeats, out_dir=args.out,
-                  run_id=args.run_id or "", keep=args.keep, summary=not args.no_summary)
+        run_id = run_suite(ids, model=args.model, model_path=args.model_path or "", repeats=args.repeats,
+                           out_dir=args.out, run_id=args.run_id or "", keep=args.keep, summary=not args.no_summary)
     except PhaseFailed as exc:
         print(f"{exc}", file=sys.stderr)
         return 1
+    if not args.no_summary:
+        out = Path(args.out).resolve()
+        print(f"\nThe 8-way table (run {run_id}):")
+        print(summ.load(out, run_id).eight_way_text())
+        print(f"\nchart: {out / summ.CHART_NAME}")
     return 0
 
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .claims import judge_claims
-from .results import Stat, change, fmt_bytes, is_valid, summarize
+from ..results import Stat, change, fmt_bytes, is_valid, summarize
+from ..store.s3 import request_total
+from ..suite.phases import CLOUD_PAIRS
+from .claims import judge_claims, judge_cloud
 
 
 def knob_label(knobs: dict | None, axis: str | None) -> str:
@@ -180,8 +182,6 @@ def cloud_table(rows: list[dict]) -> pd.DataFrame:
     the repeats for time, objects stored and requests made (reads, writes,
     lists, deletes; TensorStore's kvstore metrics plus the suite's own
     manifest, marker and listing requests)."""
-    from .store.s3 import request_total
-
     recs = []
     by: dict[tuple, list[dict]] = {}
     for r in rows:
@@ -208,9 +208,6 @@ def cloud_table(rows: list[dict]) -> pd.DataFrame:
 def cloud_findings(rows: list[dict]) -> str:
     """Claim 9's verdict, OCDBT against plain zarr objects pair by pair at
     each delay, and what the delay costs, from the cloud rows."""
-    from .claims import judge_cloud
-    from .phases import CLOUD_PAIRS
-
     t = cloud_table(rows)
     if t.empty:
         return "No valid rows on S3: claim 9 (OCDBT is better for cloud storage) is not judged."

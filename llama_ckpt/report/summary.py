@@ -10,14 +10,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import plots, report
-from .registry import APPROACHES as _REGISTERED, names as _names
-
-APPROACHES = {n: _REGISTERED[n] for n in _names()}  # the single-process approaches
+from ..errors import UserError
+from ..registry import names
+from ..results import change, comparison_table, fmt_bytes, is_valid, read_results, summarize
+from ..suite.phases import PHASES, cloud_rows, latest_run, run_dir, run_results
+from . import charts as plots
+from . import tables as report
 from .claims import GUIDE_EIGHT, GUIDE_FIGURES, HOLDS, FAILS, UNSURE, judge_claims, judge_cloud
-from .errors import UserError
-from .phases import PHASES, cloud_rows, latest_run, run_dir, run_results
-from .results import change, comparison_table, fmt_bytes, is_valid, read_results, summarize
 
 CHART_NAME = "8way_performance_comparison.png"
 

@@ -15,17 +15,17 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
-from .store import server as s3_server
-from .bench import measure
-from .errors import UserError
-from .formats.base import Format
-from .model import get_model
-from .registry import APPROACHES, names, sweep, variant
-from .results import read_results
-from .store import Target
+from ..bench import measure
+from ..errors import UserError
+from ..formats.base import Format
+from ..model import get_model
+from ..registry import APPROACHES, names, sweep, variant
+from ..results import read_results
+from ..store import Target
+from ..store import server as s3_server
 
 MiB, KiB = 1 << 20, 1 << 10
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parent.parent.parent
 DEFAULT_OUT = REPO / "saved_models"
 
 
@@ -47,7 +47,7 @@ class Phase:
 
     def header(self) -> str:
         """The notebook's header cell, generated from this definition (a test
-        keeps the notebooks in step: ``python -m llama_ckpt.phases headers``)."""
+        keeps the notebooks in step: ``python -m llama_ckpt.suite.phases headers``)."""
         if self.guide:
             apps = ", ".join(f"`{a.name}`" for a in self.approaches())
         else:
@@ -362,5 +362,5 @@ if __name__ == "__main__":
     import sys
 
     if sys.argv[1:] != ["headers"]:
-        sys.exit("usage: python -m llama_ckpt.phases headers")
+        sys.exit("usage: python -m llama_ckpt.suite.phases headers")
     print("rewrote:", ", ".join(sync_headers()) or "nothing (in step)")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
-from .results import summarize
+from ..results import summarize
 
 _PANELS = (("save_s", "save time (s)"), ("load_s", "cold load time (s)"), ("bytes_on_disk", "size on disk (GB)"))
 

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .results import Stat, change, fmt_bytes, summarize
+from ..formats.tensorstore import TensorStoreZarr
+from ..registry import APPROACHES, names
+from ..results import Stat, change, fmt_bytes, is_valid, summarize
 
 HOLDS, FAILS, UNSURE = "holds", "does not hold", "inconclusive"
 RATIO_TOLERANCE = 1.5  # "about" a claimed ratio: within this factor of it
@@ -177,8 +179,8 @@ def guide_changes(checks) -> str:
     return "; ".join(out)
 
 
-TS_APPROACHES = ("tensorstore", "t5x", "ts+concurrency", "ts+chunks", "ts+compression", "ts+float16", "ts+ocdbt")
-GUIDE_EIGHT = ("pytorch",) + TS_APPROACHES
+GUIDE_EIGHT = tuple(names(tag="guide"))  # the user's guide's eight, in its order (the registry's "guide" tag)
+TS_APPROACHES = tuple(n for n in GUIDE_EIGHT if isinstance(APPROACHES[n], TensorStoreZarr))  # its seven TensorStore ones
 
 CLAIMS = [
     Claim(1, "Chunking is the primary optimisation: ts+chunks saves about 90% faster than tensorstore.",
@@ -222,8 +224,6 @@ CLOUD_CLAIM = Claim(
 def judge_cloud(rows: list[dict]) -> dict:
     """Claim 9 on rows measured on S3: judged at each added round-trip delay;
     the verdict is the weakest of them."""
-    from .results import is_valid
-
     by_delay: dict[float, list[dict]] = {}
     for r in rows:
         if r.get("requests_save") is not None and is_valid(r):

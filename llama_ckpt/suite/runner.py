@@ -15,10 +15,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import fsutil
-from .bench import measure
-from .errors import UserError
-from .model import get_model
+from .. import fsutil
+from ..bench import measure
+from ..errors import UserError
+from ..model import get_model
 from .phases import DEFAULT_OUT, REPO, SUMMARY_SLUG, get_phase, latest_run, phase_complete, run_dir
 
 NOTEBOOKS = REPO / "notebooks"
@@ -111,10 +111,4 @@ def _run_phases(phases, model, model_path, repeats, out_dir, run_id, keep, summa
         out_nb = rdir / f"{SUMMARY_SLUG}.ipynb"
         print(f"summary: {out_nb}", flush=True)
         execute(SUMMARY_SLUG, out_nb, dict(OUT_DIR=str(out_dir), RUN_ID=run_id), stream=False)
-        from . import summary as summ
-
-        s = summ.load(out_dir, run_id)
-        print()
-        print(f"The 8-way table (run {run_id}, {time.perf_counter() - t_all:.0f} s):")
-        print(s.eight_way_text())
-        print(f"\nchart: {out_dir / summ.CHART_NAME}\nnotebooks: {rdir}")
+    print(f"run {run_id}: {time.perf_counter() - t_all:.0f} s; notebooks: {rdir}", flush=True)

@@ -1,0 +1,1 @@
+"""The notebook suite: the phases as data and the papermill driver."""
