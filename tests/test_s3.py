@@ -3,7 +3,9 @@
 import json
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -163,7 +165,12 @@ def test_the_delay_proxy_adds_the_round_trip_and_keeps_the_data(server):
         assert p.read_bytes("blob") == data
 
 
-def test_make_s3_up_and_down(tmp_path):
+def _weed_temporaries() -> set[str]:
+    return {p.name for p in Path(tempfile.gettempdir()).iterdir() if p.name.startswith(("weed.", "seaweedfs-"))}
+
+
+def test_make_s3_up_and_down_and_nothing_is_left_in_tmp(tmp_path):
+    before = _weed_temporaries()
     d = tmp_path / "srv"
     up = subprocess.run([sys.executable, "-m", "llama_ckpt.store.server", "up", str(d)], capture_output=True, text=True,
                         timeout=180)
@@ -177,6 +184,8 @@ def test_make_s3_up_and_down(tmp_path):
                           timeout=60)
     assert down.returncode == 0 and "stopped" in down.stdout
     assert s3_server.running_server(d) is None
+    assert _weed_temporaries() <= before  # logs and sockets lived under the data directory
+    assert any((d / "logs").iterdir())
 
 
 def test_sharded_save_on_two_ranks_and_load_on_three_from_s3(server, tmp_path):

@@ -67,6 +67,9 @@ def worker(rank: int, job: dict) -> None:
     """One rank: join the group, do the job's save or load, write rank<r>.json."""
     import torch.distributed as dist
 
+    # TensorStore's gRPC (the OCDBT coordinator) logs every connection its
+    # server closes at exit at INFO level: keep the console to the suite's lines
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     out = Path(job["report_dir"]) / f"rank{rank}.json"
     report: dict = {"rank": rank, "host": socket.gethostname()}
     step = "joining the process group"

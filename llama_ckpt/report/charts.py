@@ -1,10 +1,14 @@
-"""Figures built from the tidy results table (one row per measurement).
+"""Figures drawn with seaborn from the tidy results table (one row per
+measurement, :func:`frame`).
 
-Every bar is the median of the repeats with an error bar from min to max;
-the run's disk reference is drawn as a line where it applies: the time the
-disk took to write / read the float32 model's bytes sequentially, and the
-float32 model's size. In a notebook the figures show inline; elsewhere
-matplotlib falls back to a file-only backend when there is no display.
+Every bar or point is the median of the repeats with an error bar from min to
+max (seaborn's ``errorbar=("pi", 100)``); the run's disk reference is drawn as
+a line where it applies. A time panel whose medians span more than
+:data:`LOG_SPAN` is drawn on a log scale, so that a 0.3 s bar stays readable
+beside a 40 s one. Sweeps put the knob's values in their order on a suitable
+axis: concurrency on a log2 axis, chunk size as the bytes of one chunk on a
+log axis; categorical knobs keep the sweep's order, and where the guide's pair
+and the sweep use different chunkings the two are separate series.
 """
 
 from __future__ import annotations
@@ -12,91 +16,166 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
 
-from ..results import summarize
+from ..registry import APPROACHES, GUIDE
+from ..results import is_valid
+from .tables import knob_label
 
-_PANELS = (("save_s", "save time (s)"), ("load_s", "cold load time (s)"), ("bytes_on_disk", "size on disk (GB)"))
+LOG_SPAN = 20  # max/min of a panel's medians beyond which its axis is logarithmic
+MEDIAN_MINMAX = dict(estimator="median", errorbar=("pi", 100))
+_DTYPE_COLORS = {"float32": "tab:blue", "float16": "tab:orange", "bfloat16": "tab:red"}
+_PANELS = (("save_s", "save time (s)"), ("load_s", "cold load time (s)"), ("size_GB", "size on disk (GB)"))
+
+sns.set_theme(style="whitegrid", context="notebook", font_scale=0.8)
 
 
-def _bars(ax, names, stats, scale=1.0, colors=None):
-    med = [stats[n].median / scale for n in names]
-    lo = [max(0.0, (stats[n].median - stats[n].lo) / scale) for n in names]
-    hi = [max(0.0, (stats[n].hi - stats[n].median) / scale) for n in names]
-    ax.bar(range(len(names)), med, yerr=[lo, hi], capsize=3, color=colors)
-    ax.set_xticks(range(len(names)))
-    ax.set_xticklabels(names, rotation=35, ha="right", fontsize=8)
+def frame(rows: list[dict]) -> pd.DataFrame:
+    """The valid rows as a tidy table: one line per measurement."""
+    recs = [{"approach": r["approach"], "dtype": r["stored_dtype"], "repeat": r.get("repeat"),
+             "save_s": r["save_s"], "load_s": r["load_s"], "size_GB": r["bytes_on_disk"] / 1e9,
+             "files": r["n_files"], "knobs": r.get("knobs") or {}, "payload_bytes": r.get("payload_bytes"),
+             "n_tensors": r.get("n_tensors")} for r in rows if is_valid(r)]
+    return pd.DataFrame.from_records(recs)
+
+
+def _log_if_spread(ax, values) -> None:
+    v = [x for x in values if x and x > 0]
+    if v and max(v) / min(v) > LOG_SPAN:
+        ax.set_yscale("log")
+        ax.set_ylabel(ax.get_ylabel() + ", log scale")
 
 
 def comparison(rows: list[dict], env: dict | None = None, title: str = "", order: list[str] | None = None,
                labels: dict[str, str] | None = None):
-    """Save time, load time and size in three panels."""
-    summ = summarize(rows)
-    names = [n for n in (order or list(summ)) if n in summ]
-    fig, axes = plt.subplots(1, 3, figsize=(max(10, 1.1 * len(names) * 1.6), 4.2))
-    colors = ["tab:orange" if summ[n]["stored_dtype"] != "float32" else "tab:blue" for n in names]
-    ref = {
-        "save_s": (env or {}).get("reference_write_s"),
-        "load_s": (env or {}).get("reference_read_s"),
-        "bytes_on_disk": (env or {}).get("reference_bytes"),
-    }
+    """Save time, cold load time and size on disk in three panels, one bar
+    per approach (colour: the stored dtype)."""
+    df = frame(rows)
+    names = [n for n in (order or list(dict.fromkeys(df["approach"]))) if n in set(df["approach"])]
+    fig, axes = plt.subplots(1, 3, figsize=(max(11, 0.55 * len(names) * 3), 4.4))
+    palette = {n: _DTYPE_COLORS.get(df.loc[df["approach"] == n, "dtype"].iloc[0], "tab:gray") for n in names}
+    ref = {"save_s": (env or {}).get("reference_write_s"), "load_s": (env or {}).get("reference_read_s"),
+           "size_GB": ((env or {}).get("reference_bytes") or 0) / 1e9 or None}
     for ax, (key, label) in zip(axes, _PANELS):
-        scale = 1e9 if key == "bytes_on_disk" else 1.0
-        _bars(ax, names, {n: summ[n][key] for n in names}, scale, colors)
-        if labels:
-            ax.set_xticklabels([labels.get(n, n) for n in names], rotation=35, ha="right", fontsize=8)
-        if ref[key]:
-            what = "float32 model size" if key == "bytes_on_disk" else "disk reference (same bytes, sequential)"
-            ax.axhline(ref[key] / scale, color="gray", ls="--", lw=1, label=what)
-            ax.legend(fontsize=7, loc="upper right")
+        sns.barplot(data=df, x="approach", y=key, hue="approach", order=names, hue_order=names, palette=palette,
+                    legend=False, ax=ax, capsize=0.2, err_kws={"linewidth": 1}, **MEDIAN_MINMAX)
         ax.set_ylabel(label)
-        ax.grid(axis="y", alpha=0.3)
-    fig.suptitle((title + "  " if title else "") + "(median of repeats, bars min-max; orange: 16-bit dtype)",
-                 fontsize=10)
+        ax.set_xlabel("")
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels([(labels or {}).get(n, n) for n in names], rotation=35, ha="right")
+        meds = df.groupby("approach")[key].median()
+        _log_if_spread(ax, list(meds) + ([ref[key]] if ref[key] else []))
+        if ref[key]:
+            what = "float32 model size" if key == "size_GB" else "disk reference (same bytes, sequential)"
+            ax.axhline(ref[key], color="gray", ls="--", lw=1, label=what)
+            ax.legend(fontsize=7, loc="upper left")
+    dtypes = ", ".join(f"{c.removeprefix('tab:')}: {d}" for d, c in _DTYPE_COLORS.items() if d in set(df["dtype"]))
+    fig.suptitle((title + "  " if title else "") + f"(median of repeats, bars min-max; {dtypes})", fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def _chunk_bytes(knobs: dict, payload_bytes: int | None, n_tensors: int | None) -> float:
+    """Bytes of one chunk, for a chunk-size axis: elements per dimension
+    squared times the item size for 64/dim (a matrix's chunk), the byte
+    budget for contiguous and T5X chunks; whole tensors (no budget) are
+    placed after the largest budget by :func:`_sweep_frame`."""
+    item = {"float32": 4, "float16": 2, "bfloat16": 2}.get(knobs.get("dtype", "float32"), 4)
+    rule = knobs.get("chunk_rule")
+    if rule == "per_dim":
+        return float(knobs["chunk_size"] ** 2 * item)
+    if rule == "whole":
+        return float("inf")
+    return float(knobs["chunk_size"])
+
+
+def _sweep_frame(rows: list[dict], axis: str, labels: dict[str, str]) -> tuple[pd.DataFrame, str]:
+    """The tidy table with an ``x`` column for the knob (numeric where the
+    knob is) and a ``series`` column telling different chunkings apart."""
+    df = frame(rows)
+    if axis == "chunk_size":
+        df["x"] = [_chunk_bytes(k, p, n) for k, p, n in zip(df["knobs"], df["payload_bytes"], df["n_tensors"])]
+        finite = df.loc[df["x"] != float("inf"), "x"]
+        df.loc[df["x"] == float("inf"), "x"] = 4 * (finite.max() if len(finite) else 1.0)  # at the right end
+        kind = "bytes"
+    elif axis == "concurrency":
+        df["x"] = [float(k.get("concurrency", 1)) for k in df["knobs"]]
+        kind = "log2"
+    else:
+        df["x"] = [labels.get(a, a) for a in df["approach"]]
+        kind = "category"
+    chunking = [knob_label(k, "chunk_size") for k in df["knobs"]]
+    df["series"] = chunking if axis != "chunk_size" and len(set(chunking)) > 1 else "all"
+    if set(df["series"]) != {"all"}:  # the guide's pair (all registered with the guide's tag) or a sweep
+        guide = {c for c in set(df["series"]) if all(
+            a in APPROACHES and GUIDE in APPROACHES[a].tags for a in df.loc[df["series"] == c, "approach"])}
+        df["series"] = [f"{c} chunks" + (" (the guide's pair)" if c in guide else " (sweep)") for c in df["series"]]
+    return df, kind
 
 
 def sweep(rows: list[dict], order: list[str], labels: dict[str, str], xlabel: str, title: str = ""):
-    """A knob's sweep: save and load time, and size and file count, along the
-    knob's values (in the phase's order)."""
-    summ = summarize(rows)
-    names = [n for n in order if n in summ]
-    xs = range(len(names))
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
-    for key, label, style in (("save_s", "save", "o-"), ("load_s", "cold load", "s-")):
-        med = [summ[n][key].median for n in names]
-        a1.errorbar(xs, med, yerr=[[summ[n][key].median - summ[n][key].lo for n in names],
-                                   [summ[n][key].hi - summ[n][key].median for n in names]],
-                    fmt=style, capsize=3, label=label)
-    a1.set_ylabel("seconds")
-    a1.legend()
-    a2.bar(xs, [summ[n]["bytes_on_disk"].median / 1e9 for n in names], color="tab:gray", alpha=0.7)
-    a2.set_ylabel("size on disk (GB)")
-    a3 = a2.twinx()
-    a3.plot(xs, [summ[n]["n_files"].median for n in names], "k^-", label="files")
-    a3.set_yscale("log")
-    a3.set_ylabel("files (log)")
-    for ax in (a1, a2):
-        ax.set_xticks(list(xs))
-        ax.set_xticklabels([labels.get(n, n) for n in names], rotation=30, ha="right", fontsize=8)
-        ax.set_xlabel(xlabel)
-        ax.grid(axis="y", alpha=0.3)
-    fig.suptitle(title, fontsize=10)
+    """A knob's sweep: save time, cold load time, size on disk and files,
+    along the knob's values in their order."""
+    df, kind = _sweep_frame(rows, xlabel, labels)
+    fig, axes = plt.subplots(1, 4, figsize=(15, 3.8))
+    multi = df["series"].nunique() > 1
+    cats = list(dict.fromkeys(labels.get(a, a) for a in order)) if kind == "category" else None
+    for ax, (key, label) in zip(axes, _PANELS + (("files", "files (log scale)"),)):
+        kw = dict(data=df, y=key, ax=ax, hue="series" if multi else None, **MEDIAN_MINMAX)
+        if kind == "category":
+            sns.pointplot(x="x", order=cats, dodge=0.25 if multi else False, capsize=0.15,
+                          err_kws={"linewidth": 1}, **kw)
+        else:
+            sns.lineplot(x="x", marker="o", err_style="bars", err_kws={"capsize": 3}, **kw)
+            ax.set_xscale("log", base=2 if kind == "log2" else 10)
+            xs = sorted(df["x"].dropna().unique())
+            ax.set_xticks(xs)
+            ax.set_xticklabels([_tick(x, kind, df) for x in xs], rotation=30, ha="right")
+            ax.minorticks_off()
+        if key == "files":
+            ax.set_yscale("log")
+        else:
+            _log_if_spread(ax, df.groupby("x")[key].median())
+        ax.set_ylabel(label if key == "files" or ax.get_yscale() == "linear" else label + ", log scale")
+        ax.set_xlabel({"bytes": "bytes of one chunk (log scale)", "log2": "concurrency (log2 scale)"}.get(
+            kind, xlabel))
+        if multi and ax is not axes[0] and ax.get_legend():
+            ax.get_legend().remove()
+    if multi:
+        axes[0].legend(fontsize=7, title=None)
+    fig.suptitle((title + "  " if title else "") + "(median of repeats, bars min-max)", fontsize=10)
     fig.tight_layout()
     return fig
 
 
-def by_kind(frame, value: str, ylabel: str, title: str = "", log: bool = False):
+def _tick(x: float, kind: str, df: pd.DataFrame) -> str:
+    if kind == "log2":
+        return f"{x:g}"
+    sub = df[df["x"] == x]
+    rule = sub["knobs"].iloc[0].get("chunk_rule") if len(sub) else None
+    size = f"{x / 2**20:g} MiB" if x >= 2**20 else f"{x / 2**10:g} KiB" if x >= 1024 else f"{x:g} B"
+    if rule == "per_dim":
+        n = sub["knobs"].iloc[0]["chunk_size"]
+        return f"{n}x{n} ({size})"
+    if rule == "whole":
+        return "whole tensor"
+    return size
+
+
+def by_kind(frame_, value: str, ylabel: str, title: str = "", log: bool = False):
     """A grouped bar chart of a per-tensor-kind metric (a DataFrame with
     columns approach, kind and ``value``)."""
-    pivot = frame.pivot_table(index="kind", columns="approach", values=value, aggfunc="median", sort=False)
-    ax = pivot.plot.bar(figsize=(10, 4), logy=log, rot=0)
+    fig, ax = plt.subplots(figsize=(10, 4))
+    sns.barplot(data=frame_, x="kind", y=value, hue="approach", estimator="median", errorbar=None, ax=ax)
+    if log:
+        ax.set_yscale("log")
     ax.set_ylabel(ylabel)
+    ax.set_xlabel("tensor kind")
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7)
-    ax.grid(axis="y", alpha=0.3)
-    ax.figure.tight_layout()
-    return ax.figure
+    fig.tight_layout()
+    return fig
 
 
 def save(fig, path: str | Path) -> Path:
@@ -107,26 +186,23 @@ def save(fig, path: str | Path) -> Path:
 
 
 def cloud(table, title: str = ""):
-    """Save and load time on S3 by approach, one group of bars per added delay
-    (medians; ``report.cloud_table``), and the requests each save made."""
-    import numpy as np
-
-    delays = sorted({d for d, _ in table.index})
-    names = list(dict.fromkeys(n for _, n in table.index))
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4.2))
-    width = 0.8 / max(1, len(delays))
+    """Save and load time on S3 by approach, one bar per added delay
+    (medians; ``tables.cloud_table``), and the requests each save made."""
+    df = table.reset_index()
+    df["RTT added"] = [f"+{d:g} ms" for d in df["RTT_added_ms"]]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.4))
     for ax, col, label in zip(axes, ("save_s", "load_s", "requests_save"),
-                              ("save time (s)", "cold load time (s)", "requests per save")):
-        for i, d in enumerate(delays):
-            vals = [table.loc[(d, n), col] if (d, n) in table.index else np.nan for n in names]
-            ax.bar(np.arange(len(names)) + i * width, vals, width, label=f"+{d:g} ms RTT")
-        ax.set_xticks(np.arange(len(names)) + width * (len(delays) - 1) / 2)
-        ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
-        ax.set_ylabel(label)
+                              ("save time (s), log scale", "cold load time (s), log scale",
+                               "requests per save, log scale")):
+        sns.barplot(data=df, x="approach", y=col, hue="RTT added", ax=ax, errorbar=None)
         ax.set_yscale("log")
-        ax.grid(axis="y", alpha=0.3)
+        ax.set_ylabel(label)
+        ax.set_xlabel("")
+        ax.tick_params(axis="x", rotation=30)
+        for t in ax.get_xticklabels():
+            t.set_ha("right")
         ax.legend(fontsize=7)
-    fig.suptitle((title + "  " if title else "") + "(median of repeats, log scale)", fontsize=10)
+    fig.suptitle((title + "  " if title else "") + "(median of repeats)", fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -134,16 +210,14 @@ def cloud(table, title: str = ""):
 def scaling(table, title: str = ""):
     """Aggregate save and load throughput against the number of ranks (same
     ranks saving and loading), one line per sharded approach."""
+    df = table.reset_index()
+    df = df[df["ranks_save"] == df["ranks_load"]]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, col, label in zip(axes, ("save_MB/s", "load_MB/s"), ("aggregate save MB/s", "aggregate cold load MB/s")):
-        for name in dict.fromkeys(a for a, _, _ in table.index):
-            sub = table.loc[name].reset_index()
-            sub = sub[sub["ranks_save"] == sub["ranks_load"]].sort_values("ranks_save")
-            ax.plot(sub["ranks_save"], sub[col], marker="o", label=name)
+        sns.lineplot(data=df, x="ranks_save", y=col, hue="approach", marker="o", ax=ax, errorbar=None)
         ax.set_xlabel("ranks")
         ax.set_ylabel(label)
-        ax.set_xticks(sorted({w for _, w, _ in table.index}))
-        ax.grid(alpha=0.3)
+        ax.set_xticks(sorted(df["ranks_save"].unique()))
         ax.legend(fontsize=7)
     fig.suptitle((title + "  " if title else "") + "(median of repeats)", fontsize=10)
     fig.tight_layout()

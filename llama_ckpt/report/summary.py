@@ -101,6 +101,12 @@ class Summary:
         return pd.DataFrame(self.claims()).set_index("claim").rename(
             columns={"dtypes": "stored dtypes differ", "guide": "guide's figures"})
 
+    def claims_view(self):
+        """The claims table for reading: every cell in full (pandas would cut
+        long text to "..."), text left-aligned and wrapped."""
+        return self.claims_table().style.set_properties(**{"text-align": "left", "white-space": "normal",
+                                                           "vertical-align": "top"})
+
     def guide_table(self) -> pd.DataFrame:
         """The guide's figures and ours, as changes against tensorstore."""
         summ = summarize(self.guide_rows)
@@ -118,7 +124,7 @@ class Summary:
 
     @property
     def registered_rows(self) -> list[dict]:
-        return [r for r in self.rows if r["approach"] in APPROACHES]
+        return [r for r in self.rows if r["approach"] in names()]
 
     def all_table(self) -> pd.DataFrame:
         """Every registered approach measured in this run, with its throughput
@@ -129,12 +135,12 @@ class Summary:
         share = report.disk_share(self.registered_rows, self.env_rates())
         t["save_share_of_disk"] = share["save_share_of_disk"]
         t["load_share_of_disk"] = share["load_share_of_disk"]
-        return t.loc[[n for n in APPROACHES if n in t.index]]
+        return t.loc[[n for n in names() if n in t.index]]
 
     def all_chart(self):
         summ = summarize(self.registered_rows)
         fig = plots.comparison(self.registered_rows, self.env(), title="Every approach",
-                               order=[n for n in APPROACHES if n in summ])
+                               order=[n for n in names() if n in summ])
         plots.save(fig, run_dir(self.out_dir, self.run_id) / "figures" / "all-approaches.png")
         return fig
 
