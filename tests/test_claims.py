@@ -1,6 +1,6 @@
 """The claims logic on hand-made results: holds, does not hold, inconclusive."""
 
-from llama_ckpt.claims import FAILS, HOLDS, UNSURE, Best, Check, Same, judge_claims
+from llama_ckpt.report.claims import FAILS, HOLDS, UNSURE, Best, Check, Same, judge_claims
 from llama_ckpt.results import measurement_row, summarize
 
 
@@ -111,7 +111,7 @@ def cloud_rows(delay, ocdbt_factor):
 
 
 def test_claim_9_is_judged_at_every_delay_and_takes_the_weakest_verdict():
-    from llama_ckpt.claims import judge_cloud
+    from llama_ckpt.report.claims import judge_cloud
 
     assert judge_cloud(cloud_rows(0, 0.5) + cloud_rows(20, 0.5))["verdict"] == HOLDS
     c = judge_cloud(cloud_rows(0, 0.5) + cloud_rows(20, 2.0))
