@@ -86,6 +86,21 @@ def test_summary_has_a_claims_table_with_computed_verdicts(suite_run):
     assert sum(html.count(v) for v in ("holds", "does not hold", "inconclusive")) >= 8
 
 
+def test_summary_has_the_live_reliability_table_of_every_approach_and_fault(suite_run):
+    from llama_ckpt.bench import faults
+    from llama_ckpt.registry import names
+
+    out, _ = suite_run
+    nb = nbformat.read(out / "runs" / RUN / f"{SUMMARY_SLUG}.ipynb", as_version=4)
+    (cell,) = [c for c in nb.cells if c.cell_type == "code" and "faults.reliability_table" in c.source]
+    text = "".join(o.get("data", {}).get("text/plain", "") for o in cell.outputs)
+    lines = text.splitlines()
+    start = next(i for i, l in enumerate(lines) if l.split() == ["approach"]) + 1
+    assert [l.split()[0] for l in lines[start:]] == names()  # every approach, in the registry's order
+    assert all(f in lines[0] for f in faults.FAULTS)  # every fault
+    assert faults.NOT_CAUGHT not in text  # the digests catch whatever the formats miss
+
+
 def test_4e_measured_the_cloud_section_on_a_private_s3_server_and_the_summary_judges_claim_9(suite_run):
     from llama_ckpt.suite.phases import CLOUD_DELAYS_MS, cloud_approaches, cloud_results_path
 
