@@ -6,6 +6,7 @@ private ones)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -62,7 +63,7 @@ class Server:
     pid: int
     log: str
     socket_dir: str = ""  # where its unix sockets are (the data directory's run/, or a short private one)
-    grpc_socket: str = ""  # the S3 gateway's gRPC socket: weed puts it in /tmp whatever it is told; removed at stop
+    grpc_sockets: tuple[str, ...] = ()  # weed puts its gRPC sockets in /tmp whatever it is told: removed at stop
 
     def stop(self, timeout: float = 20) -> None:
         stop_pid(self.pid, timeout)
@@ -71,8 +72,8 @@ class Server:
             state.unlink()
         if self.socket_dir and not Path(self.socket_dir).is_relative_to(self.data_dir):
             shutil.rmtree(self.socket_dir, ignore_errors=True)
-        if self.grpc_socket:
-            Path(self.grpc_socket).unlink(missing_ok=True)
+        for sock in self.grpc_sockets:  # weed removes some itself at a clean stop, none after a kill
+            Path(sock).unlink(missing_ok=True)
 
 
 def stop_pid(pid: int, timeout: float = 20) -> None:
@@ -99,7 +100,9 @@ def running_server(data_dir: Path) -> Server | None:
     state = Path(data_dir) / STATE_FILE
     if not state.exists():
         return None
-    s = Server(**json.loads(state.read_text()))
+    fields = {f.name for f in dataclasses.fields(Server)}
+    s = Server(**{k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(state.read_text()).items()
+                  if k in fields})
     try:
         os.kill(s.pid, 0)
     except ProcessLookupError:
@@ -124,9 +127,9 @@ def start_server(data_dir: Path, timeout: float = 90) -> Server:
         d.mkdir(exist_ok=True)
     if len(str(sockets / f"seaweedfs-s3-grpc-{p[7]}.sock")) > MAX_SOCKET_PATH:
         sockets = Path(tempfile.mkdtemp(prefix="llama-ckpt-weed-"))
-    # -logdir: glog's files; the sockets by flag. The S3 gateway's gRPC
-    # socket has no flag (weed 4.x writes /tmp/seaweedfs-s3-grpc-PORT.sock):
-    # stop() removes it.
+    # -logdir: glog's files; the sockets by flag. The gRPC sockets have no
+    # flag (weed 4.x writes /tmp/seaweedfs-{master,volume,filer,s3}-grpc-PORT.sock):
+    # stop() removes them.
     cmd = [weed_binary(), f"-logdir={logs}", "server", f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
            f"-master.port={p[0]}", f"-master.port.grpc={p[1]}", f"-volume.port={p[2]}", f"-volume.port.grpc={p[3]}",
            "-filer", f"-filer.port={p[4]}", f"-filer.port.grpc={p[5]}", "-s3", f"-s3.port={p[6]}",
@@ -139,7 +142,9 @@ def start_server(data_dir: Path, timeout: float = 90) -> Server:
         proc = subprocess.Popen(cmd, stdout=lf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, env=env)
     server = Server(endpoint=f"http://127.0.0.1:{p[6]}", data_dir=str(data_dir), pid=proc.pid, log=str(log),
-                    socket_dir=str(sockets), grpc_socket=f"/tmp/seaweedfs-s3-grpc-{p[7]}.sock")
+                    socket_dir=str(sockets),
+                    grpc_sockets=tuple(f"/tmp/seaweedfs-{kind}-grpc-{port}.sock" for kind, port in
+                                       (("master", p[1]), ("volume", p[3]), ("filer", p[5]), ("s3", p[7]))))
     deadline = time.monotonic() + timeout
     probe = Target("llama-ckpt-probe", "", server.endpoint)
     last = "no answer"
