@@ -23,7 +23,7 @@ RUN = "smoke"
 def suite_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("suite")
     r = subprocess.run([sys.executable, "-m", "llama_ckpt", "suite", "--model", "tiny", "--repeats", "1",
-                        "--out", str(out), "--run-id", RUN], capture_output=True, text=True, timeout=900)
+                        "--out", str(out), "--run-id", RUN], capture_output=True, text=True, timeout=1800)
     return out, r
 
 
