@@ -103,7 +103,7 @@ def _sweep_frame(rows: list[dict], axis: str, labels: dict[str, str]) -> tuple[p
         df["x"] = [float(k.get("concurrency", 1)) for k in df["knobs"]]
         kind = "log2"
     else:
-        df["x"] = [labels.get(a, a) for a in df["approach"]]
+        df["x"] = [knob_label(k, axis) for k in df["knobs"]]
         kind = "category"
     chunking = [knob_label(k, "chunk_size") for k in df["knobs"]]
     df["series"] = chunking if axis != "chunk_size" and len(set(chunking)) > 1 else "all"
@@ -120,7 +120,8 @@ def sweep(rows: list[dict], order: list[str], labels: dict[str, str], xlabel: st
     df, kind = _sweep_frame(rows, xlabel, labels)
     fig, axes = plt.subplots(1, 4, figsize=(15, 3.8))
     multi = df["series"].nunique() > 1
-    cats = list(dict.fromkeys(labels.get(a, a) for a in order)) if kind == "category" else None
+    cats = list(dict.fromkeys(df.set_index("approach").loc[[a for a in order if a in set(df["approach"])], "x"]
+                              )) if kind == "category" else None
     for ax, (key, label) in zip(axes, _PANELS + (("files", "files (log scale)"),)):
         kw = dict(data=df, y=key, ax=ax, hue="series" if multi else None, **MEDIAN_MINMAX)
         if kind == "category":

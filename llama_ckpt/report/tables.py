@@ -31,9 +31,14 @@ def knob_label(knobs: dict | None, axis: str | None) -> str:
 
 
 def labels(rows: list[dict], axis: str | None) -> dict[str, str]:
-    out = {}
+    """Approach -> the swept knob's value; where two approaches share a value
+    (the guide's pair at 64/dim beside a sweep at 1 MiB), the chunking too."""
+    out, knobs = {}, {}
     for r in rows:
         out.setdefault(r["approach"], knob_label(r.get("knobs"), axis))
+        knobs.setdefault(r["approach"], r.get("knobs"))
+    if axis != "chunk_size" and len(set(out.values())) < len(out):
+        out = {a: f"{v} ({knob_label(knobs[a], 'chunk_size')})" for a, v in out.items()}
     return out
 
 
