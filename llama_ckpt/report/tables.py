@@ -161,7 +161,7 @@ def disk_share(rows: list[dict], env: dict | None) -> pd.DataFrame:
 
 
 def findings(rows: list[dict], phase, baseline: str = "tensorstore") -> str:
-    """Markdown findings of one phase (a :class:`llama_ckpt.phases.Phase`),
+    """Markdown findings of one phase (a :class:`llama_ckpt.suite.phases.Phase`),
     computed from its rows."""
     pairs, axis, claims = phase.comparisons(baseline), phase.axis, phase.claims
     valid = [r for r in rows if is_valid(r)]
