@@ -19,6 +19,8 @@ def knob_label(knobs: dict | None, axis: str | None) -> str:
     if not knobs or not axis:
         return "-"
     if axis == "chunk_size":
+        if "chunk_size" not in knobs:  # not a chunked format
+            return "-"
         rule = knobs.get("chunk_rule")
         if rule == "per_dim":
             return f"{knobs['chunk_size']}/dim"
@@ -37,7 +39,7 @@ def labels(rows: list[dict], axis: str | None) -> dict[str, str]:
     for r in rows:
         out.setdefault(r["approach"], knob_label(r.get("knobs"), axis))
         knobs.setdefault(r["approach"], r.get("knobs"))
-    if axis != "chunk_size" and len(set(out.values())) < len(out):
+    if axis and axis != "chunk_size" and len(set(out.values())) < len(out):
         out = {a: f"{v} ({knob_label(knobs[a], 'chunk_size')})" for a, v in out.items()}
     return out
 
