@@ -35,8 +35,7 @@ def frame(rows: list[dict]) -> pd.DataFrame:
     """The valid rows as a tidy table: one line per measurement."""
     recs = [{"approach": r["approach"], "dtype": r["stored_dtype"], "repeat": r.get("repeat"),
              "save_s": r["save_s"], "load_s": r["load_s"], "size_GB": r["bytes_on_disk"] / 1e9,
-             "files": r["n_files"], "knobs": r.get("knobs") or {}, "payload_bytes": r.get("payload_bytes"),
-             "n_tensors": r.get("n_tensors")} for r in rows if is_valid(r)]
+             "files": r["n_files"], "knobs": r.get("knobs") or {}} for r in rows if is_valid(r)]
     return pd.DataFrame.from_records(recs)
 
 
@@ -76,7 +75,7 @@ def comparison(rows: list[dict], env: dict | None = None, title: str = "", order
     return fig
 
 
-def _chunk_bytes(knobs: dict, payload_bytes: int | None, n_tensors: int | None) -> float:
+def _chunk_bytes(knobs: dict) -> float:
     """Bytes of one chunk, for a chunk-size axis: elements per dimension
     squared times the item size for 64/dim (a matrix's chunk), the byte
     budget for contiguous and T5X chunks; whole tensors (no budget) are
@@ -95,7 +94,7 @@ def _sweep_frame(rows: list[dict], axis: str, labels: dict[str, str]) -> tuple[p
     knob is) and a ``series`` column telling different chunkings apart."""
     df = frame(rows)
     if axis == "chunk_size":
-        df["x"] = [_chunk_bytes(k, p, n) for k, p, n in zip(df["knobs"], df["payload_bytes"], df["n_tensors"])]
+        df["x"] = [_chunk_bytes(k) for k in df["knobs"]]
         finite = df.loc[df["x"] != float("inf"), "x"]
         df.loc[df["x"] == float("inf"), "x"] = 4 * (finite.max() if len(finite) else 1.0)  # at the right end
         kind = "bytes"

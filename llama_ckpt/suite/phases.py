@@ -198,17 +198,23 @@ def _reuse_or_set_aside(phase: Phase, out_dir, run_id: str, rpath: Path, say) ->
     return None
 
 
+def _begin(phase_id: str, out_dir, run_id: str, say):
+    """A phase's definition, run id, run directory and results file, and its
+    complete results of this run if there are any (see :func:`_reuse_or_set_aside`)."""
+    phase = get_phase(phase_id)
+    run_id = run_id or measure.new_run_id()
+    rpath = results_path(out_dir, run_id, phase.slug)
+    return phase, run_id, run_dir(out_dir, run_id), rpath, _reuse_or_set_aside(phase, out_dir, run_id, rpath, say)
+
+
 def run_phase(phase_id: str, model: str = "small", model_path: str = "", repeats: int = 1,
               out_dir: str | Path = "", run_id: str = "", keep: bool = False, progress: bool | None = None,
               say=print) -> PhaseResult:
     """Measure one phase (or reuse its complete results from the same run id)
     and return its rows. An incomplete results file from an interrupted try
     is kept aside (``*.incomplete-<time>``), never mixed in."""
-    phase = get_phase(phase_id)
-    run_id = run_id or measure.new_run_id()
-    rdir = run_dir(out_dir, run_id)
-    rpath = results_path(out_dir, run_id, phase.slug)
-    if (done := _reuse_or_set_aside(phase, out_dir, run_id, rpath, say)) is not None:
+    phase, run_id, rdir, rpath, done = _begin(phase_id, out_dir, run_id, say)
+    if done is not None:
         return done
     source = get_model(model or None, model_path or None)
     opts = measure.Options(out=rdir, repeats=repeats, keep=keep, results=rpath, run_id=run_id, progress=progress,
@@ -319,11 +325,8 @@ def run_distributed(phase_id: str = "06", model: str = "small", repeats: int = 1
                     progress: bool | None = None, say=print) -> PhaseResult:
     """The sharded approaches at each (save ranks, load ranks) configuration,
     all rows in the phase's one results file (one end record per config)."""
-    phase = get_phase(phase_id)
-    run_id = run_id or measure.new_run_id()
-    rdir = run_dir(out_dir, run_id)
-    rpath = results_path(out_dir, run_id, phase.slug)
-    if (done := _reuse_or_set_aside(phase, out_dir, run_id, rpath, say)) is not None:
+    phase, run_id, rdir, rpath, done = _begin(phase_id, out_dir, run_id, say)
+    if done is not None:
         return done
     source = get_model(model or None)
     rows, env = [], {}
