@@ -1,4 +1,7 @@
-"""``python -m llama_ckpt``: list, run, suite, verify, compare.
+"""``python -m llama_ckpt``: list, run, suite, load, verify, compare.
+
+Under ``torchrun`` (see :mod:`llama_ckpt.bench.cluster`) ``run`` and
+``load`` run as one rank of the launched job.
 
 Bad input ends with one line on stderr and exit code 2, never a traceback.
 """
@@ -6,16 +9,19 @@ Bad input ends with one line on stderr and exit code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 from pathlib import Path
 
-from .bench import measure
+from .bench import cluster, measure
+from .bench.ranks import RankFailed
 from .errors import UserError
 from .model import DEFAULT_PRESET, PRESETS, get_model
 from .registry import APPROACHES, names, resolve
 from .results import comparison_table, group_by_run, incomplete_runs, read_results
 from .store.server import local_server_dir
-from .store import Location, Target
+from .store import Location, Target, at
 from .store.s3 import request_total
 from .report import summary as summ
 from .suite.phases import PHASES
@@ -72,7 +78,9 @@ def _row_line(row: dict) -> str:
         ws = ", ".join(f"{r['write_s']:.2f}" for r in row["ranks_save"] if r.get("write_s") is not None)
         rs = ", ".join(f"{r['read_s']:.2f}" for r in row.get("ranks_load") or [] if r.get("read_s") is not None)
         agg = row["bytes_on_disk"] / row["save_s"] / 1e6 if row.get("save_s") and row.get("bytes_on_disk") else None
-        line += (f"\n    {row['world_size']} -> {row['load_world_size']} ranks; per-rank write s [{ws}], read s [{rs}]"
+        nodes = (f" on {row['nodes']} node(s) x {row['ranks_per_node']}" if row.get("launcher") == "torchrun" else "")
+        line += (f"\n    {row['world_size']} -> {row['load_world_size']} ranks{nodes}; per-rank write s [{ws}], "
+                 f"read s [{rs}]"
                  + (f"; aggregate {agg:.0f} MB/s" if agg else ""))
     return line
 
@@ -90,10 +98,27 @@ def _storage(args) -> Location | None:
     return Target.parse(args.storage, endpoint, delay_ms=args.s3_delay_ms, server_dir=server_dir).path()
 
 
+def _launched_world(args) -> int | None:
+    """Under a launcher: the job's world size (what --world-size must say, if anything)."""
+    if not cluster.launched():
+        return None
+    world = int(os.environ["WORLD_SIZE"])
+    if args.world_size and args.world_size != world:
+        raise UserError(f"--world-size {args.world_size} under a launcher of {world} ranks: the launcher decides; "
+                        "leave --world-size out")
+    return world
+
+
 def cmd_run(args) -> int:
-    if args.load_world_size and not args.world_size:
+    if args.load_world_size and not args.world_size and not cluster.launched():
         raise UserError("--load-world-size needs --world-size")
-    sharded = bool(args.world_size)
+    launched_world = _launched_world(args)
+    if launched_world and args.load_world_size and args.load_world_size != launched_world:
+        raise UserError(f"a launched job loads on its own {launched_world} ranks; to load on "
+                        f"{args.load_world_size}, keep the checkpoints (--keep) and start a job of that many "
+                        "ranks running `python -m llama_ckpt load CHECKPOINT`")
+    world = launched_world or args.world_size
+    sharded = bool(world)
     approaches = resolve(args.approach, sharded=sharded)
     if args.model and args.model_path:
         raise UserError("give --model or --model-path, not both")
@@ -102,11 +127,17 @@ def cmd_run(args) -> int:
                         "seeded weights; --model-path is not supported there")
     storage = _storage(args)
     source = get_model(args.model, args.model_path, seed=args.seed)
+    group = cluster.join() if launched_world else None
+    if group is not None and not group.lead:
+        cluster.serve(group)  # rank 0 prints and records; this rank does its part of every step
+        return 0
     opts = measure.Options(out=Path(args.out), repeats=args.repeats, keep=args.keep, warm=args.warm,
                            results=Path(args.results) if args.results else None, run_id=args.run_id,
-                           storage=storage, world_size=args.world_size, load_world_size=args.load_world_size)
-    env, rows = measure.run(approaches, source, opts, on_row=lambda r: print(_row_line(r), flush=True),
-                            say=lambda s: print(s, flush=True))
+                           storage=storage, world_size=world, load_world_size=args.load_world_size or None,
+                           group=group)
+    with cluster.leading(group) if group is not None else contextlib.nullcontext():
+        env, rows = measure.run(approaches, source, opts, on_row=lambda r: print(_row_line(r), flush=True),
+                                say=lambda s: print(s, flush=True))
     print()
     if sharded:
         print(comparison_table(rows, baseline="pytorch-per-rank", reference="dcp-sharded"))
@@ -117,6 +148,46 @@ def cmd_run(args) -> int:
               f"read {env['reference_read_Bps'] / 1e6:.0f} MB/s{'' if env['reference_read_cold'] else ' (read not cold)'}")
     print(f"results: {env['results_path']}")
     return 0 if all(r.get("verified") for r in rows) else 1
+
+
+def _checkpoint_at(path: str, endpoint: str | None) -> Location | Path:
+    if path.startswith("s3://"):
+        bucket, _, key = path[len("s3://"):].partition("/")
+        return Target.parse(f"s3://{bucket}", endpoint).path(key.strip("/"))
+    return Path(path)
+
+
+def cmd_load(args) -> int:
+    locs = [at(_checkpoint_at(p, args.s3_endpoint)) for p in args.paths]
+    if _launched_world(args):
+        group = cluster.join()
+        if not group.lead:
+            cluster.serve(group)
+            return 0
+    elif not args.world_size:
+        raise UserError("load needs --world-size N (ranks spawned here), or to be started by torchrun")
+    else:
+        group = None
+    worst = 0
+    with cluster.leading(group) if group is not None else contextlib.nullcontext():
+        for p, loc in zip(args.paths, locs):
+            try:
+                r = measure.load_sharded(loc, group=group, world=args.world_size)
+            except UserError as exc:
+                print(f"{p}: NOT LOADED: {exc}")
+                worst = 1
+                continue
+            cold = {True: "cold", False: "eviction not confirmed", None: "server cache not evicted"}[r["load_cold"]]
+            head = (f"{p}: {r['approach']} saved by {r['world_size']} ranks, loaded by {r['load_world_size']} "
+                    f"on {r['nodes']} node(s)")
+            if r["verified"]:
+                reads = ", ".join(f"{x['read_s']:.2f}" for x in r["ranks_load"])
+                print(f"{head} in {r['load_s']:.2f} s ({cold}; per-rank read s [{reads}]): verified, "
+                      f"{r['bytes']:,} bytes match the same rows of the source ({r['model']})")
+            else:
+                print(f"{head}: NOT VERIFIED: {r['error']}")
+                worst = 1
+    return worst
 
 
 def cmd_compare(args) -> int:
@@ -165,11 +236,7 @@ def cmd_verify(args) -> int:
     worst = 0
     for p in args.paths:
         try:
-            if p.startswith("s3://"):
-                bucket, _, key = p[len("s3://"):].partition("/")
-                r = verify(Target.parse(f"s3://{bucket}", args.s3_endpoint).path(key.strip("/")))
-            else:
-                r = verify(p)
+            r = verify(_checkpoint_at(p, args.s3_endpoint))
         except UserError as exc:
             print(f"{p}: NOT OK: {exc}")
             worst = max(worst, 1)
@@ -238,6 +305,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--s3-endpoint", default=None, metavar="URL", help="the S3 endpoint of s3:// paths")
     s.set_defaults(func=cmd_verify)
 
+    s = sub.add_parser("load", help="load sharded checkpoints cold on any number of ranks, each checked "
+                                    "against the same rows of its source")
+    s.add_argument("paths", nargs="+", metavar="PATH", help="checkpoint directories, or s3://BUCKET/KEY prefixes")
+    s.add_argument("--world-size", type=_positive_int, default=None, metavar="N",
+                   help="ranks to spawn on this host (under torchrun: the job's ranks; leave it out)")
+    s.add_argument("--s3-endpoint", default=None, metavar="URL", help="the S3 endpoint of s3:// paths")
+    s.set_defaults(func=cmd_load)
+
     s = sub.add_parser("compare", help="the comparison table from results files")
     s.add_argument("results", nargs="+", metavar="RESULTS", help="results .jsonl files")
     s.add_argument("--baseline", default="tensorstore", help="approach the changes are measured against (default: tensorstore)")
@@ -254,6 +329,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"{parser.prog} {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except RankFailed as exc:  # a launched job's rank: the launcher stops the others
+        print(f"{parser.prog} {args.command}: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"{parser.prog} {args.command}: interrupted; rows written so far are kept", file=sys.stderr)
         return 130

@@ -35,6 +35,9 @@ MEASUREMENT_FIELDS = (
     "peak_rss_save_bytes", "peak_rss_load_bytes",
     "save_phases", "storage", "s3_delay_ms", "requests_save", "requests_load",
     "world_size", "load_world_size", "ranks_save", "ranks_load",
+    # sharded: who started the ranks ("spawn": this suite on one host;
+    # "torchrun": a launcher, any number of nodes) and the jobs' topology
+    "launcher", "nodes", "ranks_per_node", "load_nodes", "load_ranks_per_node",
     "verified", "max_abs_err", "max_rel_err", "n_overflow", "n_flushed", "error",
     "finished_at",
 )

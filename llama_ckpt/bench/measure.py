@@ -36,12 +36,12 @@ import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import psutil
 from tqdm import tqdm
 
-from .. import fsutil
+from .. import checkpoint, fsutil
 from ..digests import check, expected_digests
 from ..errors import FAILURES, UserError
 from ..formats.base import Format
@@ -49,7 +49,7 @@ from ..model import ModelSource, PresetModel, tensor_kind
 from ..recorders import PeakRSS, Steps
 from ..results import ResultsWriter, environment_record, measurement_row
 from ..store import LocalDir, Location, at
-from . import ranks
+from . import cluster, ranks
 from .probes import REFERENCE_SAMPLES, reference
 
 DISK_HEADROOM = 256 << 20  # free space left on the output file system beyond the estimate
@@ -80,6 +80,7 @@ class Options:
     lock: Path | None = None  # the directory whose lock the run holds; default out
     world_size: int | None = None  # sharded approaches: ranks saving
     load_world_size: int | None = None  # ranks loading (default: world_size)
+    group: Any = None  # a launched job (bench.cluster.Group): its ranks save and load; this is rank 0
 
 
 # -- up-front checks -----------------------------------------------------------------
@@ -108,12 +109,14 @@ def check_disk(approaches: list[Format], source: ModelSource, out: Path, keep: b
     return need
 
 
-def check_memory(source: ModelSource, world: int) -> None:
+def check_memory(source: ModelSource, world: int, on_this_node: int | None = None) -> None:
     """Every rank holds its rows, builds one whole tensor at a time, and
-    starts its own interpreter and torch."""
-    need = 1.2 * source.nbytes + world * (max(s.nbytes for s in source.specs) + RANK_OVERHEAD)
+    starts its own interpreter and torch; ``on_this_node`` of the ``world``
+    ranks run here (default: all)."""
+    here = world if on_this_node is None else on_this_node
+    need = here * (1.2 * source.nbytes / world + max(s.nbytes for s in source.specs) + RANK_OVERHEAD)
     if need > psutil.virtual_memory().available:
-        raise UserError(f"{source.name} on {world} ranks needs about {need / 1e9:.1f} GB of memory; "
+        raise UserError(f"{source.name} on {here} rank(s) of this node needs about {need / 1e9:.1f} GB of memory; "
                         f"{psutil.virtual_memory().available / 1e9:.1f} GB available")
 
 
@@ -164,6 +167,10 @@ def measure_approach(approach: Format, source: ModelSource, expected: dict | Non
     stage = "save"
     try:
         loc.remove()  # each repeat saves into a fresh location
+        if approach.sharded and opts.group is not None:
+            saves, loads, *rest = cluster.sharded(opts.group, sharded_job(approach, source, loc), loc)
+            return measurement_row(**base, **sharded_fields(saves, loads, *rest, source.nbytes, "torchrun"),
+                                   finished_at=_now())
         if approach.sharded:
             return measurement_row(**base, **_sharded(approach, source, loc, world, load_world), finished_at=_now())
         return measurement_row(**base, **_single(approach, source, expected, loc, repeat, opts), finished_at=_now())
@@ -244,11 +251,27 @@ def _single(approach: Format, source: ModelSource, expected: dict, loc: Location
                 error=None if verdict.verified else f"verification failed: {verdict.summary()}")
 
 
+def sharded_job(approach: Format, source: ModelSource, loc: Location) -> dict:
+    """What every rank needs to save or load ``approach``'s checkpoint of ``source`` at ``loc``."""
+    return dict(kind="save", approach={"approach": approach.name, "mechanism": type(approach).__name__,
+                                       "knobs": approach.knobs(), "world_size": None},
+                specs=source.specs, seed=source.seed, model=source.name, final=loc)
+
+
+def add_counts(*counts: dict | None) -> dict | None:
+    """Request counts of several processes added up (None: not on S3)."""
+    if all(c is None for c in counts):
+        return None
+    out: dict[str, int] = {}
+    for c in counts:
+        for k, v in (c or {}).items():
+            out[k] = out.get(k, 0) + v
+    return out
+
+
 def _sharded(approach: Format, source: ModelSource, loc: Location, world: int, load_world: int) -> dict:
-    """A save on ``world`` ranks and a cold load on ``load_world`` ranks."""
-    job = dict(kind="save", approach={"approach": approach.name, "mechanism": type(approach).__name__,
-                                      "knobs": approach.knobs(), "world_size": world},
-               specs=source.specs, seed=source.seed, final=loc)
+    """A save on ``world`` ranks and a cold load on ``load_world`` ranks, spawned here."""
+    job = sharded_job(approach, source, loc)
     staged = loc.stage()
     with loc.count_requests() as req_save:
         saves = ranks.launch(dict(job, staged=staged), world)
@@ -260,21 +283,79 @@ def _sharded(approach: Format, source: ModelSource, loc: Location, world: int, l
     cold, frac = loc.evict()
     with loc.count_requests() as req_load:
         loads = ranks.launch(dict(job, kind="load"), load_world)
+    return sharded_fields(saves, loads, fp, cold, frac, req_save, req_load, source.nbytes, launcher="spawn")
+
+
+def load_sharded(loc: Location, group=None, world: int | None = None) -> dict:
+    """A cold load of the sharded checkpoint at ``loc`` on the ranks of a
+    launched job (``group``) or on ``world`` ranks spawned here, whatever
+    world size saved it; each rank checks its rows against the digests of
+    the same rows of the source (the preset and seed in the manifest)."""
+    man = checkpoint.read_manifest(loc)
+    if "world_size" not in man:
+        raise UserError(f"{loc}: saved by one process, not sharded; `python -m llama_ckpt verify` checks it")
+    src = man.get("source")
+    if not src:
+        raise UserError(f"{loc}: the manifest does not name the model it was saved from (saved by an older "
+                        "version): it cannot be checked against its source; `verify` checks its shards")
+    source = PresetModel(src["model"], seed=src["seed"])
+    job = dict(kind="load", approach={k: man[k] for k in ("approach", "mechanism", "knobs", "world_size")},
+               specs=source.specs, seed=source.seed, model=source.name, final=loc)
+    if group is not None:
+        cold, frac = cluster.evict(group, loc)
+        with loc.count_requests() as req:
+            loads = cluster.ask(group, "job", job)
+    else:
+        cold, frac = loc.evict()
+        with loc.count_requests() as req:
+            loads = ranks.launch(job, world)
     errors = [r["error"] for r in loads if r.get("error")]
     unverified = [f"rank {r['rank']}: {', '.join(r.get('bad', []))}" for r in loads
                   if not r.get("error") and not r.get("verified")]
-    keys_save = ("rank", "host", "write_s", "checkpoint_s", "bytes", "peak_rss_bytes")
-    keys_load = ("rank", "host", "read_s", "checkpoint_s", "bytes", "peak_rss_bytes", "verified")
+    return dict(path=str(loc), approach=man["approach"], model=source.name, world_size=man["world_size"],
+                load_world_size=len(loads), **{k: v for k, v in topology_fields(loads).items()},
+                load_s=None if errors else max(r["checkpoint_s"] for r in loads), load_cold=cold,
+                resident_after_evict=frac, requests_load=add_counts(req, *(r.get("requests") for r in loads)),
+                ranks_load=[{k: r.get(k) for k in LOAD_KEYS} for r in loads],
+                bytes=sum(r.get("bytes") or 0 for r in loads), verified=not errors and not unverified,
+                error=("load failed: " + "; ".join(errors)) if errors else
+                (f"verification failed: {'; '.join(unverified)}" if unverified else None))
+
+
+SAVE_KEYS = ("rank", "node", "local_rank", "host", "write_s", "checkpoint_s", "bytes", "peak_rss_bytes")
+LOAD_KEYS = ("rank", "node", "local_rank", "host", "read_s", "checkpoint_s", "bytes", "peak_rss_bytes", "verified")
+
+
+def topology_fields(reports: list[dict]) -> dict:
+    """Nodes, and ranks on each node, of one job's rank reports."""
+    per_node: dict[int, int] = {}
+    for r in reports:
+        per_node[r.get("node", 0)] = per_node.get(r.get("node", 0), 0) + 1
+    return {"nodes": len(per_node), "ranks_per_node": max(per_node.values()) if per_node else None}
+
+
+def sharded_fields(saves: list[dict], loads: list[dict], fp, cold, frac, req_save, req_load, payload: int,
+                   launcher: str) -> dict:
+    """A sharded row's fields from the ranks' reports: the checkpoint time is
+    the slowest rank's (each rank's own time is in ``ranks_save`` and
+    ``ranks_load``), requests are every rank's plus this process's."""
+    errors = [r["error"] for r in loads if r.get("error")]
+    unverified = [f"rank {r['rank']}: {', '.join(r.get('bad', []))}" for r in loads
+                  if not r.get("error") and not r.get("verified")]
+    topo_save, topo_load = topology_fields(saves), topology_fields(loads)
     return dict(
         save_s=max(r["checkpoint_s"] for r in saves),
         load_s=max((r.get("checkpoint_s") or 0) for r in loads) if not errors else None,
         load_cold=cold, resident_after_evict=frac, bytes_on_disk=fp.bytes_on_disk,
-        bytes_apparent=fp.bytes_apparent, n_files=fp.n_files, payload_bytes=source.nbytes,
+        bytes_apparent=fp.bytes_apparent, n_files=fp.n_files, payload_bytes=payload,
         peak_rss_save_bytes=max(r.get("peak_rss_bytes", 0) for r in saves),
         peak_rss_load_bytes=max((r.get("peak_rss_bytes") or 0) for r in loads),
-        requests_save=req_save, requests_load=req_load,
-        ranks_save=[{k: r.get(k) for k in keys_save} for r in saves],
-        ranks_load=[{k: r.get(k) for k in keys_load} for r in loads],
+        requests_save=add_counts(req_save, *(r.get("requests") for r in saves)),
+        requests_load=add_counts(req_load, *(r.get("requests") for r in loads)),
+        launcher=launcher, nodes=topo_save["nodes"], ranks_per_node=topo_save["ranks_per_node"],
+        load_nodes=topo_load["nodes"], load_ranks_per_node=topo_load["ranks_per_node"],
+        ranks_save=[{k: r.get(k) for k in SAVE_KEYS} for r in saves],
+        ranks_load=[{k: r.get(k) for k in LOAD_KEYS} for r in loads],
         verified=not errors and not unverified,
         error=("load failed: " + "; ".join(errors)) if errors else
         (f"verification failed: {'; '.join(unverified)}" if unverified else None))
@@ -329,7 +410,10 @@ def run(approaches: list[Format], source: ModelSource, opts: Options,
         if not isinstance(source, PresetModel):
             raise UserError("--world-size needs a model preset (--model): every rank builds its own rows of the "
                             "seeded weights; --model-path is not supported there")
-        check_memory(source, max(world, load_world))
+        if opts.group is not None:
+            check_memory(source, world, opts.group.local_world)
+        else:
+            check_memory(source, max(world, load_world))
         opts = replace(opts, load_world_size=load_world)
     out = Path(opts.out)
     fsutil.check_writable(out)
@@ -360,9 +444,15 @@ def _run(approaches, source, opts: Options, out: Path, on_row, say):
     cores = len(os.sched_getaffinity(0))
     if sharded:
         w, lw = opts.world_size, opts.load_world_size
-        say(f"run {run_id}: {len(approaches)} sharded approach(es) x {opts.repeats} repeat(s) on {source.name}, "
-            f"saved by {w} rank(s), loaded by {lw}; {cores} cores"
-            + (f": ranks beyond {cores} share them" if max(w, lw) > cores else "") + f"; results -> {results_path}")
+        if opts.group is not None:
+            here = opts.group.local_world
+            say(f"run {run_id}: {len(approaches)} sharded approach(es) x {opts.repeats} repeat(s) on {source.name}, "
+                f"saved and loaded by the {w} ranks of a launched job ({here} on this node, {cores} cores"
+                + (f": ranks beyond {cores} share them" if here > cores else "") + f"); results -> {results_path}")
+        else:
+            say(f"run {run_id}: {len(approaches)} sharded approach(es) x {opts.repeats} repeat(s) on {source.name}, "
+                f"saved by {w} rank(s), loaded by {lw}; {cores} cores"
+                + (f": ranks beyond {cores} share them" if max(w, lw) > cores else "") + f"; results -> {results_path}")
     else:
         say(f"run {run_id}: {len(approaches)} approach(es) x {opts.repeats} repeat(s) on {source.name} "
             f"({len(source.specs)} tensors, {source.n_params:,} parameters, {source.nbytes / 1e9:.2f} GB); "
@@ -375,7 +465,8 @@ def _run(approaches, source, opts: Options, out: Path, on_row, say):
         say(f"{root.reference_kind} reference: {source.nbytes / 1e9:.2f} GB sequential write + cold read, "
             f"{REFERENCE_SAMPLES} times")
         ref = reference(source.nbytes, root / "reference")
-    extra = dict(world_size=opts.world_size, load_world_size=opts.load_world_size, cores=cores) if sharded else {}
+    extra = dict(world_size=opts.world_size, load_world_size=opts.load_world_size, cores=cores,
+                 launcher="spawn" if opts.group is None else "torchrun") if sharded else {}
     env = environment_record(run_id, out, model=source.name, n_tensors=len(source.specs), n_params=source.n_params,
                              source_bytes=source.nbytes, repeats=opts.repeats, approaches=[a.name for a in approaches],
                              disk_estimate_bytes=need, **storage.env_fields(),

@@ -63,77 +63,127 @@ def _shard_digests(specs, seed: int, rank: int, world: int) -> dict[str, dict]:
     return out
 
 
+def topology(rank: int) -> dict:
+    """Where this rank runs: its rank, its node (torchrun's ``GROUP_RANK``;
+    0 when this suite spawned the ranks itself), its rank on that node and
+    the host's name."""
+    return {"rank": rank, "node": int(os.environ.get("GROUP_RANK", 0)),
+            "local_rank": int(os.environ.get("LOCAL_RANK", rank)), "host": socket.gethostname()}
+
+
+class Job:
+    """One rank's part of a save or a load, in a process group already
+    joined; ``step`` names what it is doing, for the error message."""
+
+    def __init__(self, job: dict, rank: int, world: int, dist):
+        self.job, self.rank, self.world, self.dist = job, rank, world, dist
+        self.step = "starting"
+        self.fmt = approach_of(job["approach"])
+        self.ctx = RankContext(rank, world, dist, _fault("mid-save", rank))
+
+    def save(self) -> dict:
+        job, dist, rank, world, fmt, ctx = self.job, self.dist, self.rank, self.world, self.fmt, self.ctx
+        specs, staged = job["specs"], job["staged"]
+        self.step = "building this rank's rows"
+        shards = {s.name: seeded_tensor(s, job["seed"])[slice(*ctx.rows(s.shape[0]))].clone() for s in specs}
+        self.step = "recording the digests of this rank's rows"
+        mine = _shard_digests(specs, job["seed"], rank, world)
+        every = [None] * world
+        dist.all_gather_object(every, mine)
+        self.step = "preparing"
+        fmt.prepare_rank(ctx, staged, saving=True)
+        self.step = "waiting for every rank to start the save"
+        dist.barrier()
+        with staged.count_requests() as requests:
+            t0 = time.perf_counter()
+            self.step = "writing this rank's rows"
+            fmt.write_rank(shards, staged, specs, ctx)
+            own = time.perf_counter() - t0
+            self.step = "waiting for every rank's rows to be durable"
+            dist.barrier()
+            if rank == 0:
+                self.step = "committing"
+                tensors = [{"name": s.name, "shape": list(s.shape), "dtype": str(fmt.stored(s.dtype)).removeprefix(
+                    "torch."), "shards": [every[r][s.name] for r in range(world)]} for s in specs]
+                checkpoint.commit(job["final"], staged, checkpoint.manifest(
+                    fmt, tensors, world_size=world, sharding=checkpoint.SHARDING,
+                    source={"model": job["model"], "seed": job["seed"]}))
+            self.step = "waiting for the commit"
+            dist.barrier()
+            total = time.perf_counter() - t0
+        return dict(write_s=own, checkpoint_s=total, requests=requests,
+                    bytes=sum(t.numel() * t.element_size() for t in shards.values()))
+
+    def load(self) -> dict:
+        job, dist, rank, world, fmt, ctx = self.job, self.dist, self.rank, self.world, self.fmt, self.ctx
+        final, specs = job["final"], job["specs"]
+        self.step = "reading the manifest"
+        man = checkpoint.read_manifest(final)
+        self.step = "recording the digests of this rank's slice"
+        expected = {n: d["sha256"] for n, d in _shard_digests(specs, job["seed"], rank, world).items()}
+        self.step = "preparing"
+        fmt.prepare_rank(ctx, final, saving=False)
+        self.step = "waiting for every rank to start the load"
+        dist.barrier()
+        with final.count_requests() as requests:
+            t0 = time.perf_counter()
+            self.step = "reading this rank's rows"
+            got = fmt.read_rank(final, man, specs, ctx)
+            own = time.perf_counter() - t0
+            self.step = "waiting for every rank's load"
+            dist.barrier()
+            total = time.perf_counter() - t0
+        bad = [n for n, d in expected.items() if n not in got or tensor_digest(got[n].contiguous()) != d]
+        return dict(read_s=own, checkpoint_s=total, verified=not bad, bad=bad[:5], requests=requests,
+                    bytes=sum(t.numel() * t.element_size() for t in got.values()))
+
+    def run(self) -> dict:
+        """This rank's report; an exception is re-raised as a RankFailed naming the step."""
+        report = topology(self.rank)
+        try:
+            report.update(self.save() if self.job["kind"] == "save" else self.load())
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # noqa: BLE001 - named with the step, then the rank ends
+            raise RankFailed(self.rank, self.step, exc) from exc
+        report["peak_rss_bytes"] = high_water_mark()
+        return report
+
+
+class RankFailed(BaseException):
+    """A rank could not do its part. Not an ``Exception``: in a launched job
+    it must end the job, never become one approach's error row while the
+    other ranks wait in a collective."""
+
+    def __init__(self, rank: int, step: str, exc: BaseException):
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        super().__init__(f"rank {rank} failed while {step}: {type(exc).__name__}: {msg[:300]}")
+
+
 def worker(rank: int, job: dict) -> None:
-    """One rank: join the group, do the job's save or load, write rank<r>.json."""
+    """One rank spawned by :func:`launch`: join the group, do the job's save
+    or load, write rank<r>.json."""
     import torch.distributed as dist
 
     # TensorStore's gRPC (the OCDBT coordinator) logs every connection its
     # server closes at exit at INFO level: keep the console to the suite's lines
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     out = Path(job["report_dir"]) / f"rank{rank}.json"
-    report: dict = {"rank": rank, "host": socket.gethostname()}
-    step = "joining the process group"
+    report: dict = topology(rank)
     try:
         torch.set_num_threads(1)  # ranks share the machine's cores; said beside the numbers
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(job["port"]))
         world = job["world"]
-        dist.init_process_group("gloo", rank=rank, world_size=world,
-                                timeout=timedelta(seconds=job.get("timeout", COLLECTIVE_TIMEOUT_S)))
-        fmt = approach_of(job["approach"])
-        specs, final = job["specs"], job["final"]
-        ctx = RankContext(rank, world, dist, _fault("mid-save", rank))
-        if job["kind"] == "save":
-            step = "building this rank's rows"
-            shards = {s.name: seeded_tensor(s, job["seed"])[slice(*ctx.rows(s.shape[0]))].clone() for s in specs}
-            step = "recording the digests of this rank's rows"
-            mine = _shard_digests(specs, job["seed"], rank, world)
-            every = [None] * world
-            dist.all_gather_object(every, mine)
-            step = "preparing"
-            fmt.prepare_rank(ctx, job["staged"], saving=True)
-            step = "waiting for every rank to start the save"
-            dist.barrier()
-            t0 = time.perf_counter()
-            step = "writing this rank's rows"
-            fmt.write_rank(shards, job["staged"], specs, ctx)
-            own = time.perf_counter() - t0
-            step = "waiting for every rank's rows to be durable"
-            dist.barrier()
-            if rank == 0:
-                step = "committing"
-                tensors = [{"name": s.name, "shape": list(s.shape), "dtype": str(fmt.stored(s.dtype)).removeprefix(
-                    "torch."), "shards": [every[r][s.name] for r in range(world)]} for s in specs]
-                checkpoint.commit(final, job["staged"], checkpoint.manifest(
-                    fmt, tensors, world_size=world, sharding=checkpoint.SHARDING))
-            step = "waiting for the commit"
-            dist.barrier()
-            report.update(write_s=own, checkpoint_s=time.perf_counter() - t0,
-                          bytes=sum(t.numel() * t.element_size() for t in shards.values()))
-        else:
-            step = "reading the manifest"
-            man = checkpoint.read_manifest(final)
-            step = "recording the digests of this rank's slice"
-            expected = {n: d["sha256"] for n, d in _shard_digests(specs, job["seed"], rank, world).items()}
-            step = "preparing"
-            fmt.prepare_rank(ctx, final, saving=False)
-            step = "waiting for every rank to start the load"
-            dist.barrier()
-            t0 = time.perf_counter()
-            step = "reading this rank's rows"
-            got = fmt.read_rank(final, man, specs, ctx)
-            own = time.perf_counter() - t0
-            step = "waiting for every rank's load"
-            dist.barrier()
-            total = time.perf_counter() - t0
-            bad = [n for n, d in expected.items() if n not in got or tensor_digest(got[n].contiguous()) != d]
-            report.update(read_s=own, checkpoint_s=total, verified=not bad, bad=bad[:5],
-                          bytes=sum(t.numel() * t.element_size() for t in got.values()))
-        report["peak_rss_bytes"] = high_water_mark()
+        try:
+            dist.init_process_group("gloo", rank=rank, world_size=world,
+                                    timeout=timedelta(seconds=job.get("timeout", COLLECTIVE_TIMEOUT_S)))
+        except BaseException as exc:  # noqa: BLE001
+            raise RankFailed(rank, "joining the process group", exc) from exc
+        report = Job(job, rank, world, dist).run()
         dist.barrier()
         dist.destroy_process_group()
     except BaseException as exc:  # noqa: BLE001 - reported, then the rank exits non-zero
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        report["error"] = f"rank {rank} failed while {step}: {type(exc).__name__}: {msg[:300]}"
+        report["error"] = str(exc) if isinstance(exc, RankFailed) else f"rank {rank} failed: {type(exc).__name__}: {exc}"
         report["traceback"] = traceback.format_exc()[-2000:]
         out.write_text(json.dumps(report))
         sys.exit(1)

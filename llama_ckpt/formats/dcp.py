@@ -4,14 +4,13 @@ with DTensors."""
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass
 
 import torch
 
 from ..errors import FAILURES
+from ..store import TMP_TAG
 from .base import Format, RankContext, round_up
 
 
@@ -23,10 +22,40 @@ def _stride(shape) -> tuple[int, ...]:
     return tuple(reversed(out))
 
 
+def writer(loc, thread_count: int):
+    """DCP's writer for ``loc``: ``FileSystemWriter`` with file sync on a
+    file system; on an object store DCP's fsspec writer over s3fs, without
+    file sync (an object is durable once its upload completes, and DCP's
+    fallback for a stream without a file descriptor is ``os.sync()`` of the
+    whole machine)."""
+    import torch.distributed.checkpoint as dcp
+
+    path = loc.local_file()
+    if path is not None:
+        return dcp.FileSystemWriter(str(path), sync_files=True, thread_count=thread_count)
+    from torch.distributed.checkpoint._fsspec_filesystem import FsspecWriter  # not re-exported by dcp
+
+    url, options = loc.fsspec()
+    return FsspecWriter(url, sync_files=False, thread_count=thread_count, **options)
+
+
+def reader(loc):
+    import torch.distributed.checkpoint as dcp
+
+    path = loc.local_file()
+    if path is not None:
+        return dcp.FileSystemReader(str(path))
+    from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader
+
+    url, options = loc.fsspec()
+    return FsspecReader(url, **options)
+
+
 class DistributedCheckpoint(Format):
     """``torch.distributed.checkpoint`` in one process, without a process
     group: ``FileSystemWriter`` with one writer thread per core and file sync
-    on (a ``.distcp`` file per thread plus a ``.metadata`` file); loading
+    on (a ``.distcp`` file per thread plus a ``.metadata`` file; on S3 DCP's
+    fsspec writer over s3fs, one object per file); loading
     reads in place into tensors preallocated from the manifest (the
     allocation is inside the timed load).
 
@@ -36,8 +65,6 @@ class DistributedCheckpoint(Format):
     Caveats: DCP's files are meant to be read by DCP.
     """
 
-    s3_unsupported = ("FileSystemWriter writes a local directory; DCP's fsspec writer would need s3fs, "
-                      "which this suite does not install")
     can_shard = True
 
     @dataclass(frozen=True)
@@ -56,11 +83,10 @@ class DistributedCheckpoint(Format):
 
         with steps("cast"):
             out = self.cast_consuming(state_dict)
-        writer = dcp.FileSystemWriter(str(loc.local_file()), thread_count=self.threads(), sync_files=True)
         with warnings.catch_warnings(), steps("dcp.save (plan, write, fsync)"):
             # "assuming the intent is to save in a single process": it is
             warnings.simplefilter("ignore", UserWarning)
-            dcp.save(out, storage_writer=writer, no_dist=True)
+            dcp.save(out, storage_writer=writer(loc, self.threads()), no_dist=True)
         progress(len(out))
 
     def read(self, loc, manifest, progress):
@@ -75,7 +101,7 @@ class DistributedCheckpoint(Format):
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            dcp.load(out, storage_reader=dcp.FileSystemReader(str(loc.local_file())), no_dist=True)
+            dcp.load(out, storage_reader=reader(loc), no_dist=True)
 
     def iter_tensors(self, loc, manifest):
         for t in manifest["tensors"]:
@@ -87,17 +113,14 @@ class DistributedCheckpoint(Format):
                 yield t["name"], exc
 
     def tensor_file(self, loc, manifest, name):
-        import torch.distributed.checkpoint as dcp
-
-        path = loc.local_file()
         try:
-            meta = dcp.FileSystemReader(str(path)).read_metadata()
+            meta = reader(loc).read_metadata()
             files = sorted({info.relative_path for idx, info in meta.storage_data.items() if idx.fqn == name})
             if files:
-                return ", ".join(str(path / f) for f in files)
+                return ", ".join(loc.where(f) for f in files)
         except FAILURES:  # the metadata itself is damaged
-            return str(path / ".metadata")
-        return str(path)
+            return loc.where(".metadata")
+        return str(loc)
 
     def estimate_bytes(self, specs, block):
         data = sum(s.numel * self.stored(s.dtype).itemsize + 1024 for s in specs)
@@ -109,18 +132,19 @@ class DistributedCheckpoint(Format):
         from torch.distributed.tensor import DTensor, Shard, init_device_mesh
 
         mesh = init_device_mesh("cpu", (ctx.world,))
-        # A throwaway save and load of one small DTensor: DTensor and DCP import
-        # much of torch lazily on first use (~0.5 s here), which is process
-        # start-up, not checkpointing; a training job pays it once.
-        holder = [tempfile.mkdtemp(prefix="llama-ckpt-dcp-warmup-")] if ctx.rank == 0 else [None]
-        ctx.dist.broadcast_object_list(holder, src=0)
+        # A throwaway save and load of one small DTensor beside the checkpoint
+        # (storage every rank sees, on any node): DTensor, DCP and s3fs set
+        # much up lazily on first use (~0.5 s here), which is process
+        # start-up, not checkpointing; a training job pays it once. Named as
+        # a temporary, so an interrupted one is removed by the next run.
+        warm = loc.parent / f"{loc.name}{TMP_TAG}dcp-warmup"
         one = {"w": DTensor.from_local(torch.zeros(1, 4), mesh, [Shard(0)], run_check=False,
                                        shape=torch.Size((ctx.world, 4)), stride=(4, 1))}
-        dcp.save(one, storage_writer=dcp.FileSystemWriter(holder[0], thread_count=1))
-        dcp.load(one, storage_reader=dcp.FileSystemReader(holder[0]))
+        dcp.save(one, storage_writer=writer(warm, 1))
+        dcp.load(one, storage_reader=reader(warm))
         ctx.dist.barrier()
         if ctx.rank == 0:
-            shutil.rmtree(holder[0], ignore_errors=True)
+            warm.remove()
         ctx.state["mesh"] = mesh
 
     def _dtensors(self, specs, ctx: RankContext, local_of) -> dict:
@@ -134,8 +158,7 @@ class DistributedCheckpoint(Format):
 
         sd = self._dtensors(specs, ctx, lambda s: shards[s.name])
         ctx.fault()
-        dcp.save(sd, storage_writer=dcp.FileSystemWriter(str(loc.local_file()), sync_files=True,
-                                                         thread_count=self.k.thread_count or 1))
+        dcp.save(sd, storage_writer=writer(loc, self.k.thread_count or 1))
 
     def read_rank(self, loc, manifest, specs, ctx: RankContext):
         import torch.distributed.checkpoint as dcp
@@ -145,5 +168,5 @@ class DistributedCheckpoint(Format):
             return torch.empty((b - a,) + tuple(s.shape[1:]), dtype=self.stored(s.dtype))
 
         sd = self._dtensors(specs, ctx, empty)
-        dcp.load(sd, storage_reader=dcp.FileSystemReader(str(loc.local_file())))
+        dcp.load(sd, storage_reader=reader(loc))
         return {k: v.to_local() for k, v in sd.items()}

@@ -4,6 +4,7 @@ OCDBT database over it; single-process, or every rank writing its rows."""
 from __future__ import annotations
 
 import math
+import os
 from collections import deque
 from dataclasses import dataclass
 
@@ -329,9 +330,13 @@ class TensorStoreZarr(Format):
         if saving and self.k.use_ocdbt:  # every rank commits into one database through rank 0's coordinator
             holder = [None]
             if ctx.rank == 0:
-                server = ts.ocdbt.DistributedCoordinatorServer({"bind_addresses": ["127.0.0.1:0"]})
+                # reached by every rank at rank 0's address in the job (MASTER_ADDR: loopback when the
+                # suite spawned the ranks, rank 0's host under torchrun)
+                host = os.environ.get("MASTER_ADDR", "127.0.0.1")
+                bind = "127.0.0.1:0" if host in ("127.0.0.1", "localhost") else "0.0.0.0:0"
+                server = ts.ocdbt.DistributedCoordinatorServer({"bind_addresses": [bind]})
                 ctx.state["coordinator_server"] = server  # kept alive with the rank
-                holder = [f"127.0.0.1:{server.port}"]
+                holder = [f"{host}:{server.port}"]
             ctx.dist.broadcast_object_list(holder, src=0)
             coordinator = holder[0]
         ctx.state["coordinator"] = coordinator

@@ -107,6 +107,12 @@ class Location:
         memory-map a file; None where there is none (an object store)."""
         return None
 
+    def fsspec(self) -> tuple[str, dict] | None:
+        """(URL, storage options) for libraries that reach storage through
+        fsspec (DCP's fsspec writer and reader) where ``local_file()`` is
+        None; None on a local file system."""
+        return None
+
     def where(self, rel: str = "") -> str:
         """How to name ``rel`` inside this location in a message."""
         return f"{self}/{rel}" if rel else str(self)

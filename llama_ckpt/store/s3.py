@@ -12,8 +12,9 @@ until it exists, the objects under the prefix are an incomplete save, never
 loaded or measured, and removed by the next run.
 
 Requests are counted per block (``count_requests``): TensorStore's own
-kvstore metrics for the TensorStore formats, and every request of the
-suite's boto3 client (the single-file formats, manifest, marker, listings).
+kvstore metrics for the TensorStore formats, every request of the suite's
+boto3 client (the single-file formats, manifest, marker, listings), and
+every request of s3fs (DCP's fsspec writer and reader), per process.
 """
 
 from __future__ import annotations
@@ -87,6 +88,40 @@ class Target:
 
     def with_endpoint(self, endpoint: str) -> "Target":
         return replace(self, endpoint=endpoint)
+
+    def fsspec_options(self) -> dict:
+        """s3fs's storage options for this endpoint and these credentials,
+        made once (the same options give the same s3fs instance, fsspec's
+        cache): its requests are counted like boto3's."""
+        key = (self.endpoint, os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY"), region())
+        if key not in _FSSPEC:
+            from aiobotocore.session import AioSession
+
+            session = AioSession()  # every client s3fs makes from it, in any thread, reports its requests
+            session.register("before-send.s3", _count_s3fs)
+            _FSSPEC[key] = dict(endpoint_url=self.endpoint, anon=not has_credentials(), session=session,
+                                client_kwargs={"region_name": region()},
+                                config_kwargs={"connect_timeout": CONNECT_TIMEOUT_S, "read_timeout": READ_TIMEOUT_S,
+                                               "retries": {"total_max_attempts": MAX_ATTEMPTS, "mode": "standard"},
+                                               "s3": {"addressing_style": "path"}})
+        return _FSSPEC[key]
+
+
+_FSSPEC: dict = {}
+_S3FS_COUNTS: dict[str, int] = {}  # requests of every s3fs client of this process, by kind
+
+
+def _op(request) -> str:
+    if request.method == "GET" and "list-type=2" in request.url:
+        return "list"
+    return {"PUT": "write", "POST": "write", "GET": "read", "HEAD": "read", "DELETE": "delete"}.get(
+        request.method, request.method.lower())
+
+
+def _count_s3fs(request=None, **_kw) -> None:
+    if request is not None:
+        op = _op(request)
+        _S3FS_COUNTS[op] = _S3FS_COUNTS.get(op, 0) + 1
 
 
 _CLIENTS: dict = {}
@@ -202,6 +237,9 @@ class S3Prefix(Location):
     def kvstore(self, sub: str = "") -> dict:
         return self.target.kvstore(self._key(sub) if sub else self.key)
 
+    def fsspec(self) -> tuple[str, dict]:
+        return f"s3://{self.target.bucket}/{self.key}", self.target.fsspec_options()
+
     def ts_context(self, concurrency: int) -> dict:
         # retries bounded so that a dead endpoint fails within seconds
         return {"s3_request_concurrency": {"limit": concurrency},
@@ -228,27 +266,24 @@ class S3Prefix(Location):
     @contextlib.contextmanager
     def count_requests(self):
         counts: dict[str, int] = {}
-        ts0 = _ts_counts()
+        ts0, fs0 = _ts_counts(), dict(_S3FS_COUNTS)
         c = self.target.client()
         hook_id = f"llama-ckpt-count-{next(_HOOK_IDS)}"
 
         def on_send(request=None, **_kw):
-            if request is None:
-                return
-            op = {"PUT": "write", "POST": "write", "GET": "read", "HEAD": "read", "DELETE": "delete"}.get(
-                request.method, request.method.lower())
-            if request.method == "GET" and "list-type=2" in request.url:
-                op = "list"
-            counts[op] = counts.get(op, 0) + 1
+            if request is not None:
+                op = _op(request)
+                counts[op] = counts.get(op, 0) + 1
 
         c.meta.events.register("before-send.s3", on_send, unique_id=hook_id)
         try:
             yield counts
         finally:
             c.meta.events.unregister("before-send.s3", unique_id=hook_id)
-            for k, v in _ts_counts().items():
-                if v - ts0.get(k, 0):
-                    counts[k] = counts.get(k, 0) + v - ts0.get(k, 0)
+            for now, before in ((_ts_counts(), ts0), (dict(_S3FS_COUNTS), fs0)):
+                for k, v in now.items():
+                    if v - before.get(k, 0):
+                        counts[k] = counts.get(k, 0) + v - before.get(k, 0)
 
     # -- the commit protocol ------------------------------------------------------
     def stage(self) -> "S3Prefix":
