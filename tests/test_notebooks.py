@@ -49,12 +49,14 @@ def test_each_phase_wrote_its_result_rows(suite_run, phase):
     loaded = read_results([out / "runs" / RUN / "results" / f"{phase.slug}.jsonl"])
     assert loaded.ends and loaded.environments
     if phase.id == "06":  # every sharded approach at every (save ranks, load ranks) configuration
-        from llama_ckpt.suite.phases import DIST_CONFIGS
+        from llama_ckpt.suite.phases import DIST_CONFIGS, TORCHRUN_CONFIGS
         from llama_ckpt.registry import names
 
-        assert len(loaded.ends) == len(DIST_CONFIGS)
-        assert [(r["approach"], r["world_size"], r["load_world_size"]) for r in loaded.measurements] == [
-            (a, w, lw) for w, lw in DIST_CONFIGS for a in names(sharded=True)]
+        assert len(loaded.ends) == len(DIST_CONFIGS) + len(TORCHRUN_CONFIGS)
+        assert [(r["approach"], r["world_size"], r["load_world_size"], r["nodes"], r["launcher"])
+                for r in loaded.measurements] == [
+            (a, w, lw, 1, "spawn") for w, lw in DIST_CONFIGS for a in names(sharded=True)] + [
+            (a, n * k, n * k, n, "torchrun") for n, k in TORCHRUN_CONFIGS for a in names(sharded=True)]
     else:
         assert [r["approach"] for r in loaded.measurements] == [a.name for a in phase.approaches()]
     assert all(r["verified"] for r in loaded.measurements)

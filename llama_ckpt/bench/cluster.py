@@ -56,7 +56,6 @@ class Group:
     local_rank: int
     local_world: int
     dist: Any
-    shared_checked: Any = None  # the storage root the probe found shared
 
     @property
     def lead(self) -> bool:
@@ -134,8 +133,6 @@ def leading(group: Group):
 def check_shared(group: Group, root) -> None:
     """Every rank sees what rank 0 writes under ``root``, or one error naming
     the first that does not."""
-    if group.shared_checked == root:
-        return
     probe = root / f"ranks{TMP_TAG}probe-{uuid.uuid4().hex[:8]}"  # an interrupted one is stale
     token = uuid.uuid4().hex
     with probe.open_write("token") as f:
@@ -149,7 +146,6 @@ def check_shared(group: Group, root) -> None:
         raise UserError(f"the checkpoint storage {root} is not shared by every rank: rank {blind[0]} "
                         f"({len(blind)} of {group.world}) does not see a file rank 0 wrote there; on a cluster "
                         "put --out on a file system every node mounts, or use --storage s3://BUCKET/PREFIX")
-    group.shared_checked = root
 
 
 def evict(group: Group, loc) -> tuple:
@@ -165,7 +161,6 @@ def sharded(group: Group, job: dict, loc) -> tuple:
     """Rank 0: one save and one cold load of ``job`` on every rank of the
     job, at ``loc``. Returns (save reports, load reports, footprint, cold,
     resident fraction, rank 0's request counts of save and load)."""
-    check_shared(group, loc.parent)
     staged = loc.stage()
     with loc.count_requests() as req_save:
         saves = ask(group, "job", dict(job, staged=staged))
@@ -174,3 +169,29 @@ def sharded(group: Group, job: dict, loc) -> tuple:
     with loc.count_requests() as req_load:
         loads = ask(group, "job", dict(job, kind="load"))
     return saves, loads, fp, cold, frac, req_save, req_load
+
+
+# -- starting jobs (tests, and 06 on one machine) ------------------------------------------
+def torchrun(nnodes: int, nproc: int, args: list[str], timeout: float = 3600, cwds: list | None = None) -> list:
+    """``nnodes`` torchrun launches of ``nproc`` ranks each on this machine,
+    side by side, acting as nodes of one job (c10d rendezvous on loopback),
+    each running ``python -m llama_ckpt ARGS``; their CompletedProcesses in
+    launch order (``cwds``: each launch's working directory, as on machines
+    of their own). On a cluster each node runs one such torchrun itself."""
+    import socket
+    import subprocess
+    from concurrent.futures import ThreadPoolExecutor
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    def one(node: int):
+        return subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(nnodes), "--nproc-per-node", str(nproc),
+             "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", f"llama-ckpt-{port}",
+             "-m", "llama_ckpt", *args], capture_output=True, text=True, timeout=timeout,
+            cwd=cwds[node] if cwds else None)
+
+    with ThreadPoolExecutor(nnodes) as pool:
+        return list(pool.map(one, range(nnodes)))

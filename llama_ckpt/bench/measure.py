@@ -460,6 +460,8 @@ def _run(approaches, source, opts: Options, out: Path, on_row, say):
     for st in root.parent.stale_saves():
         st.remove()
         say(f"removed the stale temporary of an interrupted save: {st}")
+    if opts.group is not None:  # a launched job: every rank must see what rank 0 writes
+        cluster.check_shared(opts.group, root)
     ref = {}
     if opts.disk_reference:
         say(f"{root.reference_kind} reference: {source.nbytes / 1e9:.2f} GB sequential write + cold read, "

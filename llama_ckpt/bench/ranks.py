@@ -14,6 +14,12 @@ dies before that barrier leaves no committed checkpoint; the others fail
 their next collective (gloo notices the closed connection, or the collective
 timeout ends the wait) and exit with an error naming the step.
 
+One rank's part is a :class:`Job`, the same whether this suite spawned the
+rank (:func:`launch`, :func:`worker`: one host) or a launcher started it
+(:mod:`llama_ckpt.bench.cluster`: torchrun, any number of nodes). Each rank
+reports its own times, bytes, storage requests, peak RSS and where it ran
+(rank, node, local rank, host).
+
 Timing (MLPerf Storage's definitions): each rank's own write time (until its
 bytes are durable) and bytes; the checkpoint time is from the barrier that
 starts every rank together to the commit, i.e. the slowest rank plus the

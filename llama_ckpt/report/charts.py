@@ -208,17 +208,27 @@ def cloud(table, title: str = ""):
 
 
 def scaling(table, title: str = ""):
-    """Aggregate save and load throughput against the number of ranks (same
-    ranks saving and loading), one line per sharded approach."""
+    """Checkpoint time and aggregate save and load throughput against the
+    number of ranks (same ranks saving and loading), one line per sharded
+    approach; a job on several nodes is its own marker (``nodes``)."""
     df = table.reset_index()
-    df = df[df["ranks_save"] == df["ranks_load"]]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, col, label in zip(axes, ("save_MB/s", "load_MB/s"), ("aggregate save MB/s", "aggregate cold load MB/s")):
-        sns.lineplot(data=df, x="ranks_save", y=col, hue="approach", marker="o", ax=ax, errorbar=None)
+    df = df[df["ranks_save"] == df["ranks_load"]].copy()
+    df["nodes"] = df["nodes"].map(lambda n: f"{n} node" + ("s" if n > 1 else ""))
+    style = "nodes" if df["nodes"].nunique() > 1 else None
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    panels = (("save_s", "checkpoint time s (slowest rank + commit)"), ("save_MB/s", "aggregate save MB/s"),
+              ("load_MB/s", "aggregate cold load MB/s"))
+    for ax, (col, label) in zip(axes, panels):
+        sns.lineplot(data=df, x="ranks_save", y=col, hue="approach", style=style, markers=True, dashes=False,
+                     marker=None if style else "o", ax=ax, errorbar=None, markersize=8)
         ax.set_xlabel("ranks")
         ax.set_ylabel(label)
         ax.set_xticks(sorted(df["ranks_save"].unique()))
-        ax.legend(fontsize=7)
+        ax.set_ylim(bottom=0)
+        if ax is axes[-1]:  # one legend, beside the panels
+            ax.legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
+        else:
+            ax.get_legend().remove()
     fig.suptitle((title + "  " if title else "") + "(median of repeats)", fontsize=10)
     fig.tight_layout()
     return fig

@@ -265,32 +265,36 @@ def save_phases_table(rows: list[dict], approaches: list[str] | None = None) -> 
 
 
 def scaling_table(rows: list[dict]) -> pd.DataFrame:
-    """The sharded rows: one line per approach and (save ranks -> load ranks),
-    medians of the repeats: checkpoint time (slowest rank plus commit),
-    slowest and fastest rank's own write, aggregate throughput (checkpoint
-    bytes / time), the load alike, and the speed-up against 1 rank."""
+    """The sharded rows: one line per approach, nodes and (save ranks -> load
+    ranks), medians of the repeats: checkpoint time (slowest rank plus
+    commit), slowest and fastest rank's own write, aggregate throughput
+    (checkpoint bytes / time) and per node, the load alike, and the speed-up
+    against the same approach on 1 rank."""
     by: dict[tuple, list[dict]] = {}
     for r in rows:
         if is_valid(r) and r.get("world_size"):
-            by.setdefault((r["approach"], r["world_size"], r["load_world_size"]), []).append(r)
+            by.setdefault((r["approach"], r.get("nodes") or 1, r["world_size"], r["load_world_size"]), []).append(r)
     med = lambda xs: float(pd.Series(xs).median())  # noqa: E731
+    order = list(dict.fromkeys(r["approach"] for r in rows))
     recs = []
-    for (name, w, lw), rs in sorted(by.items(), key=lambda kv: (list(dict.fromkeys(r["approach"] for r in rows)).index(kv[0][0]), kv[0][1], kv[0][2])):
+    for (name, nodes, w, lw), rs in sorted(by.items(), key=lambda kv: (order.index(kv[0][0]), kv[0][1:])):
         save, load = med([r["save_s"] for r in rs]), med([r["load_s"] for r in rs])
         size = med([r["bytes_on_disk"] for r in rs])
         recs.append({
-            "approach": name, "ranks_save": w, "ranks_load": lw, "save_s": save, "load_s": load,
+            "approach": name, "nodes": nodes, "ranks_save": w, "ranks_load": lw,
+            "launcher": rs[0].get("launcher") or "spawn", "save_s": save, "load_s": load,
             "rank_write_max_s": med([max(k["write_s"] for k in r["ranks_save"]) for r in rs]),
             "rank_write_min_s": med([min(k["write_s"] for k in r["ranks_save"]) for r in rs]),
-            "save_MB/s": size / save / 1e6, "load_MB/s": size / load / 1e6, "files": int(med([r["n_files"] for r in rs])),
-            "repeats": len(rs)})
+            "save_MB/s": size / save / 1e6, "load_MB/s": size / load / 1e6,
+            "save_MB/s_per_node": size / save / 1e6 / nodes, "load_MB/s_per_node": size / load / 1e6 / nodes,
+            "files": int(med([r["n_files"] for r in rs])), "repeats": len(rs)})
     if not recs:
         return pd.DataFrame()
     t = pd.DataFrame.from_records(recs)
     for col, base_col in (("save_speedup", "save_s"), ("load_speedup", "load_s")):
         one = {r["approach"]: r[base_col] for r in recs if r["ranks_save"] == 1 and r["ranks_load"] == 1}
         t[col] = [one[a] / v if a in one else None for a, v in zip(t["approach"], t[base_col])]
-    return t.set_index(["approach", "ranks_save", "ranks_load"])
+    return t.set_index(["approach", "nodes", "ranks_save", "ranks_load"])
 
 
 def scaling_findings(rows: list[dict], cores: int | None = None) -> str:
@@ -298,18 +302,29 @@ def scaling_findings(rows: list[dict], cores: int | None = None) -> str:
     if t.empty:
         return "No valid sharded rows."
     lines = []
-    for name in dict.fromkeys(a for a, _, _ in t.index):
+    for name in dict.fromkeys(a for a, *_ in t.index):
         sub = t.loc[name]
         parts = []
-        for (w, lw), r in sub.iterrows():
-            if w == lw and w > 1 and r["save_speedup"] is not None:
+        for (nodes, w, lw), r in sub.iterrows():
+            if nodes == 1 and w == lw and w > 1 and r["save_speedup"] is not None:
                 parts.append(f"{w} ranks: save {r['save_speedup']:.2f}x, load {r['load_speedup']:.2f}x the 1-rank "
                              f"speed ({r['save_MB/s']:.0f} / {r['load_MB/s']:.0f} MB/s aggregate)")
-        for (w, lw), r in sub.iterrows():
+        for (nodes, w, lw), r in sub.iterrows():
+            if nodes > 1:
+                same = sub.loc[(1, w, lw)] if (1, w, lw) in sub.index else None
+                vs = (f"; against {w} ranks on one node: save {same['save_s'] / r['save_s']:.2f}x, load "
+                      f"{same['load_s'] / r['load_s']:.2f}x its speed" if same is not None else "")
+                parts.append(f"{nodes} nodes x {w // nodes} ranks ({r['launcher']}): checkpoint {r['save_s']:.3g} s, "
+                             f"load {r['load_s']:.3g} s ({r['save_MB/s']:.0f} / {r['load_MB/s']:.0f} MB/s aggregate, "
+                             f"{r['save_MB/s_per_node']:.0f} / {r['load_MB/s_per_node']:.0f} per node{vs})")
+        for (nodes, w, lw), r in sub.iterrows():
             if w != lw:
                 parts.append(f"saved by {w}, loaded by {lw}: load {r['load_s']:.3g} s, verified")
         if parts:
             lines.append(f"- `{name}`: " + "; ".join(parts) + ".")
+    if (t.reset_index()["nodes"] > 1).any():
+        lines.append("- The nodes of a job started on one machine (as this phase does) share its cores and disk: "
+                     "the multi-node rows show the launched path and its overhead, not a second machine's bandwidth.")
     if cores:
         lines.append(f"- This machine has {cores} cores: ranks beyond {cores} share them, so speed-ups there measure "
                      "overlap of I/O waits, not added compute.")

@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
-from ..bench import measure
+from ..bench import cluster, measure
 from ..errors import UserError
 from ..formats.base import Format
 from ..model import get_model
@@ -81,7 +81,10 @@ SHARDED_PROTOCOL = (
     "the commit. Loads are cold (the checkpoint's files evicted first) and each rank's slice is checked against the "
     "digests of the same rows of the unsharded source, also when the checkpoint is loaded by another number of "
     "ranks than saved it. The sharded mode builds the preset's seeded weights in every rank (`MODEL`; `MODEL_PATH` "
-    "is not used here).")
+    "is not used here). The last configuration is started the way a cluster starts it: two `torchrun` launches on "
+    "this machine act as two nodes of two ranks each (c10d rendezvous on loopback), every rank a "
+    "`python -m llama_ckpt run` of its own; on one machine both \"nodes\" share its cores and disk, so it shows the "
+    "launcher's path and overhead, not a second node's bandwidth.")
 
 PHASES: dict[str, Phase] = {p.id: p for p in [
     Phase("00", "00-baselines", "Baselines",
@@ -136,12 +139,15 @@ PHASES: dict[str, Phase] = {p.id: p for p in [
     Phase("06", "06-distributed", "Sharded across processes",
           "How do sharded checkpoints scale when many processes write one checkpoint together, and can they be "
           "read back on another number of processes?",
-          "ranks saving (1, 2, 4) and loading (the same, and resharded 2 -> 3, 4 -> 2), over torch.distributed (gloo)",
-          "checkpoint time (the slowest rank plus the commit), per-rank write and read times, aggregate throughput, "
-          "files", (), n_runs=5, about=SHARDED_PROTOCOL),
+          "ranks saving (1, 2, 4) and loading (the same, and resharded 2 -> 3, 4 -> 2), over torch.distributed (gloo); "
+          "and 2 nodes x 2 ranks started by torchrun",
+          "checkpoint time (the slowest rank plus the commit), per-rank write and read times, aggregate and per-node "
+          "throughput, files", (), n_runs=6, about=SHARDED_PROTOCOL),
 ]}
 # 06's configurations: (ranks saving, ranks loading)
 DIST_CONFIGS = ((1, 1), (2, 2), (4, 4), (2, 3), (4, 2))
+# ... and the jobs started by torchrun on this machine: (nodes, ranks per node)
+TORCHRUN_CONFIGS = ((2, 2),)
 SUMMARY_SLUG = "99-summary"
 
 
@@ -322,8 +328,10 @@ def cloud_rows(out_dir: str | Path, run_id: str) -> list[dict]:
 
 def run_distributed(phase_id: str = "06", model: str = "small", repeats: int = 1, out_dir: str | Path = "",
                     run_id: str = "", configs: tuple[tuple[int, int], ...] = DIST_CONFIGS,
+                    torchrun_configs: tuple[tuple[int, int], ...] = TORCHRUN_CONFIGS,
                     progress: bool | None = None, say=print) -> PhaseResult:
     """The sharded approaches at each (save ranks, load ranks) configuration,
+    spawned here, then at each (nodes, ranks per node) started by torchrun;
     all rows in the phase's one results file (one end record per config)."""
     phase, run_id, rdir, rpath, done = _begin(phase_id, out_dir, run_id, say)
     if done is not None:
@@ -342,6 +350,20 @@ def run_distributed(phase_id: str = "06", model: str = "small", repeats: int = 1
                                                             f"save {r['save_s']:.2f} s, load {r['load_s']:.2f} s")))
         env = env or env_c
         rows += rs
+    for nodes, per_node in torchrun_configs:
+        say(f"torchrun: {nodes} launches of {per_node} ranks on this machine as {nodes} nodes")
+        before = len(read_results([rpath]).measurements)
+        procs = cluster.torchrun(nodes, per_node, [
+            "run", "--approach", ",".join(names(sharded=True)), "--model", source.name, "--repeats", str(repeats),
+            "--out", str(rdir), "--results", str(rpath), "--run-id", run_id])
+        for line in (ln for p in procs for ln in p.stdout.splitlines() if ln.startswith("  ")):
+            say(line)  # rank 0's row lines (the other ranks print nothing)
+        failed = [p for p in procs if p.returncode not in (0, 1)]  # 1: ran, a row did not verify
+        if failed:
+            tail = (failed[0].stderr.strip().splitlines() or ["no output"])[-1]
+            raise UserError(f"the torchrun job of {nodes} x {per_node} ranks failed (exit {failed[0].returncode}): "
+                            f"{tail}")
+        rows += read_results([rpath]).measurements[before:]
     return PhaseResult(phase, run_id, rpath, rows, env, False)
 
 
