@@ -144,7 +144,7 @@ def test_storage_that_a_node_does_not_share_stops_the_run_in_one_line(tmp_path):
     assert lead.returncode != 0
     line = next(l for l in lead.stderr.splitlines() if "not shared" in l)
     assert line.startswith("python -m llama_ckpt run: error: the checkpoint storage ") and "rank 1" in line, line
-    assert "Traceback" not in lead.stderr
+    assert "llama_ckpt/" not in lead.stderr  # no traceback of ours (torchrun prints its own for a failed rank)
     other = next(p for p in procs if p is not lead)
     assert other.returncode == 0, _out(other)  # told to stop by rank 0, not hung
     assert not [p for d in cwds for p in d.rglob("*") if "COMMITTED" in p.name or ".tmp-" in p.name]

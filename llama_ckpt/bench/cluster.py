@@ -113,8 +113,16 @@ def serve(group: Group) -> None:
     while True:
         cmd, arg = group.bcast()
         if cmd == "done":
+            _leave(group)
             return
         group.gather(_do(group, cmd, arg))
+
+
+def _leave(group: Group) -> None:
+    """Every rank leaves the group together; a group left to the interpreter's
+    exit can abort the process (gloo's threads)."""
+    group.dist.barrier()
+    group.dist.destroy_process_group()
 
 
 @contextlib.contextmanager
@@ -128,6 +136,7 @@ def leading(group: Group):
         os._exit(1)  # the launcher stops the other ranks
     finally:
         group.bcast(("done", None))
+        _leave(group)
 
 
 def check_shared(group: Group, root) -> None:
