@@ -46,6 +46,13 @@ def _ipc_kernel_manager(prefix: Path):
         def __init__(self, **kw):
             super().__init__(transport="ipc", ip=str(prefix), **kw)
 
+        async def _async_interrupt_kernel(self) -> None:
+            # jupyter_client interrupts (SIGINT) every kernel it shuts down, even an
+            # idle one: a kernel still in a message handler then logs "KeyboardInterrupt
+            # caught in kernel" on this console. A finished notebook needs no interrupt.
+            if not self.shutting_down:
+                await super()._async_interrupt_kernel()
+
     return IPCKernelManager
 
 
