@@ -41,6 +41,18 @@ print("saved", flush=True)
 """
 
 
+def _bytes_in(d) -> int:
+    """Bytes of the files under ``d`` while a save writes there (TensorStore's
+    ``.__lock`` files come and go between listing and stat)."""
+    n = 0
+    for f in d.rglob("*"):
+        try:
+            n += f.stat().st_size if f.is_file() else 0
+        except FileNotFoundError:
+            pass
+    return n
+
+
 @pytest.mark.parametrize("name", ["pytorch", "tensorstore", "ts+ocdbt"])
 def test_sigkill_mid_save_leaves_no_checkpoint(tmp_path, name):
     final = tmp_path / "ckpt"
@@ -50,7 +62,7 @@ def test_sigkill_mid_save_leaves_no_checkpoint(tmp_path, name):
         deadline = time.time() + 120
         while time.time() < deadline:  # wait until the save has written something
             tmps = list(tmp_path.glob(f"ckpt{TMP_TAG}*"))
-            if tmps and sum(f.stat().st_size for f in tmps[0].rglob("*") if f.is_file()) > (1 << 20):
+            if tmps and _bytes_in(tmps[0]) > (1 << 20):
                 break
             time.sleep(0.01)
         else:
