@@ -18,7 +18,10 @@ from typing import Iterable
 from .errors import UserError
 from .formats.base import Format
 from .formats.dcp import DistributedCheckpoint
+from .formats.fast_safetensors import FastSafeTensors
+from .formats.runai_streamer import RunaiStreamer
 from .formats.safetensors import SafeTensors
+from .formats.tensorizer import Tensorizer
 from .formats.tensorstore import MiB, TensorStoreZarr, TSKnobs
 from .formats.torch_save import TorchSave
 
@@ -75,6 +78,15 @@ APPROACHES: dict[str, Format] = {a.name: a for a in [
     _ts("ts+bfloat16", "baseline storing bfloat16", dtype="bfloat16"),
     _ts("ts+best", "the fastest TensorStore configuration measured here (see TS_BEST), float32", **TS_BEST),
     _ts("ts+best16", "ts+best storing float16", **TS_BEST, dtype="float16"),
+    # -- the loaders teams deploy to read weights fast (each from its own package, CPU mode)
+    RunaiStreamer("runai-streamer", "safetensors file, loaded by the Run:ai Model Streamer (C++ threads, chunked "
+                  "reads into CPU memory)", RunaiStreamer.Knobs()),
+    FastSafeTensors("fastsafetensors", "safetensors file, loaded by fastsafetensors (CPU, nogds: threads read the "
+                    "file into one buffer, tensors copied out)", FastSafeTensors.Knobs()),
+    Tensorizer("tensorizer", "CoreWeave tensorizer's own format, written by TensorSerializer, read by "
+               "TensorDeserializer with parallel readers", Tensorizer.Knobs()),
+    TorchSave("pytorch-fp32-mmap", "pytorch-fp32's file loaded by torch.load(mmap=True), every tensor copied out "
+              "of the map", TorchSave.Knobs("float32", mmap=True)),
     # -- sharded: N ranks save one checkpoint, M ranks load it (--world-size N --load-world-size M)
     DistributedCheckpoint("dcp-sharded", "torch.distributed.checkpoint from every rank, each rank's rows as a "
                           "DTensor (Shard(0)); resharded by DCP on load", DistributedCheckpoint.Knobs(thread_count=1),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 
 import torch
 
@@ -21,6 +22,10 @@ class TorchSave(OneFile):
     load on another number of ranks maps (``mmap``, where the storage is a
     file system) every file overlapping its slice and copies out its rows.
 
+    With ``mmap``, the load memory-maps the file (``torch.load(mmap=True)``)
+    and copies every tensor out of the map into memory: the loader many
+    serving stacks use, timed until the copies are done.
+
     Caveats: the cast to float16 is lossy (overflow above 65504, precision of
     11 bits); the cast is part of the timed save since the source is float32.
     The whole file must be read to get any one tensor.
@@ -28,6 +33,11 @@ class TorchSave(OneFile):
 
     FILE = "model.pth"
     can_shard = True
+
+    @dataclass(frozen=True)
+    class Knobs:
+        dtype: str = "float32"  # stored dtype of floating tensors
+        mmap: bool = False  # load: memory-map the file, then copy each tensor out (local files)
 
     def write(self, state_dict, loc, steps, progress):
         with steps("cast"):
@@ -41,7 +51,9 @@ class TorchSave(OneFile):
                 f.finish()
 
     def read(self, loc, manifest, progress):
-        sd = _torch_load(loc, self.FILE, mmap=False)
+        sd = _torch_load(loc, self.FILE, mmap=self.k.mmap)
+        if self.k.mmap and loc.local_file() is not None:  # really in memory: copied out of the map
+            sd = {k: v.clone() for k, v in sd.items()}
         progress(len(sd))
         return sd
 

@@ -130,12 +130,15 @@ PHASES: dict[str, Phase] = {p.id: p for p in [
     Phase("05", "05-formats", "Formats in use today",
           "What do teams use today, and can a TensorStore configuration beat torch.save?",
           "format: torch.save, safetensors, torch.distributed.checkpoint, zarr3 shards, and ts+best (OCDBT, "
-          "16 MiB chunks, one transaction, concurrency 128, no source copy)",
+          "16 MiB chunks, one transaction, concurrency 128, no source copy); and the loaders teams deploy (the "
+          "Run:ai Model Streamer and fastsafetensors on a safetensors file, tensorizer, torch.load with mmap)",
           "save and cold-load time as ratios in this run, throughput as a share of the disk reference, size, files",
-          ("pytorch-fp32", "safetensors", "dcp", "ts+zarr3", "ts+best", "ts+best16", "ts+chunks", "pytorch"),
+          ("pytorch-fp32", "safetensors", "dcp", "ts+zarr3", "ts+best", "ts+best16", "ts+chunks", "pytorch",
+           "runai-streamer", "fastsafetensors", "tensorizer", "pytorch-fp32-mmap"),
           pairs=(("ts+best", "pytorch-fp32"), ("ts+best", "safetensors"), ("ts+best16", "pytorch"),
                  ("ts+best", "ts+chunks"), ("safetensors", "pytorch-fp32"), ("dcp", "pytorch-fp32"),
-                 ("ts+zarr3", "ts+chunks"))),
+                 ("ts+zarr3", "ts+chunks"), ("runai-streamer", "safetensors"), ("fastsafetensors", "safetensors"),
+                 ("tensorizer", "pytorch-fp32"), ("pytorch-fp32-mmap", "pytorch-fp32"))),
     Phase("06", "06-distributed", "Sharded across processes",
           "How do sharded checkpoints scale when many processes write one checkpoint together, and can they be "
           "read back on another number of processes?",
