@@ -117,6 +117,9 @@ def cmd_run(args) -> int:
         raise UserError(f"a launched job loads on its own {launched_world} ranks; to load on "
                         f"{args.load_world_size}, keep the checkpoints (--keep) and start a job of that many "
                         "ranks running `python -m llama_ckpt load CHECKPOINT`")
+    if launched_world and args.s3_delay_ms:
+        raise UserError("--s3-delay-ms runs a proxy on this host's loopback, which the other nodes of a launched "
+                        "job cannot reach; add the delay in the network instead (tc netem)")
     world = launched_world or args.world_size
     sharded = bool(world)
     approaches = resolve(args.approach, sharded=sharded)

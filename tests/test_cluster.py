@@ -119,6 +119,9 @@ def test_launcher_input_is_checked_in_one_line(monkeypatch, tmp_path):
                           "loads on its own 4 ranks", "llama_ckpt load")
     assert_one_line_error(cli_here("run", "--approach", "pytorch", "--model", "tiny", "--out", str(tmp_path)),
                           "unknown approach")
+    assert_one_line_error(cli_here("run", "--model", "tiny", "--out", str(tmp_path), "--storage", "s3://b/p",
+                                   "--s3-endpoint", "http://127.0.0.1:9", "--s3-delay-ms", "20"),
+                          "--s3-delay-ms", "other nodes")
 
 
 def test_load_without_a_launcher_needs_a_world_size_and_a_sharded_checkpoint(tmp_path, tiny):
@@ -148,3 +151,21 @@ def test_storage_that_a_node_does_not_share_stops_the_run_in_one_line(tmp_path):
     other = next(p for p in procs if p is not lead)
     assert other.returncode == 0, _out(other)  # told to stop by rank 0, not hung
     assert not [p for d in cwds for p in d.rglob("*") if "COMMITTED" in p.name or ".tmp-" in p.name]
+
+
+def test_a_step_that_fails_is_raised_after_every_rank_answered(tmp_path):
+    """ask() gathers before it raises, so the group stays in step for the next step."""
+    import torch.distributed as dist
+
+    from llama_ckpt.store import LocalDir
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        group = cluster.Group(0, 1, 0, 1, dist)
+        with pytest.raises(ValueError, match="unknown step"):
+            cluster.ask(group, "no such step")
+        root = LocalDir(tmp_path / "root")
+        cluster.check_shared(group, root)  # the next step still works: the probe is seen, then removed
+        assert not list((tmp_path / "root").iterdir())
+    finally:
+        dist.destroy_process_group()

@@ -102,10 +102,27 @@ def _do(group: Group, cmd: str, arg):
     raise ValueError(f"unknown step {cmd!r}")
 
 
+def _answer(group: Group, cmd: str, arg):
+    """This rank's answer, or the exception it raised: every rank reaches the
+    gather either way, so a failed step never leaves the collectives out of
+    step (a rank's failed save or load, RankFailed, still ends the job)."""
+    try:
+        return _do(group, cmd, arg)
+    except FAILURES as exc:
+        return exc
+
+
 def ask(group: Group, cmd: str, arg=None) -> list:
-    """Rank 0: every rank does ``cmd`` (this one too); their answers in rank order."""
+    """Rank 0: every rank does ``cmd`` (this one too); their answers in rank
+    order. The first rank's exception, if any, is raised here after all answered."""
     group.bcast((cmd, arg))
-    return group.gather(_do(group, cmd, arg))
+    mine = _answer(group, cmd, arg)
+    answers = group.gather(None if isinstance(mine, BaseException) else mine)
+    answers[0] = mine
+    failed = next((a for a in answers if isinstance(a, BaseException)), None)
+    if failed is not None:
+        raise failed
+    return answers
 
 
 def serve(group: Group) -> None:
@@ -115,7 +132,10 @@ def serve(group: Group) -> None:
         if cmd == "done":
             _leave(group)
             return
-        group.gather(_do(group, cmd, arg))
+        answer = _answer(group, cmd, arg)
+        if isinstance(answer, BaseException):  # its text travels (any exception pickles as this)
+            answer = RuntimeError(f"rank {group.rank}: {type(answer).__name__}: {answer}")
+        group.gather(answer)
 
 
 def _leave(group: Group) -> None:
