@@ -137,7 +137,7 @@ def cmd_run(args) -> int:
     opts = measure.Options(out=Path(args.out), repeats=args.repeats, keep=args.keep, warm=args.warm,
                            results=Path(args.results) if args.results else None, run_id=args.run_id,
                            storage=storage, world_size=world, load_world_size=args.load_world_size or None,
-                           group=group)
+                           group=group, disk_reference=not args.no_reference)
     with cluster.leading(group) if group is not None else contextlib.nullcontext():
         env, rows = measure.run(approaches, source, opts, on_row=lambda r: print(_row_line(r), flush=True),
                                 say=lambda s: print(s, flush=True))
@@ -286,6 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--world-size", type=_positive_int, default=None, metavar="N",
                    help="save with N processes over torch.distributed (gloo), each holding a row shard of every "
                         "tensor; the approaches are then the sharded ones (see 'list')")
+    s.add_argument("--no-reference", action="store_true",
+                   help="skip the storage reference (when another run beside this one measured it)")
     s.add_argument("--load-world-size", type=_positive_int, default=None, metavar="M",
                    help="load on M processes instead of N (resharding; default: N)")
     s.set_defaults(func=cmd_run)

@@ -9,6 +9,7 @@ import re
 import pytest
 
 from llama_ckpt.bench import cluster
+from llama_ckpt.bench.measure import add_counts
 
 from .helpers import assert_one_line_error, cli_here
 from .test_distributed import _rank1_data_file
@@ -65,8 +66,11 @@ def test_two_nodes_of_two_ranks_save_and_load_with_their_topology(saved, kind):
         assert all(k["verified"] and k["read_s"] > 0 for k in x["ranks_load"])
         assert x["save_s"] >= max(k["write_s"] for k in x["ranks_save"])
         if kind == "s3":
-            # every rank's requests are in the row, not only rank 0's
+            # every rank's requests are in the row, each counted once (rank 0's are in its own report)
             assert x["storage"] == "s3://ckpt/cluster" and x["n_files"] > 0
+            assert x["requests_save"] == add_counts(*(k["requests"] for k in x["ranks_save"]))
+            assert x["requests_load"] == add_counts(*(k["requests"] for k in x["ranks_load"]))
+            assert all(k["requests"]["write"] > 0 for k in x["ranks_save"])  # each rank wrote its own rows
             assert x["requests_save"]["write"] >= x["n_files"] and x["requests_load"]["read"] >= 4
         else:
             assert x["load_cold"] is True and x["requests_save"] is None

@@ -71,7 +71,7 @@ def test_dcp_can_target_s3_through_s3fs():
 
 
 def test_cli_run_on_s3_skips_what_cannot_target_it_with_the_reason(server, tmp_path, monkeypatch):
-    # no format is limited to local files today; one that declares it is skipped with its reason
+    # a format that declares it cannot target S3 is skipped with its reason
     monkeypatch.setattr(type(APPROACHES["safetensors"]), "s3_unsupported", "it only writes local paths")
     r = cli_here("run", "--approach", "pytorch,ts+chunks,safetensors", "--model", "tiny", "--repeats", "1",
                  "--out", str(tmp_path), "--storage", "s3://ckpt/cli", "--s3-endpoint", server.endpoint)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
 import uuid
 from dataclasses import dataclass
@@ -115,9 +116,15 @@ def _answer(group: Group, cmd: str, arg):
 def ask(group: Group, cmd: str, arg=None) -> list:
     """Rank 0: every rank does ``cmd`` (this one too); their answers in rank
     order. The first rank's exception, if any, is raised here after all answered."""
-    group.bcast((cmd, arg))
+    try:
+        group.bcast((cmd, arg))
+    except FAILURES as exc:  # the group is broken (a rank died): the job cannot go on
+        raise ranks.RankFailed(group.rank, f"sending step {cmd!r} to the other ranks", exc) from exc
     mine = _answer(group, cmd, arg)
-    answers = group.gather(None if isinstance(mine, BaseException) else mine)
+    try:
+        answers = group.gather(None if isinstance(mine, BaseException) else mine)
+    except FAILURES as exc:
+        raise ranks.RankFailed(group.rank, f"gathering the answers to step {cmd!r}", exc) from exc
     answers[0] = mine
     failed = next((a for a in answers if isinstance(a, BaseException)), None)
     if failed is not None:
@@ -189,15 +196,18 @@ def evict(group: Group, loc) -> tuple:
 def sharded(group: Group, job: dict, loc) -> tuple:
     """Rank 0: one save and one cold load of ``job`` on every rank of the
     job, at ``loc``. Returns (save reports, load reports, footprint, cold,
-    resident fraction, rank 0's request counts of save and load)."""
+    resident fraction, and None twice: every request is in the ranks' own
+    counts, rank 0's included, since it runs its part in this process)."""
     staged = loc.stage()
-    with loc.count_requests() as req_save:
+    try:
         saves = ask(group, "job", dict(job, staged=staged))
+    except FAILURES:
+        loc.discard(staged)  # no commit happened
+        raise
     fp = loc.footprint()
     cold, frac = evict(group, loc)
-    with loc.count_requests() as req_load:
-        loads = ask(group, "job", dict(job, kind="load"))
-    return saves, loads, fp, cold, frac, req_save, req_load
+    loads = ask(group, "job", dict(job, kind="load"))
+    return saves, loads, fp, cold, frac, None, None
 
 
 # -- starting jobs (tests, and 06 on one machine) ------------------------------------------
@@ -216,11 +226,19 @@ def torchrun(nnodes: int, nproc: int, args: list[str], timeout: float = 3600, cw
         port = s.getsockname()[1]
 
     def one(node: int):
-        return subprocess.run(
-            [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(nnodes), "--nproc-per-node", str(nproc),
-             "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", f"llama-ckpt-{port}",
-             "-m", "llama_ckpt", *args], capture_output=True, text=True, timeout=timeout,
-            cwd=cwds[node] if cwds else None)
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(nnodes), "--nproc-per-node", str(nproc),
+               "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", f"llama-ckpt-{port}",
+               "-m", "llama_ckpt", *args]
+        # a session of its own: on a timeout torchrun and every rank it started go, not torchrun alone
+        with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                              cwd=cwds[node] if cwds else None) as p:
+            try:
+                out, err = p.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                out, err = p.communicate()
+                err += f"\nkilled after {timeout:g} s"
+            return subprocess.CompletedProcess(cmd, p.returncode, out, err)
 
     with ThreadPoolExecutor(nnodes) as pool:
         return list(pool.map(one, range(nnodes)))

@@ -303,8 +303,8 @@ def load_sharded(loc: Location, group=None, world: int | None = None) -> dict:
                specs=source.specs, seed=source.seed, model=source.name, final=loc)
     if group is not None:
         cold, frac = cluster.evict(group, loc)
-        with loc.count_requests() as req:
-            loads = cluster.ask(group, "job", job)
+        req = None  # rank 0 loads in this process: its requests are in its own report
+        loads = cluster.ask(group, "job", job)
     else:
         cold, frac = loc.evict()
         with loc.count_requests() as req:
@@ -322,8 +322,9 @@ def load_sharded(loc: Location, group=None, world: int | None = None) -> dict:
                 (f"verification failed: {'; '.join(unverified)}" if unverified else None))
 
 
-SAVE_KEYS = ("rank", "node", "local_rank", "host", "write_s", "checkpoint_s", "bytes", "peak_rss_bytes")
-LOAD_KEYS = ("rank", "node", "local_rank", "host", "read_s", "checkpoint_s", "bytes", "peak_rss_bytes", "verified")
+SAVE_KEYS = ("rank", "node", "local_rank", "host", "write_s", "checkpoint_s", "bytes", "peak_rss_bytes", "requests")
+LOAD_KEYS = ("rank", "node", "local_rank", "host", "read_s", "checkpoint_s", "bytes", "peak_rss_bytes", "requests",
+             "verified")
 
 
 def topology_fields(reports: list[dict]) -> dict:

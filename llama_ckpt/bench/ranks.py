@@ -45,7 +45,7 @@ from .. import checkpoint
 from ..digests import tensor_digest
 from ..formats.base import RankContext
 from ..model import seeded_tensor
-from ..recorders import high_water_mark
+from ..recorders import PeakRSS
 from ..registry import approach_of
 
 COLLECTIVE_TIMEOUT_S = 120  # a rank waiting longer than this on the others gives up with an error
@@ -147,12 +147,13 @@ class Job:
         """This rank's report; an exception is re-raised as a RankFailed naming the step."""
         report = topology(self.rank)
         try:
-            report.update(self.save() if self.job["kind"] == "save" else self.load())
+            with PeakRSS() as rss:  # this step's peak: a launched rank does every step in one process
+                report.update(self.save() if self.job["kind"] == "save" else self.load())
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:  # noqa: BLE001 - named with the step, then the rank ends
             raise RankFailed(self.rank, self.step, exc) from exc
-        report["peak_rss_bytes"] = high_water_mark()
+        report["peak_rss_bytes"] = rss.peak
         return report
 
 

@@ -4,6 +4,7 @@ with DTensors."""
 from __future__ import annotations
 
 import os
+import uuid
 import warnings
 from dataclasses import dataclass
 
@@ -137,7 +138,9 @@ class DistributedCheckpoint(Format):
         # much up lazily on first use (~0.5 s here), which is process
         # start-up, not checkpointing; a training job pays it once. Named as
         # a temporary, so an interrupted one is removed by the next run.
-        warm = loc.parent / f"{loc.name}{TMP_TAG}dcp-warmup"
+        tag = [uuid.uuid4().hex[:8]] if ctx.rank == 0 else [None]  # two jobs on one checkpoint do not collide
+        ctx.dist.broadcast_object_list(tag, src=0)
+        warm = loc.parent / f"{loc.name}{TMP_TAG}dcp-warmup-{tag[0]}"
         one = {"w": DTensor.from_local(torch.zeros(1, 4), mesh, [Shard(0)], run_check=False,
                                        shape=torch.Size((ctx.world, 4)), stride=(4, 1))}
         dcp.save(one, storage_writer=writer(warm, 1))

@@ -34,6 +34,10 @@ class TorchSave(OneFile):
     FILE = "model.pth"
     can_shard = True
 
+    @property
+    def s3_unsupported(self) -> str | None:
+        return "torch.load(mmap=True) maps a local file" if self.k.mmap else None
+
     @dataclass(frozen=True)
     class Knobs:
         dtype: str = "float32"  # stored dtype of floating tensors
