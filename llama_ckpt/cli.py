@@ -132,15 +132,15 @@ def cmd_run(args) -> int:
     source = get_model(args.model, args.model_path, seed=args.seed)
     group = cluster.join() if launched_world else None
     if group is not None and not group.lead:
-        cluster.serve(group)  # rank 0 prints and records; this rank does its part of every step
-        return 0
+        return cluster.serve(group)  # rank 0 prints and records; this rank does its part of every step
     opts = measure.Options(out=Path(args.out), repeats=args.repeats, keep=args.keep, warm=args.warm,
                            results=Path(args.results) if args.results else None, run_id=args.run_id,
                            storage=storage, world_size=world, load_world_size=args.load_world_size or None,
                            group=group, disk_reference=not args.no_reference)
-    with cluster.leading(group) if group is not None else contextlib.nullcontext():
+    with cluster.leading(group) if group is not None else contextlib.nullcontext(cluster.Outcome()) as outcome:
         env, rows = measure.run(approaches, source, opts, on_row=lambda r: print(_row_line(r), flush=True),
                                 say=lambda s: print(s, flush=True))
+        outcome.code = 0 if all(r.get("verified") for r in rows) else 1
     print()
     if sharded:
         print(comparison_table(rows, baseline="pytorch-per-rank", reference="dcp-sharded"))
@@ -150,7 +150,7 @@ def cmd_run(args) -> int:
         print(f"{env['reference_kind']} reference: write {env['reference_write_Bps'] / 1e6:.0f} MB/s, "
               f"read {env['reference_read_Bps'] / 1e6:.0f} MB/s{'' if env['reference_read_cold'] else ' (read not cold)'}")
     print(f"results: {env['results_path']}")
-    return 0 if all(r.get("verified") for r in rows) else 1
+    return outcome.code
 
 
 def _checkpoint_at(path: str, endpoint: str | None) -> Location | Path:
@@ -165,14 +165,13 @@ def cmd_load(args) -> int:
     if _launched_world(args):
         group = cluster.join()
         if not group.lead:
-            cluster.serve(group)
-            return 0
+            return cluster.serve(group)
     elif not args.world_size:
         raise UserError("load needs --world-size N (ranks spawned here), or to be started by torchrun")
     else:
         group = None
     worst = 0
-    with cluster.leading(group) if group is not None else contextlib.nullcontext():
+    with cluster.leading(group) if group is not None else contextlib.nullcontext(cluster.Outcome()) as outcome:
         for p, loc in zip(args.paths, locs):
             try:
                 r = measure.load_sharded(loc, group=group, world=args.world_size)
@@ -190,6 +189,7 @@ def cmd_load(args) -> int:
             else:
                 print(f"{head}: NOT VERIFIED: {r['error']}")
                 worst = 1
+        outcome.code = worst
     return worst
 
 

@@ -132,13 +132,15 @@ def ask(group: Group, cmd: str, arg=None) -> list:
     return answers
 
 
-def serve(group: Group) -> None:
-    """Ranks other than 0: do what rank 0 sends until it says done."""
+def serve(group: Group) -> int:
+    """Ranks other than 0: do what rank 0 sends until it says done; the exit
+    code rank 0 ends with. Every rank ends with it: torchrun keeps the agents
+    of ranks that succeeded waiting (5 minutes) for a node that failed."""
     while True:
         cmd, arg = group.bcast()
         if cmd == "done":
             _leave(group)
-            return
+            return arg
         answer = _answer(group, cmd, arg)
         if isinstance(answer, BaseException):  # its text travels (any exception pickles as this)
             answer = RuntimeError(f"rank {group.rank}: {type(answer).__name__}: {answer}")
@@ -152,17 +154,26 @@ def _leave(group: Group) -> None:
     group.dist.destroy_process_group()
 
 
+class Outcome:
+    code = 1  # rank 0's exit code; 1 unless the run said otherwise (an error, for one)
+
+
 @contextlib.contextmanager
 def leading(group: Group):
-    """Rank 0's side: whatever happens, the others are told to stop at the end.
-    A failed rank (RankFailed) ends the job: the collectives cannot go on."""
+    """Rank 0's side: ``with leading(group) as outcome: ...; outcome.code = 0``.
+    Whatever happens, the others are then told to stop with rank 0's exit
+    code. A failed rank (RankFailed) ends the job: the collectives cannot go on."""
+    outcome = Outcome()
     try:
-        yield group
+        yield outcome
     except ranks.RankFailed as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         os._exit(1)  # the launcher stops the other ranks
+    except UserError:
+        outcome.code = 2
+        raise
     finally:
-        group.bcast(("done", None))
+        group.bcast(("done", outcome.code))
         _leave(group)
 
 
