@@ -93,7 +93,8 @@ class Target:
         """s3fs's storage options for this endpoint and these credentials,
         made once (the same options give the same s3fs instance, fsspec's
         cache): its requests are counted like boto3's."""
-        key = (self.endpoint, os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY"), region())
+        key = (self.endpoint, os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY"),
+               os.environ.get("AWS_SESSION_TOKEN"), region())
         if key not in _FSSPEC:
             from aiobotocore.session import AioSession
 
@@ -131,7 +132,8 @@ def client(endpoint: str):
     """A boto3 S3 client for ``endpoint``, made once per endpoint and
     credentials (making one costs ~0.1 s, which must not land in a timed
     save) and shared: boto3 clients are thread-safe."""
-    key = (endpoint, os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY"), region())
+    key = (endpoint, os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY"),
+           os.environ.get("AWS_SESSION_TOKEN"), region())
     if key not in _CLIENTS:
         _CLIENTS[key] = _new_client(endpoint)
     return _CLIENTS[key]
