@@ -228,13 +228,10 @@ def torchrun(nnodes: int, nproc: int, args: list[str], timeout: float = 3600, cw
     each running ``python -m llama_ckpt ARGS``; their CompletedProcesses in
     launch order (``cwds``: each launch's working directory, as on machines
     of their own). On a cluster each node runs one such torchrun itself."""
-    import socket
     import subprocess
     from concurrent.futures import ThreadPoolExecutor
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = ranks.free_port()
 
     def one(node: int):
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(nnodes), "--nproc-per-node", str(nproc),

@@ -309,17 +309,22 @@ def load_sharded(loc: Location, group=None, world: int | None = None) -> dict:
         cold, frac = loc.evict()
         with loc.count_requests() as req:
             loads = ranks.launch(job, world)
-    errors = [r["error"] for r in loads if r.get("error")]
-    unverified = [f"rank {r['rank']}: {', '.join(r.get('bad', []))}" for r in loads
-                  if not r.get("error") and not r.get("verified")]
+    errors, error = _load_verdict(loads)
     return dict(path=str(loc), approach=man["approach"], model=source.name, world_size=man["world_size"],
                 load_world_size=len(loads), **{k: v for k, v in topology_fields(loads).items()},
                 load_s=None if errors else max(r["checkpoint_s"] for r in loads), load_cold=cold,
                 resident_after_evict=frac, requests_load=add_counts(req, *(r.get("requests") for r in loads)),
                 ranks_load=[{k: r.get(k) for k in LOAD_KEYS} for r in loads],
-                bytes=sum(r.get("bytes") or 0 for r in loads), verified=not errors and not unverified,
-                error=("load failed: " + "; ".join(errors)) if errors else
-                (f"verification failed: {'; '.join(unverified)}" if unverified else None))
+                bytes=sum(r.get("bytes") or 0 for r in loads), verified=error is None, error=error)
+
+
+def _load_verdict(loads: list[dict]) -> tuple[list[str], str | None]:
+    """The ranks' load errors, and the row's error: a failed load, else rows that did not verify, else None."""
+    errors = [r["error"] for r in loads if r.get("error")]
+    unverified = [f"rank {r['rank']}: {', '.join(r.get('bad', []))}" for r in loads
+                  if not r.get("error") and not r.get("verified")]
+    return errors, (("load failed: " + "; ".join(errors)) if errors else
+                    (f"verification failed: {'; '.join(unverified)}" if unverified else None))
 
 
 SAVE_KEYS = ("rank", "node", "local_rank", "host", "write_s", "checkpoint_s", "bytes", "peak_rss_bytes", "requests")
@@ -340,9 +345,7 @@ def sharded_fields(saves: list[dict], loads: list[dict], fp, cold, frac, req_sav
     """A sharded row's fields from the ranks' reports: the checkpoint time is
     the slowest rank's (each rank's own time is in ``ranks_save`` and
     ``ranks_load``), requests are every rank's plus this process's."""
-    errors = [r["error"] for r in loads if r.get("error")]
-    unverified = [f"rank {r['rank']}: {', '.join(r.get('bad', []))}" for r in loads
-                  if not r.get("error") and not r.get("verified")]
+    errors, error = _load_verdict(loads)
     topo_save, topo_load = topology_fields(saves), topology_fields(loads)
     return dict(
         save_s=max(r["checkpoint_s"] for r in saves),
@@ -357,9 +360,7 @@ def sharded_fields(saves: list[dict], loads: list[dict], fp, cold, frac, req_sav
         load_nodes=topo_load["nodes"], load_ranks_per_node=topo_load["ranks_per_node"],
         ranks_save=[{k: r.get(k) for k in SAVE_KEYS} for r in saves],
         ranks_load=[{k: r.get(k) for k in LOAD_KEYS} for r in loads],
-        verified=not errors and not unverified,
-        error=("load failed: " + "; ".join(errors)) if errors else
-        (f"verification failed: {'; '.join(unverified)}" if unverified else None))
+        verified=error is None, error=error)
 
 
 # -- a run -------------------------------------------------------------------------------

@@ -197,7 +197,7 @@ def worker(rank: int, job: dict) -> None:
     out.write_text(json.dumps(report))
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -216,7 +216,7 @@ def launch(job: dict, world: int, timeout: float = RANK_GROUP_TIMEOUT_S) -> list
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload([__name__])
     with tempfile.TemporaryDirectory(prefix="llama-ckpt-ranks-") as rd:
-        job = dict(job, world=world, port=_free_port(), report_dir=rd)
+        job = dict(job, world=world, port=free_port(), report_dir=rd)
         procs = [ctx.Process(target=worker, args=(r, job), daemon=False) for r in range(world)]
         for p in procs:
             p.start()
