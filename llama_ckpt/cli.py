@@ -146,11 +146,19 @@ def cmd_run(args) -> int:
         print(comparison_table(rows, baseline="pytorch-per-rank", reference="dcp-sharded"))
     else:
         print(comparison_table(rows))
-    if "reference_write_Bps" in env:
-        print(f"{env['reference_kind']} reference: write {env['reference_write_Bps'] / 1e6:.0f} MB/s, "
-              f"read {env['reference_read_Bps'] / 1e6:.0f} MB/s{'' if env['reference_read_cold'] else ' (read not cold)'}")
+    if env.get("reference_write_Bps"):
+        print(_reference_line(env))
     print(f"results: {env['results_path']}")
     return outcome.code
+
+
+def _reference_line(env: dict) -> str:
+    """The run's storage reference in one line: each rate with the way it was fastest."""
+    def way(op):
+        return f" ({env[f'reference_{op}_way']})" if env.get(f"reference_{op}_way") else ""
+    return (f"{env.get('reference_kind', 'disk')} reference: write {env['reference_write_Bps'] / 1e6:.0f} MB/s"
+            f"{way('write')}, read {env['reference_read_Bps'] / 1e6:.0f} MB/s{way('read')}"
+            + ("" if env.get("reference_read_cold", True) else " (read not cold)"))
 
 
 def _checkpoint_at(path: str, endpoint: str | None) -> Location | Path:
@@ -208,8 +216,7 @@ def cmd_compare(args) -> int:
         print(f"run {run_id}: model {rows[0].get('model')}, {rows[0].get('n_tensors')} tensors")
         print(comparison_table(rows, baseline=args.baseline, reference=args.reference))
         if env.get("reference_write_Bps"):
-            print(f"disk reference: write {env['reference_write_Bps'] / 1e6:.0f} MB/s, "
-                  f"read {env['reference_read_Bps'] / 1e6:.0f} MB/s")
+            print(_reference_line(env))
         print()
     return 0
 

@@ -74,6 +74,21 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
+def fsync_tree(path: Path) -> int:
+    """fsync every file under ``path``, then every directory (their entries);
+    returns the number of fsync calls."""
+    n = 0
+    dirs = {path}
+    for f in iter_files(path):
+        fsync_path(f)
+        n += 1
+        dirs.update(p for p in f.parents if p == path or path in p.parents)
+    for d in sorted(dirs, key=lambda p: -len(p.parts)):
+        fsync_path(d)
+        n += 1
+    return n
+
+
 def evict(path: Path) -> None:
     """Drop every file under ``path`` from the page cache: fsync (dirty pages
     cannot be dropped) then POSIX_FADV_DONTNEED on the whole file."""

@@ -33,6 +33,8 @@ MEASUREMENT_FIELDS = (
     "save_s", "load_s", "load_cold", "resident_after_evict", "load_warm_s",
     "bytes_on_disk", "bytes_apparent", "n_files", "payload_bytes", "by_kind",
     "peak_rss_save_bytes", "peak_rss_load_bytes",
+    # the peaks' anonymous part (must fit in memory) and file-backed part (mapped pages the kernel can drop)
+    "peak_rss_anon_save_bytes", "peak_rss_file_save_bytes", "peak_rss_anon_load_bytes", "peak_rss_file_load_bytes",
     "save_phases", "storage", "s3_delay_ms", "requests_save", "requests_load",
     "world_size", "load_world_size", "ranks_save", "ranks_load",
     # sharded: who started the ranks ("spawn": this suite on one host;
@@ -216,6 +218,8 @@ def summarize(rows: list[dict]) -> dict[str, dict]:
             # None: the server's cache could not be evicted (an S3 server whose files are unknown)
             "load_cold": None if any(r.get("load_cold") is None for r in rs) else all(r["load_cold"] for r in rs),
             "max_abs_err": max(r.get("max_abs_err") or 0.0 for r in rs),
+            **{f"peak_{part}{step}": Stat.of([r.get(f"peak_rss_{part}{step}_bytes") for r in rs])
+               for part in ("", "anon_", "file_") for step in ("save", "load")},
             "n": len(rs),
         }
     return out

@@ -50,7 +50,7 @@ from ..recorders import PeakRSS, Steps
 from ..results import ResultsWriter, environment_record, measurement_row
 from ..store import LocalDir, Location, at
 from . import cluster, ranks
-from .probes import REFERENCE_SAMPLES, reference
+from .probes import REFERENCE_SAMPLES, REFERENCE_THREADS, reference
 
 DISK_HEADROOM = 256 << 20  # free space left on the output file system beyond the estimate
 RANK_OVERHEAD = 500 << 20  # a rank's interpreter, torch and TensorStore, measured ~0.4 GB here
@@ -118,6 +118,22 @@ def check_memory(source: ModelSource, world: int, on_this_node: int | None = Non
     if need > psutil.virtual_memory().available:
         raise UserError(f"{source.name} on {here} rank(s) of this node needs about {need / 1e9:.1f} GB of memory; "
                         f"{psutil.virtual_memory().available / 1e9:.1f} GB available")
+
+
+def memory_skips(approaches: list[Format], source: ModelSource) -> dict[str, str]:
+    """The approaches whose estimated peak (``Format.peak_estimate``, on top
+    of this process's own memory now) exceeds the memory available, each with
+    the reason: skipped up front rather than killed by the kernel mid-save."""
+    available = psutil.virtual_memory().available + psutil.Process().memory_info().rss
+    base = psutil.Process().memory_info().rss
+    out = {}
+    for a in approaches:
+        need = a.peak_estimate(source.nbytes) + base
+        if need > available:
+            out[a.name] = (f"its estimated peak memory, {need / 1e9:.1f} GB ({need / source.nbytes:.2f}x the "
+                           f"{source.nbytes / 1e9:.1f} GB model with this process), exceeds the "
+                           f"{available / 1e9:.1f} GB this machine has available")
+    return out
 
 
 def _describe_error(exc: BaseException, where) -> str:
@@ -245,6 +261,8 @@ def _single(approach: Format, source: ModelSource, expected: dict, loc: Location
                 bytes_on_disk=fp.bytes_on_disk, bytes_apparent=fp.bytes_apparent, n_files=fp.n_files,
                 payload_bytes=sum(approach.payload_bytes(sp) for sp in source.specs), by_kind=by_kind,
                 peak_rss_save_bytes=rss_save.peak, peak_rss_load_bytes=rss_load.peak,
+                peak_rss_anon_save_bytes=rss_save.peak_anon, peak_rss_file_save_bytes=rss_save.peak_file,
+                peak_rss_anon_load_bytes=rss_load.peak_anon, peak_rss_file_load_bytes=rss_load.peak_file,
                 save_phases=steps.seconds, requests_save=req_save, requests_load=req_load,
                 verified=verdict.verified, max_abs_err=verdict.max_abs_err, max_rel_err=verdict.max_rel_err,
                 n_overflow=verdict.n_overflow, n_flushed=verdict.n_flushed,
@@ -327,8 +345,10 @@ def _load_verdict(loads: list[dict]) -> tuple[list[str], str | None]:
                     (f"verification failed: {'; '.join(unverified)}" if unverified else None))
 
 
-SAVE_KEYS = ("rank", "node", "local_rank", "host", "write_s", "checkpoint_s", "bytes", "peak_rss_bytes", "requests")
-LOAD_KEYS = ("rank", "node", "local_rank", "host", "read_s", "checkpoint_s", "bytes", "peak_rss_bytes", "requests",
+SAVE_KEYS = ("rank", "node", "local_rank", "host", "write_s", "checkpoint_s", "bytes", "peak_rss_bytes",
+             "peak_rss_anon_bytes", "peak_rss_file_bytes", "requests")
+LOAD_KEYS = ("rank", "node", "local_rank", "host", "read_s", "checkpoint_s", "bytes", "peak_rss_bytes",
+             "peak_rss_anon_bytes", "peak_rss_file_bytes", "requests",
              "verified")
 
 
@@ -354,6 +374,8 @@ def sharded_fields(saves: list[dict], loads: list[dict], fp, cold, frac, req_sav
         bytes_apparent=fp.bytes_apparent, n_files=fp.n_files, payload_bytes=payload,
         peak_rss_save_bytes=max(r.get("peak_rss_bytes", 0) for r in saves),
         peak_rss_load_bytes=max((r.get("peak_rss_bytes") or 0) for r in loads),
+        **{f"peak_rss_{part}_{step}_bytes": max((r.get(f"peak_rss_{part}_bytes") or 0) for r in rs)
+           for part in ("anon", "file") for step, rs in (("save", saves), ("load", loads))},
         requests_save=add_counts(req_save, *(r.get("requests") for r in saves)),
         requests_load=add_counts(req_load, *(r.get("requests") for r in loads)),
         launcher=launcher, nodes=topo_save["nodes"], ranks_per_node=topo_save["ranks_per_node"],
@@ -440,6 +462,16 @@ def _run(approaches, source, opts: Options, out: Path, on_row, say):
     else:
         skipped = None
         need = check_disk(approaches, source, root.local_file(), opts.keep, opts.disk_reference)
+    if not approaches[0].sharded:
+        too_big = memory_skips(approaches, source)
+        for name, why in too_big.items():
+            say(f"skipped {name}: {why}")
+        if too_big:
+            skipped = {**(skipped or {}), **too_big}
+            approaches = [a for a in approaches if a.name not in too_big]
+            if not approaches:
+                raise UserError(f"none of the chosen approaches fits in this machine's memory with {source.name}: "
+                                + "; ".join(f"{n}: {w}" for n, w in too_big.items()))
     results_path = Path(opts.results) if opts.results else out / "results" / f"{run_id}.jsonl"
     log = RunLog(results_path, run_id, len(approaches) * opts.repeats, on_row)
     sharded = approaches[0].sharded
@@ -466,8 +498,9 @@ def _run(approaches, source, opts: Options, out: Path, on_row, say):
         cluster.check_shared(opts.group, root)
     ref = {}
     if opts.disk_reference:
-        say(f"{root.reference_kind} reference: {source.nbytes / 1e9:.2f} GB sequential write + cold read, "
-            f"{REFERENCE_SAMPLES} times")
+        say(f"{root.reference_kind} reference: {source.nbytes / 1e9:.2f} GB written and read cold, in one stream"
+            + (f" and by {REFERENCE_THREADS} threads" if root.local_file() is not None else "")
+            + f", {REFERENCE_SAMPLES} times")
         ref = reference(source.nbytes, root / "reference")
     extra = dict(world_size=opts.world_size, load_world_size=opts.load_world_size, cores=cores,
                  launcher="spawn" if opts.group is None else "torchrun") if sharded else {}

@@ -5,54 +5,127 @@ from __future__ import annotations
 import os
 import statistics
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from ..store import Location
 
 # Samples of the reference per run: one sample proved untrustworthy here (the
 # same write measured 341 then 1,869 MB/s back to back).
 REFERENCE_SAMPLES = 3
-# Block size of the reference's sequential writes and reads.
+# Block size of the reference's writes and reads.
 REFERENCE_BLOCK = 16 << 20
+# Threads of the parallel write and read (the parallel loaders use 4-16).
+REFERENCE_THREADS = 8
 REFERENCE_FILE = "reference.bin"
+
+
+def _pieces(nbytes: int) -> list[tuple[int, int]]:
+    return [(off, min(REFERENCE_BLOCK, nbytes - off)) for off in range(0, nbytes, REFERENCE_BLOCK)]
+
+
+def _write_stream(loc: Location, nbytes: int, block: bytes) -> None:
+    with loc.open_write(REFERENCE_FILE) as f:
+        left = nbytes
+        while left > 0:
+            n = min(left, len(block))
+            f.write(block[:n] if n < len(block) else block)
+            left -= n
+        f.finish()
+
+
+def _write_parallel(path, nbytes: int, block: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        with ThreadPoolExecutor(REFERENCE_THREADS) as pool:
+            list(pool.map(lambda p: os.pwrite(fd, memoryview(block)[:p[1]], p[0]), _pieces(nbytes)))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    dfd = os.open(os.path.dirname(path), os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def _read_stream(loc: Location) -> None:
+    stream = loc.open_read(REFERENCE_FILE)
+    try:
+        while stream.read(REFERENCE_BLOCK):
+            pass
+    finally:
+        stream.close()
+
+
+def _read_parallel(path, nbytes: int) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        def one(piece):
+            off, n = piece
+            while n > 0:  # pread may return less than asked
+                got = len(os.pread(fd, n, off))
+                if got == 0:
+                    raise EOFError(f"{path}: short read at {off}")
+                off, n = off + got, n - got
+
+        with ThreadPoolExecutor(REFERENCE_THREADS) as pool:
+            list(pool.map(one, _pieces(nbytes)))
+    finally:
+        os.close(fd)
+
+
+def _timed(fn, *args) -> float:
+    t0 = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - t0
 
 
 def reference_sample(nbytes: int, loc: Location) -> dict:
     """The storage itself, in this run: one file (or object) of ``nbytes``
-    written sequentially in 16 MiB blocks and made durable (fsync; the
-    completed multipart upload), then evicted and read back cold in one stream."""
+    written in 16 MiB blocks and made durable (fsync; the completed multipart
+    upload), evicted, and read back cold in one stream. On a file system the
+    same file is also written by ``REFERENCE_THREADS`` threads (``pwrite`` of
+    16 MiB pieces, then fsync) and read cold by as many threads (``pread``),
+    the way parallel writers and loaders do; each is timed on its own."""
     block = os.urandom(min(REFERENCE_BLOCK, max(nbytes, 1)))
+    path = loc.local_file(REFERENCE_FILE)
+    out: dict = {}
     try:
-        t0 = time.perf_counter()
-        with loc.open_write(REFERENCE_FILE) as f:
-            left = nbytes
-            while left > 0:
-                n = min(left, len(block))
-                f.write(block[:n] if n < len(block) else block)
-                left -= n
-            f.finish()
-        write_s = time.perf_counter() - t0
+        out["write_stream_s"] = _timed(_write_stream, loc, nbytes, block)
         cold, _frac = loc.evict()
-        t0 = time.perf_counter()
-        stream = loc.open_read(REFERENCE_FILE)
-        try:
-            while stream.read(REFERENCE_BLOCK):
-                pass
-        finally:
-            stream.close()
-        read_s = time.perf_counter() - t0
+        out["read_stream_s"] = _timed(_read_stream, loc)
+        if path is not None:
+            loc.remove()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            out["write_parallel_s"] = _timed(_write_parallel, str(path), nbytes, block)
+            cold2, _frac = loc.evict()
+            cold = cold and cold2
+            out["read_parallel_s"] = _timed(_read_parallel, str(path), nbytes)
     finally:
         loc.remove()
-    return {"write_s": write_s, "read_s": read_s, "read_cold": cold}
+    out["write_s"] = min(v for k, v in out.items() if k.startswith("write_"))
+    out["read_s"] = min(v for k, v in out.items() if k.startswith("read_"))
+    out["read_cold"] = cold
+    return out
 
 
 def reference(nbytes: int, loc: Location, samples: int = REFERENCE_SAMPLES) -> dict:
-    """The reference as the medians of its samples (write and read each),
-    every sample kept in ``reference_samples``."""
+    """The reference: for writing and for reading, the faster way (one
+    stream, or parallel threads on a file system) by the medians of its
+    samples; every sample kept in ``reference_samples``, each way's median
+    in ``reference_ways``."""
     got = [reference_sample(nbytes, loc) for _ in range(samples)]
-    w = statistics.median(s["write_s"] for s in got)
-    r = statistics.median(s["read_s"] for s in got)
+    ways = {k: statistics.median(s[k] for s in got) for k in got[0] if k.endswith(("stream_s", "parallel_s"))}
+    best = {}
+    for op in ("write", "read"):
+        way = min((k for k in ways if k.startswith(op + "_")), key=ways.get)
+        best[op] = (ways[way], way.removeprefix(op + "_").removesuffix("_s"))
+    (w, w_way), (r, r_way) = best["write"], best["read"]
     colds = [s["read_cold"] for s in got]
     return {"reference_kind": loc.reference_kind, "reference_bytes": nbytes, "reference_write_s": w,
-            "reference_read_s": r, "reference_read_cold": None if None in colds else all(colds),
+            "reference_read_s": r, "reference_write_way": w_way if w_way == "stream" else
+            f"parallel ({REFERENCE_THREADS} threads)", "reference_read_way": r_way if r_way == "stream" else
+            f"parallel ({REFERENCE_THREADS} threads)", "reference_ways": ways,
+            "reference_read_cold": None if None in colds else all(colds),
             "reference_write_Bps": nbytes / w if w else None, "reference_read_Bps": nbytes / r if r else None,
             "reference_samples": got}

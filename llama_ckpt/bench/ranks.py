@@ -153,7 +153,7 @@ class Job:
             raise
         except BaseException as exc:  # noqa: BLE001 - named with the step, then the rank ends
             raise RankFailed(self.rank, self.step, exc) from exc
-        report["peak_rss_bytes"] = rss.peak
+        report.update(peak_rss_bytes=rss.peak, peak_rss_anon_bytes=rss.peak_anon, peak_rss_file_bytes=rss.peak_file)
         return report
 
 

@@ -64,6 +64,11 @@ class Format:
     Knobs: type
     s3_unsupported: str | None = None  # why this format cannot use an object store (None: it can)
     can_shard: bool = False
+    # The anonymous memory a save or a load of the whole model may hold at its
+    # peak, as a multiple of the model's bytes (the source or loaded copy
+    # included): the estimate the run checks against the memory available
+    # before it measures the approach.
+    PEAK_FACTOR = 1.2
 
     def __init__(self, name: str, description: str, knobs, tags: tuple[str, ...] = ()):
         self.name, self.description, self.k, self.tags = name, description, knobs, frozenset(tags)
@@ -80,6 +85,10 @@ class Format:
 
     def knobs(self) -> dict:
         return dataclasses.asdict(self.k)
+
+    def peak_estimate(self, model_bytes: int) -> int:
+        """Estimated peak anonymous memory of a save or load of a model of ``model_bytes``."""
+        return int(self.PEAK_FACTOR * model_bytes)
 
     def with_knobs(self, name: str, description: str, knobs) -> "Format":
         return type(self)(name, description, knobs, tuple(self.tags - {"guide"}))

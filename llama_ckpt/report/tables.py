@@ -162,6 +162,83 @@ def disk_share(rows: list[dict], env: dict | None) -> pd.DataFrame:
     return pd.DataFrame(recs).set_index("approach") if recs else pd.DataFrame()
 
 
+def memory_table(rows: list[dict]) -> pd.DataFrame:
+    """Per approach: the median peak resident memory of its saves and loads
+    as a multiple of the model's float32 bytes, split into the anonymous part
+    (memory that must fit) and the file-backed part (mapped pages the kernel
+    can drop). Peaks are the process's, so they include the source copy
+    during a save and the loaded copy during a load."""
+    summ = summarize(rows)
+    model = {r["approach"]: 4 * r["n_params"] for r in rows if is_valid(r) and r.get("n_params")}
+    recs = []
+    for n, s in summ.items():
+        m = model.get(n)
+        rec = {"approach": n, "dtype": s["stored_dtype"], "model_GB": m / 1e9 if m else None}
+        for step in ("save", "load"):
+            for part, col in (("", "peak"), ("anon_", "anon"), ("file_", "file")):
+                st = s[f"peak_{part}{step}"]
+                rec[f"{step}_{col}_x"] = st.median / m if st and m else None
+            rec[f"{step}_peak_GB"] = s[f"peak_{step}"].median / 1e9 if s[f"peak_{step}"] else None
+        recs.append(rec)
+    return pd.DataFrame(recs).set_index("approach") if recs else pd.DataFrame()
+
+
+def io_table(rows: list[dict], pairs: tuple[tuple[str, str], ...], env: dict | None = None) -> pd.DataFrame:
+    """4f's sweep: one line per point, grouped by its base approach, with the
+    knob it changes, medians [min, max], its time as a multiple of the base's
+    (below 1 = faster), and throughput as a share of the disk reference."""
+    summ = summarize(rows)
+    base_of = dict(pairs)
+    bases = list(dict.fromkeys(b for _a, b in pairs))
+    w, r = (env or {}).get("reference_write_Bps"), (env or {}).get("reference_read_Bps")
+    recs = []
+    for b in bases:
+        for n in [b] + [a for a, bb in pairs if bb == b]:
+            if n not in summ:
+                continue
+            s, sb = summ[n], summ.get(b)
+            knob = n[len(b) + 1:-1] if n != b else "(base)"
+            recs.append({"base": b, "knob": knob, "approach": n,
+                         "save_s": s["save_s"].median, "save_min": s["save_s"].lo, "save_max": s["save_s"].hi,
+                         "load_s": s["load_s"].median, "load_min": s["load_s"].lo, "load_max": s["load_s"].hi,
+                         "save_vs_base_x": s["save_s"].median / sb["save_s"].median if sb else None,
+                         "load_vs_base_x": s["load_s"].median / sb["load_s"].median if sb else None,
+                         "save_share_of_disk": s["save_Bps"].median / w if w else None,
+                         "load_share_of_disk": s["load_Bps"].median / r if r else None,
+                         "load_peak_anon_GB": s["peak_anon_load"].median / 1e9 if s["peak_anon_load"] else None,
+                         "repeats": s["n"]})
+    return pd.DataFrame(recs).set_index(["base", "knob"]) if recs else pd.DataFrame()
+
+
+def io_findings(rows: list[dict], pairs: tuple[tuple[str, str], ...], best: str = "ts+best") -> str:
+    """Per base approach of the sweep: the fastest save, cold load and round
+    trip (save + load) among its points, and whether ``best`` is the fastest
+    round trip among its own points."""
+    summ = summarize(rows)
+    out = []
+    for b in dict.fromkeys(bb for _a, bb in pairs):
+        pts = [n for n in [b] + [a for a, bb in pairs if bb == b] if n in summ]
+        if len(pts) < 2:
+            continue
+        rts = {n: Stat.of([r["save_s"] + r["load_s"] for r in rows if is_valid(r) and r["approach"] == n])
+               for n in pts}
+        rt = {n: st.median for n, st in rts.items()}
+        fs = min(pts, key=lambda n: summ[n]["save_s"].median)
+        fl = min(pts, key=lambda n: summ[n]["load_s"].median)
+        frt = min(pts, key=rt.get)
+        line = (f"- **{b}**: fastest save {fs} ({summ[fs]['save_s'].median:.3g} s), fastest cold load {fl} "
+                f"({summ[fl]['load_s'].median:.3g} s), fastest round trip (save + cold load) {frt} "
+                f"({rt[frt]:.3g} s against {rt[b]:.3g} s for {b}).")
+        if b == best:
+            a, c = rts[frt], rts[best]
+            line += (f" {best} is the fastest round trip of this sweep." if frt == best else
+                     f" In this run {frt} beat {best} by {1 - rt[frt] / rt[best]:.0%} on the round trip"
+                     + ("; the repeats' ranges overlap, so this may not hold in the next run" if
+                        not (a.hi < c.lo or a.lo > c.hi) else "") + ".")
+        out.append(line)
+    return "\n".join(out)
+
+
 def findings(rows: list[dict], phase, baseline: str = "tensorstore") -> str:
     """Markdown findings of one phase (a :class:`llama_ckpt.suite.phases.Phase`),
     computed from its rows."""

@@ -122,9 +122,16 @@ class Location:
         """TensorStore's kvstore spec for the directory ``sub`` inside."""
         raise NotImplementedError
 
-    def ts_context(self, concurrency: int) -> dict:
-        """TensorStore context resources bounding I/O to ``concurrency``."""
+    def ts_context(self, concurrency: int, file_io: dict | None = None) -> dict:
+        """TensorStore context resources bounding I/O to ``concurrency``;
+        ``file_io`` holds file-system resources (``file_io_locking``,
+        ``file_io_sync``, ``file_io_mode``) that only a file system uses."""
         raise NotImplementedError
+
+    def sync(self) -> None:
+        """Make every file written under this location durable (fsync each
+        file and directory); nothing to do where a write is durable once it
+        completes (an object store)."""
 
     # -- sizes, caches, removal ------------------------------------------------------
     def footprint(self, sub: str = "") -> Footprint:

@@ -94,8 +94,11 @@ class LocalDir(Location):
         root = self.path.resolve()  # OCDBT needs an absolute path
         return {"driver": "file", "path": f"{root}/{sub}/" if sub else f"{root}/"}
 
-    def ts_context(self, concurrency: int) -> dict:
-        return {"file_io_concurrency": {"limit": concurrency}, "file_io_sync": True}
+    def ts_context(self, concurrency: int, file_io: dict | None = None) -> dict:
+        return {"file_io_concurrency": {"limit": concurrency}, "file_io_sync": True, **(file_io or {})}
+
+    def sync(self) -> None:
+        fsutil.fsync_tree(self.path)
 
     def footprint(self, sub: str = "") -> Footprint:
         return fsutil.footprint(self.path / sub if sub else self.path)

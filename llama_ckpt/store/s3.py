@@ -242,7 +242,7 @@ class S3Prefix(Location):
     def fsspec(self) -> tuple[str, dict]:
         return f"s3://{self.target.bucket}/{self.key}", self.target.fsspec_options()
 
-    def ts_context(self, concurrency: int) -> dict:
+    def ts_context(self, concurrency: int, file_io: dict | None = None) -> dict:
         # retries bounded so that a dead endpoint fails within seconds
         return {"s3_request_concurrency": {"limit": concurrency},
                 "s3_request_retries": {"max_retries": 2, "initial_delay": "200ms", "max_delay": "2s"}}

@@ -44,11 +44,12 @@ class Phase:
     pairs: tuple[tuple[str, str], ...] = ()  # (a, b) comparisons in the findings; default: each against the baseline
     n_runs: int = 1  # complete end records its results file holds when the phase is done (06: one per config)
     about: str = ""  # the header's closing paragraph (default: the protocol)
+    sharded: bool = False  # measures the sharded approaches (run_distributed), not ``approaches()``
 
     def header(self) -> str:
         """The notebook's header cell, generated from this definition (a test
         keeps the notebooks in step: ``python -m llama_ckpt.suite.phases headers``)."""
-        if self.guide:
+        if not self.sharded:
             apps = ", ".join(f"`{a.name}`" for a in self.approaches())
         else:
             apps = ", ".join(f"`{n}`" for n in names(sharded=True)) + " (see `python -m llama_ckpt list`)"
@@ -61,7 +62,7 @@ class Phase:
 
     def size(self) -> str:
         """What the phase measures, for progress lines."""
-        if self.guide:
+        if not self.sharded:
             return f"{len(self.approaches())} approaches"
         return f"{len(names(sharded=True))} sharded approaches x {self.n_runs} rank configurations"
 
@@ -85,6 +86,31 @@ SHARDED_PROTOCOL = (
     "this machine act as two nodes of two ranks each (c10d rendezvous on loopback), every rank a "
     "`python -m llama_ckpt run` of its own; on one machine both \"nodes\" share its cores and disk, so it shows the "
     "launcher's path and overhead, not a second node's bandwidth.")
+
+# 4f's sweep: one knob of a base approach at a time, (base, knob, values)
+IO_POINTS = (
+    ("ts+best", "file_io_locking", ["none"]),
+    ("ts+best", "file_io_sync", [False]),
+    ("ts+best", "file_io_mode", ["direct", "memmap"]),
+    ("ts+best", "target_data_file_size", [64 * MiB]),
+    ("ts+best", "data_copy_concurrency", [1, 4]),
+    ("ts+best", "concurrency", [8]),
+    ("ts+best", "commit_bytes", [128 * MiB]),
+    ("runai-streamer", "concurrency", [1, 4, 64]),
+    ("runai-streamer", "memory_limit", [256 * MiB]),
+    ("runai-streamer", "chunk_bytesize", [1 * MiB, 64 * MiB]),
+    ("fastsafetensors", "max_threads", [1, 4]),
+    ("tensorizer", "num_readers", [1, 16]),
+)
+IO_BASES = tuple(dict.fromkeys(b for b, _k, _v in IO_POINTS))
+
+
+def io_sweep() -> list[tuple[str, Format]]:
+    """(base, variant) of every point of 4f's sweep, the bases first."""
+    out = [(b, APPROACHES[b]) for b in IO_BASES]
+    out += [(b, variant(b, **{knob: v})) for b, knob, vals in IO_POINTS for v in vals]
+    return out
+
 
 PHASES: dict[str, Phase] = {p.id: p for p in [
     Phase("00", "00-baselines", "Baselines",
@@ -127,6 +153,15 @@ PHASES: dict[str, Phase] = {p.id: p for p in [
           "and time at two round-trip delays",
           ("tensorstore", "ts+ocdbt"),
           lambda: sweep("ts+chunks", use_ocdbt=[False, True]), "use_ocdbt", (5,)),
+    Phase("4f", "4f-io", "I/O knobs",
+          "Which I/O settings bring TensorStore and the fast loaders closest to the disk? ts+best is the TensorStore "
+          "configuration this sweep measures fastest.",
+          "one I/O knob at a time: TensorStore's file locking, fsync as it writes or one fsync pass after, read mode "
+          "(pread, O_DIRECT, mmap), OCDBT data file size, copy threads, I/O concurrency, commits in batches; the Run:ai "
+          "streamer's concurrency, CPU buffer limit and chunk size; fastsafetensors' threads; tensorizer's readers",
+          "save and cold-load time against each knob's base approach, share of the disk reference, peak memory",
+          (), lambda: [a for _b, a in io_sweep()],
+          pairs=tuple((a.name, b) for b, a in io_sweep() if a.name != b)),
     Phase("05", "05-formats", "Formats in use today",
           "What do teams use today, and can a TensorStore configuration beat torch.save?",
           "format: torch.save, safetensors, torch.distributed.checkpoint, zarr3 shards, and ts+best (OCDBT, "
@@ -145,7 +180,7 @@ PHASES: dict[str, Phase] = {p.id: p for p in [
           "ranks saving (1, 2, 4) and loading (the same, and resharded 2 -> 3, 4 -> 2), over torch.distributed (gloo); "
           "and 2 nodes x 2 ranks started by torchrun",
           "checkpoint time (the slowest rank plus the commit), per-rank write and read times, aggregate and per-node "
-          "throughput, files", (), n_runs=6, about=SHARDED_PROTOCOL),
+          "throughput, files", (), n_runs=6, about=SHARDED_PROTOCOL, sharded=True),
 ]}
 # 06's configurations: (ranks saving, ranks loading)
 DIST_CONFIGS = ((1, 1), (2, 2), (4, 4), (2, 3), (4, 2))
