@@ -4,6 +4,7 @@ so that nothing silently records nothing)."""
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 from typing import Iterator
@@ -89,4 +90,32 @@ class PeakRSS:
         self.sampler.join()
         self._sample_once()
         self.peak = max(high_water_mark(), self._sampled) if self.hwm else self._sampled
+        return False
+
+
+def _proc_io() -> dict[str, int]:
+    out = {}
+    with open("/proc/self/io") as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            out[k] = int(v)
+    return out
+
+
+class CpuIO:
+    """CPU seconds (user, system) of this process, all its threads, and its
+    read/write system calls with their bytes (``/proc/self/io``: ``syscr``,
+    ``rchar``, ``syscw``, ``wchar``) over a block of code; ``result`` is the
+    difference as a dict."""
+
+    def __enter__(self):
+        self._t, self._io = os.times(), _proc_io()
+        return self
+
+    def __exit__(self, *exc):
+        t, io = os.times(), _proc_io()
+        self.result = {"user_s": t.user - self._t.user, "sys_s": t.system - self._t.system,
+                       "read_calls": io["syscr"] - self._io["syscr"], "read_bytes": io["rchar"] - self._io["rchar"],
+                       "write_calls": io["syscw"] - self._io["syscw"],
+                       "write_bytes": io["wchar"] - self._io["wchar"]}
         return False

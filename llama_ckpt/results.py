@@ -35,7 +35,10 @@ MEASUREMENT_FIELDS = (
     "peak_rss_save_bytes", "peak_rss_load_bytes",
     # the peaks' anonymous part (must fit in memory) and file-backed part (mapped pages the kernel can drop)
     "peak_rss_anon_save_bytes", "peak_rss_file_save_bytes", "peak_rss_anon_load_bytes", "peak_rss_file_load_bytes",
-    "save_phases", "storage", "s3_delay_ms", "requests_save", "requests_load",
+    "save_phases",
+    # CPU seconds (user, system) and read/write system calls with their bytes, of the timed save and load
+    "cpu_io_save", "cpu_io_load",
+    "storage", "s3_delay_ms", "requests_save", "requests_load",
     "world_size", "load_world_size", "ranks_save", "ranks_load",
     # sharded: who started the ranks ("spawn": this suite on one host;
     # "torchrun": a launcher, any number of nodes) and the jobs' topology

@@ -4,6 +4,7 @@ errors. No timing is asserted: the machine is shared and noisy."""
 import errno
 import json
 import os
+import shutil
 import subprocess
 
 import pytest
@@ -15,6 +16,7 @@ from llama_ckpt.formats.torch_save import TorchSave
 from llama_ckpt.recorders import PeakRSS
 from llama_ckpt.registry import APPROACHES, names, resolve
 from llama_ckpt.model import get_model
+from llama_ckpt.report import tables
 from llama_ckpt.results import MEASUREMENT_FIELDS, read_results
 
 
@@ -73,6 +75,36 @@ def test_results_file_holds_the_environment_and_every_row(tiny_run):
 def test_peak_rss_is_recorded(tiny_run):
     _, _, rows = tiny_run
     assert all(r["peak_rss_save_bytes"] > 50e6 and r["peak_rss_load_bytes"] > 50e6 for r in rows)
+    for r in rows:  # the parts: anonymous and file-backed, each at most the whole (sampled vs exact peak)
+        for step in ("save", "load"):
+            whole = r[f"peak_rss_{step}_bytes"]
+            assert 0 < r[f"peak_rss_anon_{step}_bytes"] <= whole and 0 < r[f"peak_rss_file_{step}_bytes"] <= whole
+
+
+def test_cpu_and_system_calls_of_each_save_and_load_are_recorded(tiny_run):
+    _, _, rows = tiny_run
+    by = {r["approach"]: r for r in rows}
+    for r in rows:
+        assert set(r["cpu_io_save"]) == set(r["cpu_io_load"]) == {
+            "user_s", "sys_s", "read_calls", "read_bytes", "write_calls", "write_bytes"}
+    # written with write calls: every byte of the file passes through them
+    for n in ("pytorch-fp32", "safetensors", "ts+best", "tensorizer"):
+        assert by[n]["cpu_io_save"]["write_bytes"] >= by[n]["bytes_apparent"] * 0.99, n
+        assert by[n]["cpu_io_save"]["write_calls"] >= 1
+    # read with read calls, or through a memory map (page faults: no read calls for the data)
+    assert by["pytorch-fp32"]["cpu_io_load"]["read_bytes"] >= by["pytorch-fp32"]["bytes_apparent"] * 0.99
+    assert by["safetensors"]["cpu_io_load"]["read_bytes"] < by["safetensors"]["bytes_apparent"] / 2
+    t = tables.cpu_io_table(rows, ["ts+best", "safetensors"])
+    assert list(t.index) == ["ts+best", "safetensors"] and (t["save_writes"] >= 1).all()
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
+def test_the_syscall_profile_counts_the_fsyncs_of_one_save(tmp_path):
+    p = probes.syscall_profile("pytorch-fp32", "tiny", tmp_path)
+    # the file, its directory, and the suite's manifest and commit marker with their directories
+    assert p["fsync_calls"] >= 2 and p["write_bytes"] >= get_model("tiny").nbytes
+    assert tables.syscalls_table([p, None]).loc["pytorch-fp32", "fsyncs"] == p["fsync_calls"]
+    assert list(tmp_path.iterdir()) == []  # its checkpoint is gone
 
 
 def test_eviction_drops_a_file_from_the_page_cache(tmp_path):

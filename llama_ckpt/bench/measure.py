@@ -46,7 +46,7 @@ from ..digests import check, expected_digests
 from ..errors import FAILURES, UserError
 from ..formats.base import Format
 from ..model import ModelSource, PresetModel, tensor_kind
-from ..recorders import PeakRSS, Steps
+from ..recorders import CpuIO, PeakRSS, Steps
 from ..results import ResultsWriter, environment_record, measurement_row
 from ..store import LocalDir, Location, at
 from . import cluster, ranks
@@ -221,8 +221,8 @@ def _single(approach: Format, source: ModelSource, expected: dict, loc: Location
         sd = source.materialize()
         gc.collect()
         steps = Steps()
-        with PeakRSS() as rss_save, _bar(progress, len(sd), f"{approach.name} save #{repeat}") as bar, \
-                loc.count_requests() as req_save:
+        with PeakRSS() as rss_save, CpuIO() as cpu_save, \
+                _bar(progress, len(sd), f"{approach.name} save #{repeat}") as bar, loc.count_requests() as req_save:
             t0 = time.perf_counter()
             approach.save(sd, loc, bar.update, digests=digests, steps=steps)
             save_s = time.perf_counter() - t0
@@ -232,7 +232,8 @@ def _single(approach: Format, source: ModelSource, expected: dict, loc: Location
 
         stage = "load"
         cold, frac = loc.evict()
-        with PeakRSS() as rss_load, _bar(progress, len(source.specs), f"{approach.name} load #{repeat}") as bar, \
+        with PeakRSS() as rss_load, CpuIO() as cpu_load, \
+                _bar(progress, len(source.specs), f"{approach.name} load #{repeat}") as bar, \
                 loc.count_requests() as req_load:
             t0 = time.perf_counter()
             loaded = approach.load(loc, bar.update)
@@ -263,7 +264,9 @@ def _single(approach: Format, source: ModelSource, expected: dict, loc: Location
                 peak_rss_save_bytes=rss_save.peak, peak_rss_load_bytes=rss_load.peak,
                 peak_rss_anon_save_bytes=rss_save.peak_anon, peak_rss_file_save_bytes=rss_save.peak_file,
                 peak_rss_anon_load_bytes=rss_load.peak_anon, peak_rss_file_load_bytes=rss_load.peak_file,
-                save_phases=steps.seconds, requests_save=req_save, requests_load=req_load,
+                save_phases=steps.seconds, requests_save=req_save,
+                requests_load=None if approach.own_s3_client else req_load,
+                cpu_io_save=cpu_save.result, cpu_io_load=cpu_load.result,
                 verified=verdict.verified, max_abs_err=verdict.max_abs_err, max_rel_err=verdict.max_rel_err,
                 n_overflow=verdict.n_overflow, n_flushed=verdict.n_flushed,
                 error=None if verdict.verified else f"verification failed: {verdict.summary()}")

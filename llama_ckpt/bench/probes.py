@@ -129,3 +129,62 @@ def reference(nbytes: int, loc: Location, samples: int = REFERENCE_SAMPLES) -> d
             "reference_read_cold": None if None in colds else all(colds),
             "reference_write_Bps": nbytes / w if w else None, "reference_read_Bps": nbytes / r if r else None,
             "reference_samples": got}
+
+
+# -- why a save takes the time it does: its system calls -----------------------------
+TRACED = ("write", "pwrite64", "writev", "pwritev", "pwritev2", "fsync", "fdatasync", "sync_file_range")
+
+
+def syscall_profile(approach: str, model: str, workdir) -> dict | None:
+    """One save of ``approach`` (a registered name) on the preset ``model`` in
+    a child process under ``strace -f -c``: the save's CPU seconds, write
+    calls and bytes (``CpuIO`` around the save), and the fsync/fdatasync
+    calls strace counted in the child (building the model makes none; every
+    traced call is in ``traced_calls``). Outside any timing: strace slows
+    the process. None where strace is not installed."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    if shutil.which("strace") is None:
+        return None
+    with tempfile.TemporaryDirectory(dir=workdir, prefix="strace-") as tmp:
+        counts = os.path.join(tmp, "counts.txt")
+        proc = subprocess.run(["strace", "-f", "-qq", "-c", "-e", "trace=" + ",".join(TRACED), "-o", counts,
+                               sys.executable, "-m", "llama_ckpt.bench.probes", "save", approach, model, tmp],
+                              capture_output=True, text=True, timeout=1800)
+        if proc.returncode != 0:
+            raise RuntimeError(f"strace of {approach}'s save failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+        calls = {}
+        for line in open(counts):
+            parts = line.split()
+            if parts and parts[-1] in TRACED and len(parts) >= 5:
+                calls[parts[-1]] = int(parts[3])
+    cpu = json.loads(proc.stdout.strip().splitlines()[-1])  # the save's own CpuIO
+    return {"approach": approach, "model": model, **cpu,
+            "mean_write_bytes": cpu["write_bytes"] / cpu["write_calls"] if cpu["write_calls"] else None,
+            "fsync_calls": calls.get("fsync", 0) + calls.get("fdatasync", 0), "traced_calls": calls}
+
+
+def _save_once(approach: str, model: str, workdir: str) -> None:
+    """The child of ``syscall_profile``: build the model, save it once, print the save's CpuIO as JSON."""
+    import json
+
+    from ..model import get_model
+    from ..recorders import CpuIO
+    from ..registry import APPROACHES
+
+    sd = get_model(model).materialize()
+    with CpuIO() as cpu:
+        APPROACHES[approach].save(sd, os.path.join(workdir, "ckpt"))
+    print(json.dumps(cpu.result))
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) != 5 or sys.argv[1] != "save":
+        sys.exit("usage: python -m llama_ckpt.bench.probes save APPROACH MODEL DIR")
+    _save_once(*sys.argv[2:])

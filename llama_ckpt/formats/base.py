@@ -64,6 +64,7 @@ class Format:
     Knobs: type
     s3_unsupported: str | None = None  # why this format cannot use an object store (None: it can)
     can_shard: bool = False
+    own_s3_client: bool = False  # loads from S3 with a client of its own, whose requests the suite cannot count
     # The anonymous memory a save or a load of the whole model may hold at its
     # peak, as a multiple of the model's bytes (the source or loaded copy
     # included): the estimate the run checks against the memory available

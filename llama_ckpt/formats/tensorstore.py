@@ -22,6 +22,10 @@ MiB = 1 << 20
 # copied out; a second copy of OpenLLaMA-3B (13.7 GB) does not fit in 24 GB
 # beside the first. The small preset (0.68 GB) is entirely in flight at once.
 INFLIGHT_BYTES = 1 << 30
+# Reads in flight at once: each holds its chunk buffers beside the tensors
+# already loaded; at 1 GiB ts+best's load of OpenLLaMA-3B peaked at 1.10x the
+# model, at 512 MiB the small preset (0.68 GB) still has most of it in flight.
+READ_INFLIGHT_BYTES = 512 << 20
 MAX_CHUNK = 1 << 32  # a chunk is held in memory whole: more than 4 GiB (or 2^32 per dimension) is a mistake
 
 
@@ -299,7 +303,7 @@ class TensorStoreZarr(Format):
                 out[name] = to_torch(open_read(name).result().read().result())
                 progress(1)
         else:
-            # All reads in flight together, up to INFLIGHT_BYTES: unbounded, the
+            # All reads in flight together, up to READ_INFLIGHT_BYTES: unbounded, the
             # chunk buffers of a 64-element-chunk OpenLLaMA-3B load pile up
             # beside the result (22 GB RSS, killed by the OOM killer here).
             stores = [(n, d, s, open_read(n)) for n, d, s in names]
@@ -309,7 +313,7 @@ class TensorStoreZarr(Format):
                 nbytes = d.itemsize * math.prod(s)
                 pending.append((n, f.result().read(), nbytes))
                 held += nbytes
-                while pending and held > INFLIGHT_BYTES:
+                while pending and held > READ_INFLIGHT_BYTES:
                     n0, fut, b = pending.popleft()
                     out[n0] = to_torch(fut.result())
                     held -= b

@@ -10,7 +10,8 @@ import pandas as pd
 
 from ..results import Stat, change, fmt_bytes, is_valid, summarize
 from ..store.s3 import request_total
-from ..suite.phases import CLOUD_PAIRS
+from ..registry import APPROACHES
+from ..suite.phases import CLOUD_LOADER_PAIRS, CLOUD_PAIRS
 from .claims import judge_claims, judge_cloud
 
 
@@ -183,6 +184,42 @@ def memory_table(rows: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(recs).set_index("approach") if recs else pd.DataFrame()
 
 
+def cpu_io_table(rows: list[dict], approaches: list[str] | None = None) -> pd.DataFrame:
+    """Why a save or load takes its time: per approach, median CPU seconds
+    (user, system; every thread of the process) per GB of checkpoint, and the
+    read/write system calls with their mean size (``/proc/self/io``: a
+    memory-mapped read makes page faults, not read calls)."""
+    by: dict[str, list[dict]] = {}
+    for r in rows:
+        if is_valid(r) and r.get("cpu_io_save") and (approaches is None or r["approach"] in approaches):
+            by.setdefault(r["approach"], []).append(r)
+    med = lambda xs: float(pd.Series(xs).median())
+    recs = []
+    for n in (approaches or list(by)):
+        rs = by.get(n)
+        if not rs:
+            continue
+        gb = med([r["bytes_apparent"] for r in rs]) / 1e9
+        rec = {"approach": n}
+        for step, calls, size in (("save", "write_calls", "write_bytes"), ("load", "read_calls", "read_bytes")):
+            c = [r[f"cpu_io_{step}"] for r in rs]
+            rec[f"{step}_user_s/GB"] = med([x["user_s"] for x in c]) / gb
+            rec[f"{step}_sys_s/GB"] = med([x["sys_s"] for x in c]) / gb
+            rec[f"{step}_{calls.split('_')[0]}s"] = int(med([x[calls] for x in c]))
+            n_calls = med([x[calls] for x in c])
+            rec[f"{step}_mean_{calls.split('_')[0]}_MB"] = med([x[size] for x in c]) / n_calls / 1e6 if n_calls else None
+        recs.append(rec)
+    return pd.DataFrame(recs).set_index("approach") if recs else pd.DataFrame()
+
+
+def syscalls_table(profiles: list[dict | None]) -> pd.DataFrame:
+    """``probes.syscall_profile`` results: one line per approach."""
+    recs = [{"approach": p["approach"], "model": p["model"], "user_s": p["user_s"], "sys_s": p["sys_s"],
+             "writes": p["write_calls"], "mean_write_MB": (p["mean_write_bytes"] or 0) / 1e6,
+             "written_GB": p["write_bytes"] / 1e9, "fsyncs": p["fsync_calls"]} for p in profiles if p]
+    return pd.DataFrame(recs).set_index("approach") if recs else pd.DataFrame()
+
+
 def io_table(rows: list[dict], pairs: tuple[tuple[str, str], ...], env: dict | None = None) -> pd.DataFrame:
     """4f's sweep: one line per point, grouped by its base approach, with the
     knob it changes, medians [min, max], its time as a multiple of the base's
@@ -275,13 +312,19 @@ def cloud_table(rows: list[dict]) -> pd.DataFrame:
         s = summarize(rs)[name]
         med = lambda xs: float(pd.Series(xs).median())
         knobs = rs[0].get("knobs") or {}
+        fmt = APPROACHES.get(name)
         recs.append({
             "RTT_added_ms": delay, "approach": name,
-            "chunks": knob_label(knobs, "chunk_size"), "kvstore": "OCDBT" if knobs.get("use_ocdbt") else "zarr files",
+            "chunks": knob_label(knobs, "chunk_size"),
+            "kvstore": "OCDBT" if knobs.get("use_ocdbt") else "zarr objects" if "chunk_rule" in knobs else "one object",
+            "read_by": "TensorStore" if "chunk_rule" in knobs else
+            "its own client" if fmt is not None and fmt.own_s3_client else "boto3",
             "save_s": s["save_s"].median, "load_s": s["load_s"].median,
             "objects": int(s["n_files"].median), "stored_MB": s["bytes_on_disk"].median / 1e6,
             "requests_save": int(med([request_total(r["requests_save"]) for r in rs])),
-            "requests_load": int(med([request_total(r["requests_load"]) for r in rs])),
+            # None: a library's own S3 client, whose requests the suite cannot count
+            "requests_load": (None if any(r.get("requests_load") is None for r in rs) else
+                              int(med([request_total(r["requests_load"]) for r in rs]))),
             "server_cold": all(r.get("load_cold") for r in rs), "repeats": s["n"],
         })
     if not recs:
@@ -307,6 +350,13 @@ def cloud_findings(rows: list[dict]) -> str:
                          f"{x['save_s'] / y['save_s']:.2f}x ({x['requests_save']} vs {y['requests_save']} requests), "
                          f"load {x['load_s'] / y['load_s']:.2f}x ({x['requests_load']} vs {y['requests_load']} "
                          f"requests), {x['objects']} vs {y['objects']} objects.")
+    for a, b in CLOUD_LOADER_PAIRS:
+        for d in delays:
+            if (d, a) in t.index and (d, b) in t.index:
+                x, y = t.loc[(d, a)], t.loc[(d, b)]
+                lines.append(f"- +{d:g} ms, cold load from S3: `{a}` ({x['read_by']}, {x['kvstore']}) in "
+                             f"{x['load_s']:.3g} s against `{b}` ({y['read_by']}, {y['kvstore']}) in {y['load_s']:.3g} s: "
+                             f"{x['load_s'] / y['load_s']:.2f}x.")
     if len(delays) > 1:
         lo, hi = delays[0], delays[-1]
         for name in dict.fromkeys(n for _, n in t.index):

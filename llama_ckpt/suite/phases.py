@@ -286,12 +286,19 @@ CLOUD_PAIRS = (("ts+ocdbt", "tensorstore"), ("ts+chunks[use_ocdbt=True]", "ts+ch
                ("ts+best", "ts+best[use_ocdbt=False]"))  # (OCDBT, the same on plain zarr objects)
 
 
+# cold loads from S3 by a library's own client against TensorStore's OCDBT and boto3: (a, b)
+CLOUD_LOADER_PAIRS = (("runai-streamer", "safetensors"), ("runai-streamer", "ts+best"), ("ts+best", "safetensors"))
+
+
 def cloud_approaches() -> list[Format]:
     """OCDBT against plain zarr objects at 64-element chunks (the baseline and
     ts+ocdbt), at 1 MiB chunks (ts+chunks with and without OCDBT), and with
-    every write in one transaction (ts+best with and without OCDBT)."""
+    every write in one transaction (ts+best with and without OCDBT); then one
+    safetensors object read by boto3 (safetensors) and by the Run:ai
+    streamer's own S3 client (runai-streamer)."""
     return ([APPROACHES["tensorstore"], APPROACHES["ts+ocdbt"]] + sweep("ts+chunks", use_ocdbt=[False, True])
-            + [variant("ts+best", use_ocdbt=False), APPROACHES["ts+best"]])
+            + [variant("ts+best", use_ocdbt=False), APPROACHES["ts+best"], APPROACHES["safetensors"],
+               APPROACHES["runai-streamer"]])
 
 
 def cloud_results_path(out_dir: str | Path, run_id: str, slug: str, delay_ms: float) -> Path:
