@@ -4,7 +4,7 @@ so that nothing silently records nothing)."""
 from __future__ import annotations
 
 import contextlib
-import os
+import resource
 import threading
 import time
 from typing import Iterator
@@ -109,12 +109,12 @@ class CpuIO:
     difference as a dict."""
 
     def __enter__(self):
-        self._t, self._io = os.times(), _proc_io()
+        self._t, self._io = resource.getrusage(resource.RUSAGE_SELF), _proc_io()
         return self
 
     def __exit__(self, *exc):
-        t, io = os.times(), _proc_io()
-        self.result = {"user_s": t.user - self._t.user, "sys_s": t.system - self._t.system,
+        t, io = resource.getrusage(resource.RUSAGE_SELF), _proc_io()
+        self.result = {"user_s": t.ru_utime - self._t.ru_utime, "sys_s": t.ru_stime - self._t.ru_stime,
                        "read_calls": io["syscr"] - self._io["syscr"], "read_bytes": io["rchar"] - self._io["rchar"],
                        "write_calls": io["syscw"] - self._io["syscw"],
                        "write_bytes": io["wchar"] - self._io["wchar"]}

@@ -78,7 +78,7 @@ def test_commit_bytes_commits_in_batches(tiny_sd, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("knobs, words", [
     (dict(file_io_locking="sometimes"), "file_io_locking"), (dict(file_io_mode="fast"), "file_io_mode"),
-    (dict(use_ocdbt=False, target_data_file_size=1 << 20), "OCDBT only"),
+    (dict(target_data_file_size=-1), ">= 0"),
     (dict(transaction=False, commit_bytes=1 << 20), "transaction"), (dict(data_copy_concurrency=-1), ">= 0"),
 ])
 def test_bad_io_knobs_are_one_clear_error(knobs, words):

@@ -88,6 +88,21 @@ def test_summary_has_a_claims_table_with_computed_verdicts(suite_run):
     assert sum(html.count(v) for v in ("holds", "does not hold", "inconclusive")) >= 8
 
 
+def test_summary_ranks_the_loaders_with_their_share_of_the_disk_and_their_memory(suite_run):
+    from llama_ckpt.report import summary
+
+    out, _ = suite_run
+    s = summary.load(out, RUN)
+    rank = s.ranking()
+    assert rank["share_of_disk"].str.endswith("%").sum() == 10  # fastest save and load: five each
+    loaders = {"runai-streamer", "fastsafetensors", "tensorizer", "pytorch-fp32-mmap"}
+    assert loaders <= set(s.all_table().index) and loaders <= set(s.memory().index)
+    aim = s.aim()
+    assert list(aim.columns) == ["save", "load", "size", "repeats"]
+    assert aim.index[0].startswith("fastest cold load (") and 0 < aim.iloc[0]["load"]
+    assert {"ts+best / safetensors", "ts+best16 / pytorch"} <= set(aim.index)
+
+
 def test_summary_has_the_live_reliability_table_of_every_approach_and_fault(suite_run):
     from llama_ckpt.bench import faults
     from llama_ckpt.registry import names
@@ -117,6 +132,22 @@ def test_4e_measured_the_cloud_section_on_a_private_s3_server_and_the_summary_ju
     nb = nbformat.read(out / "runs" / RUN / f"{SUMMARY_SLUG}.ipynb", as_version=4)
     html = "".join(o.get("data", {}).get("text/html", "") for c in nb.cells for o in c.get("outputs", []))
     assert "OCDBT is better for cloud storage" in html and "RTT_added_ms" in html
+    # the Run:ai streamer's cold load from S3 against OCDBT and boto3, in 4e's findings
+    nb = nbformat.read(out / "runs" / RUN / "4e-ocdbt.ipynb", as_version=4)
+    md = "".join(o.get("data", {}).get("text/markdown", "") for c in nb.cells for o in c.get("outputs", []))
+    assert "cold load from S3: `runai-streamer` (its own client, one object)" in md
+    assert "against `safetensors` (boto3, one object)" in md and "against `ts+best` (TensorStore, OCDBT)" in md
+
+
+def test_4f_chose_among_the_io_knobs_and_says_which_point_was_fastest(suite_run):
+    out, _ = suite_run
+    nb = nbformat.read(out / "runs" / RUN / "4f-io.ipynb", as_version=4)
+    md = "".join(o.get("data", {}).get("text/markdown", "") for c in nb.cells for o in c.get("outputs", []))
+    html = "".join(o.get("data", {}).get("text/html", "") for c in nb.cells for o in c.get("outputs", []))
+    for base in ("ts+best", "runai-streamer", "fastsafetensors", "tensorizer"):
+        assert f"- **{base}**: fastest save" in md
+    assert "ts+best is the fastest round trip of this sweep." in md or "beat ts+best by" in md
+    assert "save_vs_base_x" in html and "load_anon_x" in html  # the sweep's table and the memory table
 
 
 def test_running_again_with_the_same_run_id_skips_complete_phases(suite_run):

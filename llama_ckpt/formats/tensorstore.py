@@ -49,7 +49,8 @@ class TSKnobs:
     file_io_sync: bool = True  # fsync as TensorStore writes; False: one fsync pass over every file (and
     #                            directory) after the writes, before the save returns, so a save stays durable
     file_io_mode: str = "default"  # reads: default (pread), direct (O_DIRECT), memmap
-    target_data_file_size: int = 0  # OCDBT: bytes per data file before it starts another (0: its default)
+    target_data_file_size: int = 0  # OCDBT: bytes per data file before it starts another (0: its default;
+    #                                 ignored without OCDBT, so ts+best[use_ocdbt=False] keeps the rest)
     data_copy_concurrency: int = 0  # threads encoding/decoding and copying chunks (0: its default, one per core)
     commit_bytes: int = 0  # with transaction: commit after this many source bytes are staged (0: once at the end)
 
@@ -72,8 +73,6 @@ class TSKnobs:
         for knob in ("target_data_file_size", "data_copy_concurrency", "commit_bytes"):
             if getattr(self, knob) < 0:
                 raise ValueError(f"{knob} must be >= 0, got {getattr(self, knob)}")
-        if self.target_data_file_size and not self.use_ocdbt:
-            raise ValueError("target_data_file_size applies to OCDBT only (use_ocdbt=True)")
         if self.commit_bytes and not self.transaction:
             raise ValueError("commit_bytes needs transaction=True")
         compressor(self.compression)  # validates

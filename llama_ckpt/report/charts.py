@@ -39,36 +39,57 @@ def frame(rows: list[dict]) -> pd.DataFrame:
     return pd.DataFrame.from_records(recs)
 
 
-def _log_if_spread(ax, values) -> None:
+def _log_if_spread(ax, values, axis: str = "y") -> None:
     v = [x for x in values if x and x > 0]
     if v and max(v) / min(v) > LOG_SPAN:
-        ax.set_yscale("log")
-        ax.set_ylabel(ax.get_ylabel() + ", log scale")
+        if axis == "y":
+            ax.set_yscale("log")
+            ax.set_ylabel(ax.get_ylabel() + ", log scale")
+        else:
+            ax.set_xscale("log")
+            ax.set_xlabel(ax.get_xlabel() + ", log scale")
+
+
+# above this many approaches the bars lie horizontal, one labelled row each
+HORIZONTAL_OVER = 12
 
 
 def comparison(rows: list[dict], env: dict | None = None, title: str = "", order: list[str] | None = None,
                labels: dict[str, str] | None = None):
     """Save time, cold load time and size on disk in three panels, one bar
-    per approach (colour: the stored dtype)."""
+    per approach (colour: the stored dtype); horizontal bars where there are
+    many approaches."""
     df = frame(rows)
     names = [n for n in (order or list(dict.fromkeys(df["approach"]))) if n in set(df["approach"])]
-    fig, axes = plt.subplots(1, 3, figsize=(max(11, 0.55 * len(names) * 3), 4.4))
+    flat = len(names) > HORIZONTAL_OVER
+    if flat:
+        fig, axes = plt.subplots(1, 3, figsize=(15, 1.6 + 0.3 * len(names)), sharey=True)
+    else:
+        fig, axes = plt.subplots(1, 3, figsize=(max(11, 0.55 * len(names) * 3), 4.4))
     palette = {n: _DTYPE_COLORS.get(df.loc[df["approach"] == n, "dtype"].iloc[0], "tab:gray") for n in names}
     ref = {"save_s": (env or {}).get("reference_write_s"), "load_s": (env or {}).get("reference_read_s"),
            "size_GB": ((env or {}).get("reference_bytes") or 0) / 1e9 or None}
+    ticks = [(labels or {}).get(n, n) for n in names]
     for ax, (key, label) in zip(axes, _PANELS):
-        sns.barplot(data=df, x="approach", y=key, hue="approach", order=names, hue_order=names, palette=palette,
+        xy = dict(x=key, y="approach") if flat else dict(x="approach", y=key)
+        sns.barplot(data=df, **xy, hue="approach", order=names, hue_order=names, palette=palette,
                     legend=False, ax=ax, capsize=0.2, err_kws={"linewidth": 1}, **MEDIAN_MINMAX)
-        ax.set_ylabel(label)
-        ax.set_xlabel("")
-        ax.set_xticks(range(len(names)))
-        ax.set_xticklabels([(labels or {}).get(n, n) for n in names], rotation=35, ha="right")
         meds = df.groupby("approach")[key].median()
-        _log_if_spread(ax, list(meds) + ([ref[key]] if ref[key] else []))
+        if flat:
+            ax.set_xlabel(label)
+            ax.set_ylabel("")
+            ax.set_yticks(range(len(names)))
+            ax.set_yticklabels(ticks)
+        else:
+            ax.set_ylabel(label)
+            ax.set_xlabel("")
+            ax.set_xticks(range(len(names)))
+            ax.set_xticklabels(ticks, rotation=35, ha="right")
+        _log_if_spread(ax, list(meds) + ([ref[key]] if ref[key] else []), "x" if flat else "y")
         if ref[key]:
-            what = "float32 model size" if key == "size_GB" else "disk reference (same bytes, sequential)"
-            ax.axhline(ref[key], color="gray", ls="--", lw=1, label=what)
-            ax.legend(fontsize=7, loc="upper left")
+            what = "float32 model size" if key == "size_GB" else "disk reference (same bytes, the disk's best)"
+            (ax.axvline if flat else ax.axhline)(ref[key], color="gray", ls="--", lw=1, label=what)
+            ax.legend(fontsize=7, loc="lower right" if flat else "upper left")
     dtypes = ", ".join(f"{c.removeprefix('tab:')}: {d}" for d, c in _DTYPE_COLORS.items() if d in set(df["dtype"]))
     fig.suptitle((title + "  " if title else "") + f"(median of repeats, bars min-max; {dtypes})", fontsize=10)
     fig.tight_layout()

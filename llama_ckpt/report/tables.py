@@ -235,7 +235,7 @@ def io_table(rows: list[dict], pairs: tuple[tuple[str, str], ...], env: dict | N
                 continue
             s, sb = summ[n], summ.get(b)
             knob = n[len(b) + 1:-1] if n != b else "(base)"
-            recs.append({"base": b, "knob": knob, "approach": n,
+            recs.append({"base": b, "knob": knob,
                          "save_s": s["save_s"].median, "save_min": s["save_s"].lo, "save_max": s["save_s"].hi,
                          "load_s": s["load_s"].median, "load_min": s["load_s"].lo, "load_max": s["load_s"].hi,
                          "save_vs_base_x": s["save_s"].median / sb["save_s"].median if sb else None,

@@ -92,7 +92,7 @@ IO_POINTS = (
     ("ts+best", "file_io_locking", ["none"]),
     ("ts+best", "file_io_sync", [False]),
     ("ts+best", "file_io_mode", ["direct", "memmap"]),
-    ("ts+best", "target_data_file_size", [64 * MiB]),
+    ("ts+best", "target_data_file_size", [16 * MiB, 0]),  # 0: OCDBT's default
     ("ts+best", "data_copy_concurrency", [1, 4]),
     ("ts+best", "concurrency", [8]),
     ("ts+best", "commit_bytes", [128 * MiB]),
