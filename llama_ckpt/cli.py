@@ -19,7 +19,7 @@ from .bench.ranks import RankFailed
 from .errors import UserError
 from .model import DEFAULT_PRESET, PRESETS, get_model
 from .registry import APPROACHES, names, resolve
-from .results import comparison_table, group_by_run, incomplete_runs, read_results
+from .results import comparison_table, group_by_run, incomplete_runs, read_results, reference_line
 from .store.server import local_server_dir
 from .store import Location, Target, at
 from .store.s3 import request_total
@@ -147,18 +147,9 @@ def cmd_run(args) -> int:
     else:
         print(comparison_table(rows))
     if env.get("reference_write_Bps"):
-        print(_reference_line(env))
+        print(reference_line(env))
     print(f"results: {env['results_path']}")
     return outcome.code
-
-
-def _reference_line(env: dict) -> str:
-    """The run's storage reference in one line: each rate with the way it was fastest."""
-    def way(op):
-        return f" ({env[f'reference_{op}_way']})" if env.get(f"reference_{op}_way") else ""
-    return (f"{env.get('reference_kind', 'disk')} reference: write {env['reference_write_Bps'] / 1e6:.0f} MB/s"
-            f"{way('write')}, read {env['reference_read_Bps'] / 1e6:.0f} MB/s{way('read')}"
-            + ("" if env.get("reference_read_cold", True) else " (read not cold)"))
 
 
 def _checkpoint_at(path: str, endpoint: str | None) -> Location | Path:
@@ -216,7 +207,7 @@ def cmd_compare(args) -> int:
         print(f"run {run_id}: model {rows[0].get('model')}, {rows[0].get('n_tensors')} tensors")
         print(comparison_table(rows, baseline=args.baseline, reference=args.reference))
         if env.get("reference_write_Bps"):
-            print(_reference_line(env))
+            print(reference_line(env))
         print()
     return 0
 

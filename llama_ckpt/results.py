@@ -57,6 +57,22 @@ def measurement_row(**values) -> dict:
     return row
 
 
+def reference_line(env: dict) -> str:
+    """The run's storage reference in one line: each rate with the way it was
+    fastest, and how far its samples spread (the noise a share of it carries)."""
+    def way(op):
+        return f" ({env[f'reference_{op}_way']})" if env.get(f"reference_{op}_way") else ""
+
+    line = (f"{env.get('reference_kind', 'disk')} reference: write {env['reference_write_Bps'] / 1e6:.0f} MB/s"
+            f"{way('write')}, read {env['reference_read_Bps'] / 1e6:.0f} MB/s{way('read')}"
+            + ("" if env.get("reference_read_cold", True) else " (read not cold)"))
+    samples = env.get("reference_samples") or []
+    spread = [f"{k.removesuffix('_s').replace('_', ' ')} {min(v):.3g}-{max(v):.3g} s"
+              for k in ("write_stream_s", "write_parallel_s", "read_stream_s", "read_parallel_s")
+              if (v := [s[k] for s in samples if s.get(k) is not None])]
+    return line + (f"; its {len(samples)} samples: " + ", ".join(spread) if spread else "")
+
+
 def is_valid(row: dict) -> bool:
     """A row counts as a result only when it finished and round-tripped."""
     return row.get("record") == "measurement" and not row.get("error") and row.get("verified") is True \

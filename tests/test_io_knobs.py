@@ -17,6 +17,7 @@ from llama_ckpt.formats.safetensors import SafeTensors
 from llama_ckpt.recorders import PeakRSS, Steps
 from llama_ckpt.registry import APPROACHES, variant
 from llama_ckpt.report import tables
+from llama_ckpt.results import reference_line
 from llama_ckpt.store import LocalDir
 from llama_ckpt.suite.phases import PHASES, io_sweep
 
@@ -92,7 +93,9 @@ def test_the_disk_reference_is_the_faster_way_of_each(tmp_path):
     assert set(ways) == {"write_stream_s", "write_parallel_s", "read_stream_s", "read_parallel_s"}
     assert ref["reference_write_s"] == min(ways["write_stream_s"], ways["write_parallel_s"])
     assert ref["reference_read_s"] == min(ways["read_stream_s"], ways["read_parallel_s"])
-    assert ref["reference_read_way"] in ("stream", f"parallel ({REFERENCE_THREADS} threads)")
+    assert ref["reference_read_way"] in ("one stream", f"{REFERENCE_THREADS} threads")
+    line = reference_line(ref | {"reference_kind": "disk"})
+    assert line.startswith("disk reference: write ") and "its 2 samples: write stream " in line
     assert not (tmp_path / "ref").exists() or not any((tmp_path / "ref").iterdir())
 
 

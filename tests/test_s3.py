@@ -89,6 +89,19 @@ def test_the_runai_streamer_reads_s3_with_its_own_client_without_the_environment
     loc.remove()
 
 
+def test_the_runai_streamer_is_warmed_up_on_s3_before_any_timing(server, tiny, tmp_path, monkeypatch):
+    from llama_ckpt.formats.runai_streamer import RunaiStreamer
+
+    warmed = []
+    real = RunaiStreamer.warm_up
+    monkeypatch.setattr(RunaiStreamer, "warm_up", lambda self, loc: warmed.append(str(loc)) or real(self, loc))
+    t = target(server, "s3://ckpt/warm")
+    env, rows = measure.run([APPROACHES["runai-streamer"]], tiny,
+                            measure.Options(out=tmp_path, repeats=1, storage=t.path(), disk_reference=False))
+    assert rows[0]["verified"] and len(warmed) == 1 and "warm-up-runai-streamer" in warmed[0]
+    assert not Target.parse("s3://ckpt/warm", server.endpoint).path().list()  # the scratch went too
+
+
 def test_cli_run_on_s3_skips_what_cannot_target_it_with_the_reason(server, tmp_path, monkeypatch):
     # a format that declares it cannot target S3 is skipped with its reason
     monkeypatch.setattr(type(APPROACHES["safetensors"]), "s3_unsupported", "it only writes local paths")

@@ -519,6 +519,17 @@ def _run(approaches, source, opts: Options, out: Path, on_row, say):
         expected = expected_digests(sd, {a.stored_dtype for a in approaches})
         del sd
         gc.collect()
+    for a in approaches:  # first-use set-up of a library, outside every timing
+        scratch = root / f"warm-up-{a.name}"
+        try:
+            a.warm_up(scratch)
+        except FAILURES as exc:  # its measurement will say what is wrong, in its row
+            say(f"warm-up of {a.name} failed: {_describe_error(exc, scratch)}")
+        finally:
+            try:
+                scratch.remove()
+            except FAILURES:
+                pass
     try:
         for a, k in plan(approaches, opts):
             loc = root / (f"{a.name}-w{opts.world_size}" if sharded else a.name)

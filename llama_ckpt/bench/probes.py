@@ -109,6 +109,10 @@ def reference_sample(nbytes: int, loc: Location) -> dict:
     return out
 
 
+def _way(name: str) -> str:
+    return "one stream" if name == "stream" else f"{REFERENCE_THREADS} threads"
+
+
 def reference(nbytes: int, loc: Location, samples: int = REFERENCE_SAMPLES) -> dict:
     """The reference: for writing and for reading, the faster way (one
     stream, or parallel threads on a file system) by the medians of its
@@ -123,9 +127,8 @@ def reference(nbytes: int, loc: Location, samples: int = REFERENCE_SAMPLES) -> d
     (w, w_way), (r, r_way) = best["write"], best["read"]
     colds = [s["read_cold"] for s in got]
     return {"reference_kind": loc.reference_kind, "reference_bytes": nbytes, "reference_write_s": w,
-            "reference_read_s": r, "reference_write_way": w_way if w_way == "stream" else
-            f"parallel ({REFERENCE_THREADS} threads)", "reference_read_way": r_way if r_way == "stream" else
-            f"parallel ({REFERENCE_THREADS} threads)", "reference_ways": ways,
+            "reference_read_s": r, "reference_write_way": _way(w_way), "reference_read_way": _way(r_way),
+            "reference_ways": ways,
             "reference_read_cold": None if None in colds else all(colds),
             "reference_write_Bps": nbytes / w if w else None, "reference_read_Bps": nbytes / r if r else None,
             "reference_samples": got}

@@ -87,6 +87,11 @@ class Format:
     def knobs(self) -> dict:
         return dataclasses.asdict(self.k)
 
+    def warm_up(self, loc: Location) -> None:
+        """One-time set-up a library does on its first use in a process
+        (loading a client library, say), done once before any timing at a
+        scratch location ``loc`` that is removed after."""
+
     def peak_estimate(self, model_bytes: int) -> int:
         """Estimated peak anonymous memory of a save or load of a model of ``model_bytes``."""
         return int(self.PEAK_FACTOR * model_bytes)

@@ -87,5 +87,16 @@ class RunaiStreamer(SafeTensors):
                 progress(1)
         return out
 
+    def warm_up(self, loc):
+        """On S3 the streamer's first stream in a process also loads and sets
+        up its S3 library: measured here 0.64 s for the first stream of a
+        0.9 MB object, 0.28-0.34 s for the next three. One tiny stream first,
+        outside the timings."""
+        if loc.local_file() is None:
+            import torch
+
+            self.save({"warm_up": torch.zeros(4)}, loc)
+            self.load(loc)
+
     def iter_tensors(self, loc, manifest):  # verify reads the file the way safetensors does
         yield from SafeTensors.iter_tensors(self, loc, manifest)
