@@ -94,7 +94,7 @@ IO_POINTS = (
     ("ts+best", "file_io_mode", ["direct", "memmap"]),
     ("ts+best", "target_data_file_size", [16 * MiB, 0]),  # 0: OCDBT's default
     ("ts+best", "data_copy_concurrency", [1, 4]),
-    ("ts+best", "concurrency", [8]),
+    ("ts+best", "concurrency", [2, 32, 128]),
     ("ts+best", "commit_bytes", [128 * MiB]),
     ("runai-streamer", "concurrency", [1, 4, 64]),
     ("runai-streamer", "memory_limit", [256 * MiB]),
@@ -164,8 +164,8 @@ PHASES: dict[str, Phase] = {p.id: p for p in [
           pairs=tuple((a.name, b) for b, a in io_sweep() if a.name != b)),
     Phase("05", "05-formats", "Formats in use today",
           "What do teams use today, and can a TensorStore configuration beat torch.save?",
-          "format: torch.save, safetensors, torch.distributed.checkpoint, zarr3 shards, and ts+best (OCDBT, "
-          "16 MiB chunks, one transaction, concurrency 128, no source copy); and the loaders teams deploy (the "
+          "format: torch.save, safetensors, torch.distributed.checkpoint, zarr3 shards, and ts+best (OCDBT with "
+          "64 MiB data files, 16 MiB chunks, one transaction committed every 1 GiB, concurrency 8, no source copy); and the loaders teams deploy (the "
           "Run:ai Model Streamer and fastsafetensors on a safetensors file, tensorizer, torch.load with mmap)",
           "save and cold-load time as ratios in this run, throughput as a share of the disk reference, size, files",
           ("pytorch-fp32", "safetensors", "dcp", "ts+zarr3", "ts+best", "ts+best16", "ts+chunks", "pytorch",
