@@ -50,6 +50,20 @@ def rss_parts() -> tuple[int, int]:
     return anon, file
 
 
+def release_memory() -> None:
+    """Collect garbage and hand the allocator's free memory back to the
+    system (glibc ``malloc_trim``), so that what earlier steps freed does not
+    stay resident and count in the next step's peak."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
+
+
 class PeakRSS:
     """Peak resident set size of this process over a block of code: the
     kernel's high-water mark, reset on entry (where that reset is not

@@ -46,7 +46,7 @@ from ..digests import check, expected_digests
 from ..errors import FAILURES, UserError
 from ..formats.base import Format
 from ..model import ModelSource, PresetModel, tensor_kind
-from ..recorders import CpuIO, PeakRSS, Steps
+from ..recorders import CpuIO, PeakRSS, Steps, release_memory
 from ..results import ResultsWriter, environment_record, measurement_row
 from ..store import LocalDir, Location, at
 from . import cluster, ranks
@@ -219,7 +219,7 @@ def _single(approach: Format, source: ModelSource, expected: dict, loc: Location
     stage = "save"
     try:
         sd = source.materialize()
-        gc.collect()
+        release_memory()
         steps = Steps()
         with PeakRSS() as rss_save, CpuIO() as cpu_save, \
                 _bar(progress, len(sd), f"{approach.name} save #{repeat}") as bar, loc.count_requests() as req_save:
@@ -227,7 +227,7 @@ def _single(approach: Format, source: ModelSource, expected: dict, loc: Location
             approach.save(sd, loc, bar.update, digests=digests, steps=steps)
             save_s = time.perf_counter() - t0
         del sd
-        gc.collect()
+        release_memory()
         fp = loc.footprint()
 
         stage = "load"
