@@ -216,7 +216,8 @@ def test_ts_best_is_one_ocdbt_database_with_large_chunks(saved):
     import tensorstore as ts
 
     a = APPROACHES["ts+best"]
-    assert a.k.use_ocdbt and a.k.transaction and a.k.reference_source and a.k.concurrency == 128
+    assert a.k.use_ocdbt and a.k.transaction and a.k.reference_source and a.k.concurrency == 8
+    assert a.k.target_data_file_size == 64 << 20 and a.k.commit_bytes == 1 << 30
     root = saved / "ts+best"
     assert (root / "manifest.ocdbt").is_file()
     n_files = sum(1 for p in root.rglob("*") if p.is_file())

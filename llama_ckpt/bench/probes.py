@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from ..model import get_model
+from ..recorders import CpuIO
+from ..registry import APPROACHES
 from ..store import Location
 
 # Samples of the reference per run: one sample proved untrustworthy here (the
@@ -145,12 +153,6 @@ def syscall_profile(approach: str, model: str, workdir) -> dict | None:
     calls strace counted in the child (building the model makes none; every
     traced call is in ``traced_calls``). Outside any timing: strace slows
     the process. None where strace is not installed."""
-    import json
-    import shutil
-    import subprocess
-    import sys
-    import tempfile
-
     if shutil.which("strace") is None:
         return None
     with tempfile.TemporaryDirectory(dir=workdir, prefix="strace-") as tmp:
@@ -173,12 +175,6 @@ def syscall_profile(approach: str, model: str, workdir) -> dict | None:
 
 def _save_once(approach: str, model: str, workdir: str) -> None:
     """The child of ``syscall_profile``: build the model, save it once, print the save's CpuIO as JSON."""
-    import json
-
-    from ..model import get_model
-    from ..recorders import CpuIO
-    from ..registry import APPROACHES
-
     sd = get_model(model).materialize()
     with CpuIO() as cpu:
         APPROACHES[approach].save(sd, os.path.join(workdir, "ckpt"))
@@ -186,8 +182,6 @@ def _save_once(approach: str, model: str, workdir: str) -> None:
 
 
 if __name__ == "__main__":
-    import sys
-
     if len(sys.argv) != 5 or sys.argv[1] != "save":
         sys.exit("usage: python -m llama_ckpt.bench.probes save APPROACH MODEL DIR")
     _save_once(*sys.argv[2:])
