@@ -66,8 +66,8 @@ def _row_line(row: dict) -> str:
         return f"  {row['approach']:<16} #{row['repeat']}  ERROR {row['error']}"
     cold = {True: "", False: " (warm: eviction not confirmed)", None: " (server cache not evicted)"}[row["load_cold"]]
     on_s3 = row.get("requests_save") is not None
-    reqs = (f"  requests {request_total(row['requests_save'])}/{request_total(row['requests_load'])}"
-            if on_s3 else "")
+    load_reqs = request_total(row["requests_load"]) if row.get("requests_load") is not None else "uncounted"
+    reqs = f"  requests {request_total(row['requests_save'])}/{load_reqs}" if on_s3 else ""
     line = (f"  {row['approach']:<16} #{row['repeat']}  save {row['save_s']:8.2f} s  load {row['load_s']:8.2f} s"
             f"{cold}  {row['bytes_on_disk'] / 1e6:10.1f} MB"
             f"  {row['n_files']:>7} {'objects' if on_s3 else 'files'}{reqs}"

@@ -4,6 +4,7 @@ so that nothing silently records nothing)."""
 from __future__ import annotations
 
 import contextlib
+import os
 import resource
 import threading
 import time
@@ -37,17 +38,21 @@ def high_water_mark() -> int:
     return 0
 
 
+def _parts(status: str) -> tuple[int, int]:
+    anon = file = 0
+    for line in status.splitlines():
+        if line.startswith("RssAnon:"):
+            anon = int(line.split()[1]) * 1024
+        elif line.startswith(("RssFile:", "RssShmem:")):
+            file += int(line.split()[1]) * 1024
+    return anon, file
+
+
 def rss_parts() -> tuple[int, int]:
     """This process's resident memory now, split: (anonymous, file-backed
     and shared), from ``RssAnon`` and ``RssFile`` + ``RssShmem``, in bytes."""
-    anon = file = 0
     with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("RssAnon:"):
-                anon = int(line.split()[1]) * 1024
-            elif line.startswith(("RssFile:", "RssShmem:")):
-                file += int(line.split()[1]) * 1024
-    return anon, file
+        return _parts(f.read())
 
 
 def release_memory() -> None:
@@ -83,6 +88,8 @@ class PeakRSS:
         except OSError:
             self.hwm = False
         self.peak = self.peak_anon = self.peak_file = self._sampled = 0
+        self.reads = self.read_bytes = 0  # the sampler's own read calls, for CpuIO to leave out
+        self._fd = os.open("/proc/self/status", os.O_RDONLY)
         self._stop = threading.Event()
         self._sample_once()
         self.sampler = threading.Thread(target=self._sample, daemon=True)
@@ -90,7 +97,10 @@ class PeakRSS:
         return self
 
     def _sample_once(self):
-        anon, file = rss_parts()
+        data = os.pread(self._fd, 1 << 16, 0)  # one read call per sample
+        self.reads += 1
+        self.read_bytes += len(data)
+        anon, file = _parts(data.decode())
         self.peak_anon = max(self.peak_anon, anon)
         self.peak_file = max(self.peak_file, file)
         self._sampled = max(self._sampled, anon + file)
@@ -103,6 +113,7 @@ class PeakRSS:
         self._stop.set()
         self.sampler.join()
         self._sample_once()
+        os.close(self._fd)
         self.peak = max(high_water_mark(), self._sampled) if self.hwm else self._sampled
         return False
 
@@ -122,14 +133,23 @@ class CpuIO:
     ``rchar``, ``syscw``, ``wchar``) over a block of code; ``result`` is the
     difference as a dict."""
 
+    def __init__(self, sampler: "PeakRSS | None" = None):
+        self.sampler = sampler  # a PeakRSS running around this block: its own reads are left out
+
+    def _own(self) -> tuple[int, int]:
+        return (self.sampler.reads, self.sampler.read_bytes) if self.sampler is not None else (0, 0)
+
     def __enter__(self):
-        self._t, self._io = resource.getrusage(resource.RUSAGE_SELF), _proc_io()
+        self._t, self._io, self._own0 = resource.getrusage(resource.RUSAGE_SELF), _proc_io(), self._own()
         return self
 
     def __exit__(self, *exc):
+        own = self._own()  # before /proc/self/io, so that no sample falls between them uncounted
         t, io = resource.getrusage(resource.RUSAGE_SELF), _proc_io()
+        own_calls, own_bytes = own[0] - self._own0[0], own[1] - self._own0[1]
         self.result = {"user_s": t.ru_utime - self._t.ru_utime, "sys_s": t.ru_stime - self._t.ru_stime,
-                       "read_calls": io["syscr"] - self._io["syscr"], "read_bytes": io["rchar"] - self._io["rchar"],
+                       "read_calls": io["syscr"] - self._io["syscr"] - own_calls,
+                       "read_bytes": io["rchar"] - self._io["rchar"] - own_bytes,
                        "write_calls": io["syscw"] - self._io["syscw"],
                        "write_bytes": io["wchar"] - self._io["wchar"]}
         return False

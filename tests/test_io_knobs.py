@@ -10,6 +10,7 @@ import tensorstore
 
 from llama_ckpt import fsutil
 from llama_ckpt.bench import measure
+from llama_ckpt.checkpoint import COMMIT
 from llama_ckpt.bench.probes import REFERENCE_THREADS, reference
 from llama_ckpt.digests import check, expected_digests
 from llama_ckpt.errors import UserError
@@ -48,6 +49,8 @@ def test_without_file_sync_the_save_fsyncs_every_file_before_it_returns(tiny_sd,
         variant("ts+best", **knobs).save(dict(tiny_sd), tmp_path / f"c{passes}", steps=steps)
         assert len(synced) == passes
         assert ("fsync pass (every file, then the directories)" in steps.seconds) == bool(passes)
+        if passes:  # the staging directory, before the commit marker exists
+            assert ".tmp-" in synced[0].name and not (synced[0] / COMMIT).exists()
     # the pass covers the staging directory the files were written to, before the commit renamed it
     assert fsutil.fsync_tree(tmp_path / "c1") >= len(list(fsutil.iter_files(tmp_path / "c1"))) + 1
 
@@ -153,3 +156,21 @@ def test_the_io_findings_say_when_a_point_beats_ts_best_and_whether_it_is_clear(
     t = tables.io_table(rows, pairs)
     assert list(t.index.get_level_values("knob")) == ["(base)", "x=2"]
     assert t.loc[("ts+best", "x=2"), "save_vs_base_x"] == pytest.approx(2.0 / 1.02)
+
+
+def test_the_system_call_counts_leave_out_the_memory_samplers_own_reads():
+    from llama_ckpt.recorders import CpuIO
+
+    with PeakRSS() as rss, CpuIO(rss) as cpu:
+        time.sleep(0.3)
+    assert rss.reads >= 20  # it sampled all along, one read each
+    assert cpu.result["read_calls"] <= 4  # /proc/self/io itself, not the sampler's reads
+    with PeakRSS() as rss, CpuIO() as cpu:  # without the sampler named, they would be counted
+        time.sleep(0.3)
+    assert cpu.result["read_calls"] >= rss.reads - 5
+
+
+def test_io_findings_name_a_base_without_valid_rows_instead_of_failing():
+    pairs = (("ts+best[x=1]", "ts+best"),)
+    rows = [_row("ts+best[x=1]", 0.5, 0.5, k) for k in range(3)]
+    assert "- **ts+best**: no valid row of the base itself" in tables.io_findings(rows, pairs)

@@ -98,8 +98,8 @@ def test_summary_ranks_the_loaders_with_their_share_of_the_disk_and_their_memory
     loaders = {"runai-streamer", "fastsafetensors", "tensorizer", "pytorch-fp32-mmap"}
     assert loaders <= set(s.all_table().index) and loaders <= set(s.memory().index)
     aim = s.aim()
-    assert list(aim.columns) == ["save", "load", "size", "repeats"]
-    assert aim.index[0].startswith("fastest cold load (") and 0 < aim.iloc[0]["load"]
+    assert list(aim.columns) == ["save", "load", "size", "share_of_disk", "repeats"]
+    assert aim.index[0].startswith("fastest cold load (") and 0 < aim.iloc[0]["share_of_disk"]
     assert {"ts+best / safetensors", "ts+best16 / pytorch"} <= set(aim.index)
 
 

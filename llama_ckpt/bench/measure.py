@@ -221,7 +221,7 @@ def _single(approach: Format, source: ModelSource, expected: dict, loc: Location
         sd = source.materialize()
         release_memory()
         steps = Steps()
-        with PeakRSS() as rss_save, CpuIO() as cpu_save, \
+        with PeakRSS() as rss_save, CpuIO(rss_save) as cpu_save, \
                 _bar(progress, len(sd), f"{approach.name} save #{repeat}") as bar, loc.count_requests() as req_save:
             t0 = time.perf_counter()
             approach.save(sd, loc, bar.update, digests=digests, steps=steps)
@@ -232,7 +232,7 @@ def _single(approach: Format, source: ModelSource, expected: dict, loc: Location
 
         stage = "load"
         cold, frac = loc.evict()
-        with PeakRSS() as rss_load, CpuIO() as cpu_load, \
+        with PeakRSS() as rss_load, CpuIO(rss_load) as cpu_load, \
                 _bar(progress, len(source.specs), f"{approach.name} load #{repeat}") as bar, \
                 loc.count_requests() as req_load:
             t0 = time.perf_counter()

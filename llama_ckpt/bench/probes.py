@@ -41,11 +41,17 @@ def _write_stream(loc: Location, nbytes: int, block: bytes) -> None:
         f.finish()
 
 
+def _pwrite_all(fd: int, data: memoryview, off: int) -> None:
+    while len(data):  # pwrite may write less than asked
+        n = os.pwrite(fd, data, off)
+        data, off = data[n:], off + n
+
+
 def _write_parallel(path, nbytes: int, block: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         with ThreadPoolExecutor(REFERENCE_THREADS) as pool:
-            list(pool.map(lambda p: os.pwrite(fd, memoryview(block)[:p[1]], p[0]), _pieces(nbytes)))
+            list(pool.map(lambda p: _pwrite_all(fd, memoryview(block)[:p[1]], p[0]), _pieces(nbytes)))
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -143,6 +149,7 @@ def reference(nbytes: int, loc: Location, samples: int = REFERENCE_SAMPLES) -> d
 
 
 # -- why a save takes the time it does: its system calls -----------------------------
+PROFILE_TIMEOUT_S = 1800
 TRACED = ("write", "pwrite64", "writev", "pwritev", "pwritev2", "fsync", "fdatasync", "sync_file_range")
 
 
@@ -152,16 +159,21 @@ def syscall_profile(approach: str, model: str, workdir) -> dict | None:
     calls and bytes (``CpuIO`` around the save), and the fsync/fdatasync
     calls strace counted in the child (building the model makes none; every
     traced call is in ``traced_calls``). Outside any timing: strace slows
-    the process. None where strace is not installed."""
+    the process. None where strace is not installed; ``error`` where it
+    could not trace or the save failed."""
     if shutil.which("strace") is None:
         return None
     with tempfile.TemporaryDirectory(dir=workdir, prefix="strace-") as tmp:
         counts = os.path.join(tmp, "counts.txt")
-        proc = subprocess.run(["strace", "-f", "-qq", "-c", "-e", "trace=" + ",".join(TRACED), "-o", counts,
-                               sys.executable, "-m", "llama_ckpt.bench.probes", "save", approach, model, tmp],
-                              capture_output=True, text=True, timeout=1800)
-        if proc.returncode != 0:
-            raise RuntimeError(f"strace of {approach}'s save failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+        try:
+            proc = subprocess.run(["strace", "-f", "-qq", "-c", "-e", "trace=" + ",".join(TRACED), "-o", counts,
+                                   sys.executable, "-m", "llama_ckpt.bench.probes", "save", approach, model, tmp],
+                                  capture_output=True, text=True, timeout=PROFILE_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            return {"approach": approach, "model": model, "error": f"no result within {PROFILE_TIMEOUT_S} s"}
+        if proc.returncode != 0:  # strace cannot trace here (ptrace not allowed), or the save failed
+            return {"approach": approach, "model": model,
+                    "error": (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]}
         calls = {}
         for line in open(counts):
             parts = line.split()

@@ -213,8 +213,10 @@ def cpu_io_table(rows: list[dict], approaches: list[str] | None = None) -> pd.Da
 
 
 def syscalls_table(profiles: list[dict | None]) -> pd.DataFrame:
-    """``probes.syscall_profile`` results: one line per approach."""
-    recs = [{"approach": p["approach"], "model": p["model"], "user_s": p["user_s"], "sys_s": p["sys_s"],
+    """``probes.syscall_profile`` results: one line per approach (a profile
+    that failed keeps its line, with the reason)."""
+    recs = [{"approach": p["approach"], "model": p["model"], "error": p["error"]} if p.get("error") else
+            {"approach": p["approach"], "model": p["model"], "user_s": p["user_s"], "sys_s": p["sys_s"],
              "writes": p["write_calls"], "mean_write_MB": (p["mean_write_bytes"] or 0) / 1e6,
              "written_GB": p["write_bytes"] / 1e9, "fsyncs": p["fsync_calls"]} for p in profiles if p]
     return pd.DataFrame(recs).set_index("approach") if recs else pd.DataFrame()
@@ -255,6 +257,9 @@ def io_findings(rows: list[dict], pairs: tuple[tuple[str, str], ...], best: str 
     out = []
     for b in dict.fromkeys(bb for _a, bb in pairs):
         pts = [n for n in [b] + [a for a, bb in pairs if bb == b] if n in summ]
+        if b not in summ:
+            out.append(f"- **{b}**: no valid row of the base itself: its points are not compared.")
+            continue
         if len(pts) < 2:
             continue
         rts = {n: Stat.of([r["save_s"] + r["load_s"] for r in rows if is_valid(r) and r["approach"] == n])
