@@ -10,7 +10,6 @@ import threading
 import time
 from typing import Iterator
 
-import psutil
 
 
 class Steps:

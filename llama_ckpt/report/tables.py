@@ -205,9 +205,9 @@ def cpu_io_table(rows: list[dict], approaches: list[str] | None = None) -> pd.Da
             c = [r[f"cpu_io_{step}"] for r in rs]
             rec[f"{step}_user_s/GB"] = med([x["user_s"] for x in c]) / gb
             rec[f"{step}_sys_s/GB"] = med([x["sys_s"] for x in c]) / gb
-            rec[f"{step}_{calls.split('_')[0]}s"] = int(med([x[calls] for x in c]))
-            n_calls = med([x[calls] for x in c])
-            rec[f"{step}_mean_{calls.split('_')[0]}_MB"] = med([x[size] for x in c]) / n_calls / 1e6 if n_calls else None
+            kind, n_calls = calls.split("_")[0], med([x[calls] for x in c])
+            rec[f"{step}_{kind}s"] = int(n_calls)
+            rec[f"{step}_mean_{kind}_MB"] = med([x[size] for x in c]) / n_calls / 1e6 if n_calls else None
         recs.append(rec)
     return pd.DataFrame(recs).set_index("approach") if recs else pd.DataFrame()
 
