@@ -70,6 +70,26 @@ def save(fmt, state_dict, loc: Location, progress=None, digests=None, steps: Ste
         raise
 
 
+def begin(fmt, state_dict, loc: Location, digests: dict[str, str], **extra) -> tuple[Location, dict]:
+    """The first half of a save written by someone else (a background thread
+    or process): the staging location and the manifest to commit once the
+    format's files in it are durable (:func:`finish`)."""
+    return loc.stage(), manifest(fmt, tensor_entries(fmt, state_dict, digests), **extra)
+
+
+def finish(loc: Location, staged: Location, man: dict, ok: bool) -> None:
+    """The second half: commit what was staged when the write succeeded;
+    remove it otherwise."""
+    if not ok:
+        loc.discard(staged)
+        return
+    try:
+        commit(loc, staged, man)
+    except BaseException:
+        loc.discard(staged)
+        raise
+
+
 def read_manifest(loc: Location) -> dict:
     """The manifest of a committed checkpoint; a clear error for anything
     else (a leftover temporary, no commit marker, no or corrupt manifest)."""

@@ -16,6 +16,7 @@ import itertools
 from typing import Iterable
 
 from .errors import UserError
+from .formats.background import DcpAsync, ForkSnapshot, Saver, StagedProcess, StagedThread, Sync, TensorStoreAsync
 from .formats.base import Format
 from .formats.dcp import DistributedCheckpoint
 from .formats.fast_safetensors import FastSafeTensors
@@ -143,6 +144,34 @@ def variant(base: str, **changes) -> Format:
     return a.with_knobs(f"{base}[{label}]", f"{base} with {label.replace(',', ', ')}", knobs)
 
 
+def _training() -> dict[str, Saver]:
+    fp32, st, dcp = APPROACHES["pytorch-fp32"], APPROACHES["safetensors"], APPROACHES["dcp"]
+    return {s.name: s for s in [
+        # -- synchronous: the loop waits until the checkpoint is durable (blocking = time to durable)
+        Sync("pytorch-fp32", "torch.save of the float32 state dict", fp32),
+        Sync("safetensors", "safetensors save_file, fsynced", st),
+        Sync("dcp", "torch.distributed.checkpoint.save in this process", dcp),
+        Sync("ts+best", "TensorStore's ts+best (it references the source, safe only because the loop waits)",
+             APPROACHES["ts+best"]),
+        # -- asynchronous: the loop goes on while the bytes are written
+        DcpAsync("dcp-async", "dcp.async_save, written from a thread (DefaultStager's cached copy)", dcp, "dcp"),
+        DcpAsync("dcp-async-process", "dcp.async_save, written by DCP's writer process (staged in shared memory)",
+                 dcp, "dcp", process=True),
+        TensorStoreAsync("ts+best-async", "ts+best's configuration in one transaction, source copied by "
+                         "TensorStore (no reference_source, no batched commits); the loop goes on once every write's "
+                         "copy is done, durable at the commit",
+                         variant("ts+best", reference_source=False, commit_bytes=0), "ts+best"),
+        StagedThread("copy+pytorch-thread", "a staging copy (buffers reused), torch.save of it in a thread", fp32,
+                     "pytorch-fp32"),
+        StagedThread("copy+safetensors-thread", "a staging copy (buffers reused), safetensors of it in a thread", st,
+                     "safetensors"),
+        StagedProcess("copy+safetensors-process", "a staging copy (buffers reused), safetensors of it in a forked "
+                      "process", st, "safetensors"),
+        ForkSnapshot("fork+safetensors", "fork(): the child writes its copy-on-write view with safetensors while the "
+                     "parent trains", st, "safetensors"),
+    ]}
+
+
 def _label(v) -> str:
     if isinstance(v, int) and not isinstance(v, bool) and v >= 1024 and v % 1024 == 0:
         return f"{v >> 20}MiB" if v % (1 << 20) == 0 else f"{v >> 10}KiB"
@@ -196,3 +225,9 @@ def approach_of(manifest: dict) -> Format:
     tags = (SHARDED,) if "world_size" in manifest else ()
     return cls(name, "rebuilt from a manifest", cls.Knobs(**{k: v for k, v in manifest["knobs"].items() if k in fields}),
                tags)
+
+
+# The ways to checkpoint inside a training loop (07-training): name -> saver.
+# Savers keep state between checkpoints (staging buffers, DCP's stager): the
+# training phase closes each one after its last checkpoint.
+TRAINING: dict[str, Saver] = _training()

@@ -7,11 +7,13 @@ import math
 import os
 from collections import deque
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
 
 from ..errors import FAILURES
+from ..recorders import Steps
 from . import chunks as chunk_rules
 from .base import DTYPES, Format, RankContext, round_up
 
@@ -280,6 +282,37 @@ class TensorStoreZarr(Format):
                 inflight.popleft()[0].result()
                 progress(1)
         self._sync(loc, steps)
+
+    def write_async(self, state_dict, loc) -> Callable[[], None]:
+        """TensorStore's own asynchrony: every write issued in one transaction,
+        returning once each write's source has been copied (its ``copy``
+        future); the function returned commits the transaction (encode, write,
+        fsync) and returns when it is durable. With ``reference_source``
+        TensorStore keeps the caller's arrays instead of copying them, so
+        whatever changes them before the commit ends up in the checkpoint."""
+        import tensorstore as ts
+
+        ctx = self.context(loc)
+        txn = ts.Transaction()
+        futures, keep = [], []
+        for name in list(state_dict):
+            t = state_dict.pop(name)
+            target = self.stored(t.dtype)
+            arr = to_numpy(t.to(target))
+            store = ts.open(self.spec(loc, name, tuple(t.shape), target), create=True, context=ctx,
+                            transaction=txn).result()
+            futures.append(store.write(arr, can_reference_source_data_indefinitely=self.k.reference_source or None))
+            keep.append(arr)
+        for f in futures:
+            f.copy.result()
+
+        def durable() -> None:
+            txn.commit_async().result()
+            for f in futures:
+                f.commit.result()
+            keep.clear()
+            self._sync(loc, Steps())
+        return durable
 
     def _sync(self, loc, steps) -> None:
         """With file_io_sync off, the one fsync pass that makes the save durable before it returns."""

@@ -1,0 +1,361 @@
+"""Checkpoints taken inside a training loop: ways to save that give the loop
+back before the bytes are durable.
+
+A :class:`Saver` takes a checkpoint of a state dict whose tensors the loop
+will go on updating in place. ``start`` returns a :class:`Pending` as soon as
+the loop may step again (the *blocking* time); the checkpoint is *durable*
+when the background work has written every byte (fsynced) and committed it
+(manifest, then marker: :func:`llama_ckpt.checkpoint.finish`). Whatever the
+loop does after ``start`` returns must not reach the checkpoint: each saver
+either copies the weights before it returns (a staging copy, DCP's staging,
+TensorStore's write copies) or writes them from a copy-on-write snapshot
+(``fork``). The commit is always made by this process, after the writer has
+finished: a process killed mid-save leaves a staging temporary, never a
+committed checkpoint.
+
+The checkpoint's files are the format's own, so ``fmt.read`` (and ``verify``)
+read them like any other checkpoint of that format.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import threading
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .. import checkpoint
+from ..digests import tensor_digest
+from ..recorders import Steps
+from ..store import Location
+from .base import Format, no_progress
+from .dcp import DistributedCheckpoint
+from .tensorstore import TensorStoreZarr
+
+
+def _nothing() -> None:
+    pass
+
+
+@contextlib.contextmanager
+def _stderr_to(path):
+    """File descriptor 2 (what child processes inherit) sent to ``path`` for
+    the block; nothing changes when ``path`` is None."""
+    if path is None:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 2)
+    os.close(fd)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+@dataclass
+class Hooks:
+    """Points in the background work where tests can step in (pause, or be
+    killed): ``started`` before the first byte is written, ``written`` once
+    the format's files are durable and before the commit."""
+
+    started: Callable[[], None] = _nothing
+    written: Callable[[], None] = _nothing
+
+
+class Pending:
+    """One checkpoint in flight. ``done()`` says whether it has finished
+    (committed or failed); ``wait()`` returns the seconds from the call to
+    the moment it was committed (set by the background, not by the caller's
+    wait), or raises the background's error."""
+
+    def __init__(self, t0: float):
+        self.t0 = t0
+        self._event = threading.Event()
+        self.error: BaseException | None = None
+        self.durable_at: float | None = None
+        self.writer_cpu_s: float | None = None  # CPU seconds of the writer, where it is a thread or process of its own
+
+    def done(self) -> bool:
+        return self._event.is_set()
+
+    def finished(self, error: BaseException | None = None) -> None:
+        self.durable_at = None if error else time.perf_counter()
+        self.error = error
+        self._event.set()
+
+    def wait(self, timeout: float | None = None) -> float:
+        if not self._event.wait(timeout):
+            raise TimeoutError(f"the checkpoint was not durable within {timeout} s")
+        if self.error is not None:
+            raise self.error
+        return self.durable_at - self.t0
+
+
+class Saver:
+    """A way of checkpointing inside a training loop: ``mode`` is ``sync``
+    (blocking until durable), ``thread``, ``process`` or ``fork`` (where the
+    writing happens); ``fmt`` is the format whose files it writes (and reads
+    them back); ``sync_of`` names the synchronous saver of the same format,
+    against which its blocking time is judged."""
+
+    mode = "sync"
+
+    def __init__(self, name: str, description: str, fmt: Format, sync_of: str | None = None):
+        self.name, self.description, self.fmt = name, description, fmt
+        self.sync_of = sync_of or name
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+    def knobs(self) -> dict:
+        return {"format": self.fmt.name, **self.fmt.knobs()}
+
+    def prepare(self, scratch: Location) -> None:
+        """Once, before any timing: what a library sets up on first use (the
+        DCP writer process); ``scratch`` is removed after."""
+        self.fmt.warm_up(scratch)
+
+    def close(self) -> None:
+        """After the last checkpoint."""
+
+    def load(self, loc: Location) -> dict[str, torch.Tensor]:
+        return checkpoint.load(self.fmt, loc)
+
+    def start(self, state_dict: dict[str, torch.Tensor], loc: Location, digests: dict[str, str],
+              hooks: Hooks = Hooks()) -> Pending:
+        """Begin a checkpoint of ``state_dict`` (whose tensors the caller may
+        change once this returns) at ``loc``; ``digests`` are its tensors'
+        SHA-256 in the stored dtype, taken at this step, for the manifest."""
+        pending = Pending(time.perf_counter())
+        staged, man = checkpoint.begin(self.fmt, state_dict, loc, digests, saved_by=self.name, mode=self.mode)
+        work = self._launch(dict(state_dict), staged, pending)
+        self._finish_in(work, loc, staged, man, pending, hooks)
+        return pending
+
+    def _launch(self, state_dict, staged: Location, pending: Pending) -> Callable[[], None]:
+        """Do what must happen before the loop may go on; return the rest of
+        the write (run where the mode says), durable when it returns."""
+        raise NotImplementedError
+
+    def _finish_in(self, work, loc, staged, man, pending, hooks) -> None:
+        threading.Thread(target=_complete, args=(work, loc, staged, man, pending, hooks), daemon=True,
+                         name=f"checkpoint-{self.name}").start()
+
+
+def _complete(work, loc, staged, man, pending: Pending, hooks: Hooks) -> None:
+    """The background half: the rest of the write, then the commit; on any
+    failure the staged files are removed and the error kept for ``wait``."""
+    try:
+        hooks.started()
+        work()
+        hooks.written()
+    except BaseException as exc:  # noqa: BLE001 - handed to the caller through wait()
+        try:
+            checkpoint.finish(loc, staged, man, ok=False)
+        finally:
+            pending.finished(exc)
+        return
+    try:
+        checkpoint.finish(loc, staged, man, ok=True)
+    except BaseException as exc:  # noqa: BLE001
+        pending.finished(exc)
+        return
+    pending.finished()
+
+
+class Sync(Saver):
+    """The format's ordinary save: the loop waits until it is durable."""
+
+    mode = "sync"
+
+    def _launch(self, state_dict, staged, pending):
+        self.fmt.write(state_dict, staged, Steps(), no_progress)
+        return _nothing
+
+    def _finish_in(self, work, loc, staged, man, pending, hooks):
+        _complete(work, loc, staged, man, pending, hooks)
+
+
+class StagedThread(Saver):
+    """What teams hand-roll: copy the weights into a staging buffer (kept and
+    reused from one checkpoint to the next, as DCP's cached staging does),
+    then the format's save of the copy in a background thread."""
+
+    mode = "thread"
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self._buffers: dict[str, torch.Tensor] = {}
+
+    def stage(self, state_dict) -> dict[str, torch.Tensor]:
+        out = {}
+        for k, v in state_dict.items():
+            b = self._buffers.get(k)
+            if b is None or b.shape != v.shape or b.dtype != v.dtype:
+                b = self._buffers[k] = torch.empty_like(v, memory_format=torch.contiguous_format)
+            out[k] = b.copy_(v)
+        return out
+
+    def close(self) -> None:
+        self._buffers.clear()
+
+    def _launch(self, state_dict, staged, pending):
+        copy = self.stage(state_dict)
+
+        def write():
+            t0 = time.thread_time()
+            self.fmt.write(copy, staged, Steps(), no_progress)
+            pending.writer_cpu_s = time.thread_time() - t0
+        return write
+
+
+def _fork_writer(fmt: Format, state_dict, staged: Location, pending: Pending) -> Callable[[], None]:
+    """Fork a child that writes ``state_dict`` (its copy-on-write view of it)
+    with ``fmt`` and exits; returns the wait for it, which raises if it
+    failed. The child runs only the format's writer, never the loop."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: write, report, exit without running the parent's cleanup
+        code = 0
+        try:
+            os.close(r)
+            fmt.write(state_dict, staged, Steps(), no_progress)
+        except BaseException as exc:  # noqa: BLE001 - reported to the parent through the pipe
+            code = 1
+            try:
+                os.write(w, f"{type(exc).__name__}: {exc}".encode()[:4000])
+            except OSError:
+                pass
+        os._exit(code)
+    os.close(w)
+
+    def wait() -> None:
+        msg = b""
+        while chunk := os.read(r, 4096):
+            msg += chunk
+        os.close(r)
+        _, status, usage = os.wait4(pid, 0)
+        pending.writer_cpu_s = usage.ru_utime + usage.ru_stime
+        code = os.waitstatus_to_exitcode(status)
+        if code != 0:
+            raise RuntimeError(f"the writer process (pid {pid}) failed: "
+                               + (msg.decode(errors="replace") or f"exit status {code}"))
+    return wait
+
+
+class StagedProcess(StagedThread):
+    """A staging copy, then a forked process writes the copy (the copy is
+    the child's: the loop never touches it, so no page is copied on write)."""
+
+    mode = "process"
+
+    def _launch(self, state_dict, staged, pending):
+        return _fork_writer(self.fmt, self.stage(state_dict), staged, pending)
+
+
+class ForkSnapshot(Saver):
+    """A copy-on-write snapshot: ``fork()``, and the child writes the weights
+    as they were at the fork while the parent trains on. The loop is blocked
+    only for the fork; every page the loop then updates while the child is
+    alive is copied by the kernel first, inside the steps that follow."""
+
+    mode = "fork"
+
+    def _launch(self, state_dict, staged, pending):
+        return _fork_writer(self.fmt, state_dict, staged, pending)
+
+
+class TensorStoreAsync(Saver):
+    """TensorStore's own asynchrony: every write issued in one transaction;
+    the loop goes on once TensorStore has copied each source array (the
+    write futures' ``copy``), and the checkpoint is durable when the
+    transaction's commit is. ``can_reference_source_data_indefinitely`` must
+    be off: with it TensorStore keeps the loop's own tensors and writes
+    whatever they hold at the commit."""
+
+    mode = "thread"
+
+    def __init__(self, name, description, fmt: TensorStoreZarr, sync_of=None):
+        if not fmt.k.transaction or fmt.k.commit_bytes:
+            raise ValueError(f"{name}: TensorStore's asynchronous save needs one transaction (transaction=True, "
+                             "commit_bytes=0)")
+        super().__init__(name, description, fmt, sync_of)
+
+    def _launch(self, state_dict, staged, pending):
+        return self.fmt.write_async(state_dict, staged)
+
+
+class DcpAsync(Saver):
+    """``torch.distributed.checkpoint.async_save``: DCP's ``DefaultStager``
+    copies the state dict into CPU memory (its copies kept from one
+    checkpoint to the next), then DCP writes it from a thread of this process
+    (``thread``) or from DCP's own writer process (``process``: started
+    on the first save, kept for the next; it needs a process group, so a
+    one-rank gloo group is made when there is none)."""
+
+    def __init__(self, name, description, fmt: DistributedCheckpoint, sync_of=None, process: bool = False):
+        super().__init__(name, description, fmt, sync_of)
+        self.mode = "process" if process else "thread"
+        self._stager = None
+        self._own_group = False
+
+    def knobs(self) -> dict:
+        return super().knobs() | {"async_checkpointer_type": self.mode, "stager": "DefaultStager, cached, "
+                                  + ("shared memory" if self.mode == "process" else "no shared memory")}
+
+    def prepare(self, scratch):
+        import torch.distributed as dist
+
+        if self.mode == "process" and not dist.is_initialized():
+            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")  # the writer process's store, on loopback
+            dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+            self._own_group = True
+        # "assuming the intent is to save in a single process", from every thread-mode save: it is
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
+        # The first save starts DCP's machinery, and its writer process: not a checkpoint's cost. That
+        # process logs every request at INFO level to the stderr it inherits: a file beside the
+        # checkpoints instead of the notebook.
+        log = scratch.parent.local_file() / "dcp-writer-process.log" if self.mode == "process" else None
+        with _stderr_to(log):
+            self.start({"warm_up": torch.zeros(4)}, scratch, {"warm_up": tensor_digest(torch.zeros(4))}).wait()
+
+    def close(self):
+        import torch.distributed as dist
+
+        if self._stager is not None:
+            self._stager.close()
+            self._stager = None
+        if self._own_group and dist.is_initialized():
+            dist.destroy_process_group()
+            self._own_group = False
+
+    def _launch(self, state_dict, staged, pending):
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
+        from torch.distributed.checkpoint.state_dict_saver import AsyncCheckpointerType
+
+        if self._stager is None:
+            # Staging copies kept from one checkpoint to the next (keyed by the source's storage), in
+            # shared memory for the writer process; no pinned memory or non-blocking copies (no
+            # accelerator here), staged before async_save returns.
+            self._stager = DefaultStager(StagingOptions(use_pinned_memory=False,
+                                                        use_shared_memory=self.mode == "process",
+                                                        use_async_staging=False, use_non_blocking_copy=False))
+        kind = AsyncCheckpointerType.PROCESS if self.mode == "process" else AsyncCheckpointerType.THREAD
+        out = dcp.async_save(self.fmt.cast_consuming(state_dict),
+                             storage_writer=dcp.FileSystemWriter(str(staged.local_file()), sync_files=True,
+                                                                 thread_count=self.fmt.threads()),
+                             async_checkpointer_type=kind, async_stager=self._stager, no_dist=self.mode == "thread")
+        future = getattr(out, "upload_completion", out)
+        return lambda: future.result()
