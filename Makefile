@@ -16,7 +16,7 @@ RUN_ID ?=## run id, the same id resumes a run; empty: a new one (summary: the la
 
 SUITE = $(PY) -m llama_ckpt suite --model $(MODEL) $(if $(MODEL_PATH),--model-path "$(MODEL_PATH)") \
 	--repeats $(REPEATS) --out "$(OUT)" $(if $(RUN_ID),--run-id "$(RUN_ID)") $(if $(filter 1 yes true,$(KEEP)),--keep)
-PHASES := 00 4a 4b 4c 4d 4e 4f 05 06
+PHASES := 00 4a 4b 4c 4d 4e 4f 05 06 07
 
 .PHONY: help setup run-all test summary report lab clean s3-up s3-down $(addprefix phase-,$(PHASES))
 
@@ -37,7 +37,7 @@ setup: $(VENV)/.installed ## create .venv and install the pinned requirements
 run-all: setup ## every phase notebook, then the summary; prints the 8-way table
 	$(SUITE) --phases all
 
-phase-%: setup ## one phase: make phase-00, phase-4a ... phase-4f, phase-05, phase-06
+phase-%: setup ## one phase: make phase-00, phase-4a ... phase-4f, phase-05, phase-06, phase-07
 	$(SUITE) --phases $* --no-summary
 
 summary: setup ## rebuild the summary from the results already there

@@ -48,6 +48,37 @@ MEASUREMENT_FIELDS = (
 )
 
 
+# A checkpoint taken inside the training loop (07-training), one row each.
+TRAINING_FIELDS = (
+    "record", "run_id", "approach", "mode", "sync_of", "format", "knobs", "model", "n_params", "tensor_set",
+    "state", "checkpoint_bytes", "repeat", "step",
+    # seconds: from the call until the loop may step again; from the call until committed (durable);
+    # the loop's wait at the end of the segment for a save still in flight; the segment's wall time
+    "blocking_s", "durable_s", "stall_s", "segment_s",
+    # every step's seconds in the segment: before the call (no save in flight), while the save was in
+    # flight when the step began, and after it was durable
+    "steps_before_s", "steps_inflight_s", "steps_after_s",
+    # resident memory: the process's just before the call, its peak over the steps before the call (no save
+    # in flight) and from the call until durable; the machine's memory in use (every process: a forked
+    # writer, pages copied on write, a writer process's copy) over the same two spans
+    "rss_before_bytes", "peak_rss_idle_bytes", "peak_rss_bytes", "machine_used_idle_bytes", "machine_used_bytes",
+    # CPU seconds (this process and the writer processes it waited for) over the steps before the call and
+    # over the segment; a writer's own CPU seconds where it is one thread or process of its own
+    "cpu_before_s", "cpu_segment_s", "writer_cpu_s",
+    "load_s", "load_cold", "bytes_on_disk", "n_files",
+    "verified", "error", "finished_at",
+)
+
+
+def training_row(**values) -> dict:
+    unknown = set(values) - set(TRAINING_FIELDS)
+    if unknown:
+        raise KeyError(f"not training fields: {sorted(unknown)}")
+    row = dict.fromkeys(TRAINING_FIELDS)
+    row.update(values, record="training")
+    return row
+
+
 def measurement_row(**values) -> dict:
     unknown = set(values) - set(MEASUREMENT_FIELDS)
     if unknown:
@@ -99,6 +130,7 @@ class Loaded:
     environments: list[dict]
     warnings: list[str]
     ends: list[dict] = field(default_factory=list)
+    training: list[dict] = field(default_factory=list)  # 07-training's rows (record "training")
 
 
 def read_results(paths: Iterable[Path]) -> Loaded:
@@ -126,6 +158,8 @@ def read_results(paths: Iterable[Path]) -> Loaded:
                     out.measurements.append(row)
                 elif row.get("record") == "end":
                     out.ends.append(row)
+                elif row.get("record") == "training":
+                    out.training.append(row)
                 else:
                     out.warnings.append(f"{p}:{i}: skipped line with unknown record {row.get('record')!r}")
     return out

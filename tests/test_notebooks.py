@@ -57,6 +57,11 @@ def test_each_phase_wrote_its_result_rows(suite_run, phase):
                 for r in loaded.measurements] == [
             (a, w, lw, 1, "spawn") for w, lw in DIST_CONFIGS for a in names(sharded=True)] + [
             (a, n * k, n * k, n, "torchrun") for n, k in TORCHRUN_CONFIGS for a in names(sharded=True)]
+    elif phase.training:  # one checkpoint of every saver inside the loop, each holding its step's weights
+        from llama_ckpt.registry import TRAINING
+
+        assert [r["approach"] for r in loaded.training] == list(TRAINING) and not loaded.measurements
+        assert all(r["verified"] and r["blocking_s"] > 0 and r["durable_s"] > 0 for r in loaded.training)
     else:
         assert [r["approach"] for r in loaded.measurements] == [a.name for a in phase.approaches()]
     assert all(r["verified"] for r in loaded.measurements)
@@ -101,6 +106,17 @@ def test_summary_ranks_the_loaders_with_their_share_of_the_disk_and_their_memory
     assert list(aim.columns) == ["save", "load", "size", "share_of_disk", "repeats"]
     assert aim.index[0].startswith("fastest cold load (") and 0 < aim.iloc[0]["share_of_disk"]
     assert {"ts+best / safetensors", "ts+best16 / pytorch"} <= set(aim.index)
+
+
+def test_summary_ranks_the_savers_for_training(suite_run):
+    from llama_ckpt.registry import TRAINING
+    from llama_ckpt.report import summary
+
+    out, _ = suite_run
+    rank = summary.load(out, RUN).training_ranking()
+    assert sorted(rank["saver"]) == sorted(TRAINING)
+    blocking = [float(b.split()[0]) for b in rank["blocking"]]
+    assert blocking == sorted(blocking)  # least blocking first
 
 
 def test_summary_has_the_live_reliability_table_of_every_approach_and_fault(suite_run):

@@ -39,6 +39,14 @@ def frame(rows: list[dict]) -> pd.DataFrame:
     return pd.DataFrame.from_records(recs)
 
 
+def empty(message: str):
+    """A small figure that says why there is nothing to draw."""
+    fig, ax = plt.subplots(figsize=(8, 1.2))
+    ax.axis("off")
+    ax.text(0.5, 0.5, message, ha="center", va="center")
+    return fig
+
+
 def _log_if_spread(ax, values, axis: str = "y") -> None:
     v = [x for x in values if x and x > 0]
     if v and max(v) / min(v) > LOG_SPAN:
@@ -60,6 +68,8 @@ def comparison(rows: list[dict], env: dict | None = None, title: str = "", order
     per approach (colour: the stored dtype); horizontal bars where there are
     many approaches."""
     df = frame(rows)
+    if df.empty:
+        return empty("no valid measurement to chart in this run")
     names = [n for n in (order or list(dict.fromkeys(df["approach"]))) if n in set(df["approach"])]
     flat = len(names) > HORIZONTAL_OVER
     if flat:

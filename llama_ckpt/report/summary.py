@@ -16,6 +16,7 @@ from ..results import change, comparison_table, fmt_bytes, is_valid, read_result
 from ..suite.phases import PHASES, cloud_rows, latest_run, run_dir, run_results
 from . import charts as plots
 from . import tables as report
+from . import training as train_report
 from .claims import GUIDE_EIGHT, GUIDE_FIGURES, HOLDS, FAILS, UNSURE, judge_claims, judge_cloud
 
 CHART_NAME = "8way_performance_comparison.png"
@@ -31,6 +32,7 @@ class Summary:
     complete: dict[str, bool]  # phase slug -> its results file ended properly
     warnings: list[str]
     cloud: list[dict] = field(default_factory=list)  # 4e's rows on S3 (every delay)
+    training: list[dict] = field(default_factory=list)  # 07's checkpoints inside the training loop
 
     @property
     def guide_rows(self) -> list[dict]:
@@ -46,7 +48,9 @@ class Summary:
 
     def status(self) -> str:
         lines = [f"Run `{self.run_id}` in `{run_dir(self.out_dir, self.run_id)}`: "
-                 f"{len(self.rows)} measurement rows, {sum(is_valid(r) for r in self.rows)} valid."]
+                 f"{len(self.rows)} measurement rows, {sum(is_valid(r) for r in self.rows)} valid"
+                 + (f"; {len(self.training)} checkpoints inside the training loop, "
+                    f"{sum(bool(r.get('verified')) for r in self.training)} verified." if self.training else ".")]
         for p in PHASES.values():
             state = ("complete" if self.complete.get(p.slug) else
                      "**incomplete** (interrupted: its rows are shown but the phase should be run again)"
@@ -202,6 +206,11 @@ class Summary:
         t = report.memory_table(self.registered_rows)
         return t.loc[[n for n in names() if n in t.index]] if not t.empty else t
 
+    def training_ranking(self) -> pd.DataFrame:
+        """For training (07): least blocking time, then time until durable,
+        with the loop's slowdown and the extra memory beside them."""
+        return train_report.ranking(self.training)
+
     def scaling(self) -> pd.DataFrame:
         """06's sharded rows: checkpoint time and aggregate throughput by ranks."""
         return report.scaling_table(self.by_phase.get("06-distributed", []))
@@ -250,6 +259,12 @@ class Summary:
         if not pairs.empty:
             out.append("- ts+best's aim (ratios of medians, below 1 = faster): " + "; ".join(
                 f"{idx} save {r['save']:.2f}x, load {r['load']:.2f}x" for idx, r in pairs.iterrows()) + ".")
+        if self.training:
+            rank = self.training_ranking()
+            if not rank.empty:
+                top = rank.iloc[0]
+                out.append(f"- For training (07): {top['saver']} blocks the loop least, {top['blocking']} per checkpoint "
+                           f"(durable after {top['durable']}, steps in flight {top['slowdown']}).")
         missing = [n for n in GUIDE_EIGHT if n not in summ]
         if missing:
             out.append(f"- Not measured (or not valid) in this run: {', '.join(missing)}.")
@@ -269,4 +284,4 @@ def load(out_dir: str | Path, run_id: str = "") -> Summary:
         by_phase[f.stem] = one.measurements
         complete[f.stem] = any(e.get("complete", True) for e in one.ends)
     return Summary(Path(out_dir), run_id, loaded.measurements, loaded.environments, by_phase, complete,
-                   loaded.warnings, cloud_rows(out_dir, run_id))
+                   loaded.warnings, cloud_rows(out_dir, run_id), loaded.training)

@@ -15,11 +15,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
-from ..bench import cluster, measure
+from ..bench import cluster, measure, training
 from ..errors import UserError
 from ..formats.base import Format
 from ..model import get_model
-from ..registry import APPROACHES, names, sweep, variant
+from .. import fsutil
+from ..registry import APPROACHES, TRAINING, names, sweep, variant
 from ..results import read_results
 from ..store import Target
 from ..store import server as s3_server
@@ -45,11 +46,14 @@ class Phase:
     n_runs: int = 1  # complete end records its results file holds when the phase is done (06: one per config)
     about: str = ""  # the header's closing paragraph (default: the protocol)
     sharded: bool = False  # measures the sharded approaches (run_distributed), not ``approaches()``
+    training: bool = False  # checkpoints inside a training loop (run_training_phase): registry.TRAINING's savers
 
     def header(self) -> str:
         """The notebook's header cell, generated from this definition (a test
         keeps the notebooks in step: ``python -m llama_ckpt.suite.phases headers``)."""
-        if not self.sharded:
+        if self.training:
+            apps = ", ".join(f"`{n}`" for n in TRAINING)
+        elif not self.sharded:
             apps = ", ".join(f"`{a.name}`" for a in self.approaches())
         else:
             apps = ", ".join(f"`{n}`" for n in names(sharded=True)) + " (see `python -m llama_ckpt list`)"
@@ -57,11 +61,16 @@ class Phase:
                 f"**Metrics.** {self.metrics}\n\n**Approaches.** {apps}\n\n{self.about or PROTOCOL}")
 
     def approaches(self) -> list[Format]:
+        """The formats the phase writes (for the training phase, its savers' formats)."""
+        if self.training:
+            return list({s.fmt.name: s.fmt for s in TRAINING.values()}.values())
         out = {a.name: a for a in [APPROACHES[n] for n in self.guide] + self.extra()}
         return list(out.values())
 
     def size(self) -> str:
         """What the phase measures, for progress lines."""
+        if self.training:
+            return f"{len(TRAINING)} savers inside a training loop"
         if not self.sharded:
             return f"{len(self.approaches())} approaches"
         return f"{len(names(sharded=True))} sharded approaches x {self.n_runs} rank configurations"
@@ -86,6 +95,18 @@ SHARDED_PROTOCOL = (
     "this machine act as two nodes of two ranks each (c10d rendezvous on loopback), every rank a "
     "`python -m llama_ckpt run` of its own; on one machine both \"nodes\" share its cores and disk, so it shows the "
     "launcher's path and overhead, not a second node's bandwidth.")
+
+TRAINING_PROTOCOL = (
+    "Protocol (`llama_ckpt.bench.training`): the preset's LLaMA is trained on the CPU (transformers, AdamW, forward "
+    "and backward on seeded random token batches) and checkpointed by every saver in turn, interleaved. Each "
+    "checkpoint is a segment of the loop: steps with no save in flight, the saver's call at step k (the digests of "
+    "step k's tensors taken just before it, outside every timing), then steps while the save finishes in the "
+    "background, and a wait for it if it is still in flight. **Blocking** is the call's time (until the loop may "
+    "step again), **durable** the time from the call until the checkpoint is committed (every byte fsynced, then "
+    "manifest and marker, by this process: a process killed mid-save leaves no committed checkpoint). The loop "
+    "updates the weights in place meanwhile; each checkpoint is then loaded cold and must match step k's digests "
+    "bit for bit, so one holding later weights, or a mix, fails. `MODEL_PATH` is not used here: the model is built "
+    "from the preset's config.")
 
 # 4f's sweep: one knob of a base approach at a time, (base, knob, values)
 IO_POINTS = (
@@ -181,6 +202,15 @@ PHASES: dict[str, Phase] = {p.id: p for p in [
           "and 2 nodes x 2 ranks started by torchrun",
           "checkpoint time (the slowest rank plus the commit), per-rank write and read times, aggregate and per-node "
           "throughput, files", (), n_runs=6, about=SHARDED_PROTOCOL, sharded=True),
+    Phase("07", "07-training", "Checkpoints inside a training loop",
+          "How long does a checkpoint stop a training loop, how long until it is durable, and what does the save "
+          "cost the steps around it?",
+          "how the save runs: synchronously; DCP's async_save from a thread or its writer process; TensorStore's own "
+          "asynchrony (writes copied, committed in the background); a staging copy, then torch.save or safetensors "
+          "in a thread or a forked process; a fork() snapshot written by the child",
+          "blocking time, time until durable, step time with and without a save in flight (slowdown), the "
+          "checkpoint's cost to the loop and its share of the wall time, extra peak memory, cold load time",
+          (), about=TRAINING_PROTOCOL, training=True),
 ]}
 # 06's configurations: (ranks saving, ranks loading)
 DIST_CONFIGS = ((1, 1), (2, 2), (4, 4), (2, 3), (4, 2))
@@ -234,7 +264,7 @@ def _reuse_or_set_aside(phase: Phase, out_dir, run_id: str, rpath: Path, say) ->
     if phase_complete(out_dir, run_id, phase.slug):
         loaded = read_results([rpath])
         say(f"phase {phase.slug}: complete results of run {run_id} found in {rpath}; not measured again")
-        return PhaseResult(phase, run_id, rpath, loaded.measurements, loaded.environments[-1], True)
+        return PhaseResult(phase, run_id, rpath, loaded.measurements + loaded.training, loaded.environments[-1], True)
     if rpath.exists():
         aside = rpath.with_name(rpath.name + f".incomplete-{datetime.now():%Y%m%d-%H%M%S}")
         shutil.move(rpath, aside)
@@ -267,6 +297,29 @@ def run_phase(phase_id: str, model: str = "small", model_path: str = "", repeats
                             on_row=lambda r: say(f"  {r['approach']} #{r['repeat']}: "
                                                  + ("ERROR " + r["error"] if r["error"] else
                                                     f"save {r['save_s']:.2f} s, load {r['load_s']:.2f} s")))
+    return PhaseResult(phase, run_id, rpath, rows, env, False)
+
+
+def run_training_phase(phase_id: str = "07", model: str = "small", repeats: int = 1, out_dir: str | Path = "",
+                       run_id: str = "", keep: bool = False, optimizer: bool = False,
+                       steps_after: int = training.STEPS_AFTER, say=print) -> PhaseResult:
+    """Every saver of ``registry.TRAINING`` checkpointing a training loop
+    ``repeats`` times (or this run's complete results, reused)."""
+    phase, run_id, rdir, rpath, done = _begin(phase_id, out_dir, run_id, say)
+    if done is not None:
+        return done
+    source = get_model(model or None)
+    opts = training.TrainingOptions(out=rdir, checkpoints=rdir / "checkpoints" / phase.slug, results=rpath,
+                                    run_id=run_id, repeats=repeats, optimizer=optimizer, steps_after=steps_after,
+                                    keep=keep)
+
+    def line(r):
+        if r["error"]:
+            return f"  {r['approach']} #{r['repeat']}: ERROR {r['error']}"
+        return (f"  {r['approach']} #{r['repeat']} at step {r['step']}: blocked {r['blocking_s']:.3f} s, durable "
+                f"{r['durable_s']:.2f} s, {len(r['steps_inflight_s'])} step(s) with it in flight")
+    with fsutil.output_lock(Path(out_dir or DEFAULT_OUT)):
+        env, rows = training.run_training(list(TRAINING.values()), source, opts, on_row=lambda r: say(line(r)), say=say)
     return PhaseResult(phase, run_id, rpath, rows, env, False)
 
 

@@ -1,0 +1,250 @@
+"""07-training's tables, chart and findings, from its rows (one per
+checkpoint taken inside the loop; see :mod:`llama_ckpt.bench.training`).
+
+Per saver, over its checkpoints: the medians of the blocking time and the
+time to durable; the step time with no save in flight (the steps before each
+call, and those after it was durable) against the steps that began while it
+was in flight (the slowdown); the checkpoint's cost to the loop (blocking,
+plus the in-flight steps' time beyond the no-save median, plus any wait for
+it at the end of the segment) and that cost's share of the segment's wall
+time; the extra peak memory (the peak from the call until durable over the
+peak of the steps before it, which hold the loop's own gradients), of this
+process and of the whole machine (which also sees a forked writer and the
+pages the kernel copies on write).
+"""
+
+from __future__ import annotations
+
+import statistics
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
+
+from ..results import fmt_bytes
+from . import charts
+
+BLOCKING_AIM = 0.05  # the best async saver blocks for at most this share of its synchronous save
+SLOWDOWN_AIM = 0.10  # and the steps run at most this much slower while it finishes
+_BLOCKED_BY = {"sync": "the whole save", "fork": "fork()", "process": "staging copy + writer start",
+               "thread": "staging copy"}
+
+
+def _med(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def _rng(xs) -> str:
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return ""
+    return f"{statistics.median(xs):.3g} [{min(xs):.3g}-{max(xs):.3g}]" if len(xs) > 1 else f"{xs[0]:.3g}"
+
+
+def valid(rows: list[dict]) -> list[dict]:
+    return [r for r in rows if r.get("record") == "training" and r.get("verified") and not r.get("error")]
+
+
+def per_saver(rows: list[dict]) -> dict[str, dict]:
+    """Each saver's figures over its verified checkpoints, in the rows' order."""
+    out: dict[str, dict] = {}
+    for name in dict.fromkeys(r["approach"] for r in rows):
+        mine = [r for r in rows if r["approach"] == name]
+        ok = valid(mine)
+        if not ok:
+            out[name] = {"n": 0, "n_rows": len(mine), "mode": mine[0].get("mode"), "sync_of": mine[0].get("sync_of"),
+                         "error": next((r["error"] for r in mine if r.get("error")), "no verified checkpoint")}
+            continue
+        idle = [s for r in ok for s in (r["steps_before_s"] or []) + (r["steps_after_s"] or [])]
+        inflight = [s for r in ok for s in r["steps_inflight_s"] or []]
+        idle_med = _med(idle)
+        costs, shares, extra, machine, extra_cpu = [], [], [], [], []
+        for r in ok:
+            over = sum(max(0.0, s - idle_med) for s in r["steps_inflight_s"] or [])
+            cost = r["blocking_s"] + (r["stall_s"] or 0.0) + over
+            costs.append(cost)
+            wall = sum(r["steps_before_s"] or []) + r["segment_s"]
+            shares.append(cost / wall if wall else None)
+            if r.get("peak_rss_bytes") and r.get("peak_rss_idle_bytes"):
+                extra.append(max(0, r["peak_rss_bytes"] - r["peak_rss_idle_bytes"]))
+            if r.get("machine_used_bytes") and r.get("machine_used_idle_bytes"):
+                machine.append(max(0, r["machine_used_bytes"] - r["machine_used_idle_bytes"]))
+            before = r["steps_before_s"] or []
+            if r.get("cpu_segment_s") is not None and r.get("cpu_before_s") is not None and before:
+                loop_cpu = r["cpu_before_s"] / len(before) * len((r["steps_inflight_s"] or []) + (r["steps_after_s"] or []))
+                extra_cpu.append(r["cpu_segment_s"] - loop_cpu)
+        out[name] = {
+            "n": len(ok), "n_rows": len(mine), "mode": ok[0]["mode"], "sync_of": ok[0]["sync_of"],
+            "format": ok[0]["format"], "state_bytes": ok[0]["checkpoint_bytes"],
+            "blocking": [r["blocking_s"] for r in ok], "durable": [r["durable_s"] for r in ok],
+            "stall": [r["stall_s"] for r in ok], "load": [r["load_s"] for r in ok],
+            "idle_step": idle_med, "inflight_step": _med(inflight), "n_inflight": len(inflight),
+            "slowdown": (_med(inflight) / idle_med - 1) if inflight and idle_med else None,
+            "cost": costs, "share": shares, "extra_rss": extra, "extra_machine": machine, "extra_cpu": extra_cpu,
+            "writer_cpu": [r["writer_cpu_s"] for r in ok if r.get("writer_cpu_s") is not None],
+            # the background's seconds after the loop was given back (a sync save's durable time is
+            # taken inside its call, so a hair under its blocking time: none)
+            "background": [max(0.0, r["durable_s"] - r["blocking_s"]) for r in ok],
+            "error": next((r["error"] for r in mine if r.get("error")), None),
+        }
+    return out
+
+
+def _mem(xs: list, state_bytes: int) -> str:
+    m = _med(xs)
+    return f"{fmt_bytes(m)} ({m / state_bytes:.2f}x)" if m is not None else ""
+
+
+def _versus_sync(s: dict, summ: dict) -> float | None:
+    base = summ.get(s["sync_of"])
+    if not base or not base["n"] or not s["n"]:
+        return None
+    return _med(s["blocking"]) / _med(base["durable"])
+
+
+def training_table(rows: list[dict]) -> pd.DataFrame:
+    """One line per saver: medians [min-max] over its checkpoints."""
+    summ = per_saver(rows)
+    recs = []
+    for name, s in summ.items():
+        if not s["n"]:
+            recs.append({"saver": name, "mode": s["mode"], "checkpoints verified": f"0 of {s['n_rows']}",
+                         "error": s["error"]})
+            continue
+        vs = _versus_sync(s, summ)
+        recs.append({
+            "saver": name, "mode": s["mode"], "blocking_s": _rng(s["blocking"]), "durable_s": _rng(s["durable"]),
+            "blocking / own sync save": "" if s["mode"] == "sync" else (f"{vs:.1%}" if vs is not None else ""),
+            "step_s no save": f"{s['idle_step']:.3g}",
+            "step_s save in flight": f"{s['inflight_step']:.3g} ({s['n_inflight']})" if s["n_inflight"] else "",
+            "slowdown": f"{s['slowdown']:+.0%}" if s["slowdown"] is not None else "",
+            "cost_s per checkpoint": _rng(s["cost"]), "share of wall": f"{_med(s['share']):.1%}",
+            "extra peak memory, process": _mem(s["extra_rss"], s["state_bytes"]),
+            "extra peak memory, machine": _mem(s["extra_machine"], s["state_bytes"]),
+            "load_s (cold)": _rng(s["load"]),
+            "checkpoints verified": f"{s['n']} of {s['n_rows']}",
+        })
+    return pd.DataFrame(recs).set_index("saver") if recs else pd.DataFrame()
+
+
+def where_time_goes(rows: list[dict]) -> pd.DataFrame:
+    """Medians per saver: what blocks the loop, how long the background
+    works after it, what the in-flight steps lose, the CPU seconds the
+    checkpoint added to the segment (this process and the writer processes
+    it waited for, beyond what the loop's steps use without a save), and the
+    writer's own CPU seconds where it is a thread or process of its own."""
+    recs = []
+    for name, s in per_saver(rows).items():
+        if not s["n"]:
+            continue
+        over = [c - b - st for c, b, st in zip(s["cost"], s["blocking"], s["stall"])]
+        recs.append({"saver": name, "blocked by": _BLOCKED_BY.get(s["mode"], s["mode"]) if name != "ts+best-async"
+                     else "TensorStore's copies of the arrays",
+                     "blocking_s": _med(s["blocking"]), "background_s": _med(s["background"]),
+                     "in-flight steps' extra s": _med(over), "stall_s": _med(s["stall"]),
+                     "extra CPU s": _med(s["extra_cpu"]),
+                     "writer CPU s": f"{_med(s['writer_cpu']):.3g}" if s["writer_cpu"] else "not its own"})
+    return pd.DataFrame(recs).set_index("saver") if recs else pd.DataFrame()
+
+
+def ranking(rows: list[dict]) -> pd.DataFrame:
+    """For training: least blocking time, then time to durable; the loop's
+    slowdown and the extra memory beside them. Savers with a checkpoint that
+    did not verify are left out (listed in the findings)."""
+    summ = {n: s for n, s in per_saver(rows).items() if s["n"] and s["n"] == s["n_rows"]}
+    order = sorted(summ, key=lambda n: (_med(summ[n]["blocking"]), _med(summ[n]["durable"])))
+    recs = [{"rank": i, "saver": n, "mode": summ[n]["mode"], "blocking": f"{_med(summ[n]['blocking']):.3g} s",
+             "durable": f"{_med(summ[n]['durable']):.3g} s",
+             "slowdown": f"{summ[n]['slowdown']:+.0%}" if summ[n]["slowdown"] is not None else "none in flight",
+             "extra memory (machine)": fmt_bytes(_med(summ[n]["extra_machine"])) if summ[n]["extra_machine"] else "",
+             "checkpoints": summ[n]["n"]} for i, n in enumerate(order, 1)]
+    return pd.DataFrame(recs).set_index("rank") if recs else pd.DataFrame()
+
+
+def findings(rows: list[dict], env: dict | None = None) -> str:
+    summ = per_saver(rows)
+    skipped = (env or {}).get("skipped") or {}
+    if not summ:
+        return "No checkpoint was taken in this run" + (f": {'; '.join(skipped.values())}." if skipped else ".")
+    out = []
+    bad = {n: s for n, s in summ.items() if s["n"] < s["n_rows"]}
+    n_all = sum(s["n_rows"] for s in summ.values())
+    if bad:
+        out.append("**Not every checkpoint holds the weights of its step**: " + "; ".join(
+            f"{n}: {s['n_rows'] - s['n']} of {s['n_rows']} ({s['error']})" for n, s in bad.items()) + ".")
+    else:
+        out.append(f"All {n_all} checkpoints verified bit for bit against the digests of the step they were taken "
+                   "at, although the loop went on updating the weights in place while the asynchronous ones wrote.")
+    async_ok = {n: s for n, s in summ.items() if s["mode"] != "sync" and s["n"] and n not in bad}
+    syncs = {n: s for n, s in summ.items() if s["mode"] == "sync" and s["n"]}
+    if syncs:
+        f = min(syncs, key=lambda n: _med(syncs[n]["durable"]))
+        out.append(f"- Fastest synchronous save: {f}, {_med(syncs[f]['durable']):.3g} s (the loop waits all of it).")
+    if async_ok:
+        best = min(async_ok, key=lambda n: _med(async_ok[n]["blocking"]))
+        s = async_ok[best]
+        vs = _versus_sync(s, summ)
+        line = (f"- Least blocking: {best} ({s['mode']}), {_med(s['blocking']):.3g} s, durable after "
+                f"{_med(s['durable']):.3g} s")
+        if vs is not None:
+            line += (f"; that is {vs:.1%} of its synchronous save ({s['sync_of']}, {_med(summ[s['sync_of']]['durable']):.3g} s): "
+                     + ("within" if vs <= BLOCKING_AIM else "**not** within") + f" the {BLOCKING_AIM:.0%} aim")
+        if s["slowdown"] is not None:
+            line += (f". Steps that began while it was in flight took {s['inflight_step']:.3g} s against "
+                     f"{s['idle_step']:.3g} s with no save ({s['slowdown']:+.0%}, {s['n_inflight']} steps): "
+                     + ("within" if s["slowdown"] <= SLOWDOWN_AIM else "**not** within") + f" the {SLOWDOWN_AIM:.0%} aim")
+        else:
+            line += ". No step began while it was in flight"
+        out.append(line + ".")
+        cheapest = min(async_ok, key=lambda n: _med(async_ok[n]["cost"]))
+        c = async_ok[cheapest]
+        out.append(f"- Least cost to the loop (blocking + in-flight steps' extra time + waiting): {cheapest}, "
+                   f"{_med(c['cost']):.3g} s per checkpoint, {_med(c['share']):.1%} of the segment's wall time"
+                   + (f"; the fastest synchronous save costs {_med(syncs[f]['cost']):.3g} s "
+                      f"({_med(syncs[f]['share']):.1%})" if syncs else "") + ".")
+        slowed = sorted((n for n in async_ok if async_ok[n]["slowdown"] is not None),
+                        key=lambda n: -async_ok[n]["slowdown"])
+        if slowed:
+            out.append("- Slowdown of the steps while a save is in flight: " + ", ".join(
+                f"{n} {async_ok[n]['slowdown']:+.0%}" for n in slowed) + ". On this machine the loop and the writer "
+                "share 2 cores: a writer's serialisation and copies take CPU from the steps, whatever runs it.")
+        if "fork+safetensors" in async_ok and async_ok["fork+safetensors"]["slowdown"] is not None:
+            fk = async_ok["fork+safetensors"]
+            out.append(f"- fork(): blocks for {_med(fk['blocking']):.3g} s, and the copying moves into the steps: "
+                       f"in-flight steps {fk['inflight_step']:.3g} s against {fk['idle_step']:.3g} s "
+                       f"({fk['slowdown']:+.0%}), as the kernel copies each page the optimizer updates while the "
+                       "child still holds it.")
+    return "\n".join(out)
+
+
+def chart(rows: list[dict], title: str = ""):
+    """Blocking time and time to durable per saver (medians, min-max bars),
+    and the slowdown of the steps a save was in flight for."""
+    recs = [{"saver": r["approach"], "what": what, "seconds": r[key]} for r in valid(rows)
+            for key, what in (("blocking_s", "blocking"), ("durable_s", "until durable"))]
+    if not recs:  # nothing measured (the model did not fit): a figure that says so
+        return charts.empty("no verified checkpoint in this run")
+    df = pd.DataFrame.from_records(recs)
+    summ = per_saver(rows)
+    order = list(dict.fromkeys(df["saver"]))
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 0.45 * len(order) + 1.5), sharey=True,
+                                 gridspec_kw={"width_ratios": [2, 1]})
+    sns.barplot(df, y="saver", x="seconds", hue="what", order=order, estimator="median", errorbar=("pi", 100),
+                ax=a1)
+    a1.set_xlabel("seconds (median, min-max)")
+    a1.set_ylabel("")
+    vals = [v for v in df["seconds"] if v and v > 0]
+    if vals and max(vals) / min(vals) > 20:
+        a1.set_xscale("log")
+        a1.set_xlabel(a1.get_xlabel() + ", log scale")
+    a1.legend(title="")
+    slow = pd.DataFrame([{"saver": n, "slowdown %": 100 * (summ[n]["slowdown"] or 0.0)} for n in order
+                         if summ[n]["n"]])
+    sns.barplot(slow, y="saver", x="slowdown %", order=order, color="tab:gray", ax=a2)
+    a2.set_xlabel("steps with a save in flight: slower by (%)")
+    a2.axvline(0, color="black", linewidth=0.8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig

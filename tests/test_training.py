@@ -1,0 +1,183 @@
+"""Checkpoints inside a training loop (07-training) on the tiny model: every
+saver's checkpoint holds the weights of the step it was taken at, not a later
+one; referencing the source lets later steps in; a process killed mid-save
+leaves no committed checkpoint and the previous one intact; the report's
+rules; a model too big to train is skipped with the reason."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from llama_ckpt import checkpoint
+from llama_ckpt.bench import training
+from llama_ckpt.digests import check, expected_digests, tensor_digest
+from llama_ckpt.errors import UserError
+from llama_ckpt.formats.background import Hooks, TensorStoreAsync
+from llama_ckpt.model import get_model
+from llama_ckpt.registry import TRAINING, variant
+from llama_ckpt.report import training as report
+from llama_ckpt.results import read_results
+from llama_ckpt.store import LocalDir
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def trainer():
+    t = training.Trainer(get_model("tiny"))
+    t.step()
+    return t
+
+
+def _expected(sd):
+    import torch
+
+    return expected_digests(sd, {torch.float32})[torch.float32]
+
+
+def _checkpoint_then_step(saver, trainer, loc, optimizer=False):
+    """Checkpoint at step k with the background held until the loop has made
+    step k+1; returns (what was loaded, step k's digests, step k+1's)."""
+    sd = trainer.state_dict(optimizer)
+    at_k = _expected(sd)
+    go = threading.Event()
+    hooks = Hooks(started=lambda: go.wait(60)) if saver.mode != "sync" else Hooks()
+    pending = saver.start(sd, loc, {k: e.digest for k, e in at_k.items()}, hooks)
+    trainer.step()  # the loop goes on, updating the weights in place
+    go.set()
+    assert pending.wait(120) >= 0
+    at_k1 = _expected(trainer.state_dict(optimizer))
+    return saver.load(loc), at_k, at_k1
+
+
+@pytest.mark.parametrize("optimizer", [False, True], ids=["model", "model+optimizer"])
+@pytest.mark.parametrize("name", list(TRAINING))
+def test_a_checkpoint_holds_the_weights_of_its_step_not_the_next(trainer, tmp_path, name, optimizer):
+    saver = TRAINING[name]
+    saver.prepare(LocalDir(tmp_path / "warm-up"))
+    try:
+        loaded, at_k, at_k1 = _checkpoint_then_step(saver, trainer, LocalDir(tmp_path / "ckpt"), optimizer)
+    finally:
+        saver.close()
+    assert any(at_k[n].digest != at_k1[n].digest for n in at_k)  # the step changed the weights
+    assert check(loaded, at_k).verified, check(loaded, at_k).summary()
+    assert not check(loaded, at_k1).verified
+    if optimizer:
+        assert any(n.startswith("optimizer/") and n.endswith("/exp_avg_sq") for n in loaded)
+    man = checkpoint.read_manifest(LocalDir(tmp_path / "ckpt"))
+    assert man["saved_by"] == name and man["mode"] == saver.mode
+
+
+def test_referencing_the_source_lets_the_next_step_into_the_checkpoint(trainer, tmp_path):
+    """Why ts+best-async turns off can_reference_source_data_indefinitely:
+    with it, TensorStore writes the loop's own arrays at the commit, after
+    the loop has changed them."""
+    leaky = TensorStoreAsync("ts-async-referencing", "test", variant("ts+best", commit_bytes=0))
+    assert leaky.fmt.k.reference_source and not TRAINING["ts+best-async"].fmt.k.reference_source
+    loaded, at_k, at_k1 = _checkpoint_then_step(leaky, trainer, LocalDir(tmp_path / "ckpt"))
+    assert not check(loaded, at_k).verified  # not the weights of its step ...
+    assert check(loaded, at_k1).verified  # ... but the next step's
+
+
+def test_tensorstore_async_needs_one_transaction():
+    with pytest.raises(ValueError, match="one transaction"):
+        TensorStoreAsync("x", "test", TRAINING["ts+best"].fmt)  # ts+best commits in 1 GiB batches
+
+
+def test_a_failed_background_write_removes_what_it_staged_and_says_why(trainer, tmp_path):
+    saver = TRAINING["copy+safetensors-thread"]
+
+    def boom():
+        raise OSError(28, "No space left on device")
+    loc = LocalDir(tmp_path / "ckpt")
+    sd = trainer.state_dict()
+    pending = saver.start(sd, loc, {k: e.digest for k, e in _expected(sd).items()}, Hooks(written=boom))
+    with pytest.raises(OSError, match="No space left"):
+        pending.wait(60)
+    saver.close()
+    assert not loc.exists() and not LocalDir(tmp_path).stale_saves()
+
+
+@pytest.mark.parametrize("name,hook", [("copy+safetensors-thread", "written"), ("copy+pytorch-thread", "started"),
+                                       ("fork+safetensors", "written"), ("copy+safetensors-process", "written"),
+                                       ("ts+best-async", "written"), ("dcp-async", "written"),
+                                       ("dcp-async-process", "written")])
+def test_killed_mid_background_save_no_checkpoint_is_committed_and_the_previous_one_is_intact(tmp_path, name, hook):
+    proc = subprocess.Popen([sys.executable, "-m", "tests.training_child", name, str(tmp_path), hook], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        line = proc.stdout.readline()  # "PAUSED": checkpoint 2 is in its background work
+        assert line.strip() == "PAUSED", (line, proc.stderr.read() if proc.poll() is not None else "")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the process and its writers (a forked child, DCP's process)
+        proc.wait(30)
+    with pytest.raises(UserError, match="no such checkpoint"):
+        checkpoint.read_manifest(LocalDir(tmp_path / "ckpt-2"))
+    assert any("ckpt-2" in str(s) for s in LocalDir(tmp_path).stale_saves())  # only a temporary is left
+    saved = json.loads((tmp_path / "digests-1.json").read_text())
+    loaded = TRAINING[name].load(LocalDir(tmp_path / "ckpt-1"))
+    assert {k: tensor_digest(v) for k, v in loaded.items()} == saved
+
+
+def test_run_training_measures_each_saver_and_verifies_every_checkpoint(tmp_path):
+    savers = [TRAINING[n] for n in ("safetensors", "copy+safetensors-thread", "fork+safetensors")]
+    opts = training.TrainingOptions(out=tmp_path, checkpoints=tmp_path / "ckpts", results=tmp_path / "r.jsonl",
+                                    repeats=2, steps_before=1, steps_after=2)
+    env, rows = training.run_training(savers, get_model("tiny"), opts)
+    assert [(r["approach"], r["repeat"]) for r in rows] == [(s.name, k) for k in (1, 2) for s in savers]
+    assert all(r["verified"] and r["error"] is None for r in rows)
+    for r in rows:
+        assert 0 < r["blocking_s"] <= r["durable_s"] + 1e-3 and r["segment_s"] >= r["durable_s"]
+        assert len(r["steps_inflight_s"]) + len(r["steps_after_s"]) == 2 and len(r["steps_before_s"]) == 1
+        assert r["bytes_on_disk"] > 0 and r["load_s"] > 0 and r["peak_rss_bytes"] > 0
+    assert all(r["writer_cpu_s"] is not None for r in rows if r["mode"] == "fork")
+    loaded = read_results([tmp_path / "r.jsonl"])
+    assert len(loaded.training) == 6 and loaded.ends[-1]["complete"] and not loaded.measurements
+    assert not (tmp_path / "ckpts").exists()  # each checkpoint removed once checked
+    table = report.training_table(rows)
+    assert list(table.index) == [s.name for s in savers]
+    assert (table["checkpoints verified"] == "2 of 2").all()
+    assert set(report.ranking(rows)["saver"]) == {s.name for s in savers}
+
+
+def test_a_model_too_big_to_train_here_is_skipped_with_the_reason(tmp_path):
+    opts = training.TrainingOptions(out=tmp_path, checkpoints=tmp_path / "c", results=tmp_path / "r.jsonl")
+    env, rows = training.run_training(list(TRAINING.values()), get_model("open_llama_3b"), opts)
+    assert rows == [] and "AdamW" in env["skipped"]["07-training"] and "GB" in env["skipped"]["07-training"]
+    assert read_results([tmp_path / "r.jsonl"]).ends[-1]["complete"]
+    assert "No checkpoint was taken in this run: training open_llama_3b" in report.findings(rows, env)
+
+
+def test_model_path_is_refused_for_training(tmp_path):
+    with pytest.raises(UserError, match="MODEL_PATH is not used"):
+        training.run_training([], object(), training.TrainingOptions(tmp_path, tmp_path / "c", tmp_path / "r"))
+
+
+def _row(name, mode, blocking, durable, before, inflight, after, sync_of=None, verified=True):
+    return {"record": "training", "approach": name, "mode": mode, "sync_of": sync_of or name, "format": "f",
+            "checkpoint_bytes": 1000, "blocking_s": blocking, "durable_s": durable, "stall_s": 0.0,
+            "segment_s": blocking + sum(inflight) + sum(after), "steps_before_s": before,
+            "steps_inflight_s": inflight, "steps_after_s": after, "load_s": 0.1, "peak_rss_bytes": 1500,
+            "peak_rss_idle_bytes": 1200, "verified": verified, "error": None if verified else "not the weights"}
+
+
+def test_report_rules_slowdown_cost_and_the_aims():
+    rows = [_row("sync", "sync", 2.0, 2.0, [1.0, 1.0], [], [1.0, 1.0]),
+            _row("async", "thread", 0.05, 2.5, [1.0, 1.0], [1.2, 1.3], [1.0], sync_of="sync"),
+            _row("bad", "thread", 0.01, 1.0, [1.0], [], [1.0], sync_of="sync", verified=False)]
+    s = report.per_saver(rows)
+    assert s["async"]["idle_step"] == 1.0 and s["async"]["inflight_step"] == 1.25
+    assert s["async"]["slowdown"] == pytest.approx(0.25)
+    assert s["async"]["cost"] == [pytest.approx(0.05 + 0.2 + 0.3)]
+    assert s["async"]["extra_rss"] == [300]
+    text = report.findings(rows)
+    assert "bad: 1 of 1" in text  # a checkpoint that is not its step's weights is called out
+    assert "Least blocking: async" in text and "2.5% of its synchronous save" in text and "within the 5% aim" in text
+    assert "+25%" in text and "**not** within the 10% aim" in text
+    assert list(report.ranking(rows)["saver"]) == ["async", "sync"]  # "bad" is left out
