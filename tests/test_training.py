@@ -130,7 +130,7 @@ def test_run_training_measures_each_saver_and_verifies_every_checkpoint(tmp_path
     opts = training.TrainingOptions(out=tmp_path, checkpoints=tmp_path / "ckpts", results=tmp_path / "r.jsonl",
                                     repeats=2, steps_before=1, steps_after=2)
     env, rows = training.run_training(savers, get_model("tiny"), opts)
-    assert [(r["approach"], r["repeat"]) for r in rows] == [(s.name, k) for k in (1, 2) for s in savers]
+    assert [(r["approach"], r["repeat"]) for r in rows] == [(s.name, k) for s in savers for k in (1, 2)]
     assert all(r["verified"] and r["error"] is None for r in rows)
     for r in rows:
         assert 0 < r["blocking_s"] <= r["durable_s"] + 1e-3 and r["segment_s"] >= r["durable_s"]

@@ -12,9 +12,14 @@ background; the loop then waits for it if it is still in flight (``stall_s``).
 After the segment the checkpoint is loaded cold and checked against step k's
 digests: a checkpoint holding later weights, or a mix, does not verify.
 
-The savers (``registry.TRAINING``) are measured interleaved: checkpoint r of
-every saver before checkpoint r+1 of any. Each keeps its staging buffers from
-one checkpoint to the next, as it would in a training run.
+The savers (``registry.TRAINING``) are measured one at a time, each taking
+its checkpoints in a row as a training run that uses it would: it keeps its
+staging buffers from one checkpoint to the next, and is closed (its buffers
+freed) before the next saver starts. Interleaving them instead would leave
+every saver's staging copy in the process at once, which is not any real
+run's memory, and would make ``fork()`` copy the page tables of all of them.
+The drift between savers this order risks is why every slowdown is taken
+against the saver's own steps with no save in flight.
 """
 
 from __future__ import annotations
@@ -42,10 +47,11 @@ BATCH, SEQ_LEN = 1, 64  # token batch of one step: sequences x tokens
 LEARNING_RATE = 1e-4
 STEPS_BEFORE = 1  # steps with no save in flight before each checkpoint
 STEPS_AFTER = 3  # steps after the call: the save finishes in the background meanwhile
-# Memory a training run holds, in copies of the checkpointed state: the weights,
-# their gradients, AdamW's two moments, a loaded copy for the check, and one
-# transient copy a save makes (safetensors' serialisation, TensorStore's write copies).
-TRAIN_COPIES = 6
+# Memory a training run holds: the loop's own 4 copies of the model (weights,
+# gradients, AdamW's two moments), and in copies of the checkpointed state a
+# loaded copy for the check and one transient copy a save makes (safetensors'
+# serialisation, TensorStore's write copies).
+TRAIN_MODEL_COPIES, STATE_COPIES = 4, 2
 
 
 class Trainer:
@@ -110,34 +116,36 @@ class TrainingOptions:
     keep: bool = False  # keep each saver's last checkpoint
 
 
-def memory_needed(savers: list[Saver], state_bytes: int, rss_now: int) -> int:
-    """Training's own copies of the state, plus the staging copy each saver
-    that keeps one holds for the whole run (they are measured interleaved)."""
-    staging = sum(isinstance(s, (StagedThread, DcpAsync)) for s in savers)
-    return (TRAIN_COPIES + staging) * state_bytes + rss_now
+def memory_needed(savers: list[Saver], model_bytes: int, state_bytes: int, rss_now: int) -> int:
+    """The loop's copies of the model, the state copies of a checkpoint and
+    its check, plus a staging copy where a saver keeps one (one saver at a
+    time: the others are closed)."""
+    staging = int(any(isinstance(s, (StagedThread, DcpAsync)) for s in savers))
+    return TRAIN_MODEL_COPIES * model_bytes + (STATE_COPIES + staging) * state_bytes + rss_now
 
 
 def state_bytes_of(source: ModelSource, optimizer: bool) -> int:
-    return source.nbytes * (3 if optimizer else 1)
+    return source.nbytes * (3 if optimizer else 1)  # AdamW: two moments the size of the weights
 
 
 def too_big(savers: list[Saver], source: ModelSource, optimizer: bool) -> str | None:
     """Why training this model here would not fit in memory, or None."""
     state = state_bytes_of(source, optimizer)
     rss = psutil.Process().memory_info().rss
-    need = memory_needed(savers, state, rss)
+    need = memory_needed(savers, source.nbytes, state, rss)
     have = psutil.virtual_memory().available + rss
     if need <= have:
         return None
     return (f"training {source.name} with AdamW and checkpointing it with these {len(savers)} savers needs about "
             f"{need / 1e9:.1f} GB (weights, gradients, two AdamW moments, staging copies, a loaded copy for the "
-            f"check: {need / state:.1f}x the {state / 1e9:.1f} GB state); {have / 1e9:.1f} GB is available here")
+            f"check: {need / source.nbytes:.1f}x the {source.nbytes / 1e9:.1f} GB model); {have / 1e9:.1f} GB is "
+            "available here")
 
 
 def run_training(savers: list[Saver], source: ModelSource, opts: TrainingOptions,
                  on_row: Callable[[dict], None] = lambda r: None, say: Callable[[str], None] = lambda s: None):
     """Every saver's ``opts.repeats`` checkpoints inside one training loop,
-    interleaved; rows to the results file as they finish. Returns
+    one saver at a time; rows to the results file as they finish. Returns
     (environment record, rows); a model too large to train here is not
     measured: the environment's ``skipped`` says why and there are no rows."""
     if opts.repeats < 1:
@@ -177,29 +185,28 @@ def run_training(savers: list[Saver], source: ModelSource, opts: TrainingOptions
     for st in root.parent.stale_saves():
         st.remove()
         say(f"removed the stale temporary of an interrupted save: {st}")
-    for s in savers:  # first-use set-up (DCP's writer process), outside every timing
-        scratch = root / f"warm-up-{s.name}"
-        try:
-            s.prepare(scratch)
-        except FAILURES as exc:  # its rows will say what is wrong
-            say(f"warm-up of {s.name} failed: {_describe_error(exc, scratch)}")
-        finally:
-            scratch.remove()
     say(f"{len(savers)} savers x {opts.repeats} checkpoint(s), each: {opts.steps_before} step(s), the checkpoint, "
         f"{opts.steps_after} step(s); results -> {opts.results}")
     try:
-        for r in range(1, opts.repeats + 1):
-            for s in savers:
-                loc = root / f"{s.name}-{r}"
-                log.add(segment(s, trainer, loc, r, opts, source, run_id))
-                if not (opts.keep and r == opts.repeats):
-                    loc.remove()
+        for s in savers:
+            scratch = root / f"warm-up-{s.name}"
+            try:  # first-use set-up (DCP's writer process), outside every timing
+                s.prepare(scratch)
+            except FAILURES as exc:  # its rows will say what is wrong
+                say(f"warm-up of {s.name} failed: {_describe_error(exc, scratch)}")
+            finally:
+                scratch.remove()
+            try:
+                for r in range(1, opts.repeats + 1):
+                    loc = root / f"{s.name}-{r}"
+                    log.add(segment(s, trainer, loc, r, opts, source, run_id))
+                    if not (opts.keep and r == opts.repeats):
+                        loc.remove()
+            finally:
+                s.close()  # its staging copy freed before the next saver
     except KeyboardInterrupt:
         log.end(False, interrupted="KeyboardInterrupt")
         raise
-    finally:
-        for s in savers:
-            s.close()
     if not opts.keep:
         root.remove()
     log.end(True)

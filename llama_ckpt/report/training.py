@@ -81,6 +81,7 @@ def per_saver(rows: list[dict]) -> dict[str, dict]:
             "stall": [r["stall_s"] for r in ok], "load": [r["load_s"] for r in ok],
             "idle_step": idle_med, "inflight_step": _med(inflight), "n_inflight": len(inflight),
             "slowdown": (_med(inflight) / idle_med - 1) if inflight and idle_med else None,
+            "rss_before": _med([r.get("rss_before_bytes") for r in ok]),
             "cost": costs, "share": shares, "extra_rss": extra, "extra_machine": machine, "extra_cpu": extra_cpu,
             "writer_cpu": [r["writer_cpu_s"] for r in ok if r.get("writer_cpu_s") is not None],
             # the background's seconds after the loop was given back (a sync save's durable time is
@@ -197,6 +198,15 @@ def findings(rows: list[dict], env: dict | None = None) -> str:
         else:
             line += ". No step began while it was in flight"
         out.append(line + ".")
+        over = _med([c - b - st for c, b, st in zip(s["cost"], s["blocking"], s["stall"])])
+        where = (f"- Where {best}'s time goes: the loop waits for {_BLOCKED_BY.get(s['mode'], s['mode'])} "
+                 f"({_med(s['blocking']):.3g} s); the background then works {_med(s['background']):.3g} s, during which "
+                 f"the steps lost {over:.3g} s in all")
+        if s["extra_cpu"]:
+            where += f"; the checkpoint added {_med(s['extra_cpu']):.3g} CPU seconds to its segment"
+        if s["writer_cpu"]:
+            where += f"; the writer itself used {_med(s['writer_cpu']):.3g} CPU seconds"
+        out.append(where + ".")
         cheapest = min(async_ok, key=lambda n: _med(async_ok[n]["cost"]))
         c = async_ok[cheapest]
         out.append(f"- Least cost to the loop (blocking + in-flight steps' extra time + waiting): {cheapest}, "
@@ -209,12 +219,13 @@ def findings(rows: list[dict], env: dict | None = None) -> str:
             out.append("- Slowdown of the steps while a save is in flight: " + ", ".join(
                 f"{n} {async_ok[n]['slowdown']:+.0%}" for n in slowed) + ". On this machine the loop and the writer "
                 "share 2 cores: a writer's serialisation and copies take CPU from the steps, whatever runs it.")
-        if "fork+safetensors" in async_ok and async_ok["fork+safetensors"]["slowdown"] is not None:
-            fk = async_ok["fork+safetensors"]
-            out.append(f"- fork(): blocks for {_med(fk['blocking']):.3g} s, and the copying moves into the steps: "
-                       f"in-flight steps {fk['inflight_step']:.3g} s against {fk['idle_step']:.3g} s "
-                       f"({fk['slowdown']:+.0%}), as the kernel copies each page the optimizer updates while the "
-                       "child still holds it.")
+        fk = async_ok.get("fork+safetensors")
+        if fk and fk["slowdown"] is not None:
+            out.append(f"- fork() blocks for {_med(fk['blocking']):.3g} s, copying the page tables of a "
+                       f"{fmt_bytes(fk['rss_before'])} process; the child then shares every page with the loop, so "
+                       f"the kernel copies each page the optimizer updates while the child is still writing, inside "
+                       f"the steps: they ran {fk['slowdown']:+.0%} slower while it wrote (a staging copy written by "
+                       "a forked process, copy+safetensors-process, forks too, after its copy).")
     return "\n".join(out)
 
 

@@ -98,7 +98,8 @@ SHARDED_PROTOCOL = (
 
 TRAINING_PROTOCOL = (
     "Protocol (`llama_ckpt.bench.training`): the preset's LLaMA is trained on the CPU (transformers, AdamW, forward "
-    "and backward on seeded random token batches) and checkpointed by every saver in turn, interleaved. Each "
+    "and backward on seeded random token batches) and checkpointed by one saver at a time, each taking its checkpoints in a row as a run that uses it would "
+    "(its staging copy kept between them, freed before the next saver). Each "
     "checkpoint is a segment of the loop: steps with no save in flight, the saver's call at step k (the digests of "
     "step k's tensors taken just before it, outside every timing), then steps while the save finishes in the "
     "background, and a wait for it if it is still in flight. **Blocking** is the call's time (until the loop may "
