@@ -62,6 +62,8 @@ TRAINING_FIELDS = (
     # in flight) and from the call until durable; the machine's memory in use (every process: a forked
     # writer, pages copied on write, a writer process's copy) over the same two spans
     "rss_before_bytes", "peak_rss_idle_bytes", "peak_rss_bytes", "machine_used_idle_bytes", "machine_used_bytes",
+    # what the saver keeps from one checkpoint to the next (a staging copy), after this one
+    "kept_bytes",
     # CPU seconds (this process and the writer processes it waited for) over the steps before the call and
     # over the segment; a writer's own CPU seconds where it is one thread or process of its own
     "cpu_before_s", "cpu_segment_s", "writer_cpu_s",

@@ -136,7 +136,9 @@ def test_run_training_measures_each_saver_and_verifies_every_checkpoint(tmp_path
         assert 0 < r["blocking_s"] <= r["durable_s"] + 1e-3 and r["segment_s"] >= r["durable_s"]
         assert len(r["steps_inflight_s"]) + len(r["steps_after_s"]) == 2 and len(r["steps_before_s"]) == 1
         assert r["bytes_on_disk"] > 0 and r["load_s"] > 0 and r["peak_rss_bytes"] > 0
-    assert all(r["writer_cpu_s"] is not None for r in rows if r["mode"] == "fork")
+    assert all(r["writer_cpu_s"] is not None for r in rows if r["mode"] in ("fork", "thread"))
+    assert [r["kept_bytes"] == r["checkpoint_bytes"] for r in rows] == [False, False, True, True, False, False]
+    assert all(r["machine_used_bytes"] > 0 and r["cpu_segment_s"] > 0 for r in rows)
     loaded = read_results([tmp_path / "r.jsonl"])
     assert len(loaded.training) == 6 and loaded.ends[-1]["complete"] and not loaded.measurements
     assert not (tmp_path / "ckpts").exists()  # each checkpoint removed once checked
@@ -181,3 +183,12 @@ def test_report_rules_slowdown_cost_and_the_aims():
     assert "Least blocking: async" in text and "2.5% of its synchronous save" in text and "within the 5% aim" in text
     assert "+25%" in text and "**not** within the 10% aim" in text
     assert list(report.ranking(rows)["saver"]) == ["async", "sync"]  # "bad" is left out
+
+
+def test_a_saver_that_fails_before_giving_the_loop_back_leaves_nothing_behind(trainer, tmp_path, monkeypatch):
+    saver = TRAINING["copy+safetensors-thread"]
+    monkeypatch.setattr(saver, "stage", lambda sd: (_ for _ in ()).throw(MemoryError("staging copy")))
+    sd = trainer.state_dict()
+    with pytest.raises(MemoryError):
+        saver.start(sd, LocalDir(tmp_path / "ckpt"), {k: e.digest for k, e in _expected(sd).items()})
+    assert not LocalDir(tmp_path / "ckpt").exists() and not LocalDir(tmp_path).stale_saves()

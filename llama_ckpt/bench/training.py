@@ -254,7 +254,7 @@ def segment(saver: Saver, trainer: Trainer, loc, repeat: int, opts: TrainingOpti
                 row["segment_s"] = time.perf_counter() - t0
                 row["cpu_segment_s"] = cpu_seconds() - cpu0
         row.update(steps_inflight_s=inflight, steps_after_s=after, peak_rss_bytes=peak.peak,
-                   machine_used_bytes=machine.peak, writer_cpu_s=pending.writer_cpu_s)
+                   machine_used_bytes=machine.peak, writer_cpu_s=pending.writer_cpu_s, kept_bytes=saver.kept_bytes())
         fp = loc.footprint()
         stage = "load"
         cold, _frac = loc.evict()

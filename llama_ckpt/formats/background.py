@@ -129,6 +129,10 @@ class Saver:
     def close(self) -> None:
         """After the last checkpoint."""
 
+    def kept_bytes(self) -> int:
+        """Memory the saver holds from one checkpoint to the next (a staging copy)."""
+        return 0
+
     def load(self, loc: Location) -> dict[str, torch.Tensor]:
         return checkpoint.load(self.fmt, loc)
 
@@ -139,7 +143,11 @@ class Saver:
         SHA-256 in the stored dtype, taken at this step, for the manifest."""
         pending = Pending(time.perf_counter())
         staged, man = checkpoint.begin(self.fmt, state_dict, loc, digests, saved_by=self.name, mode=self.mode)
-        work = self._launch(dict(state_dict), staged, pending)
+        try:
+            work = self._launch(dict(state_dict), staged, pending)
+        except BaseException:
+            checkpoint.finish(loc, staged, man, ok=False)  # nothing half-written is left behind
+            raise
         self._finish_in(work, loc, staged, man, pending, hooks)
         return pending
 
@@ -209,6 +217,9 @@ class StagedThread(Saver):
 
     def close(self) -> None:
         self._buffers.clear()
+
+    def kept_bytes(self) -> int:
+        return sum(b.nbytes for b in self._buffers.values())
 
     def _launch(self, state_dict, staged, pending):
         copy = self.stage(state_dict)
@@ -309,6 +320,10 @@ class DcpAsync(Saver):
         self.mode = "process" if process else "thread"
         self._stager = None
         self._own_group = False
+        self._staged_bytes = 0  # what its stager has cached: the last state dict it staged
+
+    def kept_bytes(self) -> int:
+        return self._staged_bytes if self._stager is not None else 0
 
     def knobs(self) -> dict:
         return super().knobs() | {"async_checkpointer_type": self.mode, "stager": "DefaultStager, cached, "
@@ -353,6 +368,7 @@ class DcpAsync(Saver):
                                                         use_shared_memory=self.mode == "process",
                                                         use_async_staging=False, use_non_blocking_copy=False))
         kind = AsyncCheckpointerType.PROCESS if self.mode == "process" else AsyncCheckpointerType.THREAD
+        self._staged_bytes = sum(v.nbytes for v in state_dict.values())
         out = dcp.async_save(self.fmt.cast_consuming(state_dict),
                              storage_writer=dcp.FileSystemWriter(str(staged.local_file()), sync_files=True,
                                                                  thread_count=self.fmt.threads()),

@@ -82,6 +82,7 @@ def per_saver(rows: list[dict]) -> dict[str, dict]:
             "idle_step": idle_med, "inflight_step": _med(inflight), "n_inflight": len(inflight),
             "slowdown": (_med(inflight) / idle_med - 1) if inflight and idle_med else None,
             "rss_before": _med([r.get("rss_before_bytes") for r in ok]),
+            "kept": [r["kept_bytes"] for r in ok if r.get("kept_bytes") is not None],
             "cost": costs, "share": shares, "extra_rss": extra, "extra_machine": machine, "extra_cpu": extra_cpu,
             "writer_cpu": [r["writer_cpu_s"] for r in ok if r.get("writer_cpu_s") is not None],
             # the background's seconds after the loop was given back (a sync save's durable time is
@@ -123,6 +124,7 @@ def training_table(rows: list[dict]) -> pd.DataFrame:
             "cost_s per checkpoint": _rng(s["cost"]), "share of wall": f"{_med(s['share']):.1%}",
             "extra peak memory, process": _mem(s["extra_rss"], s["state_bytes"]),
             "extra peak memory, machine": _mem(s["extra_machine"], s["state_bytes"]),
+            "kept between checkpoints": _mem(s["kept"], s["state_bytes"]),
             "load_s (cold)": _rng(s["load"]),
             "checkpoints verified": f"{s['n']} of {s['n_rows']}",
         })
@@ -159,6 +161,7 @@ def ranking(rows: list[dict]) -> pd.DataFrame:
              "durable": f"{_med(summ[n]['durable']):.3g} s",
              "slowdown": f"{summ[n]['slowdown']:+.0%}" if summ[n]["slowdown"] is not None else "none in flight",
              "extra memory (machine)": fmt_bytes(_med(summ[n]["extra_machine"])) if summ[n]["extra_machine"] else "",
+             "kept between checkpoints": fmt_bytes(_med(summ[n]["kept"])) if summ[n]["kept"] else "",
              "checkpoints": summ[n]["n"]} for i, n in enumerate(order, 1)]
     return pd.DataFrame(recs).set_index("rank") if recs else pd.DataFrame()
 
