@@ -50,11 +50,13 @@ MEASUREMENT_FIELDS = (
 
 # A checkpoint taken inside the training loop (07-training), one row each.
 TRAINING_FIELDS = (
-    "record", "run_id", "approach", "mode", "sync_of", "format", "knobs", "model", "n_params", "tensor_set",
+    "record", "run_id", "approach", "mode", "blocked_by", "sync_of", "format", "knobs", "model", "n_params", "tensor_set",
     "state", "checkpoint_bytes", "repeat", "step",
     # seconds: from the call until the loop may step again; from the call until committed (durable);
     # the loop's wait at the end of the segment for a save still in flight; the segment's wall time
     "blocking_s", "durable_s", "stall_s", "segment_s",
+    # of the blocking time, the staging copy where the saver makes one itself
+    "staging_s",
     # every step's seconds in the segment: before the call (no save in flight), while the save was in
     # flight when the step began, and after it was durable
     "steps_before_s", "steps_inflight_s", "steps_after_s",

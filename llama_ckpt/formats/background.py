@@ -85,6 +85,7 @@ class Pending:
         self.error: BaseException | None = None
         self.durable_at: float | None = None
         self.writer_cpu_s: float | None = None  # CPU seconds of the writer, where it is a thread or process of its own
+        self.staging_s: float | None = None  # seconds of the staging copy, where the saver makes one itself
 
     def done(self) -> bool:
         return self._event.is_set()
@@ -110,6 +111,7 @@ class Saver:
     against which its blocking time is judged."""
 
     mode = "sync"
+    blocked_by = "the whole save"  # what the loop waits for, in words
 
     def __init__(self, name: str, description: str, fmt: Format, sync_of: str | None = None):
         self.name, self.description, self.fmt = name, description, fmt
@@ -201,6 +203,7 @@ class StagedThread(Saver):
     then the format's save of the copy in a background thread."""
 
     mode = "thread"
+    blocked_by = "staging copy"
 
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
@@ -222,7 +225,9 @@ class StagedThread(Saver):
         return sum(b.nbytes for b in self._buffers.values())
 
     def _launch(self, state_dict, staged, pending):
+        t0 = time.perf_counter()
         copy = self.stage(state_dict)
+        pending.staging_s = time.perf_counter() - t0
 
         def write():
             t0 = time.thread_time()
@@ -266,13 +271,19 @@ def _fork_writer(fmt: Format, state_dict, staged: Location, pending: Pending) ->
 
 
 class StagedProcess(StagedThread):
-    """A staging copy, then a forked process writes the copy (the copy is
-    the child's: the loop never touches it, so no page is copied on write)."""
+    """A staging copy, then a forked process writes the copy. The child only
+    reads the copy, which the loop leaves alone; but a fork shares every page
+    of the process, so while the child lives the loop's updates of the
+    weights are copied on write, as with ``ForkSnapshot``."""
 
     mode = "process"
+    blocked_by = "staging copy + fork()"
 
     def _launch(self, state_dict, staged, pending):
-        return _fork_writer(self.fmt, self.stage(state_dict), staged, pending)
+        t0 = time.perf_counter()
+        copy = self.stage(state_dict)
+        pending.staging_s = time.perf_counter() - t0
+        return _fork_writer(self.fmt, copy, staged, pending)
 
 
 class ForkSnapshot(Saver):
@@ -282,6 +293,7 @@ class ForkSnapshot(Saver):
     alive is copied by the kernel first, inside the steps that follow."""
 
     mode = "fork"
+    blocked_by = "fork()"
 
     def _launch(self, state_dict, staged, pending):
         return _fork_writer(self.fmt, state_dict, staged, pending)
@@ -296,6 +308,7 @@ class TensorStoreAsync(Saver):
     whatever they hold at the commit."""
 
     mode = "thread"
+    blocked_by = "TensorStore's copies of the arrays"
 
     def __init__(self, name, description, fmt: TensorStoreZarr, sync_of=None):
         if not fmt.k.transaction or fmt.k.commit_bytes:
@@ -318,6 +331,8 @@ class DcpAsync(Saver):
     def __init__(self, name, description, fmt: DistributedCheckpoint, sync_of=None, process: bool = False):
         super().__init__(name, description, fmt, sync_of)
         self.mode = "process" if process else "thread"
+        self.blocked_by = ("DCP's staging copy (shared memory) + the request to its writer process" if process
+                           else "DCP's staging copy")
         self._stager = None
         self._own_group = False
         self._staged_bytes = 0  # what its stager has cached: the last state dict it staged

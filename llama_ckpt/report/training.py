@@ -26,8 +26,6 @@ from . import charts
 
 BLOCKING_AIM = 0.05  # the best async saver blocks for at most this share of its synchronous save
 SLOWDOWN_AIM = 0.10  # and the steps run at most this much slower while it finishes
-_BLOCKED_BY = {"sync": "the whole save", "fork": "fork()", "process": "staging copy + writer start",
-               "thread": "staging copy"}
 
 
 def _med(xs):
@@ -77,11 +75,13 @@ def per_saver(rows: list[dict]) -> dict[str, dict]:
         out[name] = {
             "n": len(ok), "n_rows": len(mine), "mode": ok[0]["mode"], "sync_of": ok[0]["sync_of"],
             "format": ok[0]["format"], "state_bytes": ok[0]["checkpoint_bytes"],
+            "blocked_by": ok[0].get("blocked_by") or ok[0]["mode"],
             "blocking": [r["blocking_s"] for r in ok], "durable": [r["durable_s"] for r in ok],
             "stall": [r["stall_s"] for r in ok], "load": [r["load_s"] for r in ok],
             "idle_step": idle_med, "inflight_step": _med(inflight), "n_inflight": len(inflight),
             "slowdown": (_med(inflight) / idle_med - 1) if inflight and idle_med else None,
             "rss_before": _med([r.get("rss_before_bytes") for r in ok]),
+            "staging": [r["staging_s"] for r in ok if r.get("staging_s") is not None],
             "kept": [r["kept_bytes"] for r in ok if r.get("kept_bytes") is not None],
             "cost": costs, "share": shares, "extra_rss": extra, "extra_machine": machine, "extra_cpu": extra_cpu,
             "writer_cpu": [r["writer_cpu_s"] for r in ok if r.get("writer_cpu_s") is not None],
@@ -142,9 +142,10 @@ def where_time_goes(rows: list[dict]) -> pd.DataFrame:
         if not s["n"]:
             continue
         over = [c - b - st for c, b, st in zip(s["cost"], s["blocking"], s["stall"])]
-        recs.append({"saver": name, "blocked by": _BLOCKED_BY.get(s["mode"], s["mode"]) if name != "ts+best-async"
-                     else "TensorStore's copies of the arrays",
-                     "blocking_s": _med(s["blocking"]), "background_s": _med(s["background"]),
+        recs.append({"saver": name, "blocked by": s["blocked_by"],
+                     "blocking_s": _med(s["blocking"]),
+                     "of it, the staging copy s": f"{_med(s['staging']):.3g}" if s["staging"] else "",
+                     "background_s": _med(s["background"]),
                      "in-flight steps' extra s": _med(over), "stall_s": _med(s["stall"]),
                      "extra CPU s": _med(s["extra_cpu"]),
                      "writer CPU s": f"{_med(s['writer_cpu']):.3g}" if s["writer_cpu"] else "not its own"})
@@ -202,14 +203,26 @@ def findings(rows: list[dict], env: dict | None = None) -> str:
             line += ". No step began while it was in flight"
         out.append(line + ".")
         over = _med([c - b - st for c, b, st in zip(s["cost"], s["blocking"], s["stall"])])
-        where = (f"- Where {best}'s time goes: the loop waits for {_BLOCKED_BY.get(s['mode'], s['mode'])} "
+        where = (f"- Where {best}'s time goes: the loop waits for {s['blocked_by']} "
                  f"({_med(s['blocking']):.3g} s); the background then works {_med(s['background']):.3g} s, during which "
                  f"the steps lost {over:.3g} s in all")
-        if s["extra_cpu"]:
-            where += f"; the checkpoint added {_med(s['extra_cpu']):.3g} CPU seconds to its segment"
-        if s["writer_cpu"]:
-            where += f"; the writer itself used {_med(s['writer_cpu']):.3g} CPU seconds"
         out.append(where + ".")
+        shares = {n: _versus_sync(a, summ) for n, a in async_ok.items()}
+        shares = {n: v for n, v in sorted(shares.items(), key=lambda kv: kv[1] if kv[1] is not None else 9)
+                  if v is not None}
+        if shares:
+            met = [n for n, v in shares.items() if v <= BLOCKING_AIM]
+            out.append("- Blocking as a share of the saver's own synchronous save: " + ", ".join(
+                f"{n} {v:.1%}" for n, v in shares.items()) + f"; within the {BLOCKING_AIM:.0%} aim: "
+                + (", ".join(met) if met else "none") + ".")
+        cores = (env or {}).get("n_cpus")
+        if s["extra_cpu"] and cores:
+            lost = _med([c - b - st for c, b, st in zip(s["cost"], s["blocking"], s["stall"])])
+            out.append(f"- Why the steps slow down: the loop keeps all {cores} cores busy, and {best}'s checkpoint "
+                       f"added {_med(s['extra_cpu']):.3g} CPU seconds to its segment, {_med(s['extra_cpu']) / cores:.3g} s "
+                       f"of all {cores} cores' time"
+                       + (f" (the writer itself {_med(s['writer_cpu']):.3g} CPU seconds)" if s["writer_cpu"] else "")
+                       + f"; the steps in flight lost {lost:.3g} s.")
         cheapest = min(async_ok, key=lambda n: _med(async_ok[n]["cost"]))
         c = async_ok[cheapest]
         out.append(f"- Least cost to the loop (blocking + in-flight steps' extra time + waiting): {cheapest}, "
@@ -222,6 +235,16 @@ def findings(rows: list[dict], env: dict | None = None) -> str:
             out.append("- Slowdown of the steps while a save is in flight: " + ", ".join(
                 f"{n} {async_ok[n]['slowdown']:+.0%}" for n in slowed) + ". On this machine the loop and the writer "
                 "share 2 cores: a writer's serialisation and copies take CPU from the steps, whatever runs it.")
+        pairs = [(t, p) for t, p in (("copy+safetensors-thread", "copy+safetensors-process"),
+                                     ("dcp-async", "dcp-async-process"))
+                 if t in async_ok and p in async_ok and async_ok[t]["slowdown"] is not None
+                 and async_ok[p]["slowdown"] is not None]
+        if pairs:
+            out.append("- The same writer in a thread of the loop's process or in a process of its own (the thread "
+                       "shares the loop's interpreter lock and allocator, the process its cores only): " + "; ".join(
+                           f"{t} {async_ok[t]['slowdown']:+.0%} against {p} {async_ok[p]['slowdown']:+.0%} slower "
+                           f"steps, blocking {_med(async_ok[t]['blocking']):.3g} s against "
+                           f"{_med(async_ok[p]['blocking']):.3g} s" for t, p in pairs) + ".")
         fk = async_ok.get("fork+safetensors")
         if fk and fk["slowdown"] is not None:
             out.append(f"- fork() blocks for {_med(fk['blocking']):.3g} s, copying the page tables of a "
