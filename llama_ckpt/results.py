@@ -60,6 +60,8 @@ TRAINING_FIELDS = (
     # every step's seconds in the segment: before the call (no save in flight), while the save was in
     # flight when the step began, and after it was durable
     "steps_before_s", "steps_inflight_s", "steps_after_s",
+    # the process's CPU seconds during each step after the save was durable (the loop's own)
+    "steps_after_cpu_s",
     # resident memory: the process's just before the call, its peak over the steps before the call (no save
     # in flight) and from the call until durable; the machine's memory in use (every process: a forked
     # writer, pages copied on write, a writer process's copy) over the same two spans

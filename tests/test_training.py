@@ -135,6 +135,7 @@ def test_run_training_measures_each_saver_and_verifies_every_checkpoint(tmp_path
     for r in rows:
         assert 0 < r["blocking_s"] <= r["durable_s"] + 1e-3 and r["segment_s"] >= r["durable_s"]
         assert len(r["steps_inflight_s"]) + len(r["steps_after_s"]) == 2 and len(r["steps_before_s"]) == 1
+        assert len(r["steps_after_cpu_s"]) == len(r["steps_after_s"]) and all(c > 0 for c in r["steps_after_cpu_s"])
         assert r["bytes_on_disk"] > 0 and r["load_s"] > 0 and r["peak_rss_bytes"] > 0
     assert all(r["writer_cpu_s"] is not None for r in rows if r["mode"] in ("fork", "thread"))
     assert [r["kept_bytes"] == r["checkpoint_bytes"] for r in rows] == [False, False, True, True, False, False]

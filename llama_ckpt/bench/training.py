@@ -9,6 +9,10 @@ is one *segment*: ``steps_before`` steps with no save in flight, the saver's
 call at step k (digests of the state at step k taken just before it, outside
 every timing), then ``steps_after`` steps while the save finishes in the
 background; the loop then waits for it if it is still in flight (``stall_s``).
+The loop's time and CPU per step with no save in flight are taken from the
+steps that began after the save was durable: the step before the call
+follows the previous checkpoint's check (a cold load of the whole state,
+then freed), and its memory traffic makes it no steady sample.
 After the segment the checkpoint is loaded cold and checked against step k's
 digests: a checkpoint holding later weights, or a mix, does not verify.
 
@@ -38,7 +42,7 @@ from ..digests import check, expected_digests
 from ..errors import FAILURES, UserError
 from ..formats.background import DcpAsync, Saver, StagedThread
 from ..model import ModelSource, PresetModel, TensorSpec, tensor_set_digest
-from ..recorders import MachineMemory, PeakRSS, cpu_seconds, release_memory, rss_parts
+from ..recorders import MachineMemory, PeakRSS, cpu_seconds, rss_parts
 from ..results import environment_record, training_row
 from ..store import LocalDir
 from .measure import DISK_HEADROOM, RunLog, _describe_error, _now, new_run_id
@@ -216,7 +220,6 @@ def run_training(savers: list[Saver], source: ModelSource, opts: TrainingOptions
 def segment(saver: Saver, trainer: Trainer, loc, repeat: int, opts: TrainingOptions, source: ModelSource,
             run_id: str) -> dict:
     """One checkpoint of ``saver`` inside the loop, then its check; a row."""
-    release_memory()
     cpu0 = cpu_seconds()
     with PeakRSS() as idle, MachineMemory() as idle_machine:
         before = [trainer.step() for _ in range(opts.steps_before)]
@@ -231,9 +234,8 @@ def segment(saver: Saver, trainer: Trainer, loc, repeat: int, opts: TrainingOpti
                checkpoint_bytes=sum(v.nbytes for v in sd.values()), repeat=repeat, step=trainer.step_no,
                steps_before_s=before, peak_rss_idle_bytes=idle.peak, machine_used_idle_bytes=idle_machine.peak,
                cpu_before_s=cpu_before)
-    release_memory()
     row["rss_before_bytes"] = sum(rss_parts())
-    inflight, after = [], []
+    inflight, after, after_cpu = [], [], []
     stage = "save"
     try:
         with PeakRSS() as peak, MachineMemory() as machine:
@@ -244,8 +246,13 @@ def segment(saver: Saver, trainer: Trainer, loc, repeat: int, opts: TrainingOpti
             del sd
             for _ in range(opts.steps_after):
                 busy = not pending.done()
+                c0 = cpu_seconds()
                 dt = trainer.step()
-                (inflight if busy else after).append(dt)
+                if busy:
+                    inflight.append(dt)
+                else:  # the save is durable: the loop's own time and CPU
+                    after.append(dt)
+                    after_cpu.append(cpu_seconds() - c0)
             t1 = time.perf_counter()
             try:
                 row["durable_s"] = pending.wait()
@@ -253,7 +260,7 @@ def segment(saver: Saver, trainer: Trainer, loc, repeat: int, opts: TrainingOpti
                 row["stall_s"] = time.perf_counter() - t1
                 row["segment_s"] = time.perf_counter() - t0
                 row["cpu_segment_s"] = cpu_seconds() - cpu0
-        row.update(steps_inflight_s=inflight, steps_after_s=after, peak_rss_bytes=peak.peak,
+        row.update(steps_inflight_s=inflight, steps_after_s=after, steps_after_cpu_s=after_cpu, peak_rss_bytes=peak.peak,
                    machine_used_bytes=machine.peak, writer_cpu_s=pending.writer_cpu_s, kept_bytes=saver.kept_bytes(),
                    staging_s=pending.staging_s)
         fp = loc.footprint()

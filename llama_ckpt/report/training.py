@@ -2,9 +2,9 @@
 checkpoint taken inside the loop; see :mod:`llama_ckpt.bench.training`).
 
 Per saver, over its checkpoints: the medians of the blocking time and the
-time to durable; the step time with no save in flight (the steps before each
-call, and those after it was durable) against the steps that began while it
-was in flight (the slowdown); the checkpoint's cost to the loop (blocking,
+time to durable; the step time with no save in flight (the steps that began
+after it was durable) against the steps that began while it was in flight
+(the slowdown); the checkpoint's cost to the loop (blocking,
 plus the in-flight steps' time beyond the no-save median, plus any wait for
 it at the end of the segment) and that cost's share of the segment's wall
 time; the extra peak memory (the peak from the call until durable over the
@@ -26,6 +26,7 @@ from . import charts
 
 BLOCKING_AIM = 0.05  # the best async saver blocks for at most this share of its synchronous save
 SLOWDOWN_AIM = 0.10  # and the steps run at most this much slower while it finishes
+IDLE_SAMPLES = 3  # steps after a save was durable below which the steps before the call join the baseline
 
 
 def _med(xs):
@@ -54,10 +55,16 @@ def per_saver(rows: list[dict]) -> dict[str, dict]:
             out[name] = {"n": 0, "n_rows": len(mine), "mode": mine[0].get("mode"), "sync_of": mine[0].get("sync_of"),
                          "error": next((r["error"] for r in mine if r.get("error")), "no verified checkpoint")}
             continue
-        idle = [s for r in ok for s in (r["steps_before_s"] or []) + (r["steps_after_s"] or [])]
+        # no save in flight: the steps after it was durable; the step before the call (it follows the
+        # previous checkpoint's cold load and check) only where too few steps came after
+        idle = [s for r in ok for s in r["steps_after_s"] or []]
+        if len(idle) < IDLE_SAMPLES:
+            idle += [s for r in ok for s in r["steps_before_s"] or []]
         inflight = [s for r in ok for s in r["steps_inflight_s"] or []]
         idle_med = _med(idle)
         costs, shares, extra, machine, extra_cpu = [], [], [], [], []
+        # the loop's CPU seconds per step with no save in flight, from the same steps as its time
+        per_step = _med([c for r in ok for c in r.get("steps_after_cpu_s") or []])
         for r in ok:
             over = sum(max(0.0, s - idle_med) for s in r["steps_inflight_s"] or [])
             cost = r["blocking_s"] + (r["stall_s"] or 0.0) + over
@@ -68,10 +75,9 @@ def per_saver(rows: list[dict]) -> dict[str, dict]:
                 extra.append(max(0, r["peak_rss_bytes"] - r["peak_rss_idle_bytes"]))
             if r.get("machine_used_bytes") and r.get("machine_used_idle_bytes"):
                 machine.append(max(0, r["machine_used_bytes"] - r["machine_used_idle_bytes"]))
-            before = r["steps_before_s"] or []
-            if r.get("cpu_segment_s") is not None and r.get("cpu_before_s") is not None and before:
-                loop_cpu = r["cpu_before_s"] / len(before) * len((r["steps_inflight_s"] or []) + (r["steps_after_s"] or []))
-                extra_cpu.append(r["cpu_segment_s"] - loop_cpu)
+            if r.get("cpu_segment_s") is not None and per_step is not None:
+                n_steps = len((r["steps_inflight_s"] or []) + (r["steps_after_s"] or []))
+                extra_cpu.append(r["cpu_segment_s"] - per_step * n_steps)
         out[name] = {
             "n": len(ok), "n_rows": len(mine), "mode": ok[0]["mode"], "sync_of": ok[0]["sync_of"],
             "format": ok[0]["format"], "state_bytes": ok[0]["checkpoint_bytes"],
