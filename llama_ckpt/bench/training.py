@@ -42,7 +42,7 @@ from ..digests import check, expected_digests
 from ..errors import FAILURES, UserError
 from ..formats.background import DcpAsync, Saver, StagedThread
 from ..model import ModelSource, PresetModel, TensorSpec, tensor_set_digest
-from ..recorders import MachineMemory, PeakRSS, cpu_seconds, rss_parts
+from ..recorders import MachineMemory, PeakRSS, cpu_seconds, release_memory, rss_parts
 from ..results import environment_record, training_row
 from ..store import LocalDir
 from .measure import DISK_HEADROOM, RunLog, _describe_error, _now, new_run_id
@@ -207,7 +207,8 @@ def run_training(savers: list[Saver], source: ModelSource, opts: TrainingOptions
                     if not (opts.keep and r == opts.repeats):
                         loc.remove()
             finally:
-                s.close()  # its staging copy freed before the next saver
+                s.close()  # its staging copy freed before the next saver,
+                release_memory()  # and handed back, so the next one starts from the same memory state
     except KeyboardInterrupt:
         log.end(False, interrupted="KeyboardInterrupt")
         raise
