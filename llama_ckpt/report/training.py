@@ -128,12 +128,23 @@ def training_table(rows: list[dict]) -> pd.DataFrame:
             "step_s save in flight": f"{s['inflight_step']:.3g} ({s['n_inflight']})" if s["n_inflight"] else "",
             "slowdown": f"{s['slowdown']:+.0%}" if s["slowdown"] is not None else "",
             "cost_s per checkpoint": _rng(s["cost"]), "share of wall": f"{_med(s['share']):.1%}",
-            "extra peak memory, process": _mem(s["extra_rss"], s["state_bytes"]),
-            "extra peak memory, machine": _mem(s["extra_machine"], s["state_bytes"]),
-            "kept between checkpoints": _mem(s["kept"], s["state_bytes"]),
-            "load_s (cold)": _rng(s["load"]),
             "checkpoints verified": f"{s['n']} of {s['n_rows']}",
         })
+    return pd.DataFrame(recs).set_index("saver") if recs else pd.DataFrame()
+
+
+def memory_table(rows: list[dict]) -> pd.DataFrame:
+    """Per saver: the extra peak memory of a checkpoint (this process's and
+    the machine's, over the peak of the step before the call), the staging
+    copy it keeps between checkpoints, and the cold load of the checkpoint."""
+    recs = []
+    for name, s in per_saver(rows).items():
+        if not s["n"]:
+            continue
+        recs.append({"saver": name, "extra peak, process": _mem(s["extra_rss"], s["state_bytes"]),
+                     "extra peak, machine": _mem(s["extra_machine"], s["state_bytes"]),
+                     "kept between checkpoints": _mem(s["kept"], s["state_bytes"]),
+                     "load_s (cold)": _rng(s["load"])})
     return pd.DataFrame(recs).set_index("saver") if recs else pd.DataFrame()
 
 
@@ -281,7 +292,7 @@ def chart(rows: list[dict], title: str = ""):
     if vals and max(vals) / min(vals) > 20:
         a1.set_xscale("log")
         a1.set_xlabel(a1.get_xlabel() + ", log scale")
-    a1.legend(title="")
+    a1.legend(title="", loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=2, frameon=False)
     slow = pd.DataFrame([{"saver": n, "slowdown %": 100 * (summ[n]["slowdown"] or 0.0)} for n in order
                          if summ[n]["n"]])
     sns.barplot(slow, y="saver", x="slowdown %", order=order, color="tab:gray", ax=a2)
