@@ -229,7 +229,8 @@ def segment(saver: Saver, trainer: Trainer, loc, repeat: int, opts: TrainingOpti
     dtype = saver.fmt.stored_dtype
     exp = expected_digests(sd, {dtype})[dtype]  # step k's digests, before the call and outside every timing
     digests = {k: e.digest for k, e in exp.items()}
-    row = dict(run_id=run_id, approach=saver.name, mode=saver.mode, blocked_by=saver.blocked_by, sync_of=saver.sync_of, format=saver.fmt.name,
+    row = dict(run_id=run_id, approach=saver.name, mode=saver.mode, blocked_by=saver.blocked_by,
+               sync_of=saver.sync_of, format=saver.fmt.name,
                knobs=saver.knobs(), model=source.name, n_params=source.n_params,
                tensor_set=tensor_set_digest(specs_of(sd)), state="model+optimizer" if opts.optimizer else "model",
                checkpoint_bytes=sum(v.nbytes for v in sd.values()), repeat=repeat, step=trainer.step_no,
@@ -261,7 +262,8 @@ def segment(saver: Saver, trainer: Trainer, loc, repeat: int, opts: TrainingOpti
                 row["stall_s"] = time.perf_counter() - t1
                 row["segment_s"] = time.perf_counter() - t0
                 row["cpu_segment_s"] = cpu_seconds() - cpu0
-        row.update(steps_inflight_s=inflight, steps_after_s=after, steps_after_cpu_s=after_cpu, peak_rss_bytes=peak.peak,
+        row.update(steps_inflight_s=inflight, steps_after_s=after, steps_after_cpu_s=after_cpu,
+                   peak_rss_bytes=peak.peak,
                    machine_used_bytes=machine.peak, writer_cpu_s=pending.writer_cpu_s, kept_bytes=saver.kept_bytes(),
                    staging_s=pending.staging_s)
         fp = loc.footprint()

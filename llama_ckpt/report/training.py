@@ -210,18 +210,21 @@ def findings(rows: list[dict], env: dict | None = None) -> str:
         line = (f"- Least blocking: {best} ({s['mode']}), {_med(s['blocking']):.3g} s, durable after "
                 f"{_med(s['durable']):.3g} s")
         if vs is not None:
-            line += (f"; that is {vs:.1%} of its synchronous save ({s['sync_of']}, {_med(summ[s['sync_of']]['durable']):.3g} s): "
+            sync_s = _med(summ[s["sync_of"]]["durable"])
+            line += (f"; that is {vs:.1%} of its synchronous save ({s['sync_of']}, {sync_s:.3g} s): "
                      + ("within" if vs <= BLOCKING_AIM else "**not** within") + f" the {BLOCKING_AIM:.0%} aim")
         if s["slowdown"] is not None:
             line += (f". Steps that began while it was in flight took {s['inflight_step']:.3g} s against "
                      f"{s['idle_step']:.3g} s with no save ({s['slowdown']:+.0%}, {s['n_inflight']} steps): "
-                     + ("within" if s["slowdown"] <= SLOWDOWN_AIM else "**not** within") + f" the {SLOWDOWN_AIM:.0%} aim")
+                     + ("within" if s["slowdown"] <= SLOWDOWN_AIM else "**not** within")
+                     + f" the {SLOWDOWN_AIM:.0%} aim")
         else:
             line += ". No step began while it was in flight"
         out.append(line + ".")
         over = _med([c - b - st for c, b, st in zip(s["cost"], s["blocking"], s["stall"])])
         where = (f"- Where {best}'s time goes: the loop waits for {s['blocked_by']} "
-                 f"({_med(s['blocking']):.3g} s); the background then works {_med(s['background']):.3g} s, during which "
+                 f"({_med(s['blocking']):.3g} s); the background then works {_med(s['background']):.3g} s, "
+                 "during which "
                  f"the steps lost {over:.3g} s in all")
         out.append(where + ".")
         shares = {n: _versus_sync(a, summ) for n, a in async_ok.items()}
@@ -236,7 +239,8 @@ def findings(rows: list[dict], env: dict | None = None) -> str:
         if s["extra_cpu"] and cores:
             lost = _med([c - b - st for c, b, st in zip(s["cost"], s["blocking"], s["stall"])])
             out.append(f"- Why the steps slow down: the loop keeps all {cores} cores busy, and {best}'s checkpoint "
-                       f"added {_med(s['extra_cpu']):.3g} CPU seconds to its segment, {_med(s['extra_cpu']) / cores:.3g} s "
+                       f"added {_med(s['extra_cpu']):.3g} CPU seconds to its segment, "
+                       f"{_med(s['extra_cpu']) / cores:.3g} s "
                        f"of all {cores} cores' time"
                        + (f" (the writer itself {_med(s['writer_cpu']):.3g} CPU seconds)" if s["writer_cpu"] else "")
                        + f"; the steps in flight lost {lost:.3g} s.")

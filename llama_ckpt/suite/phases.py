@@ -15,11 +15,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
+from .. import fsutil
 from ..bench import cluster, measure, training
 from ..errors import UserError
 from ..formats.base import Format
 from ..model import get_model
-from .. import fsutil
 from ..registry import APPROACHES, TRAINING, names, sweep, variant
 from ..results import read_results
 from ..store import Target
@@ -98,11 +98,11 @@ SHARDED_PROTOCOL = (
 
 TRAINING_PROTOCOL = (
     "Protocol (`llama_ckpt.bench.training`): the preset's LLaMA is trained on the CPU (transformers, AdamW, forward "
-    "and backward on seeded random token batches) and checkpointed by one saver at a time, each taking its checkpoints in a row as a run that uses it would "
-    "(its staging copy kept between them, freed before the next saver). Each "
-    "checkpoint is a segment of the loop: steps with no save in flight, the saver's call at step k (the digests of "
-    "step k's tensors taken just before it, outside every timing), then steps while the save finishes in the "
-    "background, and a wait for it if it is still in flight. **Blocking** is the call's time (until the loop may "
+    "and backward on seeded random token batches) and checkpointed by one saver at a time, each taking its "
+    "checkpoints in a row as a run that uses it would (its staging copy kept between them, freed before the next "
+    "saver). Each checkpoint is a segment of the loop: a step with no save in flight, the saver's call at step k (the "
+    "digests of step k's tensors taken just before it, outside every timing), then steps while the save finishes in "
+    "the background, and a wait for it if it is still in flight. **Blocking** is the call's time (until the loop may "
     "step again), **durable** the time from the call until the checkpoint is committed (every byte fsynced, then "
     "manifest and marker, by this process: a process killed mid-save leaves no committed checkpoint). The loop "
     "updates the weights in place meanwhile; each checkpoint is then loaded cold and must match step k's digests "
