@@ -68,7 +68,35 @@ def release_memory() -> None:
         pass
 
 
-class PeakRSS:
+class _Sampler:
+    """A file of /proc (``PATH``) read by ``_sample_once`` now, every
+    ``INTERVAL`` seconds in a thread, and once more when sampling stops."""
+
+    PATH = "/proc/self/status"
+    INTERVAL = 0.005
+
+    def _sample_once(self) -> None:
+        raise NotImplementedError
+
+    def _start_sampling(self) -> None:
+        self._fd = os.open(self.PATH, os.O_RDONLY)
+        self._stop = threading.Event()
+        self._sample_once()
+        self.sampler = threading.Thread(target=self._sample, daemon=True)
+        self.sampler.start()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.INTERVAL):
+            self._sample_once()
+
+    def _stop_sampling(self) -> None:
+        self._stop.set()
+        self.sampler.join()
+        self._sample_once()
+        os.close(self._fd)
+
+
+class PeakRSS(_Sampler):
     """Peak resident set size of this process over a block of code: the
     kernel's high-water mark, reset on entry (where that reset is not
     allowed, the sampled peak); and, sampled every 5 ms, the peaks of its
@@ -76,8 +104,6 @@ class PeakRSS:
     part (``peak_file``: mapped files' pages in the page cache, which the
     kernel can drop). A part's peak held for less than a sample's interval
     can be missed; the whole peak cannot."""
-
-    INTERVAL = 0.005
 
     def __enter__(self):
         try:
@@ -88,11 +114,7 @@ class PeakRSS:
             self.hwm = False
         self.peak = self.peak_anon = self.peak_file = self._sampled = 0
         self.reads = self.read_bytes = 0  # the sampler's own read calls, for CpuIO to leave out
-        self._fd = os.open("/proc/self/status", os.O_RDONLY)
-        self._stop = threading.Event()
-        self._sample_once()
-        self.sampler = threading.Thread(target=self._sample, daemon=True)
-        self.sampler.start()
+        self._start_sampling()
         return self
 
     def _sample_once(self):
@@ -104,35 +126,24 @@ class PeakRSS:
         self.peak_file = max(self.peak_file, file)
         self._sampled = max(self._sampled, anon + file)
 
-    def _sample(self):
-        while not self._stop.wait(self.INTERVAL):
-            self._sample_once()
-
     def __exit__(self, *exc):
-        self._stop.set()
-        self.sampler.join()
-        self._sample_once()
-        os.close(self._fd)
+        self._stop_sampling()
         self.peak = max(high_water_mark(), self._sampled) if self.hwm else self._sampled
         return False
 
 
-class MachineMemory:
+class MachineMemory(_Sampler):
     """The machine's memory in use (``MemTotal - MemAvailable``) over a block
     of code, sampled every 5 ms: ``peak`` in bytes. It counts every process,
     so it sees what a process's own peak cannot: a forked writer's pages, the
     copies the kernel makes of pages a parent and child share, another
     process's staging copy."""
 
-    INTERVAL = 0.005
+    PATH = "/proc/meminfo"
 
     def __enter__(self):
         self.peak = 0
-        self._fd = os.open("/proc/meminfo", os.O_RDONLY)
-        self._stop = threading.Event()
-        self._sample_once()
-        self.sampler = threading.Thread(target=self._sample, daemon=True)
-        self.sampler.start()
+        self._start_sampling()
         return self
 
     def _sample_once(self):
@@ -144,15 +155,8 @@ class MachineMemory:
                 avail = int(line.split()[1]) * 1024
         self.peak = max(self.peak, total - avail)
 
-    def _sample(self):
-        while not self._stop.wait(self.INTERVAL):
-            self._sample_once()
-
     def __exit__(self, *exc):
-        self._stop.set()
-        self.sampler.join()
-        self._sample_once()
-        os.close(self._fd)
+        self._stop_sampling()
         return False
 
 

@@ -50,7 +50,8 @@ MEASUREMENT_FIELDS = (
 
 # A checkpoint taken inside the training loop (07-training), one row each.
 TRAINING_FIELDS = (
-    "record", "run_id", "approach", "mode", "blocked_by", "sync_of", "format", "knobs", "model", "n_params", "tensor_set",
+    "record", "run_id", "approach", "mode", "blocked_by", "sync_of", "format", "knobs", "model", "n_params",
+    "tensor_set",
     "state", "checkpoint_bytes", "repeat", "step",
     # seconds: from the call until the loop may step again; from the call until committed (durable);
     # the loop's wait at the end of the segment for a save still in flight; the segment's wall time
@@ -76,22 +77,22 @@ TRAINING_FIELDS = (
 )
 
 
-def training_row(**values) -> dict:
-    unknown = set(values) - set(TRAINING_FIELDS)
+def _row(fields: tuple[str, ...], record: str, values: dict) -> dict:
+    """A record with exactly ``fields`` (None where not given); an unknown field is an error."""
+    unknown = set(values) - set(fields)
     if unknown:
-        raise KeyError(f"not training fields: {sorted(unknown)}")
-    row = dict.fromkeys(TRAINING_FIELDS)
-    row.update(values, record="training")
+        raise KeyError(f"not {record} fields: {sorted(unknown)}")
+    row = dict.fromkeys(fields)
+    row.update(values, record=record)
     return row
+
+
+def training_row(**values) -> dict:
+    return _row(TRAINING_FIELDS, "training", values)
 
 
 def measurement_row(**values) -> dict:
-    unknown = set(values) - set(MEASUREMENT_FIELDS)
-    if unknown:
-        raise KeyError(f"not measurement fields: {sorted(unknown)}")
-    row = dict.fromkeys(MEASUREMENT_FIELDS)
-    row.update(values, record="measurement")
-    return row
+    return _row(MEASUREMENT_FIELDS, "measurement", values)
 
 
 def reference_line(env: dict) -> str:
@@ -310,7 +311,8 @@ def group_by_run(rows: list[dict]) -> dict[str, list[dict]]:
     return runs
 
 
-def _fmt_s(st: Stat | None) -> str:
+def fmt_stat(st: Stat | None) -> str:
+    """Median [min-max] in three significant digits; the value alone for one sample; "-" for none."""
     if st is None:
         return "-"
     f = _num
@@ -359,7 +361,7 @@ def comparison_table(rows: list[dict], baseline: str = "tensorstore", reference:
     for name, s in summ.items():
         med = lambda st: st.median if st else None
         cells = [name, s["stored_dtype"] + ("" if s["load_cold"] else " (cache?)" if s["load_cold"] is None else " (warm!)"),
-                 _fmt_s(s["save_s"]), _fmt_s(s["load_s"]), fmt_bytes(med(s["bytes_on_disk"])),
+                 fmt_stat(s["save_s"]), fmt_stat(s["load_s"]), fmt_bytes(med(s["bytes_on_disk"])),
                  f"{med(s['n_files']):.0f}", f"{med(s['save_Bps']) / 1e6:.0f}", f"{med(s['load_Bps']) / 1e6:.0f}"]
         for other in (base, ref):
             for key in ("save_s", "load_s", "bytes_on_disk"):

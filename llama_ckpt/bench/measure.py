@@ -136,6 +136,28 @@ def memory_skips(approaches: list[Format], source: ModelSource) -> dict[str, str
     return out
 
 
+def remove_stale_saves(where: Location, say) -> None:
+    """Remove the temporaries interrupted saves left under ``where``, saying so."""
+    for st in where.stale_saves():
+        st.remove()
+        say(f"removed the stale temporary of an interrupted save: {st}")
+
+
+def warm_up(name: str, prepare: Callable[[Location], None], scratch: Location, say) -> None:
+    """``prepare(scratch)``: a library's first-use set-up, outside every
+    timing; a failure is said (the measurement's row will say what is wrong),
+    and ``scratch`` is removed either way."""
+    try:
+        prepare(scratch)
+    except FAILURES as exc:
+        say(f"warm-up of {name} failed: {_describe_error(exc, scratch)}")
+    finally:
+        try:
+            scratch.remove()
+        except FAILURES:
+            pass
+
+
 def _describe_error(exc: BaseException, where) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "No space left" in str(exc):
@@ -494,9 +516,7 @@ def _run(approaches, source, opts: Options, out: Path, on_row, say):
         say(f"run {run_id}: {len(approaches)} approach(es) x {opts.repeats} repeat(s) on {source.name} "
             f"({len(source.specs)} tensors, {source.n_params:,} parameters, {source.nbytes / 1e9:.2f} GB); "
             f"results -> {results_path}")
-    for st in root.parent.stale_saves():
-        st.remove()
-        say(f"removed the stale temporary of an interrupted save: {st}")
+    remove_stale_saves(root.parent, say)
     if opts.group is not None:  # a launched job: every rank must see what rank 0 writes
         cluster.check_shared(opts.group, root)
     ref = {}
@@ -520,16 +540,7 @@ def _run(approaches, source, opts: Options, out: Path, on_row, say):
         del sd
         gc.collect()
     for a in approaches:  # first-use set-up of a library, outside every timing
-        scratch = root / f"warm-up-{a.name}"
-        try:
-            a.warm_up(scratch)
-        except FAILURES as exc:  # its measurement will say what is wrong, in its row
-            say(f"warm-up of {a.name} failed: {_describe_error(exc, scratch)}")
-        finally:
-            try:
-                scratch.remove()
-            except FAILURES:
-                pass
+        warm_up(a.name, a.warm_up, root / f"warm-up-{a.name}", say)
     try:
         for a, k in plan(approaches, opts):
             loc = root / (f"{a.name}-w{opts.world_size}" if sharded else a.name)

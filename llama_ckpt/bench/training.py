@@ -45,7 +45,7 @@ from ..model import ModelSource, PresetModel, TensorSpec, tensor_set_digest
 from ..recorders import MachineMemory, PeakRSS, cpu_seconds, release_memory, rss_parts
 from ..results import environment_record, training_row
 from ..store import LocalDir
-from .measure import DISK_HEADROOM, RunLog, _describe_error, _now, new_run_id
+from .measure import DISK_HEADROOM, RunLog, _describe_error, _now, new_run_id, remove_stale_saves, warm_up
 
 BATCH, SEQ_LEN = 1, 64  # token batch of one step: sequences x tokens
 LEARNING_RATE = 1e-4
@@ -186,20 +186,12 @@ def run_training(savers: list[Saver], source: ModelSource, opts: TrainingOptions
                              checkpoint_bytes=sum(s.nbytes for s in specs))
     del state
     log.write(env)
-    for st in root.parent.stale_saves():
-        st.remove()
-        say(f"removed the stale temporary of an interrupted save: {st}")
+    remove_stale_saves(root.parent, say)
     say(f"{len(savers)} savers x {opts.repeats} checkpoint(s), each: {opts.steps_before} step(s), the checkpoint, "
         f"{opts.steps_after} step(s); results -> {opts.results}")
     try:
         for s in savers:
-            scratch = root / f"warm-up-{s.name}"
-            try:  # first-use set-up (DCP's writer process), outside every timing
-                s.prepare(scratch)
-            except FAILURES as exc:  # its rows will say what is wrong
-                say(f"warm-up of {s.name} failed: {_describe_error(exc, scratch)}")
-            finally:
-                scratch.remove()
+            warm_up(s.name, s.prepare, root / f"warm-up-{s.name}", say)  # DCP's writer process
             try:
                 for r in range(1, opts.repeats + 1):
                     loc = root / f"{s.name}-{r}"

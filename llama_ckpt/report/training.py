@@ -15,13 +15,11 @@ pages the kernel copies on write).
 
 from __future__ import annotations
 
-import statistics
-
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
-from ..results import fmt_bytes
+from ..results import Stat, fmt_bytes, fmt_stat
 from . import charts
 
 BLOCKING_AIM = 0.05  # the best async saver blocks for at most this share of its synchronous save
@@ -30,15 +28,12 @@ IDLE_SAMPLES = 3  # steps after a save was durable below which the steps before 
 
 
 def _med(xs):
-    xs = [x for x in xs if x is not None]
-    return statistics.median(xs) if xs else None
+    st = Stat.of(xs)
+    return st.median if st else None
 
 
 def _rng(xs) -> str:
-    xs = [x for x in xs if x is not None]
-    if not xs:
-        return ""
-    return f"{statistics.median(xs):.3g} [{min(xs):.3g}-{max(xs):.3g}]" if len(xs) > 1 else f"{xs[0]:.3g}"
+    return fmt_stat(Stat.of(xs))
 
 
 def valid(rows: list[dict]) -> list[dict]:
@@ -62,13 +57,14 @@ def per_saver(rows: list[dict]) -> dict[str, dict]:
             idle += [s for r in ok for s in r["steps_before_s"] or []]
         inflight = [s for r in ok for s in r["steps_inflight_s"] or []]
         idle_med = _med(idle)
-        costs, shares, extra, machine, extra_cpu = [], [], [], [], []
+        costs, lost, shares, extra, machine, extra_cpu = [], [], [], [], [], []
         # the loop's CPU seconds per step with no save in flight, from the same steps as its time
         per_step = _med([c for r in ok for c in r.get("steps_after_cpu_s") or []])
         for r in ok:
             over = sum(max(0.0, s - idle_med) for s in r["steps_inflight_s"] or [])
             cost = r["blocking_s"] + (r["stall_s"] or 0.0) + over
             costs.append(cost)
+            lost.append(over)
             wall = sum(r["steps_before_s"] or []) + r["segment_s"]
             shares.append(cost / wall if wall else None)
             if r.get("peak_rss_bytes") and r.get("peak_rss_idle_bytes"):
@@ -89,7 +85,8 @@ def per_saver(rows: list[dict]) -> dict[str, dict]:
             "rss_before": _med([r.get("rss_before_bytes") for r in ok]),
             "staging": [r["staging_s"] for r in ok if r.get("staging_s") is not None],
             "kept": [r["kept_bytes"] for r in ok if r.get("kept_bytes") is not None],
-            "cost": costs, "share": shares, "extra_rss": extra, "extra_machine": machine, "extra_cpu": extra_cpu,
+            "cost": costs, "lost": lost, "share": shares, "extra_rss": extra, "extra_machine": machine,
+            "extra_cpu": extra_cpu,
             "writer_cpu": [r["writer_cpu_s"] for r in ok if r.get("writer_cpu_s") is not None],
             # the background's seconds after the loop was given back (a sync save's durable time is
             # taken inside its call, so a hair under its blocking time: none)
@@ -158,12 +155,11 @@ def where_time_goes(rows: list[dict]) -> pd.DataFrame:
     for name, s in per_saver(rows).items():
         if not s["n"]:
             continue
-        over = [c - b - st for c, b, st in zip(s["cost"], s["blocking"], s["stall"])]
         recs.append({"saver": name, "blocked by": s["blocked_by"],
                      "blocking_s": _med(s["blocking"]),
                      "of it, the staging copy s": f"{_med(s['staging']):.3g}" if s["staging"] else "",
                      "background_s": _med(s["background"]),
-                     "in-flight steps' extra s": _med(over), "stall_s": _med(s["stall"]),
+                     "in-flight steps' extra s": _med(s["lost"]), "stall_s": _med(s["stall"]),
                      "extra CPU s": _med(s["extra_cpu"]),
                      "writer CPU s": f"{_med(s['writer_cpu']):.3g}" if s["writer_cpu"] else "not its own"})
     return pd.DataFrame(recs).set_index("saver") if recs else pd.DataFrame()
@@ -221,7 +217,7 @@ def findings(rows: list[dict], env: dict | None = None) -> str:
         else:
             line += ". No step began while it was in flight"
         out.append(line + ".")
-        over = _med([c - b - st for c, b, st in zip(s["cost"], s["blocking"], s["stall"])])
+        over = _med(s["lost"])
         where = (f"- Where {best}'s time goes: the loop waits for {s['blocked_by']} "
                  f"({_med(s['blocking']):.3g} s); the background then works {_med(s['background']):.3g} s, "
                  "during which "
@@ -237,7 +233,7 @@ def findings(rows: list[dict], env: dict | None = None) -> str:
                 + (", ".join(met) if met else "none") + ".")
         cores = (env or {}).get("n_cpus")
         if s["extra_cpu"] and cores:
-            lost = _med([c - b - st for c, b, st in zip(s["cost"], s["blocking"], s["stall"])])
+            lost = _med(s["lost"])
             out.append(f"- Why the steps slow down: the loop keeps all {cores} cores busy, and {best}'s checkpoint "
                        f"added {_med(s['extra_cpu']):.3g} CPU seconds to its segment, "
                        f"{_med(s['extra_cpu']) / cores:.3g} s "
