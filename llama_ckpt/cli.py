@@ -17,7 +17,7 @@ from pathlib import Path
 from .bench import cluster, measure
 from .bench.ranks import RankFailed
 from .errors import UserError
-from .model import DEFAULT_PRESET, PRESETS, get_model
+from .model import DEFAULT_PRESET, PRESETS, PUBLISHED_DTYPE, get_model
 from .registry import APPROACHES, names, resolve
 from .results import comparison_table, group_by_run, incomplete_runs, read_results, reference_line
 from .store.server import local_server_dir
@@ -264,7 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("run", help="save and load with each approach, measured and verified")
     s.add_argument("--approach", default="all", help="NAME[,NAME...] or 'all' (default: all); see 'list'")
     s.add_argument("--model", default=None,
-                   help=f"model preset: {', '.join(PRESETS)} (default: {DEFAULT_PRESET}); seeded random weights")
+                   help=f"model preset: {', '.join(PRESETS)} (default: {DEFAULT_PRESET}); seeded random weights, "
+                        f"rounded to {PUBLISHED_DTYPE} as the real model is published (PRESET:float32: full mantissas)")
     s.add_argument("--model-path", default=None, metavar="DIR",
                    help="a local Hugging Face model folder (config.json + safetensors/.bin) instead of a preset")
     s.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
@@ -291,8 +292,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_run)
 
     s = sub.add_parser("suite", help="execute the phase notebooks with papermill, then the summary")
-    s.add_argument("--phases", default="all", help="all, none (summary only) or IDs: 00,4a,4b,4c,4d,4e")
-    s.add_argument("--model", default=DEFAULT_PRESET, help=f"model preset: {', '.join(PRESETS)}")
+    s.add_argument("--phases", default="all", help="all, none (summary only) or IDs: 00,4a,...,4f,05,06,07,08")
+    s.add_argument("--model", default=DEFAULT_PRESET,
+                   help=f"model preset: {', '.join(PRESETS)} ({PUBLISHED_DTYPE}-origin weights; PRESET:float32: full "
+                        "mantissas)")
     s.add_argument("--model-path", default=None, metavar="DIR", help="a local Hugging Face model folder")
     s.add_argument("--repeats", type=_positive_int, default=3, metavar="N", help="timed cycles per approach")
     s.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"output directory (default: {DEFAULT_OUT})")

@@ -36,6 +36,30 @@ PRESETS: dict[str, dict] = {
 }
 DEFAULT_PRESET = "small"
 INIT_STD = 0.02  # LLaMA's initializer_range
+# The dtype a preset's weights are drawn in before the upcast to float32: the
+# dtype the real model is published in (OpenLLaMA-3B: float16, 6.85 GB), so a
+# float32 copy has the zero low mantissa bits of real float32 copies of it
+# (which is what compression and a float16 cast meet). ``PRESET:float32``
+# draws full 23-bit mantissas instead.
+PUBLISHED_DTYPE = "float16"
+ORIGINS = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def parse_model(name: str) -> tuple[str, str]:
+    """``"small"`` -> ("small", "float16"); ``"small:float32"`` -> ("small", "float32")."""
+    preset, _, origin = name.partition(":")
+    origin = origin or PUBLISHED_DTYPE
+    if preset not in PRESETS:
+        raise UserError(f"unknown model preset {preset!r}; valid presets: {', '.join(PRESETS)}")
+    if origin not in ORIGINS:
+        raise UserError(f"unknown weights {origin!r} in model {name!r}: a preset's weights are drawn in "
+                        f"{', '.join(ORIGINS)} (\"{preset}:float32\" for full float32 mantissas)")
+    return preset, origin
+
+
+def model_name(preset: str, origin: str) -> str:
+    """The name rows carry: the preset alone for its published dtype's weights."""
+    return preset if origin == PUBLISHED_DTYPE else f"{preset}:{origin}"
 
 
 @dataclass(frozen=True)
@@ -74,8 +98,7 @@ def tensor_kind(name: str) -> str:
 def llama_config(preset: str):
     from transformers import LlamaConfig
 
-    if preset not in PRESETS:
-        raise UserError(f"unknown model preset {preset!r}; valid presets: {', '.join(PRESETS)}")
+    preset, _ = parse_model(preset)
     w = PRESETS[preset]
     return LlamaConfig(**w, num_key_value_heads=w["num_attention_heads"], tie_word_embeddings=False,
                        max_position_embeddings=2048, rms_norm_eps=1e-6)
@@ -96,6 +119,12 @@ class ModelSource:
 
     name: str
     specs: list[TensorSpec]
+    origin: str | None = None  # a preset's weights are drawn in this dtype; None: real weights
+
+    @property
+    def weights(self) -> str:
+        """What the weights are, for rows and tables (``float16-origin``, ``float32``, ``as loaded``)."""
+        return weights_label(self.origin)
 
     def materialize(self) -> dict[str, torch.Tensor]:
         raise NotImplementedError
@@ -124,13 +153,17 @@ def tensor_set_digest(specs: list[TensorSpec]) -> str:
 class PresetModel(ModelSource):
     """Seeded random weights in a LLaMA-like distribution: every tensor
     normal(0, 0.02) from its own generator (seeded by the run seed and the
-    tensor's name, so one tensor never depends on another), norm weights 1.
-    Filling tensors directly is ~50 s for OpenLLaMA-3B on 2 cores, where
-    transformers' per-module init takes many minutes."""
+    tensor's name, so one tensor never depends on another), norm weights 1,
+    rounded to the dtype the real model is published in (``origin``, float16
+    by default; ``"small:float32"`` keeps full float32 mantissas) and held in
+    float32. Filling tensors directly is ~50 s for OpenLLaMA-3B on 2 cores,
+    where transformers' per-module init takes many minutes."""
 
     def __init__(self, preset: str = DEFAULT_PRESET, seed: int = 0):
-        self.config = llama_config(preset)
-        self.name = preset
+        base, self.origin = parse_model(preset)
+        self.config = llama_config(base)
+        self.preset = base
+        self.name = model_name(base, self.origin)
         self.seed = seed
         self.specs = [TensorSpec(s.name, s.shape, torch.float32) for s in _specs_on_meta(self.config)]
 
@@ -139,18 +172,28 @@ class PresetModel(ModelSource):
 
     def tensor(self, s: TensorSpec) -> torch.Tensor:
         """One tensor, bitwise the same every time (a rank builds only what it needs)."""
-        return seeded_tensor(s, self.seed)
+        return seeded_tensor(s, self.seed, self.origin)
 
 
-def seeded_tensor(s: TensorSpec, seed: int) -> torch.Tensor:
-    """A preset's tensor from its spec and the run seed alone (no model
-    config needed: the sharded ranks call this without importing transformers)."""
+def weights_label(origin: str | None) -> str:
+    """``float16-origin`` (float16 values held in float32), ``float32`` (full mantissas), ``as loaded``."""
+    if origin is None:
+        return "as loaded"
+    return "float32" if origin == "float32" else f"{origin}-origin"
+
+
+def seeded_tensor(s: TensorSpec, seed: int, origin: str = PUBLISHED_DTYPE) -> torch.Tensor:
+    """A preset's tensor from its spec, the run seed and the weights' origin
+    dtype alone (no model config needed: the sharded ranks call this without
+    importing transformers)."""
     t = torch.empty(s.shape, dtype=s.dtype)
     if tensor_kind(s.name) == "norm":
         t.fill_(1.0)
     else:
         g = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(s.name.encode()))
         t.normal_(0.0, INIT_STD, generator=g)
+        if ORIGINS[origin] != t.dtype:  # round to the published dtype, held in the spec's dtype
+            t.copy_(t.to(ORIGINS[origin]))
     return t
 
 

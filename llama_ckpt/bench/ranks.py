@@ -44,7 +44,7 @@ import torch
 from .. import checkpoint
 from ..digests import tensor_digest
 from ..formats.base import RankContext
-from ..model import seeded_tensor
+from ..model import parse_model, seeded_tensor
 from ..recorders import PeakRSS
 from ..registry import approach_of
 
@@ -60,12 +60,12 @@ def _fault(stage: str, rank: int):
     return hit
 
 
-def _shard_digests(specs, seed: int, rank: int, world: int) -> dict[str, dict]:
+def _shard_digests(specs, seed: int, model: str, rank: int, world: int) -> dict[str, dict]:
     """This rank's rows of every tensor of the unsharded source: rows and SHA-256."""
-    out = {}
+    out, origin = {}, parse_model(model)[1]
     for s in specs:
         a, b = checkpoint.shard_rows(s.shape[0], rank, world)
-        out[s.name] = {"rows": [a, b], "sha256": tensor_digest(seeded_tensor(s, seed)[a:b].contiguous())}
+        out[s.name] = {"rows": [a, b], "sha256": tensor_digest(seeded_tensor(s, seed, origin)[a:b].contiguous())}
     return out
 
 
@@ -91,9 +91,10 @@ class Job:
         job, dist, rank, world, fmt, ctx = self.job, self.dist, self.rank, self.world, self.fmt, self.ctx
         specs, staged = job["specs"], job["staged"]
         self.step = "building this rank's rows"
-        shards = {s.name: seeded_tensor(s, job["seed"])[slice(*ctx.rows(s.shape[0]))].clone() for s in specs}
+        origin = parse_model(job["model"])[1]
+        shards = {s.name: seeded_tensor(s, job["seed"], origin)[slice(*ctx.rows(s.shape[0]))].clone() for s in specs}
         self.step = "recording the digests of this rank's rows"
-        mine = _shard_digests(specs, job["seed"], rank, world)
+        mine = _shard_digests(specs, job["seed"], job["model"], rank, world)
         every = [None] * world
         dist.all_gather_object(every, mine)
         self.step = "preparing"
@@ -126,7 +127,7 @@ class Job:
         self.step = "reading the manifest"
         man = checkpoint.read_manifest(final)
         self.step = "recording the digests of this rank's slice"
-        expected = {n: d["sha256"] for n, d in _shard_digests(specs, job["seed"], rank, world).items()}
+        expected = {n: d["sha256"] for n, d in _shard_digests(specs, job["seed"], job["model"], rank, world).items()}
         self.step = "preparing"
         fmt.prepare_rank(ctx, final, saving=False)
         self.step = "waiting for every rank to start the load"

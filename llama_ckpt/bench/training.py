@@ -160,7 +160,7 @@ def run_training(savers: list[Saver], source: ModelSource, opts: TrainingOptions
     root = LocalDir(opts.checkpoints)
     fsutil.check_writable(Path(opts.checkpoints).parent)
     log = RunLog(Path(opts.results), run_id, len(savers) * opts.repeats, on_row)
-    base = dict(model=source.name, n_params=source.n_params, repeats=opts.repeats, approaches=[s.name for s in savers],
+    base = dict(model=source.name, weights=source.weights, n_params=source.n_params, repeats=opts.repeats, approaches=[s.name for s in savers],
                 state="model+optimizer" if opts.optimizer else "model", batch=opts.batch, seq_len=opts.seq_len,
                 steps_before=opts.steps_before, steps_after=opts.steps_after)
     why = too_big(savers, source, opts.optimizer)
@@ -223,7 +223,7 @@ def segment(saver: Saver, trainer: Trainer, loc, repeat: int, opts: TrainingOpti
     digests = {k: e.digest for k, e in exp.items()}
     row = dict(run_id=run_id, approach=saver.name, mode=saver.mode, blocked_by=saver.blocked_by,
                sync_of=saver.sync_of, format=saver.fmt.name,
-               knobs=saver.knobs(), model=source.name, n_params=source.n_params,
+               knobs=saver.knobs(), model=source.name, weights=source.weights, n_params=source.n_params,
                tensor_set=tensor_set_digest(specs_of(sd)), state="model+optimizer" if opts.optimizer else "model",
                checkpoint_bytes=sum(v.nbytes for v in sd.values()), repeat=repeat, step=trainer.step_no,
                steps_before_s=before, peak_rss_idle_bytes=idle.peak, machine_used_idle_bytes=idle_machine.peak,
