@@ -1,31 +1,64 @@
 """The user's guide's claims, judged against one run's measurements.
 
-A claim compares approaches on medians of the repeats. Its verdict is
-computed, never typed in:
+Every comparison of approach ``a`` against ``b`` on a metric is the ratio of
+their medians, a/b, with a percentile bootstrap confidence interval of it
+(:data:`CONFIDENCE`; :data:`N_BOOT` resamples of each side's repeats, drawn
+independently with replacement from a fixed seed: the same rows always give
+the same verdict). A verdict is computed from that interval, never typed in
+(:data:`RULE` says it in words):
 
-- ``holds``: the claimed direction is clear (the repeats' ranges do not
-  overlap) and, where the guide gives a size ("about 90% faster", i.e. 0.1x
-  the time), the measured ratio is at least that strong within a factor of
-  1.5 (0.15x or less; a much stronger effect still holds, and says so);
-- ``does not hold``: the direction is clearly the other way, or the effect is
-  weaker than claimed by more than that factor, or a bound ("small") is
-  exceeded;
-- ``inconclusive``: the ranges overlap, or an approach was not measured.
+- a direction ("faster", "smaller"): ``holds`` when the whole interval is on
+  the claimed side of 1, ``does not hold`` when it is wholly on the other
+  side, ``inconclusive`` when it straddles 1;
+- a size ("about 90% faster", i.e. 0.1x the time): the weakest effect still
+  "about" the claim is the claimed ratio times :data:`RATIO_TOLERANCE`
+  (0.15x); the interval must lie wholly beyond it (and on the claimed side of
+  1) to hold, wholly on the weak side for ``does not hold``; an interval
+  wholly stronger than the claim divided by the tolerance still holds, and
+  says so;
+- a bound ("under 25%") or "the same within 15%": the interval must lie within
+  the band around 1 to hold, wholly outside it for ``does not hold``;
+- "fastest": ``holds`` when the winner's interval against every other
+  contender lies below 1, ``does not hold`` when against one it lies above 1,
+  ``inconclusive`` otherwise (naming those it cannot separate from);
+- an approach not measured: ``inconclusive``.
 
-The guide's own figures are kept as a citation (:data:`GUIDE_FIGURES`) and
-shown beside ours as relative changes: absolute times depend on the machine.
+A claim takes the weakest of its checks' verdicts and reports its
+``repeats``, the fewest samples of any approach it compares: an undecided
+claim may be decided by more repeats. The guide's own figures
+are kept as a citation (:data:`GUIDE_FIGURES`) and shown beside ours as
+relative changes: absolute times depend on the machine.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
+from typing import Sequence
+
+import numpy as np
+
+import pandas as pd
 
 from ..formats.tensorstore import TensorStoreZarr
 from ..registry import APPROACHES, names
-from ..results import Stat, change, fmt_bytes, is_valid, summarize
+from ..results import change, fmt_bytes, is_valid
 
 HOLDS, FAILS, UNSURE = "holds", "does not hold", "inconclusive"
 RATIO_TOLERANCE = 1.5  # "about" a claimed ratio: within this factor of it
+CONFIDENCE = 0.95  # of the bootstrap interval of a ratio of medians
+N_BOOT = 4000  # bootstrap resamples per comparison
+SEED = 0  # the resampling's seed: the same rows give the same interval
+MIN_REPEATS = 5  # a verdict needs at least this many samples of each side (fewer: inconclusive)
+_CI = f"{CONFIDENCE:.0%}"
+
+RULE = (f"Each comparison is the ratio of two approaches' medians with its {_CI} percentile bootstrap interval "
+        f"({N_BOOT} resamples of each side's repeats, fixed seed): it holds when the whole interval lies on the "
+        f"claimed side of its threshold (1 for a direction, the claimed ratio within a factor of {RATIO_TOLERANCE:g} "
+        "for a claimed size, the band for \"within\" or \"under\"; for \"fastest\", against every other "
+        "contender), does not hold when it lies wholly on the other side, and is inconclusive when it straddles the "
+        f"threshold, or rests on fewer than {MIN_REPEATS} repeats of either side. A claim takes the weakest verdict of "
+        "its comparisons, and is inconclusive where an approach was not measured.")
 
 # The user's guide's expected results on its machine (seconds, GB): a citation.
 GUIDE_FIGURES = {
@@ -38,6 +71,95 @@ GUIDE_FIGURES = {
 }
 _METRIC = {"save": "save_s", "load": "load_s", "size": "bytes_on_disk"}
 _GUIDE_METRIC = {"save": "save_s", "load": "load_s", "size": "size_gb"}
+_ORDER = {HOLDS: 0, UNSURE: 1, FAILS: 2}  # a claim takes the weakest (highest) of its checks' verdicts
+
+
+def sample_sets(rows: list[dict]) -> dict[str, dict]:
+    """Per approach (first-seen order), over its valid rows: the stored dtype and each metric's samples."""
+    by: dict[str, list[dict]] = {}
+    for r in rows:
+        if is_valid(r):
+            by.setdefault(r["approach"], []).append(r)
+    return {n: {"stored_dtype": rs[0]["stored_dtype"],
+                **{k: np.array([r[k] for r in rs if r.get(k) is not None], dtype=float) for k in _METRIC.values()}}
+            for n, rs in by.items()}
+
+
+@lru_cache(maxsize=1024)
+def _boot_medians(values: tuple[float, ...], stream: int) -> np.ndarray:
+    """The medians of :data:`N_BOOT` resamples of ``values`` (with replacement), drawn from seeded ``stream``."""
+    x, n = np.sort(values), len(values)
+    # Sorted indices into sorted values give sorted resamples: the median is the middle one (or two).
+    idx = np.sort(np.random.default_rng((SEED, stream)).integers(0, n, (N_BOOT, n)), axis=1)
+    m = (x[idx[:, (n - 1) // 2]] + x[idx[:, n // 2]]) / 2
+    m.flags.writeable = False  # shared by every later call with the same samples
+    return m
+
+
+def ratio_interval(a: Sequence[float], b: Sequence[float]) -> tuple[float, float, float]:
+    """median(a)/median(b) and the ends of its :data:`CONFIDENCE` percentile bootstrap interval."""
+    # a and b resample from streams of their own: independent, and each side's medians are reused (cached)
+    # across the comparisons it takes part in, whatever the order of judging.
+    ma = _boot_medians(tuple(float(v) for v in a), 0)
+    mb = _boot_medians(tuple(float(v) for v in b), 1)
+    lo, hi = np.quantile(ma / mb, [(1 - CONFIDENCE) / 2, (1 + CONFIDENCE) / 2])
+    return float(np.median(a) / np.median(b)), float(lo), float(hi)
+
+
+@dataclass
+class _Ratio:
+    """One comparison's medians, ratio a/b with its interval, and sample counts."""
+
+    a: str
+    b: str
+    metric: str
+    ma: float
+    mb: float
+    r: float
+    lo: float
+    hi: float
+    na: int
+    nb: int
+
+    def interval(self) -> str:
+        return f"{self.r:.3g}x [{self.lo:.3g}-{self.hi:.3g}] ({_CI} CI), n={self.na}/{self.nb}"
+
+    def text(self) -> str:
+        return (f"{self.metric} {self.a} {_fmt(self.ma, self.metric)} vs {self.b} {_fmt(self.mb, self.metric)} "
+                f"({change(self.ma, self.mb):+.0f}%): {self.interval()}")
+
+
+def _compare(samples: dict, a: str, b: str, metric: str) -> _Ratio | str:
+    """The comparison, or why there is none."""
+    key = _METRIC[metric]
+    x, y = samples.get(a, {}).get(key), samples.get(b, {}).get(key)
+    for name, s in ((a, x), (b, y)):
+        if s is None or not len(s):
+            return f"{name} not measured"
+    if np.any(y <= 0):
+        return f"{metric} of {b} is not positive: no ratio"
+    r, lo, hi = ratio_interval(x, y)
+    return _Ratio(a, b, metric, float(np.median(x)), float(np.median(y)), r, lo, hi, len(x), len(y))
+
+
+def _band(lo: float, hi: float, frac: float) -> tuple[str, str]:
+    """Whether the interval [lo, hi] lies within 1 +- frac, wholly outside it, or straddles an edge (named)."""
+    edges = (1 - frac, 1 + frac)
+    if edges[0] <= lo and hi <= edges[1]:
+        return HOLDS, ""
+    if hi < edges[0] or lo > edges[1]:
+        return FAILS, ""
+    return UNSURE, " and ".join(f"{e:.3g}x" for e in edges if lo <= e <= hi)
+
+
+def _weakest(parts: list[tuple[str, str]]) -> tuple[str, str]:
+    """The weakest verdict, with the notes of the parts that gave it (an inconclusive part's note: the
+    threshold its interval straddles)."""
+    verdict = max((v for v, _ in parts), key=_ORDER.get)
+    notes = [n for v, n in parts if v == verdict and n]
+    if verdict == UNSURE:
+        return verdict, f", the {_CI} interval straddles {' and '.join(notes)}" if notes else ""
+    return verdict, "".join(notes)
 
 
 @dataclass
@@ -52,35 +174,31 @@ class Check:
     pct: float | None = None  # claimed size of the change, percent (positive)
     max_pct: float | None = None  # the change must be at most this (for "small")
 
-    def judge(self, summ: dict) -> tuple[str, str]:
-        sa, sb = summ.get(self.a), summ.get(self.b)
-        if not sa or not sb:
-            missing = self.a if not sa else self.b
-            return UNSURE, f"{missing} not measured"
-        x: Stat = sa[_METRIC[self.metric]]
-        y: Stat = sb[_METRIC[self.metric]]
-        pct = change(x.median, y.median)
-        text = f"{self.metric} {self.a} {_fmt(x, self.metric)} vs {self.b} {_fmt(y, self.metric)} ({pct:+.0f}%)"
-        if self.lower:
-            clear_yes, clear_no = x.hi < y.lo, x.lo > y.hi
-        else:
-            clear_yes, clear_no = x.lo > y.hi, x.hi < y.lo
-        if clear_no:
-            return FAILS, text
-        if not clear_yes:
-            return UNSURE, text + ", ranges overlap"
+    def judge(self, samples: dict) -> tuple[str, str]:
+        p = _compare(samples, self.a, self.b, self.metric)
+        if isinstance(p, str):
+            return UNSURE, p
+        # Judged in the frame where the claim is "lower": a higher claim on a/b is a lower one on b/a.
+        flip = (lambda v: v) if self.lower else (lambda v: 1 / v)
+        lo, hi = sorted((flip(p.lo), flip(p.hi)))
+        parts = [(HOLDS, "") if hi < 1 else (FAILS, ", wholly the other way") if lo > 1
+                 else (UNSURE, "1")]
         if self.pct is not None:
             claimed = 1 - self.pct / 100 if self.lower else 1 + self.pct / 100  # claimed ratio a/b
-            ratio = x.median / y.median
-            weaker = ratio > claimed * RATIO_TOLERANCE if self.lower else ratio < claimed / RATIO_TOLERANCE
-            stronger = ratio < claimed / RATIO_TOLERANCE if self.lower else ratio > claimed * RATIO_TOLERANCE
-            if weaker:
-                return FAILS, text + f": {ratio:.2g}x, not about {claimed:.2g}x"
-            if stronger:
-                text += f": {ratio:.2g}x, a stronger effect than the claimed {claimed:.2g}x"
-        if self.max_pct is not None and abs(pct) > self.max_pct:
-            return FAILS, text + f", more than {self.max_pct:.0f}%"
-        return HOLDS, text
+            c = flip(claimed)
+            t = c * RATIO_TOLERANCE  # the weakest effect still "about" the claim
+            if lo > t:
+                parts.append((FAILS, f", not about {claimed:.3g}x (weaker than {flip(t):.3g}x)"))
+            elif hi <= t:
+                parts.append((HOLDS, f", a stronger effect than the claimed {claimed:.3g}x"
+                              if hi < c / RATIO_TOLERANCE else ""))
+            else:
+                parts.append((UNSURE, f"{flip(t):.3g}x"))
+        if self.max_pct is not None:
+            v, note = _band(p.lo, p.hi, self.max_pct / 100)
+            parts.append((v, f", more than {self.max_pct:.0f}%" if v == FAILS else note))
+        verdict, notes = _weakest(parts)
+        return _enough(verdict, p.text() + notes, p.na, p.nb)
 
 
 @dataclass
@@ -92,17 +210,12 @@ class Same:
     metric: str
     tol: float = 15.0
 
-    def judge(self, summ: dict) -> tuple[str, str]:
-        sa, sb = summ.get(self.a), summ.get(self.b)
-        if not sa or not sb:
-            return UNSURE, f"{self.a if not sa else self.b} not measured"
-        x, y = sa[_METRIC[self.metric]], sb[_METRIC[self.metric]]
-        pct = change(x.median, y.median)
-        text = f"{self.metric} {self.a} {_fmt(x, self.metric)} vs {self.b} {_fmt(y, self.metric)} ({pct:+.0f}%)"
-        if abs(pct) <= self.tol:
-            return HOLDS, text + f", within {self.tol:.0f}%"
-        overlap = not (x.hi < y.lo or x.lo > y.hi)
-        return (UNSURE, text + ", ranges overlap") if overlap else (FAILS, text + f", beyond {self.tol:.0f}%")
+    def judge(self, samples: dict) -> tuple[str, str]:
+        p = _compare(samples, self.a, self.b, self.metric)
+        if isinstance(p, str):
+            return UNSURE, p
+        v, note = _weakest([_band(p.lo, p.hi, self.tol / 100)])
+        return _enough(v, p.text() + (note or f", {'within' if v == HOLDS else 'beyond'} {self.tol:.0f}%"), p.na, p.nb)
 
 
 @dataclass
@@ -113,27 +226,44 @@ class Best:
     metric: str
     among: tuple[str, ...] | None = None
 
-    def judge(self, summ: dict) -> tuple[str, str]:
-        pool = {n: s for n, s in summ.items() if self.among is None or n in self.among}
+    def judge(self, samples: dict) -> tuple[str, str]:
+        pool = [n for n in samples if self.among is None or n in self.among]
         missing = [n for n in (self.among or ()) if n not in pool]
         if self.a not in pool or len(pool) < 2 or missing:
             return UNSURE, f"{self.metric}: not measured in these rows: {', '.join(missing or [self.a])}"
-        key = _METRIC[self.metric]
-        ranked = sorted(pool, key=lambda n: pool[n][key].median)
-        mine = pool[self.a][key]
-        if ranked[0] != self.a:
-            w = ranked[0]
-            return FAILS, f"{self.metric}: {w} {_fmt(pool[w][key], self.metric)} beats {self.a} {_fmt(mine, self.metric)}"
-        second = ranked[1]
-        text = (f"{self.metric}: {self.a} {_fmt(mine, self.metric)}, next {second} "
-                f"{_fmt(pool[second][key], self.metric)} ({change(mine.median, pool[second][key].median):+.0f}%)")
-        if mine.hi >= pool[second][key].lo:
-            return UNSURE, text + ", ranges overlap"
-        return HOLDS, text
+        ps = [_compare(samples, self.a, b, self.metric) for b in pool if b != self.a]
+        if bad := [p for p in ps if isinstance(p, str)]:
+            return UNSURE, f"{self.metric}: {'; '.join(bad)}"
+        ps.sort(key=lambda p: p.mb)
+        m = self.metric
+        if beaten := [p for p in ps if p.lo > 1]:  # a clearly higher than these
+            w = beaten[0]
+            return _enough(FAILS, f"{m}: {w.b} {_fmt(w.mb, m)} beats {self.a} {_fmt(w.ma, m)} "
+                           f"({self.a} {change(w.ma, w.mb):+.0f}%: {w.interval()})", w.na, w.nb)
+        s = ps[0]  # the contender with the lowest median
+        text = (f"{m}: {self.a} {_fmt(s.ma, m)}, {'next' if s.mb >= s.ma else 'lower'} {s.b} {_fmt(s.mb, m)} "
+                f"({change(s.ma, s.mb):+.0f}%): {s.interval()}")
+        if unclear := [p.b for p in ps if p.hi >= 1]:
+            return UNSURE, text + f", the {_CI} interval straddles 1 against {', '.join(unclear)}"
+        return _enough(HOLDS, text, *(min(n) for n in zip(*((p.na, p.nb) for p in ps))))
 
 
-def _fmt(st: Stat, metric: str) -> str:
-    return fmt_bytes(st.median) if metric == "size" else f"{st.median:.3g} s"
+def _enough(verdict: str, text: str, na: int, nb: int) -> tuple[str, str]:
+    """A verdict stands only on at least :data:`MIN_REPEATS` samples a side:
+    with fewer, a bootstrap interval is too narrow to trust (one sample a side
+    gives a point), and the comparison stays inconclusive."""
+    if verdict != UNSURE and min(na, nb) < MIN_REPEATS:
+        return UNSURE, text + f", but {verdict} on fewer than {MIN_REPEATS} repeats a side"
+    return verdict, text
+
+
+def _fmt(v: float, metric: str) -> str:
+    return fmt_bytes(v) if metric == "size" else f"{v:.3g} s"
+
+
+def decided(result: dict) -> bool:
+    """Whether a claim's result (from :meth:`Claim.judge`) is decided, i.e. not inconclusive."""
+    return result["verdict"] != UNSURE
 
 
 @dataclass
@@ -143,24 +273,41 @@ class Claim:
     checks: list
     dtypes_differ: tuple[str, ...] = ()  # approaches here that store another dtype than the baseline
 
-    def judge(self, summ: dict) -> dict:
-        results = [c.judge(summ) for c in self.checks]
-        verdicts = [v for v, _ in results]
-        verdict = FAILS if FAILS in verdicts else UNSURE if UNSURE in verdicts else HOLDS
+    def approaches(self) -> tuple[str, ...]:
+        """The approaches its checks compare, in order, each once (a ``Best``'s pool where it names one)."""
+        out: list[str] = []
+        for c in self.checks:
+            if isinstance(c, Best):
+                out += c.among if c.among and c.a in c.among else (c.a, *(c.among or ()))
+            else:
+                out += (c.a, c.b)
+        return tuple(dict.fromkeys(out))
+
+    def repeats(self, samples: dict) -> int:
+        """The fewest valid samples of any approach it compares (0 where one is not measured)."""
+        def names(c):
+            return (*(c.among or tuple(samples)), c.a) if isinstance(c, Best) else (c.a, c.b)
+        return min(len(samples.get(n, {}).get(_METRIC[c.metric], ())) for c in self.checks for n in names(c))
+
+    def judge(self, samples: dict) -> dict:
+        """Its verdict on :func:`sample_sets` of some rows."""
+        results = [c.judge(samples) for c in self.checks]
+        verdict, _ = _weakest([(v, "") for v, _ in results])
         by_dtype: dict[str, list[str]] = {}
         for c in self.checks:
-            for n in _names(c, summ):
-                if n in summ and n not in by_dtype.get(summ[n]["stored_dtype"], []):
-                    by_dtype.setdefault(summ[n]["stored_dtype"], []).append(n)
+            for n in _names(c, samples):
+                if n in samples and n not in by_dtype.get(samples[n]["stored_dtype"], []):
+                    by_dtype.setdefault(samples[n]["stored_dtype"], []).append(n)
         return {"claim": self.number, "text": self.text, "verdict": verdict,
                 "measured": "; ".join(t for _, t in results),
-                "dtypes": "; ".join(f"{d}: {', '.join(ns)}" for d, ns in by_dtype.items()) if len(by_dtype) > 1 else "",
-                "guide": guide_changes(self.checks)}
+                "dtypes": "; ".join(f"{d}: {', '.join(ns)}" for d, ns in by_dtype.items())
+                if len(by_dtype) > 1 else "",
+                "guide": guide_changes(self.checks), "repeats": self.repeats(samples)}
 
 
-def _names(c, summ: dict) -> list[str]:
+def _names(c, samples: dict) -> list[str]:
     if isinstance(c, Best):
-        return [n for n in summ if c.among is None or n in c.among]
+        return [n for n in samples if c.among is None or n in c.among]
     return [c.a, c.b]
 
 
@@ -180,7 +327,8 @@ def guide_changes(checks) -> str:
 
 
 GUIDE_EIGHT = tuple(names(tag="guide"))  # the user's guide's eight, in its order (the registry's "guide" tag)
-TS_APPROACHES = tuple(n for n in GUIDE_EIGHT if isinstance(APPROACHES[n], TensorStoreZarr))  # its seven TensorStore ones
+# its seven TensorStore ones
+TS_APPROACHES = tuple(n for n in GUIDE_EIGHT if isinstance(APPROACHES[n], TensorStoreZarr))
 
 CLAIMS = [
     Claim(1, "Chunking is the primary optimisation: ts+chunks saves about 90% faster than tensorstore.",
@@ -207,10 +355,119 @@ CLAIMS = [
 ]
 
 
+def undecided_approaches(claim: Claim, samples: dict) -> tuple[str, ...]:
+    """The measured approaches whose comparisons leave ``claim`` undecided on
+    these samples: both sides of an inconclusive ``Check`` or ``Same``; for an
+    inconclusive ``Best``, the winner and the contenders its interval cannot
+    separate from. More repeats of these, and only these, can decide it."""
+    out: list[str] = []
+    for c in claim.checks:
+        verdict, _ = c.judge(samples)
+        if verdict != UNSURE:
+            continue
+        if isinstance(c, Best):
+            pool = [n for n in samples if c.among is None or n in c.among]
+            ps = [p for b in pool if b != c.a and not isinstance(p := _compare(samples, c.a, b, c.metric), str)]
+            out += [c.a] + [p.b for p in ps if p.lo <= 1 <= p.hi]
+        else:
+            out += [c.a, c.b]
+    return tuple(n for n in dict.fromkeys(out) if n in samples)
+
+
+def intervals(claim: Claim, samples: dict, weights: str = "") -> list[dict]:
+    """Each comparison of ``claim`` as numbers, for a chart: the ratio a/b
+    of medians, its interval, and the thresholds its verdict is judged
+    against (1; the claimed size's weakest ratio; a band's edges)."""
+    out = []
+    for c in claim.checks:
+        pairs = ([(c.a, b) for b in samples if b != c.a and (c.among is None or b in c.among)]
+                 if isinstance(c, Best) else [(c.a, c.b)])
+        verdict, _ = c.judge(samples)
+        for a, b in pairs:
+            p = _compare(samples, a, b, c.metric)
+            if isinstance(p, str):
+                continue
+            lines = [1.0]
+            if isinstance(c, Check) and c.pct is not None:
+                claimed = 1 - c.pct / 100 if c.lower else 1 + c.pct / 100
+                lines.append(claimed * RATIO_TOLERANCE if c.lower else claimed / RATIO_TOLERANCE)
+            band = c.tol if isinstance(c, Same) else getattr(c, "max_pct", None)
+            if band is not None:
+                lines += [1 - band / 100, 1 + band / 100]
+            out.append({"claim": claim.number, "weights": weights, "comparison": f"{c.metric}: {a} / {b}",
+                        "ratio": p.r, "lo": p.lo, "hi": p.hi, "n": f"{p.na}/{p.nb}", "thresholds": lines,
+                        "verdict": verdict})
+    return out
+
+
 def judge_claims(rows: list[dict], numbers: tuple[int, ...] | None = None) -> list[dict]:
     """Each claim's verdict on these rows (all valid rows of one run)."""
-    summ = summarize(rows)
-    return [c.judge(summ) for c in CLAIMS if numbers is None or c.number in numbers]
+    samples = sample_sets(rows)
+    return [c.judge(samples) for c in CLAIMS if numbers is None or c.number in numbers]
+
+
+OTHER_WEIGHTS_CLAIMS = (3, 4)  # compression and float16 meet the weights' low mantissa bits: judged on both kinds
+
+
+def _weights(rows: list[dict]) -> str:
+    return next((r.get("weights") for r in rows if r.get("weights")), "")
+
+
+def judge_both(rows: list[dict], other: list[dict] | None = None) -> list[dict]:
+    """Every claim on ``rows`` (the run's weights), and claims 3 and 4 on
+    ``other`` (the preset's other weights) where there are such rows; each
+    result names the weights it was judged on."""
+    out = [dict(c, weights=_weights(rows)) for c in judge_claims(rows)]
+    if other:
+        out += [dict(c, weights=_weights(other)) for c in judge_claims(other, OTHER_WEIGHTS_CLAIMS)]
+    return out
+
+
+def verdict_table(results: list[dict]) -> pd.DataFrame:
+    """The claims for reading: verdict, the repeats it rests on, the measured ratios with their intervals."""
+    if not results:
+        return pd.DataFrame()
+    cols = [c for c in ("claim", "weights", "verdict", "repeats", "text", "measured") if c in results[0]]
+    return pd.DataFrame(results)[cols].set_index(["claim", "weights"])
+
+
+def all_intervals(rows: list[dict], other: list[dict] | None = None) -> list[dict]:
+    """:func:`intervals` of every claim on ``rows``, and of claims 3 and 4 on ``other``."""
+    samples, w = sample_sets(rows), _weights(rows)
+    out = [i for c in CLAIMS for i in intervals(c, samples, w)]
+    if other:
+        so, wo = sample_sets(other), _weights(other)
+        out += [i for c in CLAIMS if c.number in OTHER_WEIGHTS_CLAIMS for i in intervals(c, so, wo)]
+    return out
+
+
+def decided_findings(results: list[dict], rounds: list[dict], cap: int, stopped: str | None = None) -> str:
+    """What the claims' phase found: the verdicts, the repeats they rest on, what the rounds added."""
+    if not results:
+        return "No claim could be judged: no row of the guide's approaches in this run."
+    lines = []
+    for v in (HOLDS, FAILS, UNSURE):
+        got = [f"{r['claim']} ({r['weights']}, {r['repeats']} repeats)" for r in results if r["verdict"] == v]
+        lines.append(f"- **{v}**: {', '.join(got) or 'none'}.")
+    at_cap = [r for r in results if r["verdict"] == UNSURE and r["repeats"] >= cap]
+    missing = [r for r in results if r["verdict"] == UNSURE and r["repeats"] == 0]
+    if at_cap:
+        lines.append(f"- Inconclusive with {cap} repeats (the cap): "
+                     + ", ".join(f"{r['claim']} ({r['weights']})" for r in at_cap)
+                     + ": the interval still straddles the threshold, an effect too close to it to decide here.")
+    if missing:
+        lines.append("- Not judged (an approach it compares was not measured in this run): "
+                     + ", ".join(f"{r['claim']} ({r['weights']})" for r in missing) + ".")
+    if rounds:
+        lines.append(f"- {len(rounds)} round(s), {sum(r['added'] for r in rounds)} added measurements: " + "; ".join(
+            f"round {r['round']} on {r['weights']} weights, {', '.join(r['approaches'])} to {r['target']} repeats"
+            for r in rounds) + ".")
+    else:
+        lines.append("- No round was needed: every claim was decided by the phases' own repeats.")
+    if stopped:
+        lines.append(f"- Rounds stopped early: {stopped}; the claims still undecided read inconclusive at the repeats "
+                     "they had, not at the cap.")
+    return "\n".join(lines)
 
 
 # Judged on the cloud rows (4e's S3 section), at every added delay separately.
@@ -230,10 +487,10 @@ def judge_cloud(rows: list[dict]) -> dict:
             by_delay.setdefault(float(r.get("s3_delay_ms") or 0), []).append(r)
     if not by_delay:
         return {"claim": 9, "text": CLOUD_CLAIM.text, "verdict": UNSURE, "measured": "not measured on S3",
-                "dtypes": "", "guide": ""}
-    parts = {d: CLOUD_CLAIM.judge(summarize(rs)) for d, rs in sorted(by_delay.items())}
-    verdicts = [p["verdict"] for p in parts.values()]
-    verdict = FAILS if FAILS in verdicts else UNSURE if UNSURE in verdicts else HOLDS
+                "dtypes": "", "guide": "", "repeats": 0}
+    parts = {d: CLOUD_CLAIM.judge(sample_sets(rs)) for d, rs in sorted(by_delay.items())}
+    verdict, _ = _weakest([(p["verdict"], "") for p in parts.values()])
     return {"claim": 9, "text": CLOUD_CLAIM.text, "verdict": verdict,
             "measured": " | ".join(f"+{d:g} ms RTT ({p['verdict']}): {p['measured']}" for d, p in parts.items()),
-            "dtypes": "", "guide": "no figures: the guide recommends OCDBT for the cloud without measuring it"}
+            "dtypes": "", "guide": "no figures: the guide recommends OCDBT for the cloud without measuring it",
+            "repeats": min(p["repeats"] for p in parts.values())}
