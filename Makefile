@@ -4,7 +4,7 @@ PYTHON_SYS ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-MODEL ?= small## model preset: tiny, small, open_llama_3b
+MODEL ?= small## model preset: tiny, small, open_llama_3b; PRESET:float32 for full float32 mantissas (default: float16-origin weights)
 MODEL_PATH ?=## a local Hugging Face model folder instead of a preset
 REPEATS ?= 3## timed save+load cycles per approach
 OUT ?= saved_models## output directory
@@ -16,7 +16,7 @@ RUN_ID ?=## run id, the same id resumes a run; empty: a new one (summary: the la
 
 SUITE = $(PY) -m llama_ckpt suite --model $(MODEL) $(if $(MODEL_PATH),--model-path "$(MODEL_PATH)") \
 	--repeats $(REPEATS) --out "$(OUT)" $(if $(RUN_ID),--run-id "$(RUN_ID)") $(if $(filter 1 yes true,$(KEEP)),--keep)
-PHASES := 00 4a 4b 4c 4d 4e 4f 05 06 07
+PHASES := 00 4a 4b 4c 4d 4e 4f 05 06 07 08
 
 .PHONY: help setup run-all test summary report lab clean s3-up s3-down $(addprefix phase-,$(PHASES))
 
@@ -37,7 +37,7 @@ setup: $(VENV)/.installed ## create .venv and install the pinned requirements
 run-all: setup ## every phase notebook, then the summary; prints the 8-way table
 	$(SUITE) --phases all
 
-phase-%: setup ## one phase: make phase-00, phase-4a ... phase-4f, phase-05, phase-06, phase-07
+phase-%: setup ## one phase: make phase-00, phase-4a ... phase-4f, phase-05 ... phase-08
 	$(SUITE) --phases $* --no-summary
 
 summary: setup ## rebuild the summary from the results already there

@@ -28,11 +28,20 @@ from .fsutil import filesystem_of
 
 # Every measurement row has exactly these fields (None where not measured).
 MEASUREMENT_FIELDS = (
-    "record", "run_id", "approach", "model", "path", "knobs",
+    "record", "run_id", "approach", "model",
+    # the weights measured: "float16-origin" (a preset's values rounded to float16, held in float32: what a
+    # float32 copy of the published model holds), "float32" (full mantissas), "as loaded" (MODEL_PATH)
+    "weights",
+    # the phase whose run measured the row (a configuration is measured once per run, its rows shared)
+    "phase",
+    "path", "knobs",
     "n_tensors", "n_params", "tensor_set", "stored_dtype", "source_dtype", "repeat",
     "save_s", "load_s", "load_cold", "resident_after_evict", "load_warm_s",
     "bytes_on_disk", "bytes_apparent", "n_files", "payload_bytes", "by_kind",
     "peak_rss_save_bytes", "peak_rss_load_bytes",
+    # the process's resident memory when the timed save / load began (after freed memory was handed back):
+    # the baseline each peak stands on
+    "rss_before_save_bytes", "rss_before_load_bytes",
     # the peaks' anonymous part (must fit in memory) and file-backed part (mapped pages the kernel can drop)
     "peak_rss_anon_save_bytes", "peak_rss_file_save_bytes", "peak_rss_anon_load_bytes", "peak_rss_file_load_bytes",
     "save_phases",
@@ -50,7 +59,8 @@ MEASUREMENT_FIELDS = (
 
 # A checkpoint taken inside the training loop (07-training), one row each.
 TRAINING_FIELDS = (
-    "record", "run_id", "approach", "mode", "blocked_by", "sync_of", "format", "knobs", "model", "n_params",
+    "record", "run_id", "approach", "mode", "blocked_by", "sync_of", "format", "knobs", "model", "weights",
+    "n_params",
     "tensor_set",
     "state", "checkpoint_bytes", "repeat", "step",
     # seconds: from the call until the loop may step again; from the call until committed (durable);
@@ -280,9 +290,23 @@ def summarize(rows: list[dict]) -> dict[str, dict]:
             "max_abs_err": max(r.get("max_abs_err") or 0.0 for r in rs),
             **{f"peak_{part}{step}": Stat.of([r.get(f"peak_rss_{part}{step}_bytes") for r in rs])
                for part in ("", "anon_", "file_") for step in ("save", "load")},
+            # the peak above the process's resident memory when the save / load began
+            **{f"above_{step}": Stat.of([above(r, step) for r in rs]) for step in ("save", "load")},
             "n": len(rs),
         }
     return out
+
+
+def above(row: dict, step: str) -> int | None:
+    """A row's peak resident memory of its ``step`` (save, load) above the
+    process's resident memory when it began; None where not recorded."""
+    peak, base = row.get(f"peak_rss_{step}_bytes"), row.get(f"rss_before_{step}_bytes")
+    return None if peak is None or base is None else max(0, peak - base)
+
+
+def spread(st: "Stat | None") -> float | None:
+    """(max - min) / median of a Stat, in percent: how far the repeats spread."""
+    return (st.hi - st.lo) / st.median * 100 if st and st.median else None
 
 
 def change(value: float | None, base: float | None) -> float | None:

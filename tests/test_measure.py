@@ -17,7 +17,8 @@ from llama_ckpt.recorders import PeakRSS
 from llama_ckpt.registry import APPROACHES, names, resolve
 from llama_ckpt.model import get_model
 from llama_ckpt.report import tables
-from llama_ckpt.results import MEASUREMENT_FIELDS, read_results
+from llama_ckpt.errors import UserError
+from llama_ckpt.results import MEASUREMENT_FIELDS, above, read_results
 
 
 @pytest.fixture(scope="module")
@@ -174,6 +175,53 @@ def test_preset_weights_are_deterministic_and_llama_like():
     w = a["model.layers.0.mlp.up_proj.weight"]
     assert abs(float(w.std()) - 0.02) < 0.002 and abs(float(w.mean())) < 0.002
     assert torch.equal(a["model.norm.weight"], torch.ones_like(a["model.norm.weight"]))
+
+
+def test_preset_weights_are_float16_origin_by_default_and_full_float32_on_request():
+    # A float32 copy of a model published in float16 has 13 zero bits at the end of every mantissa: the default
+    # weights do too (a float16 cast is exact), "PRESET:float32" draws full mantissas (the cast loses).
+    m, full = get_model("tiny"), get_model("tiny:float32")
+    assert (m.name, m.weights, full.name, full.weights) == ("tiny", "float16-origin", "tiny:float32", "float32")
+    a, b = m.materialize(), full.materialize()
+    w, f = a["model.layers.0.mlp.up_proj.weight"], b["model.layers.0.mlp.up_proj.weight"]
+    assert w.dtype == f.dtype == torch.float32
+    assert torch.equal(w, w.half().float()) and not torch.equal(f, f.half().float())
+    assert torch.allclose(w, f, atol=1e-4, rtol=1e-3)  # the same draw, rounded
+    assert get_model("tiny:bfloat16").origin == "bfloat16"
+    with pytest.raises(UserError, match="unknown weights 'int8'.*float16, bfloat16, float32"):
+        get_model("tiny:int8")
+
+
+def test_rows_say_which_weights_and_which_phase_measured_them(tmp_path):
+    env, rows = measure.run([APPROACHES["ts+float16"]], get_model("tiny:float32"),
+                            measure.Options(out=tmp_path, repeats=1, disk_reference=False, phase="4d-float16"))
+    (r,) = rows
+    assert (r["model"], r["weights"], r["phase"], env["weights"]) == ("tiny:float32", "float32", "4d-float16",
+                                                                      "float32")
+    assert r["verified"] and r["max_abs_err"] > 0  # full mantissas: the float16 cast loses precision
+
+
+def test_repeats_already_measured_elsewhere_are_not_measured_again(tmp_path):
+    # done: repeats of a configuration other phases of the run measured; the rest is measured, numbered after them,
+    # and the approaches that need most start first so every round interleaves all still measured.
+    a = [APPROACHES["pytorch"], APPROACHES["ts+chunks"], APPROACHES["safetensors"]]
+    opts = measure.Options(out=tmp_path, repeats=3, disk_reference=False, done={"pytorch": 3, "ts+chunks": 1})
+    assert [(x.name, k) for x, k in measure.plan(a, opts)] == [
+        ("safetensors", 1), ("ts+chunks", 2), ("safetensors", 2), ("ts+chunks", 3), ("safetensors", 3)]
+    env, rows = measure.run(a, get_model("tiny"), opts)
+    assert [(r["approach"], r["repeat"]) for r in rows] == [(x.name, k) for x, k in measure.plan(a, opts)]
+    assert env["shared"] == {"pytorch": 3, "ts+chunks": 1}
+
+
+def test_every_repeat_starts_from_the_same_memory_state(tiny_run):
+    # Each row has the resident memory its save and load began from, so a peak reads as memory above it; large
+    # buffers are returned to the system when freed (glibc's mmap threshold fixed), so it does not drift.
+    _, env, rows = tiny_run
+    assert env["malloc_mmap_threshold"] == 1 << 20
+    for r in rows:
+        for step in ("save", "load"):
+            base, peak = r[f"rss_before_{step}_bytes"], r[f"peak_rss_{step}_bytes"]
+            assert 0 < base <= peak and above(r, step) == peak - base
 
 
 def test_presets_have_openllama_3b_structure():

@@ -46,7 +46,7 @@ from ..digests import check, expected_digests
 from ..errors import FAILURES, UserError
 from ..formats.base import Format
 from ..model import ModelSource, PresetModel, tensor_kind
-from ..recorders import CpuIO, PeakRSS, Steps, release_memory
+from ..recorders import MMAP_THRESHOLD, CpuIO, PeakRSS, Steps, fix_mmap_threshold, release_memory
 from ..results import ResultsWriter, environment_record, measurement_row
 from ..store import LocalDir, Location, at
 from . import cluster, ranks
@@ -81,6 +81,8 @@ class Options:
     world_size: int | None = None  # sharded approaches: ranks saving
     load_world_size: int | None = None  # ranks loading (default: world_size)
     group: Any = None  # a launched job (bench.cluster.Group): its ranks save and load; this is rank 0
+    phase: str | None = None  # the suite's phase measuring (its slug, in every row)
+    done: dict[str, int] | None = None  # repeats of an approach already measured in this run (shared): it gets the rest
 
 
 # -- up-front checks -----------------------------------------------------------------
@@ -196,7 +198,8 @@ def measure_approach(approach: Format, source: ModelSource, expected: dict | Non
     (single-process); sharded approaches check each rank's slice in the rank."""
     world = opts.world_size if approach.sharded else None
     load_world = (opts.load_world_size or world) if approach.sharded else None
-    base = dict(run_id=run_id, approach=approach.name, model=source.name, path=str(loc), **loc.row_fields(),
+    base = dict(run_id=run_id, approach=approach.name, model=source.name, weights=source.weights, phase=opts.phase,
+                path=str(loc), **loc.row_fields(),
                 knobs=approach.knobs(), n_tensors=len(source.specs), n_params=source.n_params,
                 tensor_set=source.tensor_set_digest(), repeat=repeat,
                 stored_dtype=str(approach.stored_dtype).removeprefix("torch."),
@@ -284,6 +287,7 @@ def _single(approach: Format, source: ModelSource, expected: dict, loc: Location
                 bytes_on_disk=fp.bytes_on_disk, bytes_apparent=fp.bytes_apparent, n_files=fp.n_files,
                 payload_bytes=sum(approach.payload_bytes(sp) for sp in source.specs), by_kind=by_kind,
                 peak_rss_save_bytes=rss_save.peak, peak_rss_load_bytes=rss_load.peak,
+                rss_before_save_bytes=rss_save.base, rss_before_load_bytes=rss_load.base,
                 peak_rss_anon_save_bytes=rss_save.peak_anon, peak_rss_file_save_bytes=rss_save.peak_file,
                 peak_rss_anon_load_bytes=rss_load.peak_anon, peak_rss_file_load_bytes=rss_load.peak_file,
                 save_phases=steps.seconds, requests_save=req_save,
@@ -413,10 +417,17 @@ def sharded_fields(saves: list[dict], loads: list[dict], fp, cold, frac, req_sav
 # -- a run -------------------------------------------------------------------------------
 def plan(approaches: list, opts: Options) -> list[tuple]:
     """(approach, repeat) in measuring order: round k of every approach, then
-    round k+1 (interleaved), or each approach's repeats back to back."""
+    round k+1 (interleaved), or each approach's repeats back to back. An
+    approach with repeats already measured in this run (``opts.done``) gets
+    the rest, numbered after them; the approaches that need the most start
+    first, so every round interleaves all that are still measured."""
+    done = opts.done or {}
+    need = {a.name: max(0, opts.repeats - done.get(a.name, 0)) for a in approaches}
     if opts.interleave:
-        return [(a, k) for k in range(1, opts.repeats + 1) for a in approaches]
-    return [(a, k) for a in approaches for k in range(1, opts.repeats + 1)]
+        most = max(need.values(), default=0)
+        return [(a, done.get(a.name, 0) + j) for r in range(most) for a in approaches
+                if (j := r - (most - need[a.name]) + 1) >= 1]
+    return [(a, k) for a in approaches for k in range(done.get(a.name, 0) + 1, opts.repeats + 1)]
 
 
 class RunLog:
@@ -466,6 +477,7 @@ def run(approaches: list[Format], source: ModelSource, opts: Options,
         opts = replace(opts, load_world_size=load_world)
     out = Path(opts.out)
     fsutil.check_writable(out)
+    fix_mmap_threshold()  # every repeat starts from the same memory state (large buffers are returned on free)
     storage = at(opts.storage) if opts.storage is not None else LocalDir(out / "checkpoints")
     with fsutil.output_lock(Path(opts.lock) if opts.lock else out), storage.delayed(say) as storage:
         return _run(approaches, source, replace(opts, storage=storage), out, on_row, say)
@@ -498,7 +510,9 @@ def _run(approaches, source, opts: Options, out: Path, on_row, say):
                 raise UserError(f"none of the chosen approaches fits in this machine's memory with {source.name}: "
                                 + "; ".join(f"{n}: {w}" for n, w in too_big.items()))
     results_path = Path(opts.results) if opts.results else out / "results" / f"{run_id}.jsonl"
-    log = RunLog(results_path, run_id, len(approaches) * opts.repeats, on_row)
+    todo = plan(approaches, opts)
+    measured = [a for a in approaches if any(t[0] is a for t in todo)]
+    log = RunLog(results_path, run_id, len(todo), on_row)
     sharded = approaches[0].sharded
     cores = len(os.sched_getaffinity(0))
     if sharded:
@@ -513,8 +527,9 @@ def _run(approaches, source, opts: Options, out: Path, on_row, say):
                 f"saved by {w} rank(s), loaded by {lw}; {cores} cores"
                 + (f": ranks beyond {cores} share them" if max(w, lw) > cores else "") + f"; results -> {results_path}")
     else:
+        shared = (f", {len(todo)} measurement(s) here, the rest already measured in this run" if opts.done else "")
         say(f"run {run_id}: {len(approaches)} approach(es) x {opts.repeats} repeat(s) on {source.name} "
-            f"({len(source.specs)} tensors, {source.n_params:,} parameters, {source.nbytes / 1e9:.2f} GB); "
+            f"({len(source.specs)} tensors, {source.n_params:,} parameters, {source.nbytes / 1e9:.2f} GB{shared}); "
             f"results -> {results_path}")
     remove_stale_saves(root.parent, say)
     if opts.group is not None:  # a launched job: every rank must see what rank 0 writes
@@ -527,22 +542,25 @@ def _run(approaches, source, opts: Options, out: Path, on_row, say):
         ref = reference(source.nbytes, root / "reference")
     extra = dict(world_size=opts.world_size, load_world_size=opts.load_world_size, cores=cores,
                  launcher="spawn" if opts.group is None else "torchrun") if sharded else {}
-    env = environment_record(run_id, out, model=source.name, n_tensors=len(source.specs), n_params=source.n_params,
+    env = environment_record(run_id, out, model=source.name, weights=source.weights, phase=opts.phase,
+                             n_tensors=len(source.specs), n_params=source.n_params,
                              source_bytes=source.nbytes, repeats=opts.repeats, approaches=[a.name for a in approaches],
                              disk_estimate_bytes=need, **storage.env_fields(),
-                             **({} if skipped is None else {"skipped": skipped}), **extra, **ref)
+                             **({} if skipped is None else {"skipped": skipped}),
+                             **({"shared": opts.done} if opts.done else {}), malloc_mmap_threshold=MMAP_THRESHOLD,
+                             **extra, **ref)
     log.write(env)
     expected = None
-    if not sharded:
+    if not sharded and measured:
         say("recording per-tensor digests of the source")
         sd = source.materialize()
-        expected = expected_digests(sd, {a.stored_dtype for a in approaches})
+        expected = expected_digests(sd, {a.stored_dtype for a in measured})
         del sd
         gc.collect()
-    for a in approaches:  # first-use set-up of a library, outside every timing
+    for a in measured:  # first-use set-up of a library, outside every timing
         warm_up(a.name, a.warm_up, root / f"warm-up-{a.name}", say)
     try:
-        for a, k in plan(approaches, opts):
+        for a, k in todo:
             loc = root / (f"{a.name}-w{opts.world_size}" if sharded else a.name)
             log.add(measure_approach(a, source, expected, loc, k, run_id, opts))
             if not (opts.keep and k == opts.repeats):  # one checkpoint at a time; keep: the last

@@ -263,3 +263,35 @@ def scaling(table, title: str = ""):
     fig.suptitle((title + "  " if title else "") + "(median of repeats)", fontsize=10)
     fig.tight_layout()
     return fig
+
+
+_VERDICT_COLORS = {"holds": "tab:green", "does not hold": "tab:red", "inconclusive": "tab:gray"}
+
+
+def intervals(recs: list[dict], title: str = ""):
+    """Each claim's comparisons: the ratio of medians (a point) with its
+    bootstrap interval (a bar), coloured by its verdict, against the
+    thresholds it is judged by (ticks: 1, a claimed size's weakest ratio, a
+    band's edges); log scale, one line per comparison."""
+    if not recs:
+        return empty("no comparison could be made: an approach of every claim is missing")
+    df = pd.DataFrame(recs)
+    df["label"] = [f"{r.claim}{' (' + r.weights + ')' if r.weights else ''} {r.comparison}" for r in df.itertuples()]
+    fig, ax = plt.subplots(figsize=(9, 0.32 * len(df) + 1.2))
+    y = range(len(df))
+    for i, r in zip(y, df.itertuples()):
+        color = _VERDICT_COLORS.get(r.verdict, "black")
+        ax.plot([r.lo, r.hi], [i, i], color=color, lw=3, solid_capstyle="butt")
+        ax.plot([r.ratio], [i], "o", color=color, ms=4)
+        for t in r.thresholds:
+            ax.plot([t, t], [i - 0.4, i + 0.4], color="black", lw=1)
+    ax.axvline(1.0, color="black", lw=0.5, ls=":")
+    ax.set_xscale("log")
+    ax.set_yticks(list(y), df["label"])
+    ax.invert_yaxis()
+    ax.set_xlabel("ratio of medians a / b (log scale), with its bootstrap interval; ticks: the thresholds")
+    handles = [plt.Line2D([], [], color=c, lw=3, label=v) for v, c in _VERDICT_COLORS.items()]
+    ax.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False)
+    ax.set_title(title, pad=24)
+    fig.tight_layout()
+    return fig

@@ -382,8 +382,9 @@ def intervals(claim: Claim, samples: dict, weights: str = "") -> list[dict]:
     for c in claim.checks:
         pairs = ([(c.a, b) for b in samples if b != c.a and (c.among is None or b in c.among)]
                  if isinstance(c, Best) else [(c.a, c.b)])
-        verdict, _ = c.judge(samples)
+        check_verdict, _ = c.judge(samples)
         for a, b in pairs:
+            verdict = check_verdict
             p = _compare(samples, a, b, c.metric)
             if isinstance(p, str):
                 continue
@@ -394,6 +395,8 @@ def intervals(claim: Claim, samples: dict, weights: str = "") -> list[dict]:
             band = c.tol if isinstance(c, Same) else getattr(c, "max_pct", None)
             if band is not None:
                 lines += [1 - band / 100, 1 + band / 100]
+            if isinstance(c, Best):  # each contender on its own: a below it, above it, or not told apart
+                verdict = HOLDS if p.hi < 1 else FAILS if p.lo > 1 else UNSURE
             out.append({"claim": claim.number, "weights": weights, "comparison": f"{c.metric}: {a} / {b}",
                         "ratio": p.r, "lo": p.lo, "hi": p.hi, "n": f"{p.na}/{p.nb}", "thresholds": lines,
                         "verdict": verdict})

@@ -13,11 +13,12 @@ import pandas as pd
 from ..errors import UserError
 from ..registry import names
 from ..results import change, comparison_table, fmt_bytes, is_valid, read_results, summarize
-from ..suite.phases import PHASES, cloud_rows, latest_run, run_dir, run_results
+from ..suite.phases import PHASES, cloud_rows, latest_run, phase_complete, run_dir, run_results, shared_rows
 from . import charts as plots
 from . import tables as report
 from . import training as train_report
-from .claims import GUIDE_EIGHT, GUIDE_FIGURES, HOLDS, FAILS, UNSURE, judge_claims, judge_cloud
+from .claims import (GUIDE_EIGHT, GUIDE_FIGURES, HOLDS, FAILS, OTHER_WEIGHTS_CLAIMS, UNSURE, judge_both,
+                     judge_cloud)
 
 CHART_NAME = "8way_performance_comparison.png"
 
@@ -33,6 +34,7 @@ class Summary:
     warnings: list[str]
     cloud: list[dict] = field(default_factory=list)  # 4e's rows on S3 (every delay)
     training: list[dict] = field(default_factory=list)  # 07's checkpoints inside the training loop
+    other: list[dict] = field(default_factory=list)  # rows on the preset's other weights (claims 3 and 4)
 
     @property
     def guide_rows(self) -> list[dict]:
@@ -51,6 +53,11 @@ class Summary:
                  f"{len(self.rows)} measurement rows, {sum(is_valid(r) for r in self.rows)} valid"
                  + (f"; {len(self.training)} checkpoints inside the training loop, "
                     f"{sum(bool(r.get('verified')) for r in self.training)} verified." if self.training else ".")]
+        if self.rows:
+            other = {r["weights"] for r in self.other if r.get("weights")}
+            lines.append(f"- model `{self.model}`, **{self.weights or 'unrecorded'} weights**"
+                         + (f"; the compression and float16 claims also on {', '.join(sorted(other))} weights "
+                            f"({len(self.other)} rows)" if other else "") + ".")
         for p in PHASES.values():
             state = ("complete" if self.complete.get(p.slug) else
                      "**incomplete** (interrupted: its rows are shown but the phase should be run again)"
@@ -98,11 +105,47 @@ class Summary:
             figs.append(fig)
         return figs
 
+    @property
+    def model(self) -> str:
+        return self.rows[0]["model"] if self.rows else ""
+
+    @property
+    def weights(self) -> str:
+        return self.rows[0].get("weights") or "" if self.rows else ""
+
     def claims(self) -> list[dict]:
-        return judge_claims(self.guide_rows) + [judge_cloud(self.cloud)]
+        """Every claim on this run's weights, claims 3 and 4 again on the
+        other weights where the run measured them, and claim 9 on S3; each
+        with the weights it was judged on and how often it held in earlier
+        runs of the same commit and model."""
+        out = claims_on(self.guide_rows, self.cloud, self.other)
+        earlier = self.earlier_runs()
+        for c in out:
+            past = [v for v in (e.get((c["claim"], c["weights"])) for e in earlier.values()) if v]
+            c["earlier runs"] = f"held in {sum(v == HOLDS for v in past)} of {len(past)}" if past else "none"
+        return out
+
+    def earlier_runs(self) -> dict[str, dict[tuple, str]]:
+        """Each earlier run in OUT of the same git commit and model: its verdict per (claim, weights)."""
+        commit = next((e.get("git_commit") for e in self.envs if e.get("git_commit")), None)
+        out = {}
+        runs = Path(self.out_dir) / "runs"
+        for rid in sorted(p.name for p in runs.iterdir() if p.is_dir()) if runs.is_dir() and commit else []:
+            if rid >= self.run_id:
+                continue
+            try:
+                other = load(self.out_dir, rid)
+            except UserError:
+                continue
+            if other.model != self.model or commit not in {e.get("git_commit") for e in other.envs}:
+                continue
+            out[rid] = {(c["claim"], c["weights"]): c["verdict"]
+                        for c in claims_on(other.guide_rows, other.cloud, other.other)}
+        return out
 
     def claims_table(self) -> pd.DataFrame:
-        return pd.DataFrame(self.claims()).set_index("claim").rename(
+        cols = ["claim", "weights", "verdict", "repeats", "earlier runs", "text", "measured", "dtypes", "guide"]
+        return pd.DataFrame(self.claims())[cols].set_index(["claim", "weights"]).rename(
             columns={"dtypes": "stored dtypes differ", "guide": "guide's figures"})
 
     def claims_view(self):
@@ -233,9 +276,14 @@ class Summary:
         if not summ:
             return "No valid measurement of the guide's approaches in this run."
         claims = self.claims()
-        count = {v: [str(c["claim"]) for c in claims if c["verdict"] == v] for v in (HOLDS, FAILS, UNSURE)}
-        out = [f"Of the guide's {len(claims)} claims, on this run: holds: {', '.join(count[HOLDS]) or 'none'}; "
-               f"does not hold: {', '.join(count[FAILS]) or 'none'}; inconclusive: {', '.join(count[UNSURE]) or 'none'}."]
+        def label(c):
+            return str(c["claim"]) + (f" (on {c['weights']} weights)" if c["weights"] not in (self.weights, "-")
+                                      else "")
+        count = {v: [label(c) for c in claims if c["verdict"] == v] for v in (HOLDS, FAILS, UNSURE)}
+        out = [f"Of the guide's {len({c['claim'] for c in claims})} claims, on this run ({self.weights} weights; "
+               f"{', '.join(map(str, OTHER_WEIGHTS_CLAIMS))} also on the other kind where measured): "
+               f"holds: {', '.join(count[HOLDS]) or 'none'}; does not hold: {', '.join(count[FAILS]) or 'none'}; "
+               f"inconclusive: {', '.join(count[UNSURE]) or 'none'}."]
         for key, what in (("save_s", "save"), ("load_s", "cold load"), ("bytes_on_disk", "size")):
             ranked = sorted(summ, key=lambda n: summ[n][key].median)
             show = (lambda v: fmt_bytes(v)) if key == "bytes_on_disk" else (lambda v: f"{v:.3g} s")
@@ -271,6 +319,12 @@ class Summary:
         return "\n".join(out)
 
 
+def claims_on(rows: list[dict], cloud: list[dict], other: list[dict]) -> list[dict]:
+    """The claims on ``rows`` and ``other`` (:func:`claims.judge_both`), and claim 9 on ``cloud``."""
+    cloud_weights = (cloud[0].get("weights") or "-") if cloud else "-"
+    return judge_both(rows, other) + [dict(judge_cloud(cloud), weights=cloud_weights)]
+
+
 def load(out_dir: str | Path, run_id: str = "") -> Summary:
     run_id = run_id or latest_run(out_dir)
     if not run_id:
@@ -279,9 +333,19 @@ def load(out_dir: str | Path, run_id: str = "") -> Summary:
     if not files:
         raise UserError(f"run {run_id}: no results in {run_dir(out_dir, run_id) / 'results'}")
     by_phase, complete = {}, {}
+    # the run's weights: its phases' first environment records (4c and 4d add the other kind after)
+    firsts = [read_results([f]).environments[:1] for f in files]
+    models = [e[0]["model"] for e in firsts if e and e[0].get("model")]
+    model = max(set(models), key=models.count) if models else None
     for f in files:
         one = read_results([f])
-        by_phase[f.stem] = one.measurements
-        complete[f.stem] = any(e.get("complete", True) for e in one.ends)
-    return Summary(Path(out_dir), run_id, loaded.measurements, loaded.environments, by_phase, complete,
-                   loaded.warnings, cloud_rows(out_dir, run_id), loaded.training)
+        by_phase[f.stem] = [r for r in one.measurements if r["model"] == model]
+        complete[f.stem] = phase_complete(out_dir, run_id, f.stem)
+    rows = [r for r in loaded.measurements if r["model"] == model]
+    other = [r for r in loaded.measurements if r["model"] != model and not r.get("world_size")]
+    for p in PHASES.values():  # a phase's rows include the configurations it shared with other phases
+        if p.slug in by_phase and not (p.training or p.sharded or p.adaptive):
+            shared = shared_rows(out_dir, run_id, p.slug, p.approaches(), model)
+            by_phase[p.slug] += [r for rs in shared.values() for r in rs]
+    return Summary(Path(out_dir), run_id, rows, loaded.environments, by_phase, complete,
+                   loaded.warnings, cloud_rows(out_dir, run_id), loaded.training, other)

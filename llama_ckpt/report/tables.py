@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ..results import Stat, change, fmt_bytes, is_valid, summarize
+from ..results import Stat, change, fmt_bytes, is_valid, spread, summarize
 from ..store.s3 import request_total
 from ..registry import APPROACHES
 from ..suite.phases import CLOUD_LOADER_PAIRS, CLOUD_PAIRS
@@ -142,11 +142,17 @@ def sweep_sentence(rows: list[dict], axis: str) -> str:
 
 
 def claim_lines(rows: list[dict], numbers: tuple[int, ...]) -> list[str]:
+    """The claims on this phase's rows (08-claims judges them on every row of the run, with more repeats where
+    they are undecided: its verdict is the run's)."""
     out = []
+    weights = next((r.get("weights") for r in rows if r.get("weights")), None)
     for c in judge_claims(rows, numbers):
         flag = f" Note, stored dtypes differ: {c['dtypes']}." if c["dtypes"] else ""
-        out.append(f"- Guide claim {c['claim']}: *{c['text']}* **{c['verdict']}**: {c['measured']}."
-                   f" (Guide's figures: {c['guide']}.){flag}")
+        out.append(f"- Guide claim {c['claim']}{f' on the {weights} weights' if weights else ''}: *{c['text']}* "
+                   f"**{c['verdict']}** on this phase's rows: {c['measured']}. (Guide's figures: {c['guide']}.){flag}")
+    if out:
+        out.append("- The run's verdict on each claim, on every row of the run with repeats added where undecided, "
+                   "is in `08-claims`.")
     return out
 
 
@@ -168,7 +174,10 @@ def memory_table(rows: list[dict]) -> pd.DataFrame:
     as a multiple of the model's float32 bytes, split into the anonymous part
     (memory that must fit) and the file-backed part (mapped pages the kernel
     can drop). Peaks are the process's, so they include the source copy
-    during a save and the loaded copy during a load."""
+    during a save and the loaded copy during a load; ``above`` is the peak
+    above the process's resident memory when the step began (GB, median), and
+    its spread across the repeats ((max - min) / median, %): the same
+    approach should need the same memory every repeat."""
     summ = summarize(rows)
     model = {r["approach"]: 4 * r["n_params"] for r in rows if is_valid(r) and r.get("n_params")}
     recs = []
@@ -180,6 +189,9 @@ def memory_table(rows: list[dict]) -> pd.DataFrame:
                 st = s[f"peak_{part}{step}"]
                 rec[f"{step}_{col}_x"] = st.median / m if st and m else None
             rec[f"{step}_peak_GB"] = s[f"peak_{step}"].median / 1e9 if s[f"peak_{step}"] else None
+            up = s[f"above_{step}"]
+            rec[f"{step}_above_GB"] = up.median / 1e9 if up else None
+            rec[f"{step}_above_spread_%"] = spread(up)
         recs.append(rec)
     return pd.DataFrame(recs).set_index("approach") if recs else pd.DataFrame()
 
@@ -281,23 +293,36 @@ def io_findings(rows: list[dict], pairs: tuple[tuple[str, str], ...], best: str 
     return "\n".join(out)
 
 
-def findings(rows: list[dict], phase, baseline: str = "tensorstore") -> str:
+def findings(rows: list[dict], phase, baseline: str = "tensorstore", other: list[dict] | None = None) -> str:
     """Markdown findings of one phase (a :class:`llama_ckpt.suite.phases.Phase`),
-    computed from its rows."""
+    computed from its rows (and ``other``: its rows on the preset's other weights)."""
     pairs, axis, claims = phase.comparisons(baseline), phase.axis, phase.claims
     valid = [r for r in rows if is_valid(r)]
     bad = [r for r in rows if r.get("record") == "measurement" and not is_valid(r)]
     if not valid:
         return "No valid measurement: nothing to conclude."
     summ = summarize(valid)
-    lines = [f"Measured on **{valid[0]['model']}** ({valid[0]['n_tensors']} tensors), "
+    lines = [f"Measured on **{valid[0]['model']}** ({valid[0]['n_tensors']} tensors, "
+             f"{valid[0].get('weights') or 'unrecorded'} weights), "
              f"{max(s['n'] for s in summ.values())} repeat(s), run `{valid[0]['run_id']}`; "
              "ratios are medians of this run."]
+    shared: dict[str, list[str]] = {}
+    for r in valid:
+        if r.get("phase") and r["phase"] != phase.slug and r["phase"] not in shared.get(r["approach"], []):
+            shared.setdefault(r["approach"], []).append(r["phase"])
+    if shared:
+        lines.append("- Measured once in this run and shared (a configuration is measured once per run): "
+                     + "; ".join(f"{n} by {', '.join(ps)}" for n, ps in shared.items()) + ".")
     for a, b in pairs:
         lines.append(versus(summ, a, b))
     if axis:
         lines.append(sweep_sentence(valid, axis))
     lines += claim_lines(valid, claims)
+    if other and any(is_valid(r) for r in other):
+        o = [r for r in other if is_valid(r)]
+        lines.append(f"- On the {o[0].get('weights')} weights ({o[0]['model']}):")
+        lines += ["  " + ln for ln in [versus(summarize(o), a, b) for a, b in pairs if a in summarize(o)]
+                  + claim_lines(o, claims)[:-1]]
     for r in bad:
         lines.append(f"- Not counted: {r['approach']} repeat {r['repeat']}: {r.get('error') or 'did not verify'}.")
     return "\n".join(lines)

@@ -9,7 +9,9 @@ run id, so the summary's ratios come from one run.
 
 from __future__ import annotations
 
+import json
 import shutil
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -19,9 +21,10 @@ from .. import fsutil
 from ..bench import cluster, measure, training
 from ..errors import UserError
 from ..formats.base import Format
-from ..model import get_model
+from ..model import PUBLISHED_DTYPE, ModelSource, PresetModel, get_model, model_name
 from ..registry import APPROACHES, TRAINING, names, sweep, variant
-from ..results import read_results
+from ..report.claims import CLAIMS, sample_sets, undecided_approaches
+from ..results import is_valid, read_results
 from ..store import Target
 from ..store import server as s3_server
 
@@ -47,12 +50,16 @@ class Phase:
     about: str = ""  # the header's closing paragraph (default: the protocol)
     sharded: bool = False  # measures the sharded approaches (run_distributed), not ``approaches()``
     training: bool = False  # checkpoints inside a training loop (run_training_phase): registry.TRAINING's savers
+    both_weights: tuple[str, ...] = ()  # measured again on the preset's other weights (full float32 / float16-origin)
+    adaptive: bool = False  # the claims' phase (run_claims_phase): more repeats of what leaves a claim undecided
 
     def header(self) -> str:
         """The notebook's header cell, generated from this definition (a test
         keeps the notebooks in step: ``python -m llama_ckpt.suite.phases headers``)."""
         if self.training:
             apps = ", ".join(f"`{n}`" for n in TRAINING)
+        elif self.adaptive:
+            apps = ", ".join(f"`{n}`" for n in names(tag="guide")) + " (those a claim needs)"
         elif not self.sharded:
             apps = ", ".join(f"`{a.name}`" for a in self.approaches())
         else:
@@ -64,6 +71,8 @@ class Phase:
         """The formats the phase writes (for the training phase, its savers' formats)."""
         if self.training:
             return list({s.fmt.name: s.fmt for s in TRAINING.values()}.values())
+        if self.adaptive:
+            return [APPROACHES[n] for n in names(tag="guide")]
         out = {a.name: a for a in [APPROACHES[n] for n in self.guide] + self.extra()}
         return list(out.values())
 
@@ -71,6 +80,8 @@ class Phase:
         """What the phase measures, for progress lines."""
         if self.training:
             return f"{len(TRAINING)} savers inside a training loop"
+        if self.adaptive:
+            return f"more repeats of what leaves a claim undecided, up to {CLAIMS_CAP}"
         if not self.sharded:
             return f"{len(self.approaches())} approaches"
         return f"{len(names(sharded=True))} sharded approaches x {self.n_runs} rank configurations"
@@ -95,6 +106,21 @@ SHARDED_PROTOCOL = (
     "this machine act as two nodes of two ranks each (c10d rendezvous on loopback), every rank a "
     "`python -m llama_ckpt run` of its own; on one machine both \"nodes\" share its cores and disk, so it shows the "
     "launcher's path and overhead, not a second node's bandwidth.")
+
+CLAIMS_CAP = 12  # the most repeats 08 gives an approach for a claim
+CLAIMS_STEP = 2  # repeats added per round to each approach that leaves a claim undecided
+CLAIMS_BUDGET_S = 900  # no new round starts after the phase has measured this long (the run-all's time bound)
+CLAIMS_PROTOCOL = (
+    "Protocol (`llama_ckpt.suite.phases.run_claims_phase`): every claim of the guide is judged on every row this "
+    "run has of the approaches it compares (each configuration is measured once per run and shared by the phases "
+    "that need it), by the rule below. While a claim is undecided, the approaches whose comparisons leave it "
+    "undecided (both sides of an undecided comparison; for \"fastest\", the winner and the contenders it cannot "
+    "be told apart from) get more repeats, interleaved with each other, a round at a time, until every claim is "
+    f"decided or they reach {CLAIMS_CAP} repeats; then \"inconclusive\" means the interval still straddles the "
+    "threshold with that many repeats. The compression and float16 claims (3 and 4) are judged on both kinds of "
+    "weights: float16-origin (the default: the preset's values rounded to float16, as a float32 copy of the "
+    "published model holds them) and full float32 mantissas. Each save and load is timed as in every phase "
+    "(durable saves, cold loads, every load verified).")
 
 TRAINING_PROTOCOL = (
     "Protocol (`llama_ckpt.bench.training`): the preset's LLaMA is trained on the CPU (transformers, AdamW, forward "
@@ -160,14 +186,16 @@ PHASES: dict[str, Phase] = {p.id: p for p in [
           "compressor (none -> gzip)",
           "save and load time, compression ratio overall and by tensor kind",
           ("tensorstore", "ts+compression"),
-          lambda: sweep("ts+chunks", compression=[None, "gzip", "gzip:9", "zstd", "blosc-lz4"]), "compression", (3,)),
+          lambda: sweep("ts+chunks", compression=[None, "gzip", "gzip:9", "zstd", "blosc-lz4"]), "compression", (3,),
+          n_runs=2, both_weights=("tensorstore", "ts+compression")),
     Phase("4d", "4d-float16", "Smaller dtype",
           "Does a smaller dtype help? float16 against float32, plus bfloat16.",
           "stored dtype (float32 -> float16; bfloat16 as a sweep point)",
           "save and load time, size, and the precision cost by tensor kind: max abs/rel error, overflow to inf, "
           "flush to zero",
           ("tensorstore", "ts+float16"),
-          lambda: sweep("tensorstore", dtype=["float32", "float16", "bfloat16"]), "dtype", (4,)),
+          lambda: sweep("tensorstore", dtype=["float32", "float16", "bfloat16"]), "dtype", (4,),
+          n_runs=2, both_weights=("tensorstore", "ts+float16")),
     Phase("4e", "4e-ocdbt", "OCDBT",
           "Is OCDBT better than the plain file driver?",
           "kvstore (file -> OCDBT over file)",
@@ -212,6 +240,13 @@ PHASES: dict[str, Phase] = {p.id: p for p in [
           "blocking time, time until durable, step time with and without a save in flight (slowdown), the "
           "checkpoint's cost to the loop and its share of the wall time, extra peak memory, cold load time",
           (), about=TRAINING_PROTOCOL, training=True),
+    Phase("08", "08-claims", "The guide's claims, decided",
+          "Which of the guide's claims hold in this run, by a stated statistical rule, with enough repeats to "
+          "decide?",
+          "repeats: the approaches a claim still cannot decide get more interleaved repeats, a round at a time, "
+          "up to a cap",
+          "each claim's verdict, the ratio of medians with its bootstrap interval, the repeats each verdict rests on",
+          (), about=CLAIMS_PROTOCOL, adaptive=True),
 ]}
 # 06's configurations: (ranks saving, ranks loading)
 DIST_CONFIGS = ((1, 1), (2, 2), (4, 4), (2, 3), (4, 2))
@@ -242,10 +277,16 @@ def results_path(out_dir: str | Path, run_id: str, slug: str) -> Path:
 
 
 def phase_complete(out_dir: str | Path, run_id: str, slug: str) -> bool:
-    """A phase's results are complete when its file ends with an ``end`` record."""
+    """A phase's results are complete when its file ends with an ``end`` record
+    (one per configuration; the claims' phase: its own, after its last round)."""
     p = results_path(out_dir, run_id, slug)
-    need = next((ph.n_runs for ph in PHASES.values() if ph.slug == slug), 1)
-    return p.is_file() and sum(bool(e.get("complete", True)) for e in read_results([p]).ends) >= need
+    ph = next((ph for ph in PHASES.values() if ph.slug == slug), None)
+    if not p.is_file():
+        return False
+    ends = read_results([p]).ends
+    if ph is not None and ph.adaptive:
+        return any(e.get("claims_final") for e in ends)
+    return sum(bool(e.get("complete", True)) for e in ends) >= (ph.n_runs if ph else 1)
 
 
 @dataclass
@@ -253,9 +294,45 @@ class PhaseResult:
     phase: Phase
     run_id: str
     results_path: Path
-    rows: list[dict]
+    rows: list[dict]  # the phase's rows on the run's weights: its own and those shared from other phases
     env: dict
     reused: bool  # complete results of this run were found and not measured again
+    other: list[dict] = field(default_factory=list)  # ``both_weights`` rows on the preset's other weights
+
+
+def _key(a: Format | dict) -> tuple:
+    knobs = a.knobs() if isinstance(a, Format) else a.get("knobs")
+    return (a.name if isinstance(a, Format) else a["approach"], json.dumps(knobs, sort_keys=True, default=str))
+
+
+def shared_rows(out_dir, run_id: str, slug: str, approaches: list[Format], model: str) -> dict[str, list[dict]]:
+    """The valid rows other phases of this run measured of ``approaches`` (the
+    same name and knobs) on the same model and weights, on this machine's
+    disk, by one process: a configuration is measured once per run, and every
+    phase that needs it shares its rows (each row names the phase that measured it)."""
+    files = [f for f in sorted((run_dir(out_dir, run_id) / "results").glob("*.jsonl")) if f.stem != slug]
+    want = {_key(a) for a in approaches}
+    out: dict[str, list[dict]] = {}
+    for r in read_results(files).measurements if files else []:
+        if is_valid(r) and r["model"] == model and not r.get("world_size") and _key(r) in want:
+            out.setdefault(r["approach"], []).append(r)
+    return out
+
+
+def other_weights(source) -> ModelSource | None:
+    """The preset with its other weights (float32 for float16-origin, float16-origin for float32); None for
+    real weights (MODEL_PATH)."""
+    if not isinstance(source, PresetModel):
+        return None
+    return PresetModel(model_name(source.preset, PUBLISHED_DTYPE if source.origin == "float32" else "float32"),
+                       seed=source.seed)
+
+
+def _split(rows: list[dict], model: str, approaches: list[Format]) -> list[dict]:
+    """``rows`` of ``model``, in the phase's order of approaches, then by repeat."""
+    rank = {a.name: i for i, a in enumerate(approaches)}
+    return sorted((r for r in rows if r["model"] == model), key=lambda r: (rank.get(r["approach"], len(rank)),
+                                                                             r.get("repeat") or 0))
 
 
 def _reuse_or_set_aside(phase: Phase, out_dir, run_id: str, rpath: Path, say) -> PhaseResult | None:
@@ -265,7 +342,17 @@ def _reuse_or_set_aside(phase: Phase, out_dir, run_id: str, rpath: Path, say) ->
     if phase_complete(out_dir, run_id, phase.slug):
         loaded = read_results([rpath])
         say(f"phase {phase.slug}: complete results of run {run_id} found in {rpath}; not measured again")
-        return PhaseResult(phase, run_id, rpath, loaded.measurements + loaded.training, loaded.environments[-1], True)
+        env = loaded.environments[0] if loaded.environments else {}
+        if phase.training or phase.sharded or phase.adaptive:
+            return PhaseResult(phase, run_id, rpath, loaded.measurements + loaded.training, env, True)
+        apps = phase.approaches()
+
+        def rows_of(model: str) -> list[dict]:
+            shared = shared_rows(out_dir, run_id, phase.slug, apps, model)
+            return _split(loaded.measurements + [r for rs in shared.values() for r in rs], model, apps)
+        others = [e["model"] for e in loaded.environments if e["model"] != env["model"]]
+        return PhaseResult(phase, run_id, rpath, rows_of(env["model"]), env, True,
+                           rows_of(others[0]) if others else [])
     if rpath.exists():
         aside = rpath.with_name(rpath.name + f".incomplete-{datetime.now():%Y%m%d-%H%M%S}")
         shutil.move(rpath, aside)
@@ -292,13 +379,128 @@ def run_phase(phase_id: str, model: str = "small", model_path: str = "", repeats
     if done is not None:
         return done
     source = get_model(model or None, model_path or None)
+    apps = phase.approaches()
+    env, rows = _measure_shared(phase, apps, source, repeats, out_dir, run_id, rdir, rpath, keep, progress, say)
+    other, other_rows = other_weights(source) if phase.both_weights else None, []
+    if other is not None:
+        say(f"{', '.join(phase.both_weights)} again on the {other.weights} weights ({other.name}), "
+            f"for the claims {', '.join(map(str, phase.claims))} on both kinds of weights")
+        _e, other_rows = _measure_shared(phase, [APPROACHES[n] for n in phase.both_weights], other, repeats, out_dir,
+                                         run_id, rdir, rpath, keep, progress, say, reference=False)
+    elif phase.both_weights:  # real weights: there is no other kind; the end record says so
+        measure.RunLog(rpath, run_id, 0, lambda r: None).end(True, skipped="real weights (MODEL_PATH): one kind only")
+    return PhaseResult(phase, run_id, rpath, _split(rows, source.name, apps), env, False,
+                       _split(other_rows, other.name, apps) if other is not None else [])
+
+
+def _measure_shared(phase: Phase, apps: list[Format], source, repeats: int, out_dir, run_id: str, rdir: Path,
+                    rpath: Path, keep: bool, progress, say, reference: bool = True) -> tuple[dict, list[dict]]:
+    """``apps`` on ``source`` to ``repeats`` valid repeats each, counting the
+    rows other phases of the run measured of the same configuration: the
+    phase measures only what is missing. Returns the environment and every
+    row (measured here and shared)."""
+    shared = shared_rows(out_dir, run_id, phase.slug, apps, source.name)
+    for n, rs in shared.items():
+        by = ", ".join(dict.fromkeys(r.get("phase") or "?" for r in rs))
+        say(f"{n}: {len(rs)} repeat(s) measured in this run by {by}, shared"
+            + (f"; {repeats - len(rs)} more measured here" if len(rs) < repeats else ""))
     opts = measure.Options(out=rdir, repeats=repeats, keep=keep, results=rpath, run_id=run_id, progress=progress,
-                           checkpoints=rdir / "checkpoints" / phase.slug, lock=Path(out_dir or DEFAULT_OUT))
-    env, rows = measure.run(phase.approaches(), source, opts, say=say,
+                           checkpoints=rdir / "checkpoints" / phase.slug, lock=Path(out_dir or DEFAULT_OUT),
+                           disk_reference=reference, phase=phase.slug, done={n: len(rs) for n, rs in shared.items()})
+    env, rows = measure.run(apps, source, opts, say=say,
                             on_row=lambda r: say(f"  {r['approach']} #{r['repeat']}: "
                                                  + ("ERROR " + r["error"] if r["error"] else
                                                     f"save {r['save_s']:.2f} s, load {r['load_s']:.2f} s")))
-    return PhaseResult(phase, run_id, rpath, rows, env, False)
+    return env, rows + [r for rs in shared.values() for r in rs]
+
+
+@dataclass
+class ClaimsResult:
+    phase: Phase
+    run_id: str
+    results_path: Path
+    rows: list[dict]  # every row this run has of the guide's approaches, on the run's weights
+    other: list[dict]  # ... on the preset's other weights (claims 3 and 4 are judged on both)
+    rounds: list[dict]  # one per round of added repeats: what it measured and why
+    reused: bool
+    model: str = ""
+    other_model: str = ""
+    stopped: str | None = None  # why rounds stopped before every claim was decided or at the cap
+
+
+def guide_rows(out_dir, run_id: str, model: str) -> list[dict]:
+    """Every row of this run of the guide's approaches on ``model``, on this machine's disk, by one process."""
+    guide = set(names(tag="guide"))
+    loaded, _files = run_results(out_dir, run_id)
+    return [r for r in loaded.measurements
+            if r["model"] == model and r["approach"] in guide and not r.get("world_size")]
+
+
+def undecided(rows: list[dict], numbers: tuple[int, ...] | None = None) -> dict[str, tuple[int, ...]]:
+    """The approaches whose repeats leave a claim undecided on ``rows``, each with those claims."""
+    samples = sample_sets(rows)
+    out: dict[str, tuple[int, ...]] = {}
+    for c in CLAIMS:
+        if numbers is None or c.number in numbers:
+            for n in undecided_approaches(c, samples):
+                out[n] = out.get(n, ()) + (c.number,)
+    return out
+
+
+def run_claims_phase(phase_id: str = "08", model: str = "small", model_path: str = "", repeats: int = 1,
+                     out_dir: str | Path = "", run_id: str = "", cap: int = CLAIMS_CAP, step: int = CLAIMS_STEP,
+                     budget_s: float = CLAIMS_BUDGET_S, progress: bool | None = None, say=print) -> ClaimsResult:
+    """Judge the guide's claims on this run's rows; while one is undecided,
+    measure ``step`` more interleaved repeats of the approaches that leave it
+    undecided (never beyond ``cap`` of any; no round starts after
+    ``budget_s`` seconds), and judge again. Claims 3 and 4 are judged, and
+    given repeats, on both kinds of weights."""
+    phase, run_id, rdir, rpath, done = _begin(phase_id, out_dir, run_id, say)
+    source = get_model(model or None, model_path or None)
+    other = other_weights(source)
+    kinds = [(source, None)] + ([(other, (3, 4))] if other is not None else [])
+    if done is not None:
+        final = next(e for e in read_results([rpath]).ends if e.get("claims_final"))
+        return ClaimsResult(phase, run_id, rpath, guide_rows(out_dir, run_id, source.name),
+                            guide_rows(out_dir, run_id, other.name) if other else [], final["rounds"], True,
+                            source.name, other.name if other else "", final.get("stopped"))
+    if cap < 1 or step < 1:
+        raise UserError(f"the claims' cap and step must be at least 1, got {cap} and {step}")
+    rounds, t0, stopped = [], time.perf_counter(), None
+    for k in range(1, 1 + -(-cap // step) + 1):
+        todo = []  # (source, approach names, their counts)
+        for src, numbers in kinds:
+            rows = guide_rows(out_dir, run_id, src.name)
+            counts = {n: sum(r["approach"] == n and is_valid(r) for r in rows) for n in names(tag="guide")}
+            need = {n: cl for n, cl in undecided(rows, numbers).items() if counts[n] < cap}
+            if need:
+                todo.append((src, need, counts))
+        if not todo:
+            break
+        if time.perf_counter() - t0 > budget_s:
+            stopped = f"the phase's time budget ({budget_s:.0f} s) was spent before round {k}"
+            say(f"stopped: {stopped}; the claims still undecided stay inconclusive at their repeats")
+            break
+        for src, need, counts in todo:
+            target = min(cap, max(counts[n] for n in need) + step)
+            say(f"round {k} on {src.name} ({src.weights} weights): "
+                + "; ".join(f"{n} (claims {', '.join(map(str, cl))}) {counts[n]} -> {target}"
+                            for n, cl in need.items()))
+            opts = measure.Options(out=rdir, repeats=target, results=rpath, run_id=run_id, progress=progress,
+                                   checkpoints=rdir / "checkpoints" / phase.slug, lock=Path(out_dir or DEFAULT_OUT),
+                                   disk_reference=False, phase=phase.slug, done={n: counts[n] for n in need})
+            measure.run([APPROACHES[n] for n in need], src, opts, say=say,
+                        on_row=lambda r: say(f"  {r['approach']} #{r['repeat']}: "
+                                             + ("ERROR " + r["error"] if r["error"] else
+                                                f"save {r['save_s']:.2f} s, load {r['load_s']:.2f} s")))
+            rounds.append({"round": k, "model": src.name, "weights": src.weights, "target": target,
+                           "approaches": {n: list(cl) for n, cl in need.items()},
+                           "added": sum(target - counts[n] for n in need)})
+    measure.RunLog(rpath, run_id, 0, lambda r: None).end(True, claims_final=True, rounds=rounds, stopped=stopped,
+                                                          seconds=round(time.perf_counter() - t0, 1))
+    return ClaimsResult(phase, run_id, rpath, guide_rows(out_dir, run_id, source.name),
+                        guide_rows(out_dir, run_id, other.name) if other else [], rounds, False, source.name,
+                        other.name if other else "", stopped)
 
 
 def run_training_phase(phase_id: str = "07", model: str = "small", repeats: int = 1, out_dir: str | Path = "",
