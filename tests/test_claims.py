@@ -206,3 +206,6 @@ def test_undecided_best_names_only_the_contenders_it_cannot_separate_from():
     assert claim_.judge(s)["verdict"] == UNSURE
     # tensorstore is clearly slower: more repeats of it decide nothing
     assert undecided_approaches(claim_, s) == ("pytorch", "t5x")
+    # an approach the claim compares that was not measured at all is undecided too: measuring it can decide it
+    missing = Claim(0, "pytorch is fastest", [Best("pytorch", "save", ("pytorch", "t5x", "tensorstore", "ts+ocdbt"))])
+    assert undecided_approaches(missing, s) == ("ts+ocdbt", "pytorch", "t5x")

@@ -356,11 +356,12 @@ CLAIMS = [
 
 
 def undecided_approaches(claim: Claim, samples: dict) -> tuple[str, ...]:
-    """The measured approaches whose comparisons leave ``claim`` undecided on
-    these samples: both sides of an inconclusive ``Check`` or ``Same``; for an
-    inconclusive ``Best``, the winner and the contenders its interval cannot
-    separate from. More repeats of these, and only these, can decide it."""
-    out: list[str] = []
+    """The approaches whose comparisons leave ``claim`` undecided on these
+    samples: those it compares that were not measured at all; both sides of
+    an inconclusive ``Check`` or ``Same``; for an inconclusive ``Best``, the
+    winner and the contenders its interval cannot separate from. More
+    repeats of these, and only these, can decide it."""
+    out: list[str] = [n for n in claim.approaches() if n not in samples]
     for c in claim.checks:
         verdict, _ = c.judge(samples)
         if verdict != UNSURE:
@@ -371,7 +372,7 @@ def undecided_approaches(claim: Claim, samples: dict) -> tuple[str, ...]:
             out += [c.a] + [p.b for p in ps if p.lo <= 1 <= p.hi]
         else:
             out += [c.a, c.b]
-    return tuple(n for n in dict.fromkeys(out) if n in samples)
+    return tuple(dict.fromkeys(out))
 
 
 def intervals(claim: Claim, samples: dict, weights: str = "") -> list[dict]:

@@ -23,7 +23,7 @@ from ..errors import UserError
 from ..formats.base import Format
 from ..model import PUBLISHED_DTYPE, ModelSource, PresetModel, get_model, model_name
 from ..registry import APPROACHES, TRAINING, names, sweep, variant
-from ..report.claims import CLAIMS, sample_sets, undecided_approaches
+from ..report.claims import CLAIMS, MIN_REPEATS, sample_sets, undecided_approaches
 from ..results import is_valid, read_results
 from ..store import Target
 from ..store import server as s3_server
@@ -472,6 +472,7 @@ def run_claims_phase(phase_id: str = "08", model: str = "small", model_path: str
         for src, numbers in kinds:
             rows = guide_rows(out_dir, run_id, src.name)
             counts = {n: sum(r["approach"] == n and is_valid(r) for r in rows) for n in names(tag="guide")}
+            # an approach a claim compares that no phase measured is measured here, from its first repeat
             need = {n: cl for n, cl in undecided(rows, numbers).items() if counts[n] < cap}
             if need:
                 todo.append((src, need, counts))
@@ -482,7 +483,7 @@ def run_claims_phase(phase_id: str = "08", model: str = "small", model_path: str
             say(f"stopped: {stopped}; the claims still undecided stay inconclusive at their repeats")
             break
         for src, need, counts in todo:
-            target = min(cap, max(counts[n] for n in need) + step)
+            target = min(cap, max(MIN_REPEATS, max(counts[n] for n in need) + step))
             say(f"round {k} on {src.name} ({src.weights} weights): "
                 + "; ".join(f"{n} (claims {', '.join(map(str, cl))}) {counts[n]} -> {target}"
                             for n, cl in need.items()))
