@@ -109,8 +109,8 @@ def _run_phases(phases, model, model_path, repeats, out_dir, run_id, keep, summa
         if phase_complete(out_dir, run_id, p.slug) and notebook_ran_clean(out_nb):
             print(f"[{i}/{len(phases)}] {p.slug}: complete in run {run_id}, skipped", flush=True)
             continue
-        print(f"[{i}/{len(phases)}] {p.slug}: {p.title}: {p.size()} x {repeats} repeat(s) "
-              f"on {model_path or model}", flush=True)
+        print(f"[{i}/{len(phases)}] {p.slug}: {p.title}: {p.size()}"
+              + ("" if p.adaptive else f" x {repeats} repeat(s)") + f" on {model_path or model}", flush=True)
         t0 = time.perf_counter()
         execute(p.slug, out_nb, params)
         print(f"[{i}/{len(phases)}] {p.slug}: done in {time.perf_counter() - t0:.0f} s -> {out_nb}", flush=True)
