@@ -209,3 +209,12 @@ def test_undecided_best_names_only_the_contenders_it_cannot_separate_from():
     # an approach the claim compares that was not measured at all is undecided too: measuring it can decide it
     missing = Claim(0, "pytorch is fastest", [Best("pytorch", "save", ("pytorch", "t5x", "tensorstore", "ts+ocdbt"))])
     assert undecided_approaches(missing, s) == ("ts+ocdbt", "pytorch", "t5x")
+
+
+def test_a_claimed_difference_that_is_exactly_absent_does_not_hold():
+    # Sizes do not vary between repeats: gzip on full-mantissa float32 at 64-element chunks leaves every chunk file
+    # the same number of 4 KiB blocks, so "smaller" is exactly false, not undecided.
+    rows = (rows_for("tensorstore", [10, 10.5, 11, 11.5, 12], [5, 5.1, 5.2, 5.3, 5.4], [1000] * 5)
+            + rows_for("ts+compression", [20, 20.5, 21, 21.5, 22], [8, 8.1, 8.2, 8.3, 8.4], [1000] * 5))
+    c = claim(rows, 3)
+    assert c["verdict"] == FAILS and "no difference at all" in c["measured"]

@@ -181,8 +181,9 @@ class Check:
         # Judged in the frame where the claim is "lower": a higher claim on a/b is a lower one on b/a.
         flip = (lambda v: v) if self.lower else (lambda v: 1 / v)
         lo, hi = sorted((flip(p.lo), flip(p.hi)))
+        # every sample alike on both sides (a size): the claimed difference is not there at all
         parts = [(HOLDS, "") if hi < 1 else (FAILS, ", wholly the other way") if lo > 1
-                 else (UNSURE, "1")]
+                 else (FAILS, ", no difference at all") if lo == hi == 1 else (UNSURE, "1")]
         if self.pct is not None:
             claimed = 1 - self.pct / 100 if self.lower else 1 + self.pct / 100  # claimed ratio a/b
             c = flip(claimed)
