@@ -447,7 +447,7 @@ def undecided(rows: list[dict], numbers: tuple[int, ...] | None = None) -> dict[
     return out
 
 
-def run_claims_phase(phase_id: str = "08", model: str = "small", model_path: str = "", repeats: int = 1,
+def run_claims_phase(phase_id: str = "08", model: str = "small", model_path: str = "",
                      out_dir: str | Path = "", run_id: str = "", cap: int = CLAIMS_CAP, step: int = CLAIMS_STEP,
                      budget_s: float = CLAIMS_BUDGET_S, progress: bool | None = None, say=print) -> ClaimsResult:
     """Judge the guide's claims on this run's rows; while one is undecided,
