@@ -265,3 +265,12 @@ def test_repeats_are_interleaved_unless_asked_otherwise(tmp_path):
                                                                 interleave=False))
     assert [(r["approach"], r["repeat"]) for r in rows] == [("pytorch", 1), ("pytorch", 2), ("ts+chunks", 1),
                                                             ("ts+chunks", 2)]
+
+
+def test_no_measurement_starts_after_the_deadline(tmp_path):
+    # 08's time budget: what is planned after the deadline is not started, and the end record says how much.
+    opts = measure.Options(out=tmp_path, repeats=2, disk_reference=False, deadline=0.0)
+    env, rows = measure.run([APPROACHES["pytorch"]], get_model("tiny"), opts)
+    assert rows == [] and env["deadline_skipped"] == 2
+    (end,) = read_results([env["results_path"]]).ends
+    assert end["complete"] and end["deadline_skipped"] == 2

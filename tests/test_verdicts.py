@@ -118,3 +118,9 @@ def test_the_summary_counts_the_earlier_runs_of_the_same_commit_and_model(tmp_pa
     assert row["verdict"] == HOLDS and row["repeats"] == 5
     assert row["earlier runs"] == "held in 1 of 2"
     assert t.loc[(2, "float16-origin")]["verdict"] == UNSURE  # not measured in these runs
+
+
+def test_the_claims_phase_starts_no_measurement_after_its_budget(tmp_path):
+    res = phases.run_claims_phase("08", model="tiny", out_dir=tmp_path, run_id="b0", budget_s=0.0, say=lambda s: None)
+    assert res.rows == [] and "time budget (0 s) was spent" in res.stopped
+    assert phases.phase_complete(tmp_path, "b0", "08-claims")

@@ -83,6 +83,7 @@ class Options:
     group: Any = None  # a launched job (bench.cluster.Group): its ranks save and load; this is rank 0
     phase: str | None = None  # the suite's phase measuring (its slug, in every row)
     done: dict[str, int] | None = None  # repeats of an approach already measured in this run (shared): it gets the rest
+    deadline: float | None = None  # time.perf_counter() after which no new measurement starts (the rest is skipped)
 
 
 # -- up-front checks -----------------------------------------------------------------
@@ -559,8 +560,13 @@ def _run(approaches, source, opts: Options, out: Path, on_row, say):
         gc.collect()
     for a in measured:  # first-use set-up of a library, outside every timing
         warm_up(a.name, a.warm_up, root / f"warm-up-{a.name}", say)
+    skipped_late = 0
     try:
-        for a, k in todo:
+        for i, (a, k) in enumerate(todo):
+            if opts.deadline is not None and time.perf_counter() > opts.deadline:
+                skipped_late = len(todo) - i
+                say(f"time is up: {skipped_late} planned measurement(s) not started")
+                break
             loc = root / (f"{a.name}-w{opts.world_size}" if sharded else a.name)
             log.add(measure_approach(a, source, expected, loc, k, run_id, opts))
             if not (opts.keep and k == opts.repeats):  # one checkpoint at a time; keep: the last
@@ -570,5 +576,6 @@ def _run(approaches, source, opts: Options, out: Path, on_row, say):
         raise
     if not opts.keep:
         root.remove()
-    log.end(True)
-    return env | {"results_path": str(results_path)}, log.rows
+    late = {"deadline_skipped": skipped_late} if skipped_late else {}
+    log.end(True, **late)
+    return env | {"results_path": str(results_path), **late}, log.rows

@@ -109,7 +109,7 @@ SHARDED_PROTOCOL = (
 
 CLAIMS_CAP = 12  # the most repeats 08 gives an approach for a claim
 CLAIMS_STEP = 2  # repeats added per round to each approach that leaves a claim undecided
-CLAIMS_BUDGET_S = 900  # no new round starts after the phase has measured this long (the run-all's time bound)
+CLAIMS_BUDGET_S = 900  # no measurement starts after the phase has measured this long (the run-all's time bound)
 CLAIMS_PROTOCOL = (
     "Protocol (`llama_ckpt.suite.phases.run_claims_phase`): every claim of the guide is judged on every row this "
     "run has of the approaches it compares (each configuration is measured once per run and shared by the phases "
@@ -452,7 +452,7 @@ def run_claims_phase(phase_id: str = "08", model: str = "small", model_path: str
                      budget_s: float = CLAIMS_BUDGET_S, progress: bool | None = None, say=print) -> ClaimsResult:
     """Judge the guide's claims on this run's rows; while one is undecided,
     measure ``step`` more interleaved repeats of the approaches that leave it
-    undecided (never beyond ``cap`` of any; no round starts after
+    undecided (never beyond ``cap`` of any; no measurement starts after
     ``budget_s`` seconds), and judge again. Claims 3 and 4 are judged, and
     given repeats, on both kinds of weights."""
     phase, run_id, rdir, rpath, done = _begin(phase_id, out_dir, run_id, say)
@@ -480,7 +480,6 @@ def run_claims_phase(phase_id: str = "08", model: str = "small", model_path: str
             break
         if time.perf_counter() - t0 > budget_s:
             stopped = f"the phase's time budget ({budget_s:.0f} s) was spent before round {k}"
-            say(f"stopped: {stopped}; the claims still undecided stay inconclusive at their repeats")
             break
         for src, need, counts in todo:
             target = min(cap, max(MIN_REPEATS, max(counts[n] for n in need) + step))
@@ -489,14 +488,24 @@ def run_claims_phase(phase_id: str = "08", model: str = "small", model_path: str
                             for n, cl in need.items()))
             opts = measure.Options(out=rdir, repeats=target, results=rpath, run_id=run_id, progress=progress,
                                    checkpoints=rdir / "checkpoints" / phase.slug, lock=Path(out_dir or DEFAULT_OUT),
-                                   disk_reference=False, phase=phase.slug, done={n: counts[n] for n in need})
-            measure.run([APPROACHES[n] for n in need], src, opts, say=say,
+                                   disk_reference=False, phase=phase.slug, done={n: counts[n] for n in need},
+                                   deadline=t0 + budget_s)
+            env, _rows = measure.run([APPROACHES[n] for n in need], src, opts, say=say,
                         on_row=lambda r: say(f"  {r['approach']} #{r['repeat']}: "
                                              + ("ERROR " + r["error"] if r["error"] else
                                                 f"save {r['save_s']:.2f} s, load {r['load_s']:.2f} s")))
+            late = env.get("deadline_skipped", 0)
             rounds.append({"round": k, "model": src.name, "weights": src.weights, "target": target,
                            "approaches": {n: list(cl) for n, cl in need.items()},
-                           "added": sum(target - counts[n] for n in need)})
+                           "added": sum(target - counts[n] for n in need) - late})
+            if late:
+                stopped = f"the phase's time budget ({budget_s:.0f} s) was spent in round {k} ({late} planned " \
+                          "measurement(s) not started)"
+                break
+        if stopped:
+            break
+    if stopped:
+        say(f"stopped: {stopped}; the claims still undecided stay inconclusive at their repeats")
     measure.RunLog(rpath, run_id, 0, lambda r: None).end(True, claims_final=True, rounds=rounds, stopped=stopped,
                                                           seconds=round(time.perf_counter() - t0, 1))
     return ClaimsResult(phase, run_id, rpath, guide_rows(out_dir, run_id, source.name),
