@@ -274,3 +274,17 @@ def test_no_measurement_starts_after_the_deadline(tmp_path):
     assert rows == [] and env["deadline_skipped"] == 2
     (end,) = read_results([env["results_path"]]).ends
     assert end["complete"] and end["deadline_skipped"] == 2
+
+
+def test_an_approach_can_be_measured_fewer_times_than_the_run(tmp_path):
+    # a sweep's costly points no claim judges (4a's, 4d's): fewer repeats, measured in the last rounds,
+    # its checkpoint kept (keep) after its own last repeat
+    a = [APPROACHES["pytorch"], APPROACHES["ts+chunks"]]
+    opts = measure.Options(out=tmp_path, repeats=3, disk_reference=False, keep=True, fewer={"ts+chunks": 1})
+    assert [(x.name, k) for x, k in measure.plan(a, opts)] == [("pytorch", 1), ("pytorch", 2), ("pytorch", 3),
+                                                               ("ts+chunks", 1)]
+    env, rows = measure.run(a, get_model("tiny"), opts)
+    assert [(r["approach"], r["repeat"]) for r in rows] == [(x.name, k) for x, k in measure.plan(a, opts)]
+    assert env["fewer"] == {"ts+chunks": 1} and all(r["verified"] for r in rows)
+    kept = sorted(p.name for p in (tmp_path / "checkpoints" / env["run_id"]).iterdir())
+    assert kept == ["pytorch", "ts+chunks"]

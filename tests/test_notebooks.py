@@ -156,6 +156,9 @@ def test_summary_has_the_live_reliability_table_of_every_approach_and_fault(suit
 
 
 def test_4e_measured_the_cloud_section_on_a_private_s3_server_and_the_summary_judges_claim_9(suite_run):
+    from collections import Counter
+
+    from llama_ckpt.report.claims import CLOUD_CLAIM, MIN_REPEATS
     from llama_ckpt.suite.phases import CLOUD_DELAYS_MS, cloud_approaches, cloud_results_path
 
     out, _ = suite_run
@@ -163,7 +166,9 @@ def test_4e_measured_the_cloud_section_on_a_private_s3_server_and_the_summary_ju
         loaded = read_results([cloud_results_path(out, RUN, "4e-ocdbt", d)])
         assert loaded.ends and loaded.ends[-1]["complete"]
         rows = loaded.measurements
-        assert [r["approach"] for r in rows] == [a.name for a in cloud_approaches()]
+        # claim 9's approaches to the verdict rule's minimum, the rest at the run's one repeat
+        assert Counter(r["approach"] for r in rows) == {
+            a.name: MIN_REPEATS if a.name in CLOUD_CLAIM.approaches() else 1 for a in cloud_approaches()}
         assert all(r["verified"] and r["s3_delay_ms"] == d and r["requests_save"] for r in rows)
     assert not (out / "runs" / RUN / "s3").exists()  # the private server's data went with it
     nb = nbformat.read(out / "runs" / RUN / f"{SUMMARY_SLUG}.ipynb", as_version=4)

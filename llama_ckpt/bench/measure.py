@@ -84,6 +84,11 @@ class Options:
     phase: str | None = None  # the suite's phase measuring (its slug, in every row)
     done: dict[str, int] | None = None  # repeats of an approach already measured in this run (shared): it gets the rest
     deadline: float | None = None  # time.perf_counter() after which no new measurement starts (the rest is skipped)
+    fewer: dict[str, int] | None = None  # approaches measured fewer than ``repeats`` times (a sweep's costly points)
+
+    def repeats_of(self, name: str) -> int:
+        """How many repeats of ``name`` the run holds when complete."""
+        return min(self.repeats, (self.fewer or {}).get(name, self.repeats))
 
 
 # -- up-front checks -----------------------------------------------------------------
@@ -423,12 +428,12 @@ def plan(approaches: list, opts: Options) -> list[tuple]:
     the rest, numbered after them; the approaches that need the most start
     first, so every round interleaves all that are still measured."""
     done = opts.done or {}
-    need = {a.name: max(0, opts.repeats - done.get(a.name, 0)) for a in approaches}
+    need = {a.name: max(0, opts.repeats_of(a.name) - done.get(a.name, 0)) for a in approaches}
     if opts.interleave:
         most = max(need.values(), default=0)
         return [(a, done.get(a.name, 0) + j) for r in range(most) for a in approaches
                 if (j := r - (most - need[a.name]) + 1) >= 1]
-    return [(a, k) for a in approaches for k in range(done.get(a.name, 0) + 1, opts.repeats + 1)]
+    return [(a, k) for a in approaches for k in range(done.get(a.name, 0) + 1, opts.repeats_of(a.name) + 1)]
 
 
 class RunLog:
@@ -548,7 +553,8 @@ def _run(approaches, source, opts: Options, out: Path, on_row, say):
                              source_bytes=source.nbytes, repeats=opts.repeats, approaches=[a.name for a in approaches],
                              disk_estimate_bytes=need, **storage.env_fields(),
                              **({} if skipped is None else {"skipped": skipped}),
-                             **({"shared": opts.done} if opts.done else {}), malloc_mmap_threshold=MMAP_THRESHOLD,
+                             **({"shared": opts.done} if opts.done else {}),
+                             **({"fewer": opts.fewer} if opts.fewer else {}), malloc_mmap_threshold=MMAP_THRESHOLD,
                              **extra, **ref)
     log.write(env)
     expected = None
@@ -569,7 +575,7 @@ def _run(approaches, source, opts: Options, out: Path, on_row, say):
                 break
             loc = root / (f"{a.name}-w{opts.world_size}" if sharded else a.name)
             log.add(measure_approach(a, source, expected, loc, k, run_id, opts))
-            if not (opts.keep and k == opts.repeats):  # one checkpoint at a time; keep: the last
+            if not (opts.keep and k == opts.repeats_of(a.name)):  # one checkpoint at a time; keep: the last
                 loc.remove()
     except KeyboardInterrupt:
         log.end(False, interrupted="KeyboardInterrupt")  # a SIGKILL leaves no end record: incomplete too
