@@ -85,3 +85,34 @@ def test_compare_refuses_different_tensor_sets():
     rows = [row("tensorstore", 1, 1, 1, 1), row("pytorch", 1, 1, 1, 1, tensor_set="other", n_tensors=20)]
     with pytest.raises(UserError, match="different tensor sets"):
         comparison_table(rows)
+
+
+def test_a_numeric_sweep_is_ordered_by_its_knob_not_by_when_it_was_measured():
+    from llama_ckpt.report import tables
+    # 4a's sweep points measured once come in the run's last round, after the pair (1 and 128)
+    conc = [row(a, i, 60.0 / c, 3.0, 600, knobs={"concurrency": c, "chunk_size": 64, "chunk_rule": "per_dim"})
+            for i, (a, c) in enumerate([("tensorstore", 1), ("ts+concurrency", 128), ("ts[c=4]", 4),
+                                        ("ts[c=16]", 16), ("ts[c=64]", 64)])]
+    assert tables.order(conc) == ["tensorstore", "ts+concurrency", "ts[c=4]", "ts[c=16]", "ts[c=64]"]
+    assert tables.order(conc, "concurrency") == ["tensorstore", "ts[c=4]", "ts[c=16]", "ts[c=64]", "ts+concurrency"]
+    assert list(tables.table(conc, axis="concurrency")["concurrency"]) == ["1", "4", "16", "64", "128"]
+    # 4b: 64 per dimension (16 KiB a float32 chunk) below 64 KiB, whole tensors last
+    chunks = [row(a, 1, 1.0, 1.0, 600, knobs=k) for a, k in [
+        ("tensorstore", {"chunk_size": 64, "chunk_rule": "per_dim"}), ("ts+chunks", {"chunk_size": 1 << 20}),
+        ("c64k", {"chunk_size": 64 << 10}), ("c64m", {"chunk_size": 64 << 20}),
+        ("whole", {"chunk_size": 64 << 20, "chunk_rule": "whole"})]]
+    assert tables.order(chunks, "chunk_size") == ["tensorstore", "c64k", "ts+chunks", "c64m", "whole"]
+    # an axis that is not numeric keeps the order of measurement
+    assert tables.order(chunks, "compression") == tables.order(chunks)
+
+
+def test_the_sweep_sentence_says_which_points_were_measured_fewer_times():
+    from llama_ckpt.report import tables
+    k = lambda c: {"concurrency": c}
+    rows = [row("tensorstore", i, 50.0 + i, 3.0, 600, knobs=k(1)) for i in range(3)]
+    rows += [row("ts+concurrency", i, 30.0 + i, 4.0, 600, knobs=k(128)) for i in range(3)]
+    rows += [row("ts[c=4]", 1, 20.0, 5.0, 600, knobs=k(4))]
+    s = tables.sweep_sentence(rows, "concurrency")
+    assert "save: best at concurrency = 4 (20 s, 1 repeat), worst at 1 (51 s)" in s, s
+    assert "cold load: best at concurrency = 1 (3 s), worst at 4 (5 s, 1 repeat)" in s, s
+    assert "size: the same at every concurrency (600 B)" in s, s

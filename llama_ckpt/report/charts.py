@@ -21,7 +21,7 @@ import seaborn as sns
 
 from ..registry import APPROACHES, GUIDE
 from ..results import is_valid
-from .tables import knob_label
+from .tables import knob_label, knob_value
 
 LOG_SPAN = 20  # max/min of a panel's medians beyond which its axis is logarithmic
 MEDIAN_MINMAX = dict(estimator="median", errorbar=("pi", 100))
@@ -106,32 +106,15 @@ def comparison(rows: list[dict], env: dict | None = None, title: str = "", order
     return fig
 
 
-def _chunk_bytes(knobs: dict) -> float:
-    """Bytes of one chunk, for a chunk-size axis: elements per dimension
-    squared times the item size for 64/dim (a matrix's chunk), the byte
-    budget for contiguous and T5X chunks; whole tensors (no budget) are
-    placed after the largest budget by :func:`_sweep_frame`."""
-    item = {"float32": 4, "float16": 2, "bfloat16": 2}.get(knobs.get("dtype", "float32"), 4)
-    rule = knobs.get("chunk_rule")
-    if rule == "per_dim":
-        return float(knobs["chunk_size"] ** 2 * item)
-    if rule == "whole":
-        return float("inf")
-    return float(knobs["chunk_size"])
-
-
 def _sweep_frame(rows: list[dict], axis: str, labels: dict[str, str]) -> tuple[pd.DataFrame, str]:
     """The tidy table with an ``x`` column for the knob (numeric where the
     knob is) and a ``series`` column telling different chunkings apart."""
     df = frame(rows)
-    if axis == "chunk_size":
-        df["x"] = [_chunk_bytes(k) for k in df["knobs"]]
+    if axis in ("chunk_size", "concurrency"):
+        df["x"] = [knob_value(k, axis) for k in df["knobs"]]
         finite = df.loc[df["x"] != float("inf"), "x"]
-        df.loc[df["x"] == float("inf"), "x"] = 4 * (finite.max() if len(finite) else 1.0)  # at the right end
-        kind = "bytes"
-    elif axis == "concurrency":
-        df["x"] = [float(k.get("concurrency", 1)) for k in df["knobs"]]
-        kind = "log2"
+        df.loc[df["x"] == float("inf"), "x"] = 4 * (finite.max() if len(finite) else 1.0)  # whole tensors: at the right end
+        kind = "bytes" if axis == "chunk_size" else "log2"
     else:
         df["x"] = [knob_label(k, axis) for k in df["knobs"]]
         kind = "category"

@@ -45,8 +45,41 @@ def labels(rows: list[dict], axis: str | None) -> dict[str, str]:
     return out
 
 
-def order(rows: list[dict]) -> list[str]:
-    return list(dict.fromkeys(r["approach"] for r in rows))
+def knob_value(knobs: dict | None, axis: str | None) -> float | None:
+    """A sweep point's place along a numeric axis: the concurrency, or the
+    bytes of one chunk (elements per dimension squared times the item size for
+    64/dim, a matrix's chunk; the byte budget for contiguous and T5X chunks;
+    infinity for whole tensors). None where the axis is not numeric or the
+    approach lacks the knob."""
+    if not knobs or axis not in ("concurrency", "chunk_size"):
+        return None
+    if axis == "concurrency":
+        return float(knobs.get("concurrency", 1))
+    if "chunk_size" not in knobs:
+        return None
+    rule = knobs.get("chunk_rule")
+    if rule == "whole":
+        return float("inf")
+    if rule == "per_dim":
+        item = {"float32": 4, "float16": 2, "bfloat16": 2}.get(knobs.get("dtype", "float32"), 4)
+        return float(knobs["chunk_size"] ** 2 * item)
+    return float(knobs["chunk_size"])
+
+
+def order(rows: list[dict], axis: str | None = None) -> list[str]:
+    """The approaches in the order first measured; along a numeric sweep axis
+    (concurrency, chunk size), by the knob's value, the approaches without it
+    after them. Measurement order is not the axis's: a sweep point measured
+    fewer times than the run (``Phase.sweep_repeats``) is first measured in
+    the run's last round."""
+    names = list(dict.fromkeys(r["approach"] for r in rows))
+    knobs = {}
+    for r in rows:
+        knobs.setdefault(r["approach"], r.get("knobs"))
+    values = {a: knob_value(knobs[a], axis) for a in names}
+    if all(v is None for v in values.values()):
+        return names
+    return sorted(names, key=lambda a: (values[a] is None, values[a] or 0.0))
 
 
 def table(rows: list[dict], baseline: str = "tensorstore", axis: str | None = None) -> pd.DataFrame:
@@ -83,7 +116,7 @@ def table(rows: list[dict], baseline: str = "tensorstore", axis: str | None = No
         recs.append(rec)
     if not recs:
         return pd.DataFrame()
-    return pd.DataFrame.from_records(recs).set_index("approach")
+    return pd.DataFrame.from_records(recs).set_index("approach").loc[[a for a in order(rows, axis) if a in summ]]
 
 
 def kind_table(rows: list[dict]) -> pd.DataFrame:
@@ -131,13 +164,19 @@ def sweep_sentence(rows: list[dict], axis: str) -> str:
     if len(summ) < 2:
         return ""
     lab = labels(rows, axis)
+    most = max(s["n"] for s in summ.values())
     out = []
     for key, what in (("save_s", "save"), ("load_s", "cold load"), ("bytes_on_disk", "size")):
         best = min(summ, key=lambda n: summ[n][key].median)
         worst = max(summ, key=lambda n: summ[n][key].median)
         unit = (lambda v: fmt_bytes(v)) if key == "bytes_on_disk" else (lambda v: f"{v:.3g} s")
-        out.append(f"{what}: best at {axis} = {lab[best]} ({unit(summ[best][key].median)}), "
-                   f"worst at {lab[worst]} ({unit(summ[worst][key].median)})")
+        # a point measured fewer times than the others says so: one repeat can be far off its median
+        at = lambda n: unit(summ[n][key].median) + (
+            "" if summ[n]["n"] == most else f", {summ[n]['n']} repeat" + ("s" if summ[n]["n"] > 1 else ""))
+        if summ[best][key].median == summ[worst][key].median:
+            out.append(f"{what}: the same at every {axis} ({unit(summ[best][key].median)})")
+            continue
+        out.append(f"{what}: best at {axis} = {lab[best]} ({at(best)}), worst at {lab[worst]} ({at(worst)})")
     return f"- Sweep of {axis}: " + "; ".join(out) + "."
 
 
