@@ -113,7 +113,7 @@ def _sweep_frame(rows: list[dict], axis: str, labels: dict[str, str]) -> tuple[p
     if axis in ("chunk_size", "concurrency"):
         df["x"] = [knob_value(k, axis) for k in df["knobs"]]
         finite = df.loc[df["x"] != float("inf"), "x"]
-        df.loc[df["x"] == float("inf"), "x"] = 4 * (finite.max() if len(finite) else 1.0)  # whole tensors: at the right end
+        df.loc[df["x"] == float("inf"), "x"] = 4 * (finite.max() if len(finite) else 1.0)  # whole tensors: right end
         kind = "bytes" if axis == "chunk_size" else "log2"
     else:
         df["x"] = [knob_label(k, axis) for k in df["knobs"]]

@@ -54,11 +54,14 @@ class Phase:
     adaptive: bool = False  # the claims' phase (run_claims_phase): more repeats of what leaves a claim undecided
     sweep_repeats: int = 0  # the sweep's own points (no claim judges them) get at most this many repeats; 0: all
 
-    def fewer(self, repeats: int) -> dict[str, int]:
-        """The sweep points measured fewer than ``repeats`` times (``sweep_repeats``)."""
+    def fewer(self, repeats: int, apps: list[Format] | None = None) -> dict[str, int]:
+        """The sweep points (of ``apps``, default all the phase's) measured fewer than ``repeats`` times
+        (``sweep_repeats``)."""
         if not self.sweep_repeats or self.sweep_repeats >= repeats:
             return {}
-        return {a.name: self.sweep_repeats for a in self.extra() if a.name not in self.guide}
+        names = None if apps is None else {a.name for a in apps}
+        return {a.name: self.sweep_repeats for a in self.extra()
+                if a.name not in self.guide and (names is None or a.name in names)}
 
     def header(self) -> str:
         """The notebook's header cell, generated from this definition (a test
@@ -126,9 +129,10 @@ CLAIMS_PROTOCOL = (
     f"decided or they reach {CLAIMS_CAP} repeats; then \"inconclusive\" means the interval still straddles the "
     f"threshold with that many repeats. The first round brings every such approach to {MIN_REPEATS} repeats, the "
     "rule's minimum, whatever it costs; the rounds beyond it stop when they have measured for `CLAIMS_BUDGET_S` "
-    "seconds (a claim left undecided there reads inconclusive at the repeats it had, and the findings say so). The compression and float16 claims (3 and 4) are judged on both kinds of "
-    "weights: float16-origin (the default: the preset's values rounded to float16, as a float32 copy of the "
-    "published model holds them) and full float32 mantissas. Each save and load is timed as in every phase "
+    "seconds (a claim left undecided there reads inconclusive at the repeats it had, and the findings say so). "
+    "The compression and float16 claims (3 and 4) are judged on both kinds of weights: float16-origin (the "
+    "default: the preset's values rounded to float16, as a float32 copy of the published model holds them) and "
+    "full float32 mantissas. Each save and load is timed as in every phase "
     "(durable saves, cold loads, every load verified).")
 
 TRAINING_PROTOCOL = (
@@ -421,7 +425,7 @@ def _measure_shared(phase: Phase, apps: list[Format], source, repeats: int, out_
     phase measures only what is missing. Returns the environment and every
     row (measured here and shared)."""
     shared = shared_rows(out_dir, run_id, phase.slug, apps, source.name)
-    fewer = {n: k for n, k in phase.fewer(repeats).items() if n in {a.name for a in apps}}
+    fewer = phase.fewer(repeats, apps)
     for n, k in fewer.items():
         say(f"{n}: a sweep point no claim judges, {k} repeat(s) (SLOW_SWEEP_REPEATS)")
     for n, rs in shared.items():
@@ -614,9 +618,10 @@ def run_cloud(phase_id: str = "4e", model: str = CLOUD_MODEL, model_path: str = 
               delays: tuple[float, ...] = CLOUD_DELAYS_MS, progress: bool | None = None, say=print) -> CloudResult:
     """The phase's cloud approaches on S3 at each added round-trip delay,
     ``repeats`` times each; those claim 9 compares at least ``MIN_REPEATS``
-    times (the verdict rule's minimum: fewer leave it inconclusive). Without ``endpoint``, a private SeaweedFS server is started under the
-    run's directory and stopped (its data removed) at the end. Complete
-    results of the same run id are reused, as for the local phases."""
+    times (the verdict rule's minimum: fewer leave it inconclusive). Without
+    ``endpoint``, a private SeaweedFS server is started under the run's
+    directory and stopped (its data removed) at the end. Complete results of
+    the same run id are reused, as for the local phases."""
     phase = get_phase(phase_id)
     run_id = run_id or measure.new_run_id()
     rdir = run_dir(out_dir, run_id)
@@ -637,6 +642,8 @@ def run_cloud(phase_id: str = "4e", model: str = CLOUD_MODEL, model_path: str = 
         endpoint = server.endpoint
         say(f"started a private SeaweedFS server at {endpoint} (data in {server.data_dir})")
     server_dir = server.data_dir if server else (s3_server.local_server_dir(endpoint, [lock / "s3"]) if endpoint else None)
+    most = max(repeats, MIN_REPEATS)
+    fewer = {a.name: repeats for a in cloud_approaches() if a.name not in CLOUD_CLAIM.approaches()}
     try:
         source = get_model(model or None, model_path or None) if todo else None
         for d in todo:
@@ -645,8 +652,6 @@ def run_cloud(phase_id: str = "4e", model: str = CLOUD_MODEL, model_path: str = 
                 p.rename(p.with_name(p.name + f".incomplete-{datetime.now():%Y%m%d-%H%M%S}"))
             target = Target(CLOUD_BUCKET, f"{run_id}/{phase.slug}-{d:g}ms", endpoint, delay_ms=d,
                             server_dir=server_dir)
-            most = max(repeats, MIN_REPEATS)
-            fewer = {a.name: repeats for a in cloud_approaches() if a.name not in CLOUD_CLAIM.approaches()}
             opts = measure.Options(out=rdir, repeats=most, results=p, run_id=run_id, progress=progress,
                                    lock=lock, storage=target.path(), fewer=fewer if repeats < most else None)
             env, rs = measure.run(cloud_approaches(), source, opts, say=say,
