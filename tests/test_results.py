@@ -88,31 +88,53 @@ def test_compare_refuses_different_tensor_sets():
 
 
 def test_a_numeric_sweep_is_ordered_by_its_knob_not_by_when_it_was_measured():
-    from llama_ckpt.report import tables
+    from llama_ckpt.report import charts, tables
     # 4a's sweep points measured once come in the run's last round, after the pair (1 and 128)
     conc = [row(a, i, 60.0 / c, 3.0, 600, knobs={"concurrency": c, "chunk_size": 64, "chunk_rule": "per_dim"})
             for i, (a, c) in enumerate([("tensorstore", 1), ("ts+concurrency", 128), ("ts[c=4]", 4),
                                         ("ts[c=16]", 16), ("ts[c=64]", 64)])]
-    assert tables.order(conc) == ["tensorstore", "ts+concurrency", "ts[c=4]", "ts[c=16]", "ts[c=64]"]
-    assert tables.order(conc, "concurrency") == ["tensorstore", "ts[c=4]", "ts[c=16]", "ts[c=64]", "ts+concurrency"]
-    assert list(tables.table(conc, axis="concurrency")["concurrency"]) == ["1", "4", "16", "64", "128"]
-    # 4b: 64 per dimension (16 KiB a float32 chunk) below 64 KiB, whole tensors last
+    conc.append(row("pytorch", 1, 1.0, 1.0, 300, knobs={"dtype": "float16"}))  # no such knob: after the sweep
+    conc.append(row("broken", 1, 1.0, 1.0, 300, knobs={"concurrency": 2}, verified=False, error="x"))
+    assert tables.order(conc) == ["tensorstore", "ts+concurrency", "ts[c=4]", "ts[c=16]", "ts[c=64]", "pytorch",
+                                  "broken"]
+    assert tables.order(conc, "concurrency") == ["tensorstore", "broken", "ts[c=4]", "ts[c=16]", "ts[c=64]",
+                                                 "ts+concurrency", "pytorch"]
+    # the table: every valid approach once, in the axis's order (an approach with no valid row has no line)
+    assert list(tables.table(conc, axis="concurrency")["concurrency"]) == ["1", "4", "16", "64", "128", "none"]
+    # 4b: chunks of 64 per dimension are 16 KiB in float32, 8 KiB in float16 and 256 KiB at 256 per dimension;
+    # whole tensors come last whatever their byte budget
     chunks = [row(a, 1, 1.0, 1.0, 600, knobs=k) for a, k in [
+        ("whole", {"chunk_size": 1, "chunk_rule": "whole"}),
         ("tensorstore", {"chunk_size": 64, "chunk_rule": "per_dim"}), ("ts+chunks", {"chunk_size": 1 << 20}),
-        ("c64k", {"chunk_size": 64 << 10}), ("c64m", {"chunk_size": 64 << 20}),
-        ("whole", {"chunk_size": 64 << 20, "chunk_rule": "whole"})]]
-    assert tables.order(chunks, "chunk_size") == ["tensorstore", "c64k", "ts+chunks", "c64m", "whole"]
+        ("c256", {"chunk_size": 256, "chunk_rule": "per_dim"}), ("c64k", {"chunk_size": 64 << 10}),
+        ("f16", {"chunk_size": 64, "chunk_rule": "per_dim", "dtype": "float16"}), ("c64m", {"chunk_size": 64 << 20})]]
+    assert tables.order(chunks, "chunk_size") == ["f16", "tensorstore", "c64k", "c256", "ts+chunks", "c64m", "whole"]
+    # the sweep chart places them the same way, whole tensors at 4x the largest chunk
+    df, kind = charts._sweep_frame(chunks, "chunk_size", tables.labels(chunks, "chunk_size"))
+    assert kind == "bytes" and dict(zip(df["approach"], df["x"])) == {
+        "f16": 8192, "tensorstore": 16384, "c64k": 65536, "c256": 262144, "ts+chunks": 1 << 20, "c64m": 64 << 20,
+        "whole": 4 * (64 << 20)}
     # an axis that is not numeric keeps the order of measurement
     assert tables.order(chunks, "compression") == tables.order(chunks)
 
 
 def test_the_sweep_sentence_says_which_points_were_measured_fewer_times():
     from llama_ckpt.report import tables
+    from llama_ckpt.suite.phases import get_phase
     k = lambda c: {"concurrency": c}
     rows = [row("tensorstore", i, 50.0 + i, 3.0, 600, knobs=k(1)) for i in range(3)]
-    rows += [row("ts+concurrency", i, 30.0 + i, 4.0, 600, knobs=k(128)) for i in range(3)]
-    rows += [row("ts[c=4]", 1, 20.0, 5.0, 600, knobs=k(4))]
-    s = tables.sweep_sentence(rows, "concurrency")
+    rows += [row("ts+concurrency", i, 30.0 + i, 4.0, 600, knobs=k(128)) for i in range(7)]  # 08 added repeats
+    rows += [row("tensorstore[concurrency=4]", 1, 20.0, 5.0, 600, knobs=k(4))]
+    rows += [row("tensorstore[concurrency=16]", 1, 25.0, 3.5, 600, knobs=k(16))]
+    fewer = set(get_phase("4a").fewer(2))
+    assert "tensorstore[concurrency=4]" in fewer and "ts+concurrency" not in fewer
+    assert get_phase("4a").fewer(1) == {}  # the run's repeats are no more than the sweep's
+    only = [a for a in get_phase("4a").approaches() if a.name in ("tensorstore", "tensorstore[concurrency=16]")]
+    assert get_phase("4a").fewer(3, only) == {"tensorstore[concurrency=16]": 1}
+    s = tables.sweep_sentence(rows, "concurrency", fewer)
     assert "save: best at concurrency = 4 (20 s, 1 repeat), worst at 1 (51 s)" in s, s
     assert "cold load: best at concurrency = 1 (3 s), worst at 4 (5 s, 1 repeat)" in s, s
     assert "size: the same at every concurrency (600 B)" in s, s
+    # without the phase's say, or where every point had one repeat, no point is singled out
+    assert "repeat" not in tables.sweep_sentence(rows, "concurrency")
+    assert "repeat" not in tables.sweep_sentence([r for r in rows if r["repeat"] == 1], "concurrency", fewer)

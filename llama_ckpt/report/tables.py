@@ -51,12 +51,10 @@ def knob_value(knobs: dict | None, axis: str | None) -> float | None:
     64/dim, a matrix's chunk; the byte budget for contiguous and T5X chunks;
     infinity for whole tensors). None where the axis is not numeric or the
     approach lacks the knob."""
-    if not knobs or axis not in ("concurrency", "chunk_size"):
+    if not knobs or axis not in ("concurrency", "chunk_size") or axis not in knobs:
         return None
     if axis == "concurrency":
-        return float(knobs.get("concurrency", 1))
-    if "chunk_size" not in knobs:
-        return None
+        return float(knobs["concurrency"])
     rule = knobs.get("chunk_rule")
     if rule == "whole":
         return float("inf")
@@ -159,20 +157,23 @@ def versus(summ: dict, a: str, b: str) -> str:
             f"files {sa['n_files'].median:.0f} vs {sb['n_files'].median:.0f}.")
 
 
-def sweep_sentence(rows: list[dict], axis: str) -> str:
+def sweep_sentence(rows: list[dict], axis: str, fewer: set[str] = frozenset()) -> str:
+    """Best and worst point of a sweep on save, load and size; a point of ``fewer`` (measured fewer times by
+    design, ``Phase.fewer``) with fewer repeats than every other point says how many: one repeat can be far
+    off its median."""
     summ = summarize(rows)
     if len(summ) < 2:
         return ""
     lab = labels(rows, axis)
-    most = max(s["n"] for s in summ.values())
+    least = min((s["n"] for n, s in summ.items() if n not in fewer), default=0)
     out = []
     for key, what in (("save_s", "save"), ("load_s", "cold load"), ("bytes_on_disk", "size")):
         best = min(summ, key=lambda n: summ[n][key].median)
         worst = max(summ, key=lambda n: summ[n][key].median)
         unit = (lambda v: fmt_bytes(v)) if key == "bytes_on_disk" else (lambda v: f"{v:.3g} s")
-        # a point measured fewer times than the others says so: one repeat can be far off its median
         at = lambda n: unit(summ[n][key].median) + (
-            "" if summ[n]["n"] == most else f", {summ[n]['n']} repeat" + ("s" if summ[n]["n"] > 1 else ""))
+            f", {summ[n]['n']} repeat" + ("s" if summ[n]["n"] > 1 else "") if n in fewer and summ[n]["n"] < least
+            else "")
         if summ[best][key].median == summ[worst][key].median:
             out.append(f"{what}: the same at every {axis} ({unit(summ[best][key].median)})")
             continue
@@ -355,7 +356,7 @@ def findings(rows: list[dict], phase, baseline: str = "tensorstore", other: list
     for a, b in pairs:
         lines.append(versus(summ, a, b))
     if axis:
-        lines.append(sweep_sentence(valid, axis))
+        lines.append(sweep_sentence(valid, axis, set(phase.fewer(2))))
     lines += claim_lines(valid, claims)
     if other and any(is_valid(r) for r in other):
         o = [r for r in other if is_valid(r)]

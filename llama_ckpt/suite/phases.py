@@ -636,14 +636,14 @@ def run_cloud(phase_id: str = "4e", model: str = CLOUD_MODEL, model_path: str = 
             say(f"cloud {d:g} ms: complete results of run {run_id} found in {p}; not measured again")
         else:
             todo.append(d)
+    most = max(repeats, MIN_REPEATS)
+    fewer = {a.name: repeats for a in cloud_approaches() if a.name not in CLOUD_CLAIM.approaches()}
     server = None
     if todo and not endpoint:
         server = s3_server.start_server(rdir / "s3")
         endpoint = server.endpoint
         say(f"started a private SeaweedFS server at {endpoint} (data in {server.data_dir})")
     server_dir = server.data_dir if server else (s3_server.local_server_dir(endpoint, [lock / "s3"]) if endpoint else None)
-    most = max(repeats, MIN_REPEATS)
-    fewer = {a.name: repeats for a in cloud_approaches() if a.name not in CLOUD_CLAIM.approaches()}
     try:
         source = get_model(model or None, model_path or None) if todo else None
         for d in todo:
