@@ -224,6 +224,28 @@ def test_every_repeat_starts_from_the_same_memory_state(tiny_run):
             assert 0 < base <= peak and above(r, step) == peak - base
 
 
+def test_every_save_starts_from_dropped_caches_where_the_kernel_lets_it(tiny_run, tmp_path, monkeypatch):
+    # Root drops the page and buffer cache before each save (fsutil.settle): a save then does not inherit what the
+    # measurement before it left (on ext4 without a journal, recently deleted inodes). Each row and the run say
+    # whether it happened; where the kernel refuses, the run says so once and goes on.
+    _, env, rows = tiny_run
+    can = os.access(fsutil.DROP_CACHES, os.W_OK)
+    assert env["drop_caches"] is can and all(r["caches_dropped"] is can for r in rows)
+    knob = tmp_path / "drop_caches"
+    knob.write_text("0")
+    monkeypatch.setattr(fsutil, "DROP_CACHES", knob)
+    assert fsutil.settle() is True and knob.read_text() == "1"
+    monkeypatch.setattr(fsutil, "DROP_CACHES", tmp_path / "absent" / "drop_caches")
+    assert fsutil.settle() is False
+    said = []
+    env, rows = measure.run([APPROACHES["pytorch"]], get_model("tiny"),
+                            measure.Options(out=tmp_path / "out", repeats=2, disk_reference=False, progress=False),
+                            say=said.append)
+    assert env["drop_caches"] is False and [r["caches_dropped"] for r in rows] == [False, False]
+    assert all(r["verified"] for r in rows)
+    assert sum("not writable" in s for s in said) == 1
+
+
 def test_presets_have_openllama_3b_structure():
     big, small = get_model("open_llama_3b"), get_model("small")
     assert len(big.specs) == 237 and big.n_params == 3_426_473_600

@@ -6,6 +6,9 @@ shared machine hits every approach alike; ``interleave=False`` runs each
 approach's repeats back to back), after the storage reference measured
 ``REFERENCE_SAMPLES`` times:
 
+0. write back what is dirty and drop the kernel's caches (root only,
+   ``fsutil.settle``), so that no save inherits the file-system state the
+   measurement before it left;
 1. build a fresh float32 source (outside the timer; on ranks each rank
    builds its own rows);
 2. time the save from the call until its bytes are durable (each format
@@ -214,6 +217,7 @@ def measure_approach(approach: Format, source: ModelSource, expected: dict | Non
     stage = "save"
     try:
         loc.remove()  # each repeat saves into a fresh location
+        base["caches_dropped"] = fsutil.settle()  # and from the same file-system state (root only)
         if approach.sharded and opts.group is not None:
             saves, loads, *rest = cluster.sharded(opts.group, sharded_job(approach, source, loc), loc)
             return measurement_row(**base, **sharded_fields(saves, loads, *rest, source.nbytes, "torchrun"),
@@ -538,6 +542,10 @@ def _run(approaches, source, opts: Options, out: Path, on_row, say):
             f"({len(source.specs)} tensors, {source.n_params:,} parameters, {source.nbytes / 1e9:.2f} GB{shared}); "
             f"results -> {results_path}")
     remove_stale_saves(root.parent, say)
+    can_drop = os.access(fsutil.DROP_CACHES, os.W_OK)
+    if not can_drop:
+        say(f"caches: {fsutil.DROP_CACHES} is not writable (not root), so saves do not start from dropped caches: "
+            "on ext4 without a journal, saving many files soon after removing others is slower (fsutil.settle)")
     if opts.group is not None:  # a launched job: every rank must see what rank 0 writes
         cluster.check_shared(opts.group, root)
     ref = {}
@@ -555,6 +563,7 @@ def _run(approaches, source, opts: Options, out: Path, on_row, say):
                              **({} if skipped is None else {"skipped": skipped}),
                              **({"shared": opts.done} if opts.done else {}),
                              **({"fewer": opts.fewer} if opts.fewer else {}), malloc_mmap_threshold=MMAP_THRESHOLD,
+                             drop_caches=can_drop,
                              **extra, **ref)
     log.write(env)
     expected = None
