@@ -1,3 +1,15 @@
+import atexit
+import os
+import tempfile
+
+# Before llama_ckpt is imported, here and in every process the tests start (notebook kernels, ranks): the suite
+# drops the kernel's caches before each save where it may; the tests point that at a file of their own, so that
+# running them never drops the caches of a benchmark beside them.
+_fd, _knob = tempfile.mkstemp(prefix="llama_ckpt-drop_caches-")
+os.close(_fd)
+os.environ["LLAMA_CKPT_DROP_CACHES"] = _knob
+atexit.register(lambda: os.path.exists(_knob) and os.remove(_knob))
+
 import pytest
 import torch
 

@@ -237,13 +237,26 @@ def test_every_save_starts_from_dropped_caches_where_the_kernel_lets_it(tiny_run
     assert fsutil.settle() is True and knob.read_text() == "1"
     monkeypatch.setattr(fsutil, "DROP_CACHES", tmp_path / "absent" / "drop_caches")
     assert fsutil.settle() is False
+    monkeypatch.setitem(measure._said, "no drop", False)
     said = []
-    env, rows = measure.run([APPROACHES["pytorch"]], get_model("tiny"),
-                            measure.Options(out=tmp_path / "out", repeats=2, disk_reference=False, progress=False),
-                            say=said.append)
-    assert env["drop_caches"] is False and [r["caches_dropped"] for r in rows] == [False, False]
-    assert all(r["verified"] for r in rows)
+    for run in ("a", "b"):  # a suite run calls measure.run per phase and round: the message comes once
+        env, rows = measure.run([APPROACHES["pytorch"]], get_model("tiny"),
+                                measure.Options(out=tmp_path / run, repeats=2, disk_reference=False, progress=False),
+                                say=said.append)
+        assert env["drop_caches"] is False and [r["caches_dropped"] for r in rows] == [False, False]
+        assert all(r["verified"] for r in rows)
     assert sum("not writable" in s for s in said) == 1
+
+
+def test_the_caches_are_dropped_once_before_every_save(tmp_path, monkeypatch):
+    events = []
+    save = TorchSave.save
+    monkeypatch.setattr(TorchSave, "save", lambda self, *a, **k: events.append("save") or save(self, *a, **k))
+    monkeypatch.setattr(fsutil, "settle", lambda: events.append("settle") or True)
+    _, rows = measure.run([APPROACHES["pytorch"], APPROACHES["pytorch-fp32"]], get_model("tiny"),
+                          measure.Options(out=tmp_path, repeats=2, disk_reference=False, progress=False))
+    assert events[events.index("settle"):] == ["settle", "save"] * 4  # before it: first-use warm-ups
+    assert [r["caches_dropped"] for r in rows] == [True] * 4
 
 
 def test_presets_have_openllama_3b_structure():

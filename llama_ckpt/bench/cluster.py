@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from .. import fsutil
 from ..errors import FAILURES, UserError
 from ..store import TMP_TAG
 from . import ranks
@@ -92,6 +93,8 @@ def join() -> Group:
 def _do(group: Group, cmd: str, arg):
     if cmd == "evict":  # one rank per node drops the node's caches
         return arg.evict() if group.local_rank == 0 else None
+    if cmd == "settle":  # one rank per node writes back and drops the node's caches before a save
+        return fsutil.settle() if group.local_rank == 0 else None
     if cmd == "probe":
         loc, token = arg
         try:
@@ -202,6 +205,12 @@ def evict(group: Group, loc) -> tuple:
     cold = None if any(c is None for c, _ in evicted) else all(c for c, _ in evicted)
     fracs = [f for _, f in evicted if f is not None]
     return cold, max(fracs) if fracs else None
+
+
+def settle(group: Group) -> bool:
+    """Rank 0: every node's caches written back and dropped (one rank per
+    node, ``fsutil.settle``); True only where every node's were."""
+    return all(d for d in ask(group, "settle") if d is not None)
 
 
 def sharded(group: Group, job: dict, loc) -> tuple:

@@ -59,6 +59,9 @@ DISK_HEADROOM = 256 << 20  # free space left on the output file system beyond th
 RANK_OVERHEAD = 500 << 20  # a rank's interpreter, torch and TensorStore, measured ~0.4 GB here
 
 
+_said = {"no drop": False}
+
+
 def new_run_id() -> str:
     return datetime.now().strftime("%Y%m%d-%H%M%S")
 
@@ -217,7 +220,8 @@ def measure_approach(approach: Format, source: ModelSource, expected: dict | Non
     stage = "save"
     try:
         loc.remove()  # each repeat saves into a fresh location
-        base["caches_dropped"] = fsutil.settle()  # and from the same file-system state (root only)
+        # and from the same file-system state (root only), on every node of a launched job
+        base["caches_dropped"] = cluster.settle(opts.group) if opts.group is not None else fsutil.settle()
         if approach.sharded and opts.group is not None:
             saves, loads, *rest = cluster.sharded(opts.group, sharded_job(approach, source, loc), loc)
             return measurement_row(**base, **sharded_fields(saves, loads, *rest, source.nbytes, "torchrun"),
@@ -543,7 +547,8 @@ def _run(approaches, source, opts: Options, out: Path, on_row, say):
             f"results -> {results_path}")
     remove_stale_saves(root.parent, say)
     can_drop = os.access(fsutil.DROP_CACHES, os.W_OK)
-    if not can_drop:
+    if not can_drop and not _said["no drop"]:  # once per process, not per phase or round
+        _said["no drop"] = True
         say(f"caches: {fsutil.DROP_CACHES} is not writable (not root), so saves do not start from dropped caches: "
             "on ext4 without a journal, saving many files soon after removing others is slower (fsutil.settle)")
     if opts.group is not None:  # a launched job: every rank must see what rank 0 writes
