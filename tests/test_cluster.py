@@ -60,6 +60,7 @@ def test_two_nodes_of_two_ranks_save_and_load_with_their_topology(saved, kind):
     for x in rows:
         assert x["verified"] and not x["error"], x["error"]
         assert x["launcher"] == "torchrun" and x["nodes"] == 2 and x["ranks_per_node"] == 2
+        assert x["caches_dropped"] is True  # dropped before the job's save (here: the tests' file)
         assert x["world_size"] == x["load_world_size"] == 4
         assert sorted(k["rank"] for k in x["ranks_save"]) == [0, 1, 2, 3]
         assert sorted((k["node"], k["local_rank"]) for k in x["ranks_save"]) == [(0, 0), (0, 1), (1, 0), (1, 1)]
