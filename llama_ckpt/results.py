@@ -65,6 +65,8 @@ TRAINING_FIELDS = (
     "n_params",
     "tensor_set",
     "state", "checkpoint_bytes", "repeat", "step",
+    # whether the kernel's page and buffer cache was dropped before the save (fsutil.settle: root only)
+    "caches_dropped",
     # seconds: from the call until the loop may step again; from the call until committed (durable);
     # the loop's wait at the end of the segment for a save still in flight; the segment's wall time
     "blocking_s", "durable_s", "stall_s", "segment_s",

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from llama_ckpt import checkpoint
+from llama_ckpt import checkpoint, fsutil
 from llama_ckpt.bench import training
 from llama_ckpt.digests import check, expected_digests, tensor_digest
 from llama_ckpt.errors import UserError
@@ -147,6 +147,22 @@ def test_run_training_measures_each_saver_and_verifies_every_checkpoint(tmp_path
     assert list(table.index) == [s.name for s in savers]
     assert (table["checkpoints verified"] == "2 of 2").all()
     assert set(report.ranking(rows)["saver"]) == {s.name for s in savers}
+
+
+def test_every_checkpoint_starts_from_dropped_caches(tmp_path, monkeypatch):
+    # As every save of the suite: the previous checkpoint was just removed, so the file system is written back and
+    # its caches dropped (fsutil.settle) before each call, outside the timings; the rows and the run say so.
+    events = []
+    saver = TRAINING["safetensors"]
+    start = type(saver).start
+    monkeypatch.setattr(type(saver), "start", lambda self, *a, **k: events.append("start") or start(self, *a, **k))
+    monkeypatch.setattr(fsutil, "settle", lambda: events.append("settle") or True)
+    opts = training.TrainingOptions(out=tmp_path, checkpoints=tmp_path / "ckpts", results=tmp_path / "r.jsonl",
+                                    repeats=2, steps_before=1, steps_after=1)
+    env, rows = training.run_training([saver], get_model("tiny"), opts)
+    assert events == ["settle", "start"] * 2
+    assert [r["caches_dropped"] for r in rows] == [True, True] and all(r["verified"] for r in rows)
+    assert env["drop_caches"] is os.access(fsutil.DROP_CACHES, os.W_OK)
 
 
 def test_a_model_too_big_to_train_here_is_skipped_with_the_reason(tmp_path):

@@ -62,6 +62,17 @@ RANK_OVERHEAD = 500 << 20  # a rank's interpreter, torch and TensorStore, measur
 _said = {"no drop": False}
 
 
+def can_drop_caches(say: Callable[[str], None]) -> bool:
+    """Whether saves can start from dropped caches (fsutil.settle); where not,
+    says so once per process (a suite run measures per phase and round)."""
+    can = os.access(fsutil.DROP_CACHES, os.W_OK)
+    if not can and not _said["no drop"]:
+        _said["no drop"] = True
+        say(f"caches: {fsutil.DROP_CACHES} is not writable (not root), so saves do not start from dropped caches: "
+            "on ext4 without a journal, saving many files soon after removing others is slower (fsutil.settle)")
+    return can
+
+
 def new_run_id() -> str:
     return datetime.now().strftime("%Y%m%d-%H%M%S")
 
@@ -546,11 +557,7 @@ def _run(approaches, source, opts: Options, out: Path, on_row, say):
             f"({len(source.specs)} tensors, {source.n_params:,} parameters, {source.nbytes / 1e9:.2f} GB{shared}); "
             f"results -> {results_path}")
     remove_stale_saves(root.parent, say)
-    can_drop = os.access(fsutil.DROP_CACHES, os.W_OK)
-    if not can_drop and not _said["no drop"]:  # once per process, not per phase or round
-        _said["no drop"] = True
-        say(f"caches: {fsutil.DROP_CACHES} is not writable (not root), so saves do not start from dropped caches: "
-            "on ext4 without a journal, saving many files soon after removing others is slower (fsutil.settle)")
+    can_drop = can_drop_caches(say)
     if opts.group is not None:  # a launched job: every rank must see what rank 0 writes
         cluster.check_shared(opts.group, root)
     ref = {}

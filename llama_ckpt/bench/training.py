@@ -45,7 +45,8 @@ from ..model import ModelSource, PresetModel, TensorSpec, tensor_set_digest
 from ..recorders import MachineMemory, PeakRSS, cpu_seconds, release_memory, rss_parts
 from ..results import environment_record, training_row
 from ..store import LocalDir
-from .measure import DISK_HEADROOM, RunLog, _describe_error, _now, new_run_id, remove_stale_saves, warm_up
+from .measure import (DISK_HEADROOM, RunLog, _describe_error, _now, can_drop_caches, new_run_id, remove_stale_saves,
+                      warm_up)
 
 BATCH, SEQ_LEN = 1, 64  # token batch of one step: sequences x tokens
 LEARNING_RATE = 1e-4
@@ -183,7 +184,7 @@ def run_training(savers: list[Saver], source: ModelSource, opts: TrainingOptions
         raise UserError(f"not enough free disk in {Path(opts.checkpoints).parent}: the checkpoints need about "
                         f"{(need + DISK_HEADROOM) / 1e9:.2f} GB, {free / 1e9:.2f} GB free")
     env = environment_record(run_id, Path(opts.out), **base, n_tensors=len(specs),
-                             checkpoint_bytes=sum(s.nbytes for s in specs))
+                             checkpoint_bytes=sum(s.nbytes for s in specs), drop_caches=can_drop_caches(say))
     del state
     log.write(env)
     remove_stale_saves(root.parent, say)
@@ -228,6 +229,9 @@ def segment(saver: Saver, trainer: Trainer, loc, repeat: int, opts: TrainingOpti
                checkpoint_bytes=sum(v.nbytes for v in sd.values()), repeat=repeat, step=trainer.step_no,
                steps_before_s=before, peak_rss_idle_bytes=idle.peak, machine_used_idle_bytes=idle_machine.peak,
                cpu_before_s=cpu_before)
+    # the save starts from the same file-system state as every other (the previous checkpoint was just removed),
+    # outside every timing: written back, caches dropped (root only)
+    row["caches_dropped"] = fsutil.settle()
     row["rss_before_bytes"] = sum(rss_parts())
     inflight, after, after_cpu = [], [], []
     stage = "save"
