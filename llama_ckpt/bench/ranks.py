@@ -60,13 +60,26 @@ def _fault(stage: str, rank: int):
     return hit
 
 
-def _shard_digests(specs, seed: int, model: str, rank: int, world: int) -> dict[str, dict]:
-    """This rank's rows of every tensor of the unsharded source: rows and SHA-256."""
-    out, origin = {}, parse_model(model)[1]
+def _own_rows(specs, seed: int, model: str, rank: int, world: int,
+              keep: bool = True) -> tuple[dict, dict[str, dict]]:
+    """This rank's rows of every tensor of the unsharded source (kept only
+    when ``keep``: a load needs just their digests), and per tensor the rows
+    and their SHA-256, taken before anything is written. Each tensor is built
+    once: its generator is sequential, so a rank's rows cost the whole tensor."""
+    rows, digests, origin = {}, {}, parse_model(model)[1]
     for s in specs:
         a, b = checkpoint.shard_rows(s.shape[0], rank, world)
-        out[s.name] = {"rows": [a, b], "sha256": tensor_digest(seeded_tensor(s, seed, origin)[a:b].contiguous())}
-    return out
+        mine = seeded_tensor(s, seed, origin)[a:b]
+        mine = mine.clone() if keep else mine.contiguous()  # kept: its own memory, not a view of the whole
+        digests[s.name] = {"rows": [a, b], "sha256": tensor_digest(mine)}
+        if keep:
+            rows[s.name] = mine
+    return rows, digests
+
+
+def _shard_digests(specs, seed: int, model: str, rank: int, world: int) -> dict[str, dict]:
+    """This rank's rows of every tensor of the unsharded source: rows and SHA-256."""
+    return _own_rows(specs, seed, model, rank, world, keep=False)[1]
 
 
 def topology(rank: int) -> dict:
@@ -90,11 +103,8 @@ class Job:
     def save(self) -> dict:
         job, dist, rank, world, fmt, ctx = self.job, self.dist, self.rank, self.world, self.fmt, self.ctx
         specs, staged = job["specs"], job["staged"]
-        self.step = "building this rank's rows"
-        origin = parse_model(job["model"])[1]
-        shards = {s.name: seeded_tensor(s, job["seed"], origin)[slice(*ctx.rows(s.shape[0]))].clone() for s in specs}
-        self.step = "recording the digests of this rank's rows"
-        mine = _shard_digests(specs, job["seed"], job["model"], rank, world)
+        self.step = "building this rank's rows and recording their digests"
+        shards, mine = _own_rows(specs, job["seed"], job["model"], rank, world)
         every = [None] * world
         dist.all_gather_object(every, mine)
         self.step = "preparing"
