@@ -18,7 +18,9 @@ SUITE = $(PY) -m llama_ckpt suite --model $(MODEL) $(if $(MODEL_PATH),--model-pa
 	--repeats $(REPEATS) --out "$(OUT)" $(if $(RUN_ID),--run-id "$(RUN_ID)") $(if $(filter 1 yes true,$(KEEP)),--keep)
 PHASES := 00 4a 4b 4c 4d 4e 4f 05 06 07 08
 
-.PHONY: help setup run-all test summary report lab clean s3-up s3-down $(addprefix phase-,$(PHASES))
+# phase-00 ... phase-08 are not .PHONY: make skips pattern rules for phony targets, and `make phase-4b` then
+# did nothing ("Nothing to be done")
+.PHONY: help setup run-all test summary report lab clean s3-up s3-down
 
 help: ## list the targets and options
 	@echo "targets:"
