@@ -33,7 +33,7 @@ def shard_rows(rows: int, rank: int, world: int) -> tuple[int, int]:
 
 
 def manifest(fmt, tensors: list[dict], **extra) -> dict:
-    return {"approach": fmt.name, "mechanism": type(fmt).__name__, "knobs": fmt.knobs(), **extra,
+    return {"approach": fmt.name, "mechanism": fmt.MECHANISM, "knobs": fmt.knobs(), **extra,
             "tensors": tensors}
 
 

@@ -24,7 +24,7 @@ from .store.server import local_server_dir
 from .store import Location, Target, at
 from .store.s3 import request_total
 from .report import summary as summ
-from .suite.phases import PHASES
+from .study.phases import PHASES
 from .suite.runner import PhaseFailed, run_suite
 from .verify import verify
 

@@ -112,9 +112,8 @@ def settle() -> bool:
     (``drop_caches``, root only). Without it a save's time depends on the
     measurement before it: ext4 without a journal skips every inode deleted
     in the last 60 s (300 s more while its inode-table block is dirty), one
-    buffer-cache lookup each, so saving 42,000 chunk files right after the
-    previous 42,000 were removed spent 26-44 s of kernel time here, the save
-    46-67 s; with the caches dropped first, 10-13 s and 27-34 s. True where
+    buffer-cache lookup each, so a save of many small files right after many
+    were removed is slower (docs/decisions.md#drop-caches). True where
     the caches were dropped; False where they could not be (not root, no
     procfs)."""
     os.sync()

@@ -78,10 +78,8 @@ def fix_mmap_threshold(nbytes: int = MMAP_THRESHOLD) -> bool:
     off glibc's dynamic threshold). By default glibc raises the threshold to
     the size of each large block freed, so later buffers of that size come
     from the heap and stay resident after they are freed, in amounts that
-    depend on what ran before: measured on the small preset, 5 repeats of
-    ``ts+best``'s load started from 0.38 to 0.58 GB resident and peaked 0.70
-    to 0.88 GB above it; with the threshold fixed, 0.38 GB and 0.70-0.71 GB
-    every repeat. Process-wide and for the rest of the process; False where
+    depend on what ran before (docs/decisions.md#mmap-threshold).
+    Process-wide and for the rest of the process; False where
     the C library is not glibc."""
     import ctypes
 

@@ -3,10 +3,14 @@
 Every other part of the suite (the CLI, the phases, the claims, ``verify``,
 the fault probe, the tests) reads the approaches from here. An approach's
 tags say where it belongs: ``guide`` (the user's guide's eight, in its
-order), ``sharded`` (saved and loaded by N processes, ``--world-size``).
-Whether it can target S3 is its format's (``s3_unsupported``).
+order), ``sharded`` (saved and loaded by N processes, ``--world-size``),
+``variant`` (a knob value of another approach, registered for its name;
+every other single-process approach outside the guide is a format
+05-formats compares, :func:`formats_phase`). Whether it can target S3 is
+its format's (``s3_unsupported``).
 
-A new format is one module in :mod:`llama_ckpt.formats` and one line here.
+A new format is one module in :mod:`llama_ckpt.formats` (a Format subclass
+with its own ``MECHANISM``) and one line here.
 """
 
 from __future__ import annotations
@@ -16,7 +20,6 @@ import itertools
 from typing import Iterable
 
 from .errors import UserError
-from .formats.background import DcpAsync, ForkSnapshot, Saver, StagedProcess, StagedThread, Sync, TensorStoreAsync
 from .formats.base import Format
 from .formats.dcp import DistributedCheckpoint
 from .formats.fast_safetensors import FastSafeTensors
@@ -27,6 +30,10 @@ from .formats.tensorstore import MiB, TensorStoreZarr, TSKnobs
 from .formats.torch_save import TorchSave
 
 GUIDE, SHARDED = "guide", "sharded"
+VARIANT = "variant"  # a knob value of another approach, registered for its name: not a format of its own
+# The guide's approaches 05-formats compares the formats with: ts+chunks (the guide's best TensorStore) and
+# pytorch (the guide's torch.save)
+FORMAT_BASELINES = ("ts+chunks", "pytorch")
 _BASE = TSKnobs()
 
 
@@ -34,38 +41,9 @@ def _ts(name: str, description: str, tags=(), **changes) -> TensorStoreZarr:
     return TensorStoreZarr(name, description, dataclasses.replace(_BASE, **changes), tags)
 
 
-# ts+best: chosen by measurement on the small preset (OpenLLaMA-3B's 237 tensors,
-# 0.68 GB float32), 2 repeats each, save + cold load, on this 2-core machine
-# (2026-11-28, medians of 2, while another benchmark was using the same disk:
-# read them as a ranking, not as speeds; the 05-formats phase measures ts+best
-# against torch.save and safetensors properly). All with concurrency 128 and no
-# source copy:
-#   file kvstore, 1 MiB chunks, writes in flight ....... save 2.11 s, load 1.05 s
-#   file kvstore, 16 MiB chunks, one transaction ........ save 0.89 s, load 0.60 s
-#   OCDBT, writes in flight (a commit per write) ......... save 3.7-4.9 s
-#   OCDBT, one transaction, 1 MiB chunks ................. save 0.69 s, load 0.67 s
-#   OCDBT, one transaction, 16 MiB chunks ................ save 0.83 s, load 0.51 s
-#   OCDBT, one transaction, 64 MiB / whole-tensor chunks . save 1.3-1.8 s, load 0.5-1.0 s
-#   (pytorch-fp32 1.13 / 1.04 s, safetensors 0.52 / 1.52 s in the same run)
-# One transaction is what matters most (OCDBT then writes a few large data
-# files instead of a commit per write); 16 MiB chunks gave the fastest load.
-# Commits every 1 GiB staged (commit_bytes): on OpenLLaMA-3B (13.7 GB) one
-# transaction for the whole model peaked at 1.22x the model saving, 1 GiB
-# batches at 1.07x (2026-11-29, one repeat each); below 1 GiB (the small
-# preset) it is still one commit.
-# OCDBT data files of at most 64 MiB (target_data_file_size): 4f's sweep of
-# I/O knobs on the small preset (run 20261129-063543, 5 interleaved repeats,
-# medians [min-max]): save 2.05 s [1.83-2.23] against 2.81 s [2.41-3.15] with
-# OCDBT's default (one data file for the whole model), load 0.95 s against
-# 1.07 s. No other knob changed the save clearly (locking off 0.93x, the
-# fsync pass 0.95x, copy threads 0.96-1.00x, concurrency 8 0.97x, ranges
-# overlapping); reads with O_DIRECT (0.85x), concurrency 8 (0.86x) and
-# 128 MiB commits (0.79x) loaded faster, the last clearly, but saved 1.10x.
-# Concurrency 8 instead of 128: in two runs of that sweep (20261129-063543,
-# 20261129-065312) it loaded in 0.86x and 0.83x the time and saved in 0.97x
-# and 1.06x (ranges overlapping); and it bounds the chunk buffers a load holds
-# (at 128 reads of 16 MiB in flight, ts+best's load of OpenLLaMA-3B peaked at
-# 1.12x the model).
+# ts+best: one transaction (a few large OCDBT data files instead of a commit per write), 16 MiB chunks,
+# commits every 1 GiB staged (bounded memory on large models), data files of at most 64 MiB, concurrency 8
+# (bounds the chunk buffers a load holds); why: docs/decisions.md#ts-best
 TS_BEST = dict(chunk_rule="contiguous", chunk_size=16 * MiB, concurrency=8, use_ocdbt=True, transaction=True,
                reference_source=True, commit_bytes=1 << 30, target_data_file_size=64 * MiB)
 # sharded TensorStore: row chunks of at most 16 MiB dividing each rank's rows, one transaction per rank
@@ -93,7 +71,7 @@ APPROACHES: dict[str, Format] = {a.name: a for a in [
                           "loaded in place", DistributedCheckpoint.Knobs("float32")),
     _ts("ts+zarr3", "zarr3, one shard per tensor with ~1 MiB inner chunks, float32", use_zarr3=True,
         chunk_rule="contiguous", chunk_size=1 * MiB),
-    _ts("ts+bfloat16", "baseline storing bfloat16", dtype="bfloat16"),
+    _ts("ts+bfloat16", "baseline storing bfloat16", (VARIANT,), dtype="bfloat16"),
     _ts("ts+best", "the fastest TensorStore configuration measured here (see TS_BEST), float32", **TS_BEST),
     _ts("ts+best16", "ts+best storing float16", **TS_BEST, dtype="float16"),
     # -- the loaders teams deploy to read weights fast (each from its own package, CPU mode)
@@ -117,13 +95,32 @@ APPROACHES: dict[str, Format] = {a.name: a for a in [
               "overlapping files and copy out their rows", TorchSave.Knobs("float32"), (SHARDED,)),
 ]}
 
-FORMATS: dict[str, type[Format]] = {type(a).__name__: type(a) for a in APPROACHES.values()}
+
+def _formats(approaches) -> dict[str, type[Format]]:
+    """MECHANISM -> format class, for :func:`approach_of`; two classes may not share one."""
+    out: dict[str, type[Format]] = {}
+    for cls in dict.fromkeys(type(a) for a in approaches):
+        if out.setdefault(cls.MECHANISM, cls) is not cls:
+            raise TypeError(f"{cls.__name__} and {out[cls.MECHANISM].__name__} share MECHANISM {cls.MECHANISM!r}")
+    return out
+
+
+# the format classes by the stable name their manifests carry (``mechanism``)
+FORMATS: dict[str, type[Format]] = _formats(APPROACHES.values())
 
 
 def names(*, sharded: bool = False, tag: str | None = None) -> list[str]:
     """Registered approach names, in registry order: the single-process ones
     (or the sharded ones), optionally only those with ``tag``."""
     return [n for n, a in APPROACHES.items() if a.sharded == sharded and (tag is None or tag in a.tags)]
+
+
+def formats_phase() -> list[str]:
+    """The approaches 05-formats compares, in registry order: every
+    single-process one that is neither one of the guide's eight nor a
+    ``variant`` (so a new format's registry line brings it in untagged).
+    The phase adds :data:`FORMAT_BASELINES` to compare them with."""
+    return [n for n in names() if not APPROACHES[n].tags & {GUIDE, VARIANT}]
 
 
 def variant(base: str, **changes) -> Format:
@@ -142,34 +139,6 @@ def variant(base: str, **changes) -> Format:
             return known
     label = ",".join(f"{k}={_label(v)}" for k, v in changes.items() if getattr(a.k, k) != v)
     return a.with_knobs(f"{base}[{label}]", f"{base} with {label.replace(',', ', ')}", knobs)
-
-
-def _training() -> dict[str, Saver]:
-    fp32, st, dcp = APPROACHES["pytorch-fp32"], APPROACHES["safetensors"], APPROACHES["dcp"]
-    return {s.name: s for s in [
-        # -- synchronous: the loop waits until the checkpoint is durable (blocking = time to durable)
-        Sync("pytorch-fp32", "torch.save of the float32 state dict", fp32),
-        Sync("safetensors", "safetensors save_file, fsynced", st),
-        Sync("dcp", "torch.distributed.checkpoint.save in this process", dcp),
-        Sync("ts+best", "TensorStore's ts+best (it references the source, safe only because the loop waits)",
-             APPROACHES["ts+best"]),
-        # -- asynchronous: the loop goes on while the bytes are written
-        DcpAsync("dcp-async", "dcp.async_save, written from a thread (DefaultStager's cached copy)", dcp, "dcp"),
-        DcpAsync("dcp-async-process", "dcp.async_save, written by DCP's writer process (staged in shared memory)",
-                 dcp, "dcp", process=True),
-        TensorStoreAsync("ts+best-async", "ts+best's configuration in one transaction, source copied by "
-                         "TensorStore (no reference_source, no batched commits); the loop goes on once every write's "
-                         "copy is done, durable at the commit",
-                         variant("ts+best", reference_source=False, commit_bytes=0), "ts+best"),
-        StagedThread("copy+pytorch-thread", "a staging copy (buffers reused), torch.save of it in a thread", fp32,
-                     "pytorch-fp32"),
-        StagedThread("copy+safetensors-thread", "a staging copy (buffers reused), safetensors of it in a thread", st,
-                     "safetensors"),
-        StagedProcess("copy+safetensors-process", "a staging copy (buffers reused), safetensors of it in a forked "
-                      "process", st, "safetensors"),
-        ForkSnapshot("fork+safetensors", "fork(): the child writes its copy-on-write view with safetensors while the "
-                     "parent trains", st, "safetensors"),
-    ]}
 
 
 def _label(v) -> str:
@@ -225,9 +194,3 @@ def approach_of(manifest: dict) -> Format:
     tags = (SHARDED,) if "world_size" in manifest else ()
     return cls(name, "rebuilt from a manifest", cls.Knobs(**{k: v for k, v in manifest["knobs"].items() if k in fields}),
                tags)
-
-
-# The ways to checkpoint inside a training loop (07-training): name -> saver.
-# Savers keep state between checkpoints (staging buffers, DCP's stager): the
-# training phase closes each one after its last checkpoint.
-TRAINING: dict[str, Saver] = _training()

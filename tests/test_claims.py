@@ -2,7 +2,7 @@
 
 import random
 
-from llama_ckpt.report.claims import (CLAIMS, CONFIDENCE, FAILS, GUIDE_EIGHT, HOLDS, MIN_REPEATS, N_BOOT,
+from llama_ckpt.study.claims import (CLAIMS, CONFIDENCE, FAILS, GUIDE_EIGHT, HOLDS, MIN_REPEATS, N_BOOT,
                                       RATIO_TOLERANCE, RULE, UNSURE, Best, Check, Claim, Same, _boot_medians, decided,
                                       judge_claims, judge_cloud, ratio_interval, sample_sets, undecided_approaches)
 from llama_ckpt.results import measurement_row

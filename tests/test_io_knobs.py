@@ -20,10 +20,10 @@ from llama_ckpt.registry import APPROACHES, variant
 from llama_ckpt.report import tables
 from llama_ckpt.results import reference_line
 from llama_ckpt.store import LocalDir
-from llama_ckpt.suite.phases import PHASES, io_sweep
+from llama_ckpt.study.phases import IO_SWEEP, PHASES, sweep_approaches
 
 
-@pytest.mark.parametrize("base, point", [(b, a) for b, a in io_sweep()], ids=lambda x: getattr(x, "name", x))
+@pytest.mark.parametrize("base, point", [(b, a) for b, k, vs in IO_SWEEP for a in sweep_approaches(((b, k, vs),))], ids=lambda x: getattr(x, "name", x))
 def test_every_point_of_the_io_sweep_round_trips(tiny_sd, tmp_path, base, point):
     exp = expected_digests(tiny_sd, {point.stored_dtype})[point.stored_dtype]
     point.save(dict(tiny_sd), tmp_path / "c")
@@ -123,6 +123,7 @@ def test_peak_rss_splits_anonymous_memory_from_mapped_file_pages(tmp_path):
 
 
 class _Greedy(SafeTensors):
+    MECHANISM = "test-greedy"
     PEAK_FACTOR = 1e6  # says it needs a million copies of the model
 
 

@@ -5,6 +5,7 @@ that every part of the suite picks a new format up from."""
 import ast
 import contextlib
 import io
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +15,8 @@ import torch
 import llama_ckpt
 from llama_ckpt import cli, registry
 from llama_ckpt.bench import faults, measure
-from llama_ckpt.formats.base import OneFile
+from llama_ckpt.checkpoint import MANIFEST
+from llama_ckpt.formats.base import Format, OneFile
 from llama_ckpt.model import get_model
 from llama_ckpt.verify import verify
 
@@ -78,6 +80,53 @@ def test_no_import_cycle_among_the_packages_modules():
             visit(m)
 
 
+# The floors of the package, bottom first: a module or folder imports only from floors below its own (a folder's
+# modules may import each other). suite/ and report/ share a floor and never import each other: both read the
+# catalogue, the verdicts and the run layout from study/ below them.
+FLOORS = [
+    {"errors"},
+    {"fsutil", "model", "recorders", "netdelay"},
+    {"digests", "store", "results"},
+    {"checkpoint"},
+    {"formats"},
+    {"registry"},
+    {"verify"},
+    {"bench"},
+    {"study"},
+    {"suite", "report"},
+    {"cli", "docgen"},
+    {"__main__"},
+]
+
+
+def _unit(mod: str) -> str:
+    """The top-level module or folder of the package that ``mod`` belongs to."""
+    return mod.split(".")[1] if "." in mod else mod
+
+
+def _upward(graph: dict[str, set[str]]) -> list[str]:
+    """The arrows of ``graph`` (module -> the package's modules it imports) between floors that do not run down."""
+    floor = {u: i for i, units in enumerate(FLOORS) for u in units}
+    unplaced = sorted({_unit(m) for m in graph} - set(floor))
+    assert not unplaced, f"modules on no floor (add them to FLOORS): {unplaced}"
+    return sorted(f"{m} -> {t} (floor {floor[_unit(m)]} -> {floor[_unit(t)]})" for m, ts in graph.items()
+                  for t in ts if _unit(t) != _unit(m) and floor[_unit(t)] >= floor[_unit(m)])
+
+
+def test_every_arrow_between_folders_runs_downward():
+    mods = {m: p for m, p in _modules().items() if m != "llama_ckpt"}
+    graph = {m: {t for _n, t in _own_imports(m, p) if t in mods} for m, p in mods.items()}
+    assert not _upward(graph), _upward(graph)
+
+
+def test_the_floor_rule_catches_an_arrow_upward_or_sideways():
+    assert _upward({"llama_ckpt.formats.x": {"llama_ckpt.report.tables", "llama_ckpt.store.base"}}) == [
+        "llama_ckpt.formats.x -> llama_ckpt.report.tables (floor 4 -> 9)"]
+    assert _upward({"llama_ckpt.report.summary": {"llama_ckpt.suite.kinds"}}) == [
+        "llama_ckpt.report.summary -> llama_ckpt.suite.kinds (floor 9 -> 9)"]
+    assert not _upward({"llama_ckpt.suite.kinds": {"llama_ckpt.study.runs", "llama_ckpt.suite.runner"}})
+
+
 def test_no_in_function_import_of_the_packages_own_modules():
     found = []
     for mod, path in _modules().items():
@@ -104,16 +153,11 @@ def test_only_the_store_knows_which_kind_of_storage_it_has():
     assert not found, found
 
 
-def test_every_approach_has_a_readme_row():
-    text = README.read_text()
-    missing = [n for n in registry.APPROACHES if f"| `{n}` |" not in text]
-    assert not missing, missing
-
-
 # -- a new format is one module and one registry line -------------------------------------------
 class NumpyZip(OneFile):
     """A format defined here, as a new module would: ``numpy.savez``."""
 
+    MECHANISM = "NumpyZip"
     FILE = "model.npz"
 
     @dataclass(frozen=True)
@@ -145,18 +189,45 @@ class NumpyZip(OneFile):
 def test_a_new_format_is_picked_up_by_list_run_verify_and_the_fault_probe(tmp_path, monkeypatch):
     new = NumpyZip("npz", "numpy.savez of the float32 state dict", NumpyZip.Knobs())
     monkeypatch.setitem(registry.APPROACHES, "npz", new)  # the one registry line
-    monkeypatch.setitem(registry.FORMATS, "NumpyZip", NumpyZip)
+    monkeypatch.setitem(registry.FORMATS, NumpyZip.MECHANISM, NumpyZip)
 
     shown = io.StringIO()
     with contextlib.redirect_stdout(shown):
         cli.cmd_list(None)
     assert any(line.startswith("npz ") for line in shown.getvalue().splitlines())
     assert "npz" in [a.name for a in registry.resolve("all")]
+    assert "npz" in registry.formats_phase()  # 05-formats compares it
 
     _, rows = measure.run(registry.resolve("pytorch,npz"), get_model("tiny"),
                           measure.Options(out=tmp_path / "o", repeats=1, keep=True, disk_reference=False))
     assert [r["approach"] for r in rows] == ["pytorch", "npz"] and all(r["verified"] for r in rows)
     assert rows[1]["save_phases"]["write + fsync"] > 0
     assert verify(rows[1]["path"]).ok
+    man = json.loads((Path(rows[1]["path"]) / MANIFEST).read_text())
+    assert man["mechanism"] == "NumpyZip" and type(registry.approach_of(dict(man, approach="npz[x]"))) is NumpyZip
     out = faults.probe(new, "flipped byte", tmp_path, get_model("tiny").materialize())
     assert out.result in (faults.FORMAT_RAISES, faults.ONLY_DIGESTS), out
+
+
+def test_a_format_class_names_its_mechanism_and_a_dtype_knob_or_is_refused_when_defined():
+    with pytest.raises(TypeError, match="NoName: a Format subclass sets MECHANISM"):
+        class NoName(NumpyZip):  # inheriting NumpyZip's would make its checkpoints read back as NumpyZip
+            pass
+    with pytest.raises(TypeError, match="NoDtype: its Knobs must be a dataclass with a dtype field"):
+        class NoDtype(Format):
+            MECHANISM = "NoDtype"
+
+            @dataclass(frozen=True)
+            class Knobs:
+                level: int = 1
+
+    class Base(Format, abstract=True):  # a base meant only to be subclassed needs neither
+        pass
+
+
+def test_05_formats_compares_the_formats_outside_the_guide_with_two_guide_baselines():
+    got = registry.formats_phase()
+    assert {"safetensors", "dcp", "ts+best", "tensorizer"} <= set(got)
+    assert not set(got) & set(registry.names(tag=registry.GUIDE) + registry.names(sharded=True))
+    assert "ts+bfloat16" not in got  # a variant (4d's sweep point), not a format
+    assert set(registry.FORMAT_BASELINES) <= set(registry.names(tag=registry.GUIDE))

@@ -132,6 +132,8 @@ def test_peak_rss_sees_an_allocation():
 class _FillsTheDisk(TorchSave):
     """Writes a partial file, then fails as a full disk does."""
 
+    MECHANISM = "test-fills-the-disk"
+
     def write(self, state_dict, loc, steps, progress):
         with loc.open_write(self.FILE) as f:
             f.write(b"partial")

@@ -9,9 +9,11 @@ import sys
 import nbformat
 import pytest
 
-from llama_ckpt.report.claims import GUIDE_EIGHT
+from llama_ckpt.study.claims import GUIDE_EIGHT
 from llama_ckpt.suite import runner as suite
-from llama_ckpt.suite.phases import PHASES, SUMMARY_SLUG, phase_complete, run_phase
+from llama_ckpt.study.phases import CLAIMS, COMPARE, PHASES, SUMMARY_SLUG, TRAINING
+from llama_ckpt.study.runs import phase_complete
+from llama_ckpt.suite import run
 from llama_ckpt.results import read_results
 
 NOTEBOOKS = suite.NOTEBOOKS
@@ -47,9 +49,9 @@ def test_executed_notebook_has_no_error_output(suite_run, slug):
 def test_each_phase_wrote_its_result_rows(suite_run, phase):
     out, _ = suite_run
     loaded = read_results([out / "runs" / RUN / "results" / f"{phase.slug}.jsonl"])
-    assert loaded.ends and (loaded.environments or phase.adaptive)
+    assert loaded.ends and (loaded.environments or phase.kind == CLAIMS)
     if phase.id == "06":  # every sharded approach at every (save ranks, load ranks) configuration
-        from llama_ckpt.suite.phases import DIST_CONFIGS, TORCHRUN_CONFIGS
+        from llama_ckpt.study.phases import DIST_CONFIGS, TORCHRUN_CONFIGS
         from llama_ckpt.registry import names
 
         assert len(loaded.ends) == len(DIST_CONFIGS) + len(TORCHRUN_CONFIGS)
@@ -57,16 +59,16 @@ def test_each_phase_wrote_its_result_rows(suite_run, phase):
                 for r in loaded.measurements] == [
             (a, w, lw, 1, "spawn") for w, lw in DIST_CONFIGS for a in names(sharded=True)] + [
             (a, n * k, n * k, n, "torchrun") for n, k in TORCHRUN_CONFIGS for a in names(sharded=True)]
-    elif phase.training:  # one checkpoint of every saver inside the loop, each holding its step's weights
-        from llama_ckpt.registry import TRAINING
+    elif phase.kind == TRAINING:  # one checkpoint of every saver inside the loop, each holding its step's weights
+        from llama_ckpt.bench.savers import SAVERS
 
-        assert [r["approach"] for r in loaded.training] == list(TRAINING) and not loaded.measurements
+        assert [r["approach"] for r in loaded.training] == list(SAVERS) and not loaded.measurements
         assert all(r["verified"] and r["blocking_s"] > 0 and r["durable_s"] > 0 for r in loaded.training)
-    elif phase.adaptive:  # rounds of repeats of the guide's approaches, then its own end record
+    elif phase.kind == CLAIMS:  # rounds of repeats of the guide's approaches, then its own end record
         assert any(e.get("claims_final") for e in loaded.ends)
         assert {r["approach"] for r in loaded.measurements} <= set(GUIDE_EIGHT)
     else:  # every approach of the phase, measured here or shared from a phase before it in the run
-        res = run_phase(phase.id, model="tiny", repeats=1, out_dir=out, run_id=RUN, say=lambda s: None)
+        res = run(phase.id, model="tiny", repeats=1, out_dir=out, run_id=RUN, say=lambda s: None)
         # (read back at the end of the run, a phase's rows also hold the repeats later phases, 08, added)
         assert res.reused
         assert list(dict.fromkeys(r["approach"] for r in res.rows)) == [a.name for a in phase.approaches()]
@@ -81,7 +83,7 @@ def test_a_configuration_is_measured_once_per_run(suite_run):
     out, _ = suite_run
     seen = {}
     for p in PHASES.values():
-        if not (p.sharded or p.training or p.adaptive):
+        if p.kind == COMPARE:
             for r in read_results([out / "runs" / RUN / "results" / f"{p.slug}.jsonl"]).measurements:
                 key = (r["approach"], json.dumps(r["knobs"], sort_keys=True), r["model"])
                 seen.setdefault(key, []).append(p.slug)
@@ -130,12 +132,12 @@ def test_summary_ranks_the_loaders_with_their_share_of_the_disk_and_their_memory
 
 
 def test_summary_ranks_the_savers_for_training(suite_run):
-    from llama_ckpt.registry import TRAINING
+    from llama_ckpt.bench.savers import SAVERS
     from llama_ckpt.report import summary
 
     out, _ = suite_run
     rank = summary.load(out, RUN).training_ranking()
-    assert sorted(rank["saver"]) == sorted(TRAINING)
+    assert sorted(rank["saver"]) == sorted(SAVERS)
     blocking = [float(b.split()[0]) for b in rank["blocking"]]
     assert blocking == sorted(blocking)  # least blocking first
 
@@ -158,8 +160,9 @@ def test_summary_has_the_live_reliability_table_of_every_approach_and_fault(suit
 def test_4e_measured_the_cloud_section_on_a_private_s3_server_and_the_summary_judges_claim_9(suite_run):
     from collections import Counter
 
-    from llama_ckpt.report.claims import CLOUD_CLAIM, MIN_REPEATS
-    from llama_ckpt.suite.phases import CLOUD_DELAYS_MS, cloud_approaches, cloud_results_path
+    from llama_ckpt.study.claims import CLOUD_CLAIM, MIN_REPEATS
+    from llama_ckpt.study.phases import CLOUD_DELAYS_MS, CLOUD_SECTION
+    from llama_ckpt.study.runs import cloud_results_path
 
     out, _ = suite_run
     for d in CLOUD_DELAYS_MS:
@@ -168,7 +171,7 @@ def test_4e_measured_the_cloud_section_on_a_private_s3_server_and_the_summary_ju
         rows = loaded.measurements
         # claim 9's approaches to the verdict rule's minimum, the rest at the run's one repeat
         assert Counter(r["approach"] for r in rows) == {
-            a.name: MIN_REPEATS if a.name in CLOUD_CLAIM.approaches() else 1 for a in cloud_approaches()}
+            a.name: MIN_REPEATS if a.name in CLOUD_CLAIM.approaches() else 1 for a in CLOUD_SECTION.approaches()}
         assert all(r["verified"] and r["s3_delay_ms"] == d and r["requests_save"] for r in rows)
     assert not (out / "runs" / RUN / "s3").exists()  # the private server's data went with it
     nb = nbformat.read(out / "runs" / RUN / f"{SUMMARY_SLUG}.ipynb", as_version=4)
@@ -220,7 +223,7 @@ def test_help_notebook_lists_the_parameters(slug):
 def test_notebook_headers_are_the_phase_definitions(phase):
     nb = nbformat.read(NOTEBOOKS / f"{phase.slug}.ipynb", as_version=4)
     assert nb.cells[0].cell_type == "markdown"
-    assert nb.cells[0].source == phase.header(), "run: python -m llama_ckpt.suite.phases headers"
+    assert nb.cells[0].source == phase.header(), "run: python -m llama_ckpt.suite.runner headers"
 
 
 @pytest.mark.parametrize("slug", ALL)

@@ -120,7 +120,7 @@ def test_a_numeric_sweep_is_ordered_by_its_knob_not_by_when_it_was_measured():
 
 def test_the_sweep_sentence_says_which_points_were_measured_fewer_times():
     from llama_ckpt.report import tables
-    from llama_ckpt.suite.phases import get_phase
+    from llama_ckpt.study.phases import get_phase
     k = lambda c: {"concurrency": c}
     rows = [row("tensorstore", i, 50.0 + i, 3.0, 600, knobs=k(1)) for i in range(3)]
     rows += [row("ts+concurrency", i, 30.0 + i, 4.0, 600, knobs=k(128)) for i in range(7)]  # 08 added repeats

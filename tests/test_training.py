@@ -18,9 +18,9 @@ from llama_ckpt import checkpoint, fsutil
 from llama_ckpt.bench import training
 from llama_ckpt.digests import check, expected_digests, tensor_digest
 from llama_ckpt.errors import UserError
-from llama_ckpt.formats.background import Hooks, TensorStoreAsync
+from llama_ckpt.bench.savers import SAVERS, Hooks, TensorStoreAsync
 from llama_ckpt.model import get_model
-from llama_ckpt.registry import TRAINING, variant
+from llama_ckpt.registry import variant
 from llama_ckpt.report import training as report
 from llama_ckpt.results import read_results
 from llama_ckpt.store import LocalDir
@@ -57,9 +57,9 @@ def _checkpoint_then_step(saver, trainer, loc, optimizer=False):
 
 
 @pytest.mark.parametrize("optimizer", [False, True], ids=["model", "model+optimizer"])
-@pytest.mark.parametrize("name", list(TRAINING))
+@pytest.mark.parametrize("name", list(SAVERS))
 def test_a_checkpoint_holds_the_weights_of_its_step_not_the_next(trainer, tmp_path, name, optimizer):
-    saver = TRAINING[name]
+    saver = SAVERS[name]
     saver.prepare(LocalDir(tmp_path / "warm-up"))
     try:
         loaded, at_k, at_k1 = _checkpoint_then_step(saver, trainer, LocalDir(tmp_path / "ckpt"), optimizer)
@@ -79,7 +79,7 @@ def test_referencing_the_source_lets_the_next_step_into_the_checkpoint(trainer, 
     with it, TensorStore writes the loop's own arrays at the commit, after
     the loop has changed them."""
     leaky = TensorStoreAsync("ts-async-referencing", "test", variant("ts+best", commit_bytes=0))
-    assert leaky.fmt.k.reference_source and not TRAINING["ts+best-async"].fmt.k.reference_source
+    assert leaky.fmt.k.reference_source and not SAVERS["ts+best-async"].fmt.k.reference_source
     loaded, at_k, at_k1 = _checkpoint_then_step(leaky, trainer, LocalDir(tmp_path / "ckpt"))
     assert not check(loaded, at_k).verified  # not the weights of its step ...
     assert check(loaded, at_k1).verified  # ... but the next step's
@@ -87,11 +87,11 @@ def test_referencing_the_source_lets_the_next_step_into_the_checkpoint(trainer, 
 
 def test_tensorstore_async_needs_one_transaction():
     with pytest.raises(ValueError, match="one transaction"):
-        TensorStoreAsync("x", "test", TRAINING["ts+best"].fmt)  # ts+best commits in 1 GiB batches
+        TensorStoreAsync("x", "test", SAVERS["ts+best"].fmt)  # ts+best commits in 1 GiB batches
 
 
 def test_a_failed_background_write_removes_what_it_staged_and_says_why(trainer, tmp_path):
-    saver = TRAINING["copy+safetensors-thread"]
+    saver = SAVERS["copy+safetensors-thread"]
 
     def boom():
         raise OSError(28, "No space left on device")
@@ -121,12 +121,12 @@ def test_killed_mid_background_save_no_checkpoint_is_committed_and_the_previous_
         checkpoint.read_manifest(LocalDir(tmp_path / "ckpt-2"))
     assert any("ckpt-2" in str(s) for s in LocalDir(tmp_path).stale_saves())  # only a temporary is left
     saved = json.loads((tmp_path / "digests-1.json").read_text())
-    loaded = TRAINING[name].load(LocalDir(tmp_path / "ckpt-1"))
+    loaded = SAVERS[name].load(LocalDir(tmp_path / "ckpt-1"))
     assert {k: tensor_digest(v) for k, v in loaded.items()} == saved
 
 
 def test_run_training_measures_each_saver_and_verifies_every_checkpoint(tmp_path):
-    savers = [TRAINING[n] for n in ("safetensors", "copy+safetensors-thread", "fork+safetensors")]
+    savers = [SAVERS[n] for n in ("safetensors", "copy+safetensors-thread", "fork+safetensors")]
     opts = training.TrainingOptions(out=tmp_path, checkpoints=tmp_path / "ckpts", results=tmp_path / "r.jsonl",
                                     repeats=2, steps_before=1, steps_after=2)
     env, rows = training.run_training(savers, get_model("tiny"), opts)
@@ -153,7 +153,7 @@ def test_every_checkpoint_starts_from_dropped_caches(tmp_path, monkeypatch):
     # As every save of the suite: the previous checkpoint was just removed, so the file system is written back and
     # its caches dropped (fsutil.settle) before each call, outside the timings; the rows and the run say so.
     events = []
-    saver = TRAINING["safetensors"]
+    saver = SAVERS["safetensors"]
     start = type(saver).start
     monkeypatch.setattr(type(saver), "start", lambda self, *a, **k: events.append("start") or start(self, *a, **k))
     monkeypatch.setattr(fsutil, "settle", lambda: events.append("settle") or True)
@@ -167,7 +167,7 @@ def test_every_checkpoint_starts_from_dropped_caches(tmp_path, monkeypatch):
 
 def test_a_model_too_big_to_train_here_is_skipped_with_the_reason(tmp_path):
     opts = training.TrainingOptions(out=tmp_path, checkpoints=tmp_path / "c", results=tmp_path / "r.jsonl")
-    env, rows = training.run_training(list(TRAINING.values()), get_model("open_llama_3b"), opts)
+    env, rows = training.run_training(list(SAVERS.values()), get_model("open_llama_3b"), opts)
     assert rows == [] and "AdamW" in env["skipped"]["07-training"] and "GB" in env["skipped"]["07-training"]
     assert read_results([tmp_path / "r.jsonl"]).ends[-1]["complete"]
     assert "No checkpoint was taken in this run: training open_llama_3b" in report.findings(rows, env)
@@ -203,7 +203,7 @@ def test_report_rules_slowdown_cost_and_the_aims():
 
 
 def test_a_saver_that_fails_before_giving_the_loop_back_leaves_nothing_behind(trainer, tmp_path, monkeypatch):
-    saver = TRAINING["copy+safetensors-thread"]
+    saver = SAVERS["copy+safetensors-thread"]
     monkeypatch.setattr(saver, "stage", lambda sd: (_ for _ in ()).throw(MemoryError("staging copy")))
     sd = trainer.state_dict()
     with pytest.raises(MemoryError):

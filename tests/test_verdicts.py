@@ -8,26 +8,27 @@ import json
 import pytest
 
 from llama_ckpt.report import summary
-from llama_ckpt.report.claims import CLAIMS, HOLDS, MIN_REPEATS, UNSURE, sample_sets, undecided_approaches
+from llama_ckpt.study.claims import CLAIMS, HOLDS, MIN_REPEATS, UNSURE, sample_sets, undecided_approaches
 from llama_ckpt.results import GIT_COMMIT, measurement_row, read_results
-from llama_ckpt.suite import phases
+from llama_ckpt.study import phases, runs
+from llama_ckpt import suite
 
 RUN = "v1"
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def measured(tmp_path_factory):
     """00, 4c and 4d on tiny in one run, 2 repeats: 4c and 4d share 00's tensorstore rows."""
     out = tmp_path_factory.mktemp("verdicts")
     said = []
-    results = {p: phases.run_phase(p, model="tiny", repeats=2, out_dir=out, run_id=RUN, say=said.append)
+    results = {p: suite.run(p, model="tiny", repeats=2, out_dir=out, run_id=RUN, say=said.append)
                for p in ("00", "4c", "4d")}
     return out, results, said
 
 
-def test_a_configuration_is_measured_once_per_run_and_shared(run):
-    out, results, said = run
-    own = read_results([phases.results_path(out, RUN, "4c-compression")]).measurements
+def test_a_configuration_is_measured_once_per_run_and_shared(measured):
+    out, results, said = measured
+    own = read_results([runs.results_path(out, RUN, "4c-compression")]).measurements
     assert "tensorstore" not in {r["approach"] for r in own if r["model"] == "tiny"}  # 00 measured it
     shared = [r for r in results["4c"].rows if r["approach"] == "tensorstore"]
     assert len(shared) == 2 and {r["phase"] for r in shared} == {"00-baselines"}
@@ -35,7 +36,7 @@ def test_a_configuration_is_measured_once_per_run_and_shared(run):
     # every configuration of the run's weights was measured exactly `repeats` times across the phases, but 4d's
     # costly sweep point no claim judges (SLOW_SWEEP_REPEATS)
     every = [r for p in ("00-baselines", "4c-compression", "4d-float16")
-             for r in read_results([phases.results_path(out, RUN, p)]).measurements if r["model"] == "tiny"]
+             for r in read_results([runs.results_path(out, RUN, p)]).measurements if r["model"] == "tiny"]
     counts = {}
     for r in every:
         key = (r["approach"], json.dumps(r["knobs"], sort_keys=True))
@@ -48,8 +49,8 @@ def test_a_configuration_is_measured_once_per_run_and_shared(run):
     assert any(f"ts+bfloat16: a sweep point no claim judges, {phases.SLOW_SWEEP_REPEATS} repeat(s)" in s for s in said)
 
 
-def test_compression_and_float16_are_measured_on_both_kinds_of_weights(run):
-    out, results, _ = run
+def test_compression_and_float16_are_measured_on_both_kinds_of_weights(measured):
+    out, results, _ = measured
     other = results["4c"].other
     assert {(r["approach"], r["model"], r["weights"]) for r in other} == {
         ("tensorstore", "tiny:float32", "float32"), ("ts+compression", "tiny:float32", "float32")}
@@ -60,28 +61,28 @@ def test_compression_and_float16_are_measured_on_both_kinds_of_weights(run):
     assert len(f16) == 2 and all(r["max_abs_err"] > 0 for r in f16)  # full mantissas: the cast loses
     main = [r for r in results["4d"].rows if r["approach"] == "ts+float16"]
     assert all(r["max_abs_err"] == 0 for r in main)  # float16-origin: the cast is exact
-    assert phases.phase_complete(out, RUN, "4c-compression")  # both kinds ended
+    assert runs.phase_complete(out, RUN, "4c-compression")  # both kinds ended
 
 
-def test_a_complete_phase_is_read_back_with_its_shared_rows(run):
-    out, results, _ = run
-    again = phases.run_phase("4d", model="tiny", repeats=2, out_dir=out, run_id=RUN, say=lambda s: None)
+def test_a_complete_phase_is_read_back_with_its_shared_rows(measured):
+    out, results, _ = measured
+    again = suite.run("4d", model="tiny", repeats=2, out_dir=out, run_id=RUN, say=lambda s: None)
     assert again.reused
     key = lambda rs: sorted((r["approach"], r["repeat"], r["phase"], r["model"]) for r in rs)
     assert key(again.rows) == key(results["4d"].rows) and key(again.other) == key(results["4d"].other)
 
 
-def test_the_claims_phase_adds_repeats_only_where_a_claim_is_undecided(run):
-    out, _, _ = run
+def test_the_claims_phase_adds_repeats_only_where_a_claim_is_undecided(measured):
+    out, _, _ = measured
     said = []
-    res = phases.run_claims_phase("08", model="tiny", out_dir=out, run_id=RUN, cap=MIN_REPEATS, step=2,
+    res = suite.run("08", model="tiny", out_dir=out, run_id=RUN, cap=MIN_REPEATS, step=2,
                                   say=said.append)
     assert res.rounds and all(r["target"] <= MIN_REPEATS for r in res.rounds)
     counts = {}
     for r in res.rows:
         counts[r["approach"]] = counts.get(r["approach"], 0) + 1
     assert max(counts.values()) <= MIN_REPEATS
-    added = read_results([phases.results_path(out, RUN, "08-claims")]).measurements
+    added = read_results([runs.results_path(out, RUN, "08-claims")]).measurements
     assert added and {r["phase"] for r in added} == {"08-claims"}
     # an approach got more repeats only because a claim needed it: none beyond those named in a round
     named = {(r["model"], n) for rd in res.rounds for n in rd["approaches"] for r in [rd]}
@@ -93,14 +94,14 @@ def test_the_claims_phase_adds_repeats_only_where_a_claim_is_undecided(run):
             assert counts.get(n, 0) >= MIN_REPEATS
     # the float32 weights got rounds too, for claims 3 and 4 only
     assert all(set(sum(rd["approaches"].values(), [])) <= {3, 4} for rd in res.rounds if rd["weights"] == "float32")
-    assert phases.phase_complete(out, RUN, "08-claims")
-    again = phases.run_claims_phase("08", model="tiny", out_dir=out, run_id=RUN, cap=MIN_REPEATS, say=lambda s: None)
+    assert runs.phase_complete(out, RUN, "08-claims")
+    again = suite.run("08", model="tiny", out_dir=out, run_id=RUN, cap=MIN_REPEATS, say=lambda s: None)
     assert again.reused and again.rounds == res.rounds
 
 
 def _fake_run(out, run_id, chunk_save, commit=GIT_COMMIT, model="tiny"):
     """A run whose only results are claim 1's pair: ts+chunks saves in ``chunk_save`` x the baseline's time."""
-    p = phases.results_path(out, run_id, "4b-chunks")
+    p = runs.results_path(out, run_id, "4b-chunks")
     p.parent.mkdir(parents=True, exist_ok=True)
     rows = [{"record": "environment", "run_id": run_id, "model": model, "git_commit": commit}]
     for n, f in (("tensorstore", 1.0), ("ts+chunks", chunk_save)):
@@ -127,7 +128,7 @@ def test_the_summary_counts_the_earlier_runs_of_the_same_commit_and_model(tmp_pa
 
 
 def test_the_claims_phase_budget_bounds_only_the_repeats_beyond_the_rules_minimum(tmp_path):
-    res = phases.run_claims_phase("08", model="tiny", out_dir=tmp_path, run_id="b0", budget_s=0.0,
+    res = suite.run("08", model="tiny", out_dir=tmp_path, run_id="b0", budget_s=0.0,
                                   cap=MIN_REPEATS + 2, say=lambda s: None)
     # the first round (on each kind of weights) brings every approach a claim needs to the minimum, whatever
     # the budget ...
@@ -143,4 +144,4 @@ def test_the_claims_phase_budget_bounds_only_the_repeats_beyond_the_rules_minimu
     assert all(rd["target"] > MIN_REPEATS and rd["added"] == 0 for rd in beyond)
     if beyond:
         assert f"time budget for repeats beyond {MIN_REPEATS} (0 s) was spent" in res.stopped
-    assert phases.phase_complete(tmp_path, "b0", "08-claims")
+    assert runs.phase_complete(tmp_path, "b0", "08-claims")

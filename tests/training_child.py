@@ -13,9 +13,8 @@ from pathlib import Path
 
 from llama_ckpt.bench.training import Trainer
 from llama_ckpt.digests import tensor_digest
-from llama_ckpt.formats.background import Hooks
+from llama_ckpt.bench.savers import SAVERS, Hooks
 from llama_ckpt.model import get_model
-from llama_ckpt.registry import TRAINING
 from llama_ckpt.store import LocalDir
 
 
@@ -25,7 +24,7 @@ def pause() -> None:
 
 
 def main(saver_name: str, out: str, hook: str) -> None:
-    saver, root = TRAINING[saver_name], LocalDir(out)
+    saver, root = SAVERS[saver_name], LocalDir(out)
     trainer = Trainer(get_model("tiny"))
     saver.prepare(root / "warm-up")
     (root / "warm-up").remove()

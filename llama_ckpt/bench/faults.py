@@ -33,16 +33,16 @@ NO_EFFECT = "no effect"
 NOT_APPLICABLE = "n/a"
 
 
-def data_files(path: Path) -> list[Path]:
+def data_files(approach: Format, path: Path) -> list[Path]:
     """The checkpoint's data files, largest first (not the suite's manifest
-    or marker, not zarr or OCDBT metadata)."""
-    skip = {MANIFEST, COMMIT, ".zarray", ".zattrs", "zarr.json", "manifest.ocdbt", ".metadata"}
+    or marker, not the files the format names as its metadata)."""
+    skip = {MANIFEST, COMMIT} | approach.metadata_files()
     files = [f for f in iter_files(path) if f.name not in skip]
     return sorted(files, key=lambda f: (-f.stat().st_size, str(f)))
 
 
-def flip_byte(path: Path) -> str | None:
-    f = data_files(path)[0]
+def flip_byte(approach: Format, path: Path) -> str | None:
+    f = data_files(approach, path)[0]
     with open(f, "r+b") as fh:
         size = os.fstat(fh.fileno()).st_size
         pos = size // 2
@@ -53,32 +53,33 @@ def flip_byte(path: Path) -> str | None:
     return f"flipped byte {pos} of {f.relative_to(path)}"
 
 
-def truncate(path: Path) -> str | None:
-    f = data_files(path)[0]
+def truncate(approach: Format, path: Path) -> str | None:
+    f = data_files(approach, path)[0]
     size = f.stat().st_size
     os.truncate(f, size // 2)
     return f"truncated {f.relative_to(path)} from {size} to {size // 2} bytes"
 
 
-def delete_data_file(path: Path) -> str | None:
-    f = data_files(path)[0]
+def delete_data_file(approach: Format, path: Path) -> str | None:
+    f = data_files(approach, path)[0]
     f.unlink()
     return f"deleted {f.relative_to(path)}"
 
 
-def delete_ocdbt_manifest(path: Path) -> str | None:
-    f = Path(path) / "manifest.ocdbt"
-    if not f.exists():
+def delete_database_manifest(approach: Format, path: Path) -> str | None:
+    name = approach.database_manifest()
+    if name is None:
         return None
-    f.unlink()
-    return "deleted manifest.ocdbt"
+    (Path(path) / name).unlink()
+    return f"deleted {name}"
 
 
-FAULTS: dict[str, Callable[[Path], str | None]] = {
+# fault -> what it does to ``approach``'s checkpoint at ``path``: a description, or None where it does not apply
+FAULTS: dict[str, Callable[[Format, Path], str | None]] = {
     "flipped byte": flip_byte,
     "truncated file": truncate,
     "deleted data file": delete_data_file,
-    "deleted OCDBT manifest": delete_ocdbt_manifest,
+    "deleted OCDBT manifest": delete_database_manifest,  # the only database manifest a format here names
 }
 
 
@@ -95,7 +96,7 @@ class Outcome:
 def probe(approach: Format, fault: str, root: Path, source: dict[str, torch.Tensor]) -> Outcome:
     path = root / f"{approach.name}-{fault.replace(' ', '-')}"
     approach.save({k: v.clone() for k, v in source.items()}, path)
-    what = FAULTS[fault](path)
+    what = FAULTS[fault](approach, path)
     if what is None:
         return Outcome(approach.name, fault, "-", NOT_APPLICABLE, "", "")
     try:

@@ -325,7 +325,7 @@ def _single(approach: Format, source: ModelSource, expected: dict, loc: Location
 
 def sharded_job(approach: Format, source: ModelSource, loc: Location) -> dict:
     """What every rank needs to save or load ``approach``'s checkpoint of ``source`` at ``loc``."""
-    return dict(kind="save", approach={"approach": approach.name, "mechanism": type(approach).__name__,
+    return dict(kind="save", approach={"approach": approach.name, "mechanism": approach.MECHANISM,
                                        "knobs": approach.knobs(), "world_size": None},
                 specs=source.specs, seed=source.seed, model=source.name, final=loc)
 

@@ -16,7 +16,7 @@ then freed), and its memory traffic makes it no steady sample.
 After the segment the checkpoint is loaded cold and checked against step k's
 digests: a checkpoint holding later weights, or a mix, does not verify.
 
-The savers (``registry.TRAINING``) are measured one at a time, each taking
+The savers (``savers.SAVERS``) are measured one at a time, each taking
 its checkpoints in a row as a training run that uses it would: it keeps its
 staging buffers from one checkpoint to the next, and is closed (its buffers
 freed) before the next saver starts. Interleaving them instead would leave
@@ -40,7 +40,7 @@ import torch
 from .. import fsutil
 from ..digests import check, expected_digests
 from ..errors import FAILURES, UserError
-from ..formats.background import DcpAsync, Saver, StagedThread
+from .savers import DcpAsync, Saver, StagedThread
 from ..model import ModelSource, PresetModel, TensorSpec, tensor_set_digest
 from ..recorders import MachineMemory, PeakRSS, cpu_seconds, release_memory, rss_parts
 from ..results import environment_record, training_row

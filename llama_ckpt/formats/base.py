@@ -59,8 +59,19 @@ class Format:
     ``prepare_rank`` (imports, meshes, coordinators: before the timer),
     ``write_rank`` (this rank's rows of every tensor, durable on return) and
     ``read_rank`` (this rank's rows, for any number of ranks).
+
+    Every concrete subclass sets, in its own body (checked when the class is
+    defined; a base meant only to be subclassed says ``abstract=True``):
+
+    - ``MECHANISM``: the format's stable name, written into each manifest and
+      read back by :func:`llama_ckpt.registry.approach_of`; renaming the class
+      must not change it, or older checkpoints no longer read;
+    - ``Knobs``: a frozen dataclass of the format's knobs (it may inherit
+      one), with a ``dtype`` field: the stored dtype of floating tensors, a
+      key of ``DTYPES``.
     """
 
+    MECHANISM: str  # stable name in manifests (see above)
     Knobs: type
     s3_unsupported: str | None = None  # why this format cannot use an object store (None: it can)
     can_shard: bool = False
@@ -70,6 +81,18 @@ class Format:
     # included): the estimate the run checks against the memory available
     # before it measures the approach.
     PEAK_FACTOR = 1.2
+
+    def __init_subclass__(cls, abstract: bool = False, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if abstract:
+            return
+        if not isinstance(cls.__dict__.get("MECHANISM"), str):  # inherited is not enough: it names the parent
+            raise TypeError(f"{cls.__name__}: a Format subclass sets MECHANISM = \"...\" in its own body (the stable "
+                            "name its manifests carry), or is declared abstract (class X(Format, abstract=True))")
+        knobs = getattr(cls, "Knobs", None)
+        if not dataclasses.is_dataclass(knobs) or "dtype" not in {f.name for f in dataclasses.fields(knobs)}:
+            raise TypeError(f"{cls.__name__}: its Knobs must be a dataclass with a dtype field (the stored dtype of "
+                            f"floating tensors, one of {', '.join(DTYPES)})")
 
     def __init__(self, name: str, description: str, knobs, tags: tuple[str, ...] = ()):
         self.name, self.description, self.k, self.tags = name, description, knobs, frozenset(tags)
@@ -136,6 +159,18 @@ class Format:
     def load(self, where, progress: Progress | None = None) -> dict[str, torch.Tensor]:
         return checkpoint.load(self, at(where), progress)
 
+    def metadata_files(self) -> frozenset[str]:
+        """Names of the files this format writes besides tensor data (array
+        metadata, indexes), wherever they are in the checkpoint: the fault
+        probe damages the other files. None by default."""
+        return frozenset()
+
+    def database_manifest(self) -> str | None:
+        """The file at the checkpoint's root that indexes a database holding
+        every tensor (OCDBT's manifest), for the fault probe's deletion of
+        it; None where the format keeps no such database."""
+        return None
+
     def tensor_sub(self, name: str) -> str | None:
         """The directory inside the checkpoint holding only this tensor's
         files, where the format has one (for per-tensor sizes)."""
@@ -185,7 +220,7 @@ class Format:
         raise NotImplementedError
 
 
-class OneFile(Format):
+class OneFile(Format, abstract=True):
     """A format that writes the whole state dict into one file, ``FILE``."""
 
     FILE: str

@@ -66,6 +66,7 @@ class DistributedCheckpoint(Format):
     Caveats: DCP's files are meant to be read by DCP.
     """
 
+    MECHANISM = "DistributedCheckpoint"
     can_shard = True
 
     @dataclass(frozen=True)
@@ -112,6 +113,9 @@ class DistributedCheckpoint(Format):
                 yield t["name"], one[t["name"]]
             except FAILURES as exc:
                 yield t["name"], exc
+
+    def metadata_files(self) -> frozenset[str]:
+        return frozenset({".metadata"})  # FileSystemWriter's index of every tensor's place in the .distcp files
 
     def tensor_file(self, loc, manifest, name):
         try:

@@ -19,6 +19,7 @@ class FastSafeTensors(SafeTensors):
     copied (about twice the model at the peak); local files only.
     """
 
+    MECHANISM = "FastSafeTensors"
     s3_unsupported = "fastsafetensors reads local files only"
     PEAK_FACTOR = 2.1  # its buffer of the whole file beside the copies taken out of it
 

@@ -49,6 +49,7 @@ class RunaiStreamer(SafeTensors):
     first, so a missing checkpoint is named before that).
     """
 
+    MECHANISM = "RunaiStreamer"
     own_s3_client = True
 
     @dataclass(frozen=True)

@@ -19,6 +19,7 @@ class SafeTensors(OneFile):
     ``save_file``; no compression; the format carries no checksum.
     """
 
+    MECHANISM = "SafeTensors"
     FILE = "model.safetensors"
 
     def write(self, state_dict, loc, steps, progress):

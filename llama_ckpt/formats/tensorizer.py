@@ -20,6 +20,7 @@ class Tensorizer(OneFile):
     tensorizer only.
     """
 
+    MECHANISM = "Tensorizer"
     FILE = "model.tensors"
     s3_unsupported = "tensorizer streams s3:// with its own client, not wired to the suite's S3 target yet"
 

@@ -21,14 +21,13 @@ MiB = 1 << 20
 # Reads and writes in flight at once for the "all in flight together"
 # approaches are bounded by the bytes they hold: TensorStore copies each source
 # array until its write commits, and holds chunk buffers until a read is
-# copied out; a second copy of OpenLLaMA-3B (13.7 GB) does not fit in 24 GB
-# beside the first. The small preset (0.68 GB) is entirely in flight at once.
+# copied out (why: docs/decisions.md#inflight-bytes).
 INFLIGHT_BYTES = 1 << 30
 # Reads in flight at once: each holds its chunk buffers beside the tensors
-# already loaded; at 1 GiB ts+best's load of OpenLLaMA-3B peaked at 1.10x the
-# model, at 512 MiB the small preset (0.68 GB) still has most of it in flight.
+# already loaded (why: docs/decisions.md#inflight-bytes).
 READ_INFLIGHT_BYTES = 512 << 20
 MAX_CHUNK = 1 << 32  # a chunk is held in memory whole: more than 4 GiB (or 2^32 per dimension) is a mistake
+OCDBT_MANIFEST = "manifest.ocdbt"  # the OCDBT database's root file, beside its data files under d/
 
 
 @dataclass(frozen=True)
@@ -157,6 +156,7 @@ class TensorStoreZarr(Format):
     through TensorStore's coordinator, which rank 0 starts.
     """
 
+    MECHANISM = "TensorStoreZarr"
     Knobs = TSKnobs
     can_shard = True
 
@@ -370,6 +370,15 @@ class TensorStoreZarr(Format):
             except FAILURES as exc:
                 yield t["name"], exc
 
+    def metadata_files(self) -> frozenset[str]:
+        # on OCDBT the arrays' metadata is inside the database: only its manifest is a file of its own
+        if self.k.use_ocdbt:
+            return frozenset({OCDBT_MANIFEST})
+        return frozenset({"zarr.json"} if self.k.use_zarr3 else {".zarray", ".zattrs"})
+
+    def database_manifest(self) -> str | None:
+        return OCDBT_MANIFEST if self.k.use_ocdbt else None
+
     def tensor_sub(self, name: str) -> str | None:
         return None if self.k.use_ocdbt else name
 
@@ -378,8 +387,8 @@ class TensorStoreZarr(Format):
 
     def peak_estimate(self, model_bytes: int) -> int:
         """One transaction committed at the end holds its commit buffers
-        beside the source until the commit: measured 1.29-1.32x the float32
-        model on OpenLLaMA-3B; batched commits (commit_bytes) hold one batch's."""
+        beside the source until the commit (docs/decisions.md#transaction-peak);
+        batched commits (commit_bytes) hold one batch's."""
         if self.k.transaction and not self.k.commit_bytes:
             return int(1.4 * model_bytes)
         return int(self.PEAK_FACTOR * model_bytes) + 2 * self.k.commit_bytes

@@ -31,6 +31,7 @@ class TorchSave(OneFile):
     The whole file must be read to get any one tensor.
     """
 
+    MECHANISM = "TorchSave"
     FILE = "model.pth"
     can_shard = True
 

@@ -13,12 +13,13 @@ import pandas as pd
 from ..errors import UserError
 from ..registry import names
 from ..results import change, comparison_table, fmt_bytes, is_valid, read_results, summarize
-from ..suite.phases import PHASES, cloud_rows, latest_run, phase_complete, run_dir, run_results, shared_rows
+from ..study.claims import (GUIDE_EIGHT, GUIDE_FIGURES, HOLDS, FAILS, OTHER_WEIGHTS_CLAIMS, UNSURE, judge_both,
+                             judge_cloud)
+from ..study.phases import COMPARE, PHASES
+from ..study.runs import cloud_rows, latest_run, phase_complete, run_dir, run_results, shared_rows
 from . import charts as plots
 from . import tables as report
 from . import training as train_report
-from .claims import (GUIDE_EIGHT, GUIDE_FIGURES, HOLDS, FAILS, OTHER_WEIGHTS_CLAIMS, UNSURE, judge_both,
-                     judge_cloud)
 
 CHART_NAME = "8way_performance_comparison.png"
 
@@ -320,7 +321,7 @@ class Summary:
 
 
 def claims_on(rows: list[dict], cloud: list[dict], other: list[dict]) -> list[dict]:
-    """The claims on ``rows`` and ``other`` (:func:`claims.judge_both`), and claim 9 on ``cloud``."""
+    """The claims on ``rows`` and ``other`` (:func:`llama_ckpt.study.claims.judge_both`), and claim 9 on ``cloud``."""
     cloud_weights = (cloud[0].get("weights") or "-") if cloud else "-"
     return judge_both(rows, other) + [dict(judge_cloud(cloud), weights=cloud_weights)]
 
@@ -344,7 +345,7 @@ def load(out_dir: str | Path, run_id: str = "") -> Summary:
     rows = [r for r in loaded.measurements if r["model"] == model]
     other = [r for r in loaded.measurements if r["model"] != model and not r.get("world_size")]
     for p in PHASES.values():  # a phase's rows include the configurations it shared with other phases
-        if p.slug in by_phase and not (p.training or p.sharded or p.adaptive):
+        if p.slug in by_phase and p.kind == COMPARE:
             shared = shared_rows(out_dir, run_id, p.slug, p.approaches(), model)
             by_phase[p.slug] += [r for rs in shared.values() for r in rs]
     return Summary(Path(out_dir), run_id, rows, loaded.environments, by_phase, complete,

@@ -11,8 +11,8 @@ import pandas as pd
 from ..results import Stat, change, fmt_bytes, is_valid, spread, summarize
 from ..store.s3 import request_total
 from ..registry import APPROACHES
-from ..suite.phases import CLOUD_LOADER_PAIRS, CLOUD_PAIRS
-from .claims import judge_claims, judge_cloud
+from ..study.claims import judge_claims, judge_cloud
+from ..study.phases import CLOUD_LOADER_PAIRS, CLOUD_PAIRS
 
 
 def knob_label(knobs: dict | None, axis: str | None) -> str:
@@ -334,7 +334,7 @@ def io_findings(rows: list[dict], pairs: tuple[tuple[str, str], ...], best: str 
 
 
 def findings(rows: list[dict], phase, baseline: str = "tensorstore", other: list[dict] | None = None) -> str:
-    """Markdown findings of one phase (a :class:`llama_ckpt.suite.phases.Phase`),
+    """Markdown findings of one phase (a :class:`llama_ckpt.study.phases.Phase`),
     computed from its rows (and ``other``: its rows on the preset's other weights)."""
     pairs, axis, claims = phase.comparisons(baseline), phase.axis, phase.claims
     valid = [r for r in rows if is_valid(r)]

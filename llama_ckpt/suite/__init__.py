@@ -1,1 +1,3 @@
-"""The notebook suite: the phases as data and the papermill driver."""
+from .kinds import PhaseResult, run
+
+__all__ = ["PhaseResult", "run"]

@@ -19,7 +19,9 @@ from .. import fsutil
 from ..bench import measure
 from ..errors import UserError
 from ..model import get_model
-from .phases import DEFAULT_OUT, REPO, SUMMARY_SLUG, get_phase, latest_run, phase_complete, run_dir
+from ..study.phases import PHASES, SUMMARY_SLUG, get_phase
+from ..study.runs import DEFAULT_OUT, REPO, latest_run, phase_complete, run_dir
+from .kinds import kind_of
 
 NOTEBOOKS = REPO / "notebooks"
 
@@ -93,7 +95,7 @@ def run_suite(phase_ids: list[str], model: str = "small", model_path: str = "", 
     if phases:
         fsutil.check_writable(rdir)
         source = get_model(model or None, model_path or None)
-        approaches = list({a.name: a for p in phases for a in p.approaches()}.values())
+        approaches = list({a.name: a for p in phases for a in kind_of(p.id, run_id=run_id).approaches()}.values())
         measure.check_disk(approaches, source, rdir, keep, True)
     with fsutil.output_lock(out_dir):  # the notebooks' kernels, our children, share it
         _run_phases(phases, model, model_path, repeats, out_dir, run_id, keep, summary, rdir)
@@ -109,8 +111,8 @@ def _run_phases(phases, model, model_path, repeats, out_dir, run_id, keep, summa
         if phase_complete(out_dir, run_id, p.slug) and notebook_ran_clean(out_nb):
             print(f"[{i}/{len(phases)}] {p.slug}: complete in run {run_id}, skipped", flush=True)
             continue
-        print(f"[{i}/{len(phases)}] {p.slug}: {p.title}: {p.size()}"
-              + ("" if p.adaptive else f" x {repeats} repeat(s)") + f" on {model_path or model}", flush=True)
+        size = kind_of(p.id, repeats=repeats, run_id=run_id).size()
+        print(f"[{i}/{len(phases)}] {p.slug}: {p.title}: {size} on {model_path or model}", flush=True)
         t0 = time.perf_counter()
         execute(p.slug, out_nb, params)
         print(f"[{i}/{len(phases)}] {p.slug}: done in {time.perf_counter() - t0:.0f} s -> {out_nb}", flush=True)
@@ -119,3 +121,25 @@ def _run_phases(phases, model, model_path, repeats, out_dir, run_id, keep, summa
         print(f"summary: {out_nb}", flush=True)
         execute(SUMMARY_SLUG, out_nb, dict(OUT_DIR=str(out_dir), RUN_ID=run_id), stream=False)
     print(f"run {run_id}: {time.perf_counter() - t_all:.0f} s; notebooks: {rdir}", flush=True)
+
+
+def sync_headers(notebooks: Path = NOTEBOOKS) -> list[str]:
+    """Rewrite each phase notebook's header cell from its catalogue entry;
+    returns the notebooks that changed."""
+    import nbformat
+
+    changed = []
+    for p in PHASES.values():
+        path = notebooks / f"{p.slug}.ipynb"
+        nb = nbformat.read(path, as_version=4)
+        if nb.cells[0].source != p.header():
+            nb.cells[0].source = p.header()
+            nbformat.write(nb, path)
+            changed.append(p.slug)
+    return changed
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["headers"]:
+        sys.exit("usage: python -m llama_ckpt.suite.runner headers")
+    print("rewrote:", ", ".join(sync_headers()) or "nothing (in step)")

@@ -28,6 +28,10 @@ A claim takes the weakest of its checks' verdicts and reports its
 claim may be decided by more repeats. The guide's own figures
 are kept as a citation (:data:`GUIDE_FIGURES`) and shown beside ours as
 relative changes: absolute times depend on the machine.
+
+This module decides; it renders nothing (``llama_ckpt.report.verdicts``
+does) and reads no run (``llama_ckpt.study.runs`` does): the claims' phase
+and the report both read it from below.
 """
 
 from __future__ import annotations
@@ -37,8 +41,6 @@ from functools import lru_cache
 from typing import Sequence
 
 import numpy as np
-
-import pandas as pd
 
 from ..formats.tensorstore import TensorStoreZarr
 from ..registry import APPROACHES, names
@@ -428,14 +430,6 @@ def judge_both(rows: list[dict], other: list[dict] | None = None) -> list[dict]:
     return out
 
 
-def verdict_table(results: list[dict]) -> pd.DataFrame:
-    """The claims for reading: verdict, the repeats it rests on, the measured ratios with their intervals."""
-    if not results:
-        return pd.DataFrame()
-    cols = [c for c in ("claim", "weights", "verdict", "repeats", "text", "measured") if c in results[0]]
-    return pd.DataFrame(results)[cols].set_index(["claim", "weights"])
-
-
 def all_intervals(rows: list[dict], other: list[dict] | None = None) -> list[dict]:
     """:func:`intervals` of every claim on ``rows``, and of claims 3 and 4 on ``other``."""
     samples, w = sample_sets(rows), _weights(rows)
@@ -444,35 +438,6 @@ def all_intervals(rows: list[dict], other: list[dict] | None = None) -> list[dic
         so, wo = sample_sets(other), _weights(other)
         out += [i for c in CLAIMS if c.number in OTHER_WEIGHTS_CLAIMS for i in intervals(c, so, wo)]
     return out
-
-
-def decided_findings(results: list[dict], rounds: list[dict], cap: int, stopped: str | None = None) -> str:
-    """What the claims' phase found: the verdicts, the repeats they rest on, what the rounds added."""
-    if not results:
-        return "No claim could be judged: no row of the guide's approaches in this run."
-    lines = []
-    for v in (HOLDS, FAILS, UNSURE):
-        got = [f"{r['claim']} ({r['weights']}, {r['repeats']} repeats)" for r in results if r["verdict"] == v]
-        lines.append(f"- **{v}**: {', '.join(got) or 'none'}.")
-    at_cap = [r for r in results if r["verdict"] == UNSURE and r["repeats"] >= cap]
-    missing = [r for r in results if r["verdict"] == UNSURE and r["repeats"] == 0]
-    if at_cap:
-        lines.append(f"- Inconclusive with {cap} repeats (the cap): "
-                     + ", ".join(f"{r['claim']} ({r['weights']})" for r in at_cap)
-                     + ": the interval still straddles the threshold, an effect too close to it to decide here.")
-    if missing:
-        lines.append("- Not judged (an approach it compares was not measured in this run): "
-                     + ", ".join(f"{r['claim']} ({r['weights']})" for r in missing) + ".")
-    if rounds:
-        lines.append(f"- {len(rounds)} round(s), {sum(r['added'] for r in rounds)} added measurements: " + "; ".join(
-            f"round {r['round']} on {r['weights']} weights, {', '.join(r['approaches'])} to {r['target']} repeats"
-            for r in rounds) + ".")
-    else:
-        lines.append("- No round was needed: every claim was decided by the phases' own repeats.")
-    if stopped:
-        lines.append(f"- Rounds stopped early: {stopped}; the claims still undecided read inconclusive at the repeats "
-                     "they had, not at the cap.")
-    return "\n".join(lines)
 
 
 # Judged on the cloud rows (4e's S3 section), at every added delay separately.
@@ -499,3 +464,14 @@ def judge_cloud(rows: list[dict]) -> dict:
             "measured": " | ".join(f"+{d:g} ms RTT ({p['verdict']}): {p['measured']}" for d, p in parts.items()),
             "dtypes": "", "guide": "no figures: the guide recommends OCDBT for the cloud without measuring it",
             "repeats": min(p["repeats"] for p in parts.values())}
+
+
+def undecided(rows: list[dict], numbers: tuple[int, ...] | None = None) -> dict[str, tuple[int, ...]]:
+    """The approaches whose repeats leave a claim undecided on ``rows``, each with those claims."""
+    samples = sample_sets(rows)
+    out: dict[str, tuple[int, ...]] = {}
+    for c in CLAIMS:
+        if numbers is None or c.number in numbers:
+            for n in undecided_approaches(c, samples):
+                out[n] = out.get(n, ()) + (c.number,)
+    return out

@@ -14,7 +14,8 @@ finished: a process killed mid-save leaves a staging temporary, never a
 committed checkpoint.
 
 The checkpoint's files are the format's own, so ``fmt.read`` (and ``verify``)
-read them like any other checkpoint of that format.
+read them like any other checkpoint of that format. :data:`SAVERS` is the
+catalogue of the ways the training phase (07) measures.
 """
 
 from __future__ import annotations
@@ -34,9 +35,10 @@ from .. import checkpoint
 from ..digests import tensor_digest
 from ..recorders import Steps
 from ..store import Location
-from .base import Format, no_progress
-from .dcp import DistributedCheckpoint
-from .tensorstore import TensorStoreZarr
+from ..formats.base import Format, no_progress
+from ..formats.dcp import DistributedCheckpoint
+from ..formats.tensorstore import TensorStoreZarr
+from ..registry import APPROACHES, variant
 
 
 def _nothing() -> None:
@@ -390,3 +392,37 @@ class DcpAsync(Saver):
                              async_checkpointer_type=kind, async_stager=self._stager, no_dist=self.mode == "thread")
         future = getattr(out, "upload_completion", out)
         return lambda: future.result()
+
+
+def _savers() -> dict[str, Saver]:
+    fp32, st, dcp = APPROACHES["pytorch-fp32"], APPROACHES["safetensors"], APPROACHES["dcp"]
+    return {s.name: s for s in [
+        # -- synchronous: the loop waits until the checkpoint is durable (blocking = time to durable)
+        Sync("pytorch-fp32", "torch.save of the float32 state dict", fp32),
+        Sync("safetensors", "safetensors save_file, fsynced", st),
+        Sync("dcp", "torch.distributed.checkpoint.save in this process", dcp),
+        Sync("ts+best", "TensorStore's ts+best (it references the source, safe only because the loop waits)",
+             APPROACHES["ts+best"]),
+        # -- asynchronous: the loop goes on while the bytes are written
+        DcpAsync("dcp-async", "dcp.async_save, written from a thread (DefaultStager's cached copy)", dcp, "dcp"),
+        DcpAsync("dcp-async-process", "dcp.async_save, written by DCP's writer process (staged in shared memory)",
+                 dcp, "dcp", process=True),
+        TensorStoreAsync("ts+best-async", "ts+best's configuration in one transaction, source copied by "
+                         "TensorStore (no reference_source, no batched commits); the loop goes on once every write's "
+                         "copy is done, durable at the commit",
+                         variant("ts+best", reference_source=False, commit_bytes=0), "ts+best"),
+        StagedThread("copy+pytorch-thread", "a staging copy (buffers reused), torch.save of it in a thread", fp32,
+                     "pytorch-fp32"),
+        StagedThread("copy+safetensors-thread", "a staging copy (buffers reused), safetensors of it in a thread", st,
+                     "safetensors"),
+        StagedProcess("copy+safetensors-process", "a staging copy (buffers reused), safetensors of it in a forked "
+                      "process", st, "safetensors"),
+        ForkSnapshot("fork+safetensors", "fork(): the child writes its copy-on-write view with safetensors while the "
+                     "parent trains", st, "safetensors"),
+    ]}
+
+
+# The ways to checkpoint inside a training loop (07-training): name -> saver.
+# Savers keep state between checkpoints (staging buffers, DCP's stager): the
+# training phase closes each one after its last checkpoint.
+SAVERS: dict[str, Saver] = _savers()

@@ -1,0 +1,404 @@
+"""Running a phase: one class per kind of phase, one entry point.
+
+``run(phase_id, **params)`` looks the phase up in the catalogue
+(:mod:`llama_ckpt.study.phases`) and runs it with the class of its ``kind``.
+Every kind takes the same parameters (``model``, ``model_path``, ``repeats``,
+``out_dir``, ``run_id``, ``keep``, ``progress``, ``say``) plus its own
+(:attr:`Kind.own`, e.g. the claims phase's ``cap``), measures what the phase
+needs (or reuses the run's complete results of it: an interrupted try's file
+is set aside, never mixed in) and returns a :class:`PhaseResult`.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import fsutil
+from ..bench import cluster, measure, training
+from ..bench.savers import SAVERS
+from ..errors import UserError
+from ..formats.base import Format
+from ..model import PUBLISHED_DTYPE, ModelSource, PresetModel, get_model, model_name
+from ..registry import APPROACHES, names
+from ..results import is_valid, read_results
+from ..store import Target
+from ..store import server as s3_server
+from ..study import runs
+from ..study.claims import CLOUD_CLAIM, MIN_REPEATS, OTHER_WEIGHTS_CLAIMS, undecided
+from ..study.phases import (CLAIMS, CLAIMS_BUDGET_S, CLAIMS_CAP, CLAIMS_STEP, CLOUD, CLOUD_BUCKET, CLOUD_DELAYS_MS,
+                            COMPARE, DIST_CONFIGS, SHARDED, TORCHRUN_CONFIGS, TRAINING, Phase, get_phase)
+
+
+@dataclass
+class PhaseResult:
+    phase: Phase
+    run_id: str
+    run_dir: Path
+    results_path: Path
+    rows: list[dict]  # the phase's rows on the run's weights: its own and those shared from other phases
+    env: dict
+    reused: bool  # complete results of this run were found and not measured again
+    other: list[dict] = field(default_factory=list)  # rows on the preset's other weights (``both_weights``, claims)
+    rounds: list[dict] = field(default_factory=list)  # claims: one per round of added repeats, what and why
+    stopped: str | None = None  # claims: why rounds stopped before every claim was decided or at the cap
+    envs: list[dict] = field(default_factory=list)  # cloud: one environment record per delay
+    endpoint: str = ""  # cloud: the S3 endpoint measured
+    server_started: bool = False  # cloud: a private server was started for this and stopped after
+
+    @property
+    def figures(self) -> Path:
+        return self.run_dir / "figures"
+
+
+def row_line(r: dict, where: str = "") -> str:
+    """A measured row's progress line: ``  approach #k<where>: save ..., load ...`` or its error."""
+    return (f"  {r['approach']} #{r['repeat']}{where}: "
+            + ("ERROR " + r["error"] if r["error"] else f"save {r['save_s']:.2f} s, load {r['load_s']:.2f} s"))
+
+
+def other_weights(source: ModelSource) -> ModelSource | None:
+    """The preset with its other weights (float32 for float16-origin, float16-origin for float32); None for
+    real weights (MODEL_PATH)."""
+    if not isinstance(source, PresetModel):
+        return None
+    return PresetModel(model_name(source.preset, PUBLISHED_DTYPE if source.origin == "float32" else "float32"),
+                       seed=source.seed)
+
+
+class Kind:
+    """A phase of one kind, with the run's parameters: :meth:`run` measures it
+    (or reuses this run's complete results) and returns a :class:`PhaseResult`."""
+
+    own: dict = {}  # the kind's own parameters and their defaults
+
+    def __init__(self, phase: Phase, model: str = "small", model_path: str = "", repeats: int = 1,
+                 out_dir: str | Path = "", run_id: str = "", keep: bool = False, progress: bool | None = None,
+                 say=print, **own):
+        if unknown := sorted(set(own) - set(self.own)):
+            raise UserError(f"phase {phase.id} takes no parameter {', '.join(unknown)}; its own: "
+                            f"{', '.join(self.own) or 'none'}")
+        self.phase, self.model, self.model_path, self.repeats = phase, model, model_path, repeats
+        self.out_dir, self.keep, self.progress, self.say = out_dir, keep, progress, say
+        self.params = {**self.own, **own}
+        self.run_id = run_id or measure.new_run_id()
+        self.rdir = runs.run_dir(out_dir, self.run_id)
+        self.rpath = runs.results_path(out_dir, self.run_id, phase.slug)
+        self.lock = Path(out_dir or runs.DEFAULT_OUT)
+
+    # -- what every kind shares
+    def options(self, **changes) -> measure.Options:
+        """The measurement options of this phase (the one place they are built), with ``changes``."""
+        return measure.Options(**{**dict(out=self.rdir, repeats=self.repeats, keep=self.keep, results=self.rpath,
+                                         run_id=self.run_id, progress=self.progress, lock=self.lock,
+                                         checkpoints=self.rdir / "checkpoints" / self.phase.slug,
+                                         phase=self.phase.slug), **changes})
+
+    def result(self, rows: list[dict], env: dict, reused: bool = False, **more) -> PhaseResult:
+        return PhaseResult(self.phase, self.run_id, self.rdir, self.rpath, rows, env, reused, **more)
+
+    def source(self) -> ModelSource:
+        return get_model(self.model or None, self.model_path or None)
+
+    def approaches(self) -> list[Format]:
+        """What the phase writes (for the up-front disk check)."""
+        return self.phase.approaches()
+
+    def size(self) -> str:
+        """What the phase measures, for progress lines."""
+        return f"{len(self.approaches())} approaches x {self.repeats} repeat(s)"
+
+    def run(self) -> PhaseResult:
+        if runs.phase_complete(self.out_dir, self.run_id, self.phase.slug):
+            self.say(f"phase {self.phase.slug}: complete results of run {self.run_id} found in {self.rpath}; "
+                     "not measured again")
+            return self.reuse(read_results([self.rpath]))
+        if aside := runs.set_aside(self.rpath):
+            self.say(f"phase {self.phase.slug}: an interrupted try's rows were moved to {aside}")
+        return self.measure()
+
+    def reuse(self, loaded) -> PhaseResult:
+        env = loaded.environments[0] if loaded.environments else {}
+        return self.result(loaded.measurements + loaded.training, env, True)
+
+    def measure(self) -> PhaseResult:
+        raise NotImplementedError
+
+
+class Compare(Kind):
+    """Approaches compared at the run's repeats (a configuration another phase
+    of the run measured is shared, not measured again), the sweep's points,
+    and ``both_weights`` again on the preset's other weights."""
+
+    def measure(self) -> PhaseResult:
+        source, apps = self.source(), self.approaches()
+        env, rows = self._shared(apps, source)
+        other, other_rows = other_weights(source) if self.phase.both_weights else None, []
+        if other is not None:
+            self.say(f"{', '.join(self.phase.both_weights)} again on the {other.weights} weights ({other.name}), "
+                     f"for the claims {', '.join(map(str, self.phase.claims))} on both kinds of weights")
+            _e, other_rows = self._shared([APPROACHES[n] for n in self.phase.both_weights], other, reference=False)
+        elif self.phase.both_weights:  # real weights: there is no other kind; the end record says so
+            measure.RunLog(self.rpath, self.run_id, 0, lambda r: None).end(
+                True, skipped="real weights (MODEL_PATH): one kind only")
+        return self.result(runs.in_order(rows, source.name, apps), env,
+                           other=runs.in_order(other_rows, other.name, apps) if other is not None else [])
+
+    def reuse(self, loaded) -> PhaseResult:
+        env = loaded.environments[0] if loaded.environments else {}
+        apps = self.approaches()
+
+        def rows_of(model: str) -> list[dict]:
+            shared = runs.shared_rows(self.out_dir, self.run_id, self.phase.slug, apps, model)
+            return runs.in_order(loaded.measurements + [r for rs in shared.values() for r in rs], model, apps)
+        others = [e["model"] for e in loaded.environments if e["model"] != env["model"]]
+        return self.result(rows_of(env["model"]), env, True, other=rows_of(others[0]) if others else [])
+
+    def _shared(self, apps: list[Format], source: ModelSource, reference: bool = True) -> tuple[dict, list[dict]]:
+        """``apps`` on ``source`` to the run's repeats each, counting the rows
+        other phases of the run measured of the same configuration: the phase
+        measures only what is missing. Returns the environment and every row
+        (measured here and shared)."""
+        shared = runs.shared_rows(self.out_dir, self.run_id, self.phase.slug, apps, source.name)
+        fewer = self.phase.fewer(self.repeats, apps)
+        for n, k in fewer.items():
+            self.say(f"{n}: a sweep point no claim judges, {k} repeat(s) (SLOW_SWEEP_REPEATS)")
+        for n, rs in shared.items():
+            by = ", ".join(dict.fromkeys(r.get("phase") or "?" for r in rs))
+            want = fewer.get(n, self.repeats)
+            self.say(f"{n}: {len(rs)} repeat(s) measured in this run by {by}, shared"
+                     + (f"; {want - len(rs)} more measured here" if len(rs) < want else ""))
+        opts = self.options(disk_reference=reference, done={n: len(rs) for n, rs in shared.items()},
+                            fewer=fewer or None)
+        env, rows = measure.run(apps, source, opts, say=self.say, on_row=lambda r: self.say(row_line(r)))
+        return env, rows + [r for rs in shared.values() for r in rs]
+
+
+class Sharded(Kind):
+    """The sharded approaches at each (ranks saving, ranks loading)
+    configuration, spawned here, then at each (nodes, ranks per node) started
+    by torchrun; all rows in the phase's one results file (one end record per
+    configuration)."""
+
+    own = {"configs": DIST_CONFIGS, "torchrun_configs": TORCHRUN_CONFIGS}
+
+    def size(self) -> str:
+        return (f"{len(self.approaches())} sharded approaches x {self.phase.n_runs} rank configurations x "
+                f"{self.repeats} repeat(s)")
+
+    def measure(self) -> PhaseResult:
+        source, apps = get_model(self.model or None), self.approaches()
+        rows, env, configs = [], {}, self.params["configs"]
+        for world, load_world in configs:
+            opts = self.options(disk_reference=(world, load_world) == configs[0], world_size=world,
+                                load_world_size=load_world, keep=False, phase=None)
+            env_c, rs = measure.run(apps, source, opts, say=self.say, on_row=lambda r: self.say(
+                row_line(r, f" {r['world_size']} -> {r['load_world_size']} ranks")))
+            env = env or env_c
+            rows += rs
+        for nodes, per_node in self.params["torchrun_configs"]:
+            rows += self._torchrun(nodes, per_node, source)
+        return self.result(rows, env)
+
+    def _torchrun(self, nodes: int, per_node: int, source: ModelSource) -> list[dict]:
+        self.say(f"torchrun: {nodes} launches of {per_node} ranks on this machine as {nodes} nodes")
+        before = read_results([self.rpath])
+        procs = cluster.torchrun(nodes, per_node, [
+            "run", "--approach", ",".join(a.name for a in self.approaches()), "--model", source.name,
+            "--repeats", str(self.repeats), "--out", str(self.rdir), "--results", str(self.rpath),
+            "--run-id", self.run_id, "--no-reference"])
+        for line in (ln for p in procs for ln in p.stdout.splitlines() if ln.startswith("  ")):
+            self.say(line)  # rank 0's row lines (the other ranks print nothing)
+        after = read_results([self.rpath])
+        # torchrun exits 1 for a failed rank and for a row that did not verify alike: the job
+        # finished only if it wrote its complete end record
+        if not any(e.get("complete") for e in after.ends[len(before.ends):]):
+            errs = [ln for p in procs for ln in p.stderr.splitlines() if "error" in ln.lower()]
+            raise UserError(f"the torchrun job of {nodes} x {per_node} ranks did not finish (exit "
+                            f"{[p.returncode for p in procs]}): {errs[0] if errs else 'no error line'}")
+        return after.measurements[len(before.measurements):]
+
+
+class Training(Kind):
+    """Every saver of ``bench.savers.SAVERS`` checkpointing a training loop
+    ``repeats`` times, one saver at a time."""
+
+    own = {"optimizer": False, "steps_after": training.STEPS_AFTER}
+
+    def approaches(self) -> list[Format]:
+        return list({s.fmt.name: s.fmt for s in SAVERS.values()}.values())
+
+    def size(self) -> str:
+        return f"{len(SAVERS)} savers inside a training loop x {self.repeats} checkpoint(s)"
+
+    def measure(self) -> PhaseResult:
+        source = get_model(self.model or None)
+        opts = training.TrainingOptions(out=self.rdir, checkpoints=self.rdir / "checkpoints" / self.phase.slug,
+                                        results=self.rpath, run_id=self.run_id, repeats=self.repeats,
+                                        optimizer=self.params["optimizer"], steps_after=self.params["steps_after"],
+                                        keep=self.keep)
+
+        def line(r):
+            if r["error"]:
+                return f"  {r['approach']} #{r['repeat']}: ERROR {r['error']}"
+            return (f"  {r['approach']} #{r['repeat']} at step {r['step']}: blocked {r['blocking_s']:.3f} s, "
+                    f"durable {r['durable_s']:.2f} s, {len(r['steps_inflight_s'])} step(s) with it in flight")
+        with fsutil.output_lock(self.lock):
+            env, rows = training.run_training(list(SAVERS.values()), source, opts, on_row=lambda r: self.say(line(r)),
+                                              say=self.say)
+        return self.result(rows, env)
+
+
+class Claims(Kind):
+    """Judge the guide's claims on this run's rows; while one is undecided,
+    measure the approaches that leave it undecided, interleaved: first to
+    ``MIN_REPEATS`` (the rule's minimum, never cut short), then ``step`` more
+    a round (never beyond ``cap`` of any; none of these starts after
+    ``budget_s`` seconds of them), and judge again. Claims 3 and 4 are
+    judged, and given repeats, on both kinds of weights."""
+
+    own = {"cap": CLAIMS_CAP, "step": CLAIMS_STEP, "budget_s": CLAIMS_BUDGET_S}
+
+    def approaches(self) -> list[Format]:
+        return [APPROACHES[n] for n in names(tag="guide")]
+
+    def size(self) -> str:
+        return f"more repeats of what leaves a claim undecided, up to {self.params['cap']}"
+
+    def _kinds(self) -> list[tuple[ModelSource, tuple[int, ...] | None]]:
+        source = self.source()
+        other = other_weights(source)
+        return [(source, None)] + ([(other, OTHER_WEIGHTS_CLAIMS)] if other is not None else [])
+
+    def _result(self, rounds: list[dict], reused: bool, stopped: str | None) -> PhaseResult:
+        kinds = self._kinds()
+        rows = [runs.guide_rows(self.out_dir, self.run_id, src.name) for src, _n in kinds]
+        return self.result(rows[0], {"model": kinds[0][0].name}, reused, other=rows[1] if len(rows) > 1 else [],
+                           rounds=rounds, stopped=stopped)
+
+    def reuse(self, loaded) -> PhaseResult:
+        final = next(e for e in loaded.ends if e.get("claims_final"))
+        return self._result(final["rounds"], True, final.get("stopped"))
+
+    def measure(self) -> PhaseResult:
+        cap, step, budget_s = self.params["cap"], self.params["step"], self.params["budget_s"]
+        if cap < 1 or step < 1:
+            raise UserError(f"the claims' cap and step must be at least 1, got {cap} and {step}")
+        kinds = self._kinds()
+        rounds, t0, stopped = [], time.perf_counter(), None
+        t_beyond = None  # when the first repeat beyond MIN_REPEATS started: the budget counts from there
+        for k in range(1, 1 + -(-cap // step) + 1):
+            todo = []  # (source, approach names, their counts)
+            for src, numbers in kinds:
+                rows = runs.guide_rows(self.out_dir, self.run_id, src.name)
+                counts = {n: sum(r["approach"] == n and is_valid(r) for r in rows) for n in names(tag="guide")}
+                # an approach a claim compares that no phase measured is measured here, from its first repeat
+                need = {n: cl for n, cl in undecided(rows, numbers).items() if counts[n] < cap}
+                if need:
+                    todo.append((src, need, counts))
+            if not todo:
+                break
+            if t_beyond is not None and time.perf_counter() - t_beyond > budget_s:
+                stopped = (f"the time budget for repeats beyond {MIN_REPEATS} ({budget_s:.0f} s) was spent before "
+                           f"round {k}")
+                break
+            for src, need, counts in todo:
+                # first every approach a claim needs to the rule's minimum (never cut short: a verdict on fewer
+                # repeats is inconclusive by the rule), then ``step`` more a round, within the budget
+                short = any(counts[n] < MIN_REPEATS for n in need)
+                target = min(cap, MIN_REPEATS if short else max(counts[n] for n in need) + step)
+                if target > MIN_REPEATS and t_beyond is None:
+                    t_beyond = time.perf_counter()
+                self.say(f"round {k} on {src.name} ({src.weights} weights): "
+                         + "; ".join(f"{n} (claims {', '.join(map(str, cl))}) {counts[n]} -> {max(target, counts[n])}"
+                                     for n, cl in need.items()))
+                opts = self.options(repeats=target, keep=False, disk_reference=False,
+                                    done={n: counts[n] for n in need},
+                                    deadline=None if target <= MIN_REPEATS else t_beyond + budget_s)
+                env, _rows = measure.run([APPROACHES[n] for n in need], src, opts, say=self.say,
+                                         on_row=lambda r: self.say(row_line(r)))
+                late = env.get("deadline_skipped", 0)
+                rounds.append({"round": k, "model": src.name, "weights": src.weights, "target": target,
+                               "approaches": {n: list(cl) for n, cl in need.items()},
+                               "added": sum(max(0, target - counts[n]) for n in need) - late})
+                if late:
+                    stopped = (f"the time budget for repeats beyond {MIN_REPEATS} ({budget_s:.0f} s) was spent in "
+                               f"round {k} ({late} planned measurement(s) not started)")
+                    break
+            if stopped:
+                break
+        if stopped:
+            self.say(f"stopped: {stopped}; the claims still undecided stay inconclusive at their repeats")
+        measure.RunLog(self.rpath, self.run_id, 0, lambda r: None).end(
+            True, claims_final=True, rounds=rounds, stopped=stopped, seconds=round(time.perf_counter() - t0, 1))
+        return self._result(rounds, False, stopped)
+
+
+class Cloud(Kind):
+    """The section's approaches on S3 at each added round-trip delay,
+    ``repeats`` times each; those claim 9 compares at least ``MIN_REPEATS``
+    times (the verdict rule's minimum: fewer leave it inconclusive). Without
+    ``endpoint``, a private SeaweedFS server is started under the run's
+    directory and stopped (its data removed) at the end. Complete results of
+    the same run id are reused per delay, as for the local phases."""
+
+    own = {"endpoint": "", "delays": CLOUD_DELAYS_MS}
+
+    def _path(self, d: float) -> Path:
+        return runs.cloud_results_path(self.out_dir, self.run_id, self.phase.slug, d)
+
+    def run(self) -> PhaseResult:  # reuse and set aside per delay: each delay has its own results file
+        rows, envs, todo = [], [], []
+        for d in self.params["delays"]:
+            p = self._path(d)
+            if runs.ended(p, need=1):
+                loaded = read_results([p])
+                rows += loaded.measurements
+                envs += loaded.environments[-1:]
+                self.say(f"cloud {d:g} ms: complete results of run {self.run_id} found in {p}; not measured again")
+            else:
+                todo.append(d)
+        endpoint, server = self.params["endpoint"], None
+        if todo and not endpoint:
+            server = s3_server.start_server(self.rdir / "s3")
+            endpoint = server.endpoint
+            self.say(f"started a private SeaweedFS server at {endpoint} (data in {server.data_dir})")
+        server_dir = server.data_dir if server else (
+            s3_server.local_server_dir(endpoint, [self.lock / "s3"]) if endpoint else None)
+        most = max(self.repeats, MIN_REPEATS)
+        fewer = {a.name: self.repeats for a in self.approaches() if a.name not in CLOUD_CLAIM.approaches()}
+        try:
+            source = self.source() if todo else None
+            for d in todo:
+                runs.set_aside(self._path(d))
+                target = Target(CLOUD_BUCKET, f"{self.run_id}/{self.phase.slug}-{d:g}ms", endpoint, delay_ms=d,
+                                server_dir=server_dir)
+                opts = self.options(repeats=most, results=self._path(d), storage=target.path(), checkpoints=None,
+                                    keep=False, phase=None, fewer=fewer if self.repeats < most else None)
+                env, rs = measure.run(self.approaches(), source, opts, say=self.say,
+                                      on_row=lambda r: self.say(row_line(r, f" at {r.get('s3_delay_ms') or 0:g} ms")))
+                rows += rs
+                envs.append(env)
+        finally:
+            if server is not None:
+                server.stop()
+                shutil.rmtree(server.data_dir, ignore_errors=True)
+        return self.result(rows, envs[0] if envs else {}, not todo, envs=envs, endpoint=endpoint,
+                           server_started=server is not None)
+
+
+KINDS: dict[str, type[Kind]] = {COMPARE: Compare, SHARDED: Sharded, TRAINING: Training, CLAIMS: Claims, CLOUD: Cloud}
+
+
+def kind_of(phase_id: str, **params) -> Kind:
+    """The phase ``phase_id`` (an id or slug) ready to run with ``params``."""
+    phase = get_phase(phase_id)
+    return KINDS[phase.kind](phase, **params)
+
+
+def run(phase_id: str, **params) -> PhaseResult:
+    """Run one phase of the catalogue (or reuse its complete results of the same run id): the call every
+    notebook makes."""
+    return kind_of(phase_id, **params).run()
