@@ -7,7 +7,27 @@ how it is written (:class:`llama_ckpt.formats.base.Format`: single-process and
 per-rank save and load). :mod:`llama_ckpt.registry` names every approach;
 :mod:`llama_ckpt.bench.measure` measures them; :mod:`llama_ckpt.report` and
 :mod:`llama_ckpt.suite` turn the rows into notebooks; :mod:`llama_ckpt.cli` is
-``python -m llama_ckpt``. The README's layout section has one line per module.
+``python -m llama_ckpt``. ``docs/layout.md`` has one line per module
+(generated from their docstrings).
 """
 
 __version__ = "0.1.0"
+
+# The floors of the package, bottom first, each a top-level module or folder: one imports only from floors below
+# its own (a folder's modules may import each other); suite/ and report/ share a floor and never import each
+# other, both reading the catalogues, the verdicts and the run layout from study/ below them.
+# tests/test_layout.py holds the package to it; the docs' layout is generated from it.
+FLOORS = (
+    ("errors",),
+    ("fsutil", "model", "recorders", "netdelay"),
+    ("digests", "store", "results"),
+    ("checkpoint",),
+    ("formats",),
+    ("registry",),
+    ("verify",),
+    ("bench",),
+    ("study",),
+    ("suite", "report"),
+    ("cli", "docgen"),
+    ("__main__",),
+)

@@ -80,23 +80,7 @@ def test_no_import_cycle_among_the_packages_modules():
             visit(m)
 
 
-# The floors of the package, bottom first: a module or folder imports only from floors below its own (a folder's
-# modules may import each other). suite/ and report/ share a floor and never import each other: both read the
-# catalogue, the verdicts and the run layout from study/ below them.
-FLOORS = [
-    {"errors"},
-    {"fsutil", "model", "recorders", "netdelay"},
-    {"digests", "store", "results"},
-    {"checkpoint"},
-    {"formats"},
-    {"registry"},
-    {"verify"},
-    {"bench"},
-    {"study"},
-    {"suite", "report"},
-    {"cli", "docgen"},
-    {"__main__"},
-]
+FLOORS = llama_ckpt.FLOORS
 
 
 def _unit(mod: str) -> str:

@@ -1,0 +1,364 @@
+"""The doc tables that mirror code, generated from it.
+
+README.md and ``docs/*.md`` hold regions
+
+    <!-- generated: NAME -->
+    ...
+    <!-- end generated -->
+
+whose body is :data:`REGIONS` ``[NAME]()``: the approaches (from the
+registry), the model presets, the training loop's savers, the phases (from the phase
+catalogue), the guide's claims, their rule and its settings, the Makefile's
+targets and options (the lines ``make help`` reads) and the fields of a
+result row (from :mod:`llama_ckpt.results`, with the descriptions below). ``python -m llama_ckpt.docgen`` rewrites every
+region; ``--check`` rewrites nothing and exits 1 naming each stale file
+(``tests/test_docs.py`` runs it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import re
+import sys
+from pathlib import Path
+from typing import Callable
+
+from . import FLOORS
+from .bench.savers import SAVERS  # the training loop's savers
+from .model import DEFAULT_PRESET, PRESETS, PresetModel
+from .registry import APPROACHES, GUIDE, SHARDED, names
+from .results import MEASUREMENT_FIELDS, TRAINING_FIELDS, fmt_bytes
+from .study.claims import CLAIMS, CLOUD_CLAIM, CONFIDENCE, MIN_REPEATS, N_BOOT, RATIO_TOLERANCE, RULE
+from .study.phases import CLAIMS_BUDGET_S, CLAIMS_CAP, CLAIMS_STEP, PHASES  # the phase catalogue
+
+REPO = Path(__file__).resolve().parent.parent
+MAKEFILE = REPO / "Makefile"
+BEGIN = "<!-- generated: {} -->"
+END = "<!-- end generated -->"
+REGION = re.compile(r"(<!-- generated: ([\w-]+) -->\n)(.*?)(<!-- end generated -->)", re.S)
+# the lines `make help` reads: `NAME ?= default## meaning` and `target: prerequisites ## meaning`
+OPTION = re.compile(r"^([A-Z0-9_]+) \?= ?([^#\n]*)## (.*)$", re.M)
+TARGET = re.compile(r"^([a-zA-Z0-9_%-]+):.*## (.*)$", re.M)
+
+# -- what each field of a result row means (results.MEASUREMENT_FIELDS, TRAINING_FIELDS) -----------------------
+# A field without a description, or a description of a field that is gone, fails the generation and the tests.
+FIELD_DOCS = {
+    "record": "the kind of record: `measurement` (or `training`); a results file also holds one `environment` "
+              "record and an `end` record",
+    "run_id": "the run's id (`RUN_ID`)",
+    "approach": "the approach's registry name, or a sweep point's `base[knob=value,...]`",
+    "model": "the preset (`small`, `small:float32`, ...) or the model folder",
+    "weights": "`float16-origin` (a preset's values rounded to float16, held in float32), `float32` (full "
+               "mantissas) or `as loaded` (`MODEL_PATH`)",
+    "phase": "the phase that measured the row (a configuration is measured once per run; other phases share it)",
+    "path": "where the checkpoint was written: a directory or an `s3://` prefix",
+    "knobs": "the approach's knobs, every one",
+    "n_tensors": "tensors in the checkpoint",
+    "n_params": "parameters in the checkpoint",
+    "tensor_set": "a digest of the tensors' names, shapes and dtypes: `compare` refuses rows whose sets differ",
+    "stored_dtype": "the dtype on disk",
+    "source_dtype": "the dtype of the tensors in memory",
+    "repeat": "which repeat (from 1)",
+    "caches_dropped": "whether the kernel's page and buffer cache was dropped before the save (root only)",
+    "save_s": "seconds from the call until the bytes are durable; sharded: from the barrier that starts every rank "
+              "to the commit",
+    "load_s": "seconds of the (cold) load until every tensor is in memory; sharded: the slowest rank's",
+    "load_cold": "whether the checkpoint's eviction from the page cache was confirmed (`mincore`) before the load",
+    "resident_after_evict": "the share of the checkpoint's pages still resident after the eviction",
+    "load_warm_s": "seconds of a second load from the page cache (`--warm`)",
+    "bytes_on_disk": "allocated bytes (blocks; on S3 the objects' bytes)",
+    "bytes_apparent": "the files' sizes",
+    "n_files": "files (on S3: objects)",
+    "payload_bytes": "bytes of tensor data as stored before compression (zarr v2's padded edge chunks count)",
+    "by_kind": "per tensor kind: tensors, payload bytes, apparent bytes and the cast's error",
+    "peak_rss_save_bytes": "peak resident memory during the save (the kernel's high-water mark)",
+    "peak_rss_load_bytes": "peak resident memory during the load",
+    "rss_before_save_bytes": "resident memory when the timed save began: the baseline its peak stands on",
+    "rss_before_load_bytes": "resident memory when the timed load began",
+    "peak_rss_anon_save_bytes": "the save's peak anonymous memory (`RssAnon`: must fit in memory)",
+    "peak_rss_file_save_bytes": "the save's peak file-backed memory (`RssFile` + `RssShmem`: pages the kernel can "
+                                "drop)",
+    "peak_rss_anon_load_bytes": "the load's peak anonymous memory",
+    "peak_rss_file_load_bytes": "the load's peak file-backed memory",
+    "save_phases": "seconds per step of the save: cast, serialise + write, fsync; for TensorStore open, stage, "
+                   "commit or wait for writes; the suite's manifest and marker",
+    "cpu_io_save": "CPU seconds (user, system) and read/write system calls with their bytes, of the timed save",
+    "cpu_io_load": "the same, of the timed load",
+    "storage": "`local`, or the `s3://` target",
+    "s3_delay_ms": "the round trip added in front of the S3 endpoint (`--s3-delay-ms`)",
+    "requests_save": "S3 requests of the save, by kind",
+    "requests_load": "S3 requests of the load, by kind (empty where the loader's own client makes them)",
+    "world_size": "ranks that saved (sharded)",
+    "load_world_size": "ranks that loaded (sharded)",
+    "ranks_save": "per rank: rank, node, local rank, host, its own write time, bytes, peak memory",
+    "ranks_load": "per rank: rank, node, local rank, host, its own read time, bytes, peak memory",
+    "launcher": "who started the ranks: `spawn` (this suite, one host) or `torchrun`",
+    "nodes": "nodes of the saving job",
+    "ranks_per_node": "ranks per node of the saving job",
+    "load_nodes": "nodes of the loading job",
+    "load_ranks_per_node": "ranks per node of the loading job",
+    "verified": "whether every tensor (or shard) came back bit for bit; a row without it is never shown as a result",
+    "max_abs_err": "the largest absolute error of the stored dtype's cast against the float32 source",
+    "max_rel_err": "the largest relative error of the cast",
+    "n_overflow": "values the cast turned into inf (beyond float16's ±65504)",
+    "n_flushed": "non-zero values the cast turned into zero",
+    "error": "why the row failed (the stage and the exception), or null",
+    "finished_at": "when the row was written (UTC, ISO 8601)",
+    # training rows only
+    "mode": "where the writing happens: `sync`, `thread`, `process` or `fork`",
+    "blocked_by": "what the loop waits for, in words",
+    "sync_of": "the synchronous saver of the same format, against which its blocking time is judged",
+    "format": "the approach whose files the saver writes (and reads back)",
+    "state": "`model`, or `model+optimizer` (AdamW's state too)",
+    "checkpoint_bytes": "bytes of the state checkpointed",
+    "step": "the training step the checkpoint holds",
+    "blocking_s": "seconds from the saver's call until the loop may step again",
+    "durable_s": "seconds from the call until the checkpoint is committed (durable)",
+    "stall_s": "seconds the loop waited at the end of the segment for a save still in flight",
+    "segment_s": "the segment's wall time, from the call",
+    "staging_s": "of the blocking time, the staging copy, where the saver makes one itself",
+    "steps_before_s": "each step's seconds before the call (no save in flight)",
+    "steps_inflight_s": "each step's seconds for the steps begun while the save was in flight",
+    "steps_after_s": "each step's seconds after the save was durable",
+    "steps_after_cpu_s": "the process's CPU seconds of each step after the save was durable",
+    "rss_before_bytes": "the process's resident memory just before the call",
+    "peak_rss_idle_bytes": "the process's peak over the steps before the call",
+    "peak_rss_bytes": "the process's peak from the call until durable",
+    "machine_used_idle_bytes": "the machine's memory in use (every process) over the steps before the call",
+    "machine_used_bytes": "the machine's memory in use from the call until durable (a forked writer, pages copied "
+                          "on write, a writer process's copy)",
+    "kept_bytes": "what the saver keeps until the next checkpoint (a staging copy)",
+    "cpu_before_s": "CPU seconds (this process and the writers it waited for) over the steps before the call",
+    "cpu_segment_s": "CPU seconds over the segment",
+    "writer_cpu_s": "the writer's own CPU seconds, where it is a thread or process of its own",
+}
+# where a training row's field means something else than a measurement row's
+TRAINING_DOCS = {
+    "record": "`training`",
+    "approach": "the saver's name",
+    "knobs": "the saver's format and that format's knobs",
+    "repeat": "the saver's checkpoint number (from 1)",
+    "load_s": "seconds of the checkpoint's cold load after its segment",
+    "verified": "whether the load matched step k's digests bit for bit (later weights, or a mix, fail)",
+}
+
+
+def field_doc_problems() -> list[str]:
+    """Fields without a description, descriptions of fields that are gone."""
+    fields = set(MEASUREMENT_FIELDS) | set(TRAINING_FIELDS)
+    out = [f"{f}: no description in FIELD_DOCS" for f in fields if f not in FIELD_DOCS]
+    out += [f"{f}: FIELD_DOCS describes a field no row has" for f in FIELD_DOCS if f not in fields]
+    out += [f"{f}: TRAINING_DOCS describes a field a training row does not have" for f in TRAINING_DOCS
+            if f not in TRAINING_FIELDS]
+    return sorted(out)
+
+
+# -- the tables -----------------------------------------------------------------------------------------------
+def _cell(text: str) -> str:
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
+def _table(head: tuple[str, ...], rows) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def makefile_options(text: str | None = None) -> list[tuple[str, str, str]]:
+    """(name, default, meaning) of every ``NAME ?= default## meaning`` line of the Makefile."""
+    text = MAKEFILE.read_text() if text is None else text
+    return [(m[1], m[2].strip(), m[3].strip()) for m in OPTION.finditer(text)]
+
+
+def makefile_targets(text: str | None = None) -> list[tuple[str, str]]:
+    """(target, meaning) of every ``target: ... ## meaning`` line of the Makefile."""
+    text = MAKEFILE.read_text() if text is None else text
+    return [(m[1], m[2].strip()) for m in TARGET.finditer(text)]
+
+
+def options_table() -> str:
+    return _table(("option", "default", "meaning"),
+                  ((f"`{n}`", f"`{d}`" if d else "none", m) for n, d, m in makefile_options()))
+
+
+def targets_table() -> str:
+    return _table(("target", "what it does"), ((f"`make {t}`", m) for t, m in makefile_targets()))
+
+
+def presets_table() -> str:
+    def row(name: str):
+        m = PresetModel(name)
+        return (f"`{name}`" + (" (default)" if name == DEFAULT_PRESET else ""), m.config.num_hidden_layers,
+                m.config.hidden_size, len(m.specs), f"{m.n_params:,}", fmt_bytes(sum(t.nbytes for t in m.specs)))
+    return _table(("preset", "layers", "width", "tensors", "parameters", "float32"), (row(n) for n in PRESETS))
+
+
+def phases_table() -> str:
+    return _table(("phase", "question", "knob against the baseline"),
+                  ((f"`{p.slug}`", p.question, p.knob) for p in PHASES.values()))
+
+
+def phase_metrics_table() -> str:
+    return _table(("phase", "title", "metrics"), ((f"`{p.slug}`", p.title, p.metrics) for p in PHASES.values()))
+
+
+def _s3(a) -> str:
+    return "yes" if a.s3_unsupported is None else f"no: {a.s3_unsupported}"
+
+
+def guide_table() -> str:
+    return _table(("name", "what it stores"), ((f"`{n}`", APPROACHES[n].description) for n in names(tag=GUIDE)))
+
+
+def approaches_table() -> str:
+    """Every approach, in registry order, tagged `guide` or `sharded` where it is."""
+    def tag(a) -> str:
+        return ", ".join(t for t in (GUIDE, SHARDED) if t in a.tags)
+    return _table(("name", "tag", "what it stores", "on S3"),
+                  ((f"`{a.name}`", tag(a), a.description, _s3(a)) for a in APPROACHES.values()))
+
+
+def savers_table() -> str:
+    return _table(("saver", "mode", "the loop waits for", "what it does"),
+                  ((f"`{s.name}`", s.mode, s.blocked_by, s.description) for s in SAVERS.values()))
+
+
+def claims_table() -> str:
+    return _table(("claim", "the guide says"), ((c.number, c.text) for c in [*CLAIMS, CLOUD_CLAIM]))
+
+
+def claims_rule() -> str:
+    return " ".join(RULE.split())
+
+
+def claims_settings() -> str:
+    return _table(("setting", "value", "meaning"), (
+        ("`CONFIDENCE`", f"{CONFIDENCE:.0%}", "of the bootstrap interval of a ratio of medians"),
+        ("`N_BOOT`", f"{N_BOOT:,}", "bootstrap resamples of each side's repeats per comparison"),
+        ("`RATIO_TOLERANCE`", f"{RATIO_TOLERANCE:g}", "\"about\" a claimed ratio: within this factor of it"),
+        ("`MIN_REPEATS`", MIN_REPEATS, "fewer samples of either side: inconclusive; 08's first round brings every "
+                                       "undecided approach to it"),
+        ("`CLAIMS_STEP`", CLAIMS_STEP, "repeats 08 adds a round to each approach that leaves a claim undecided"),
+        ("`CLAIMS_CAP`", CLAIMS_CAP, "the most repeats 08 gives an approach"),
+        ("`CLAIMS_BUDGET_S`", f"{CLAIMS_BUDGET_S:g} s", "08 starts no measurement beyond the first round after "
+                                                      "this long"),
+    ))
+
+
+def _fields(fields: tuple[str, ...], own: dict[str, str]) -> str:
+    problems = field_doc_problems()
+    if problems:
+        raise LookupError("describe the result fields in llama_ckpt/docgen.py: " + "; ".join(problems))
+    return _table(("field", "meaning"), ((f"`{f}`", own.get(f, FIELD_DOCS[f])) for f in fields))
+
+
+def _summary(path: Path) -> str:
+    """The first sentence of a module's docstring."""
+    doc = " ".join((ast.get_docstring(ast.parse(path.read_text())) or "").split())
+    return re.split(r"(?<=\.)\s", doc, maxsplit=1)[0]
+
+
+def _unit_paths(unit: str) -> list[Path]:
+    pkg = REPO / "llama_ckpt"
+    if (pkg / unit).is_dir():
+        return [p for p in sorted((pkg / unit).glob("*.py")) if p.name != "__init__.py"]
+    return [pkg / f"{unit}.py"]
+
+
+def floors_block() -> str:
+    """The package's floors, top first, one line each (llama_ckpt.FLOORS)."""
+    lines = [f"{len(FLOORS) - i:2d}  " + "  ".join(u + ("/" if (REPO / "llama_ckpt" / u).is_dir() else ".py")
+                                                  for u in units)
+             for i, units in enumerate(reversed(FLOORS))]
+    return "```\n" + "\n".join(lines) + "\n```"
+
+
+def modules_table() -> str:
+    """Every module of the package, floor by floor from the top, with its docstring's first sentence."""
+    rows = []
+    for i, units in reversed(list(enumerate(FLOORS, 1))):
+        for u in units:
+            for p in _unit_paths(u):
+                rows.append((str(i), f"`{p.relative_to(REPO / 'llama_ckpt').as_posix()}`", _summary(p)))
+    return _table(("floor", "module", "what it is"), rows)
+
+
+REGIONS: dict[str, Callable[[], str]] = {
+    "floors": floors_block,
+    "modules": modules_table,
+    "options": options_table,
+    "targets": targets_table,
+    "presets": presets_table,
+    "phases": phases_table,
+    "phase-metrics": phase_metrics_table,
+    "guide-approaches": guide_table,
+    "approaches": approaches_table,
+    "savers": savers_table,
+    "claims": claims_table,
+    "claims-rule": claims_rule,
+    "claims-settings": claims_settings,
+    "measurement-fields": lambda: _fields(MEASUREMENT_FIELDS, {}),
+    "training-fields": lambda: _fields(TRAINING_FIELDS, TRAINING_DOCS),
+}
+
+
+# -- the files ------------------------------------------------------------------------------------------------
+def doc_files(root: Path | None = None) -> list[Path]:
+    """README.md and every page under docs/."""
+    root = root or REPO
+    return [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+
+
+def regions(text: str) -> list[str]:
+    """The names of the generated regions in ``text``, in order."""
+    return [m[2] for m in REGION.finditer(text)]
+
+
+def render(text: str, where: str = "") -> str:
+    """``text`` with every generated region's body generated anew."""
+    if text.count("<!-- generated: ") != len(regions(text)):
+        raise ValueError(f"{where}: a '<!-- generated: NAME -->' without its '{END}'")
+
+    def body(m: re.Match) -> str:
+        if m[2] not in REGIONS:
+            raise ValueError(f"{where}: unknown generated region {m[2]!r}; known: {', '.join(REGIONS)}")
+        return f"{m[1]}{REGIONS[m[2]]()}\n{m[4]}"
+
+    return REGION.sub(body, text)
+
+
+def stale(root: Path | None = None) -> dict[Path, str]:
+    """The doc files whose generated regions are out of step with the code: path -> the text they should have."""
+    out = {}
+    for p in doc_files(root):
+        if p.exists():
+            text = p.read_text()
+            new = render(text, str(p))
+            if new != text:
+                out[p] = new
+    return out
+
+
+def main(argv: list[str] | None = None, root: Path | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m llama_ckpt.docgen", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--check", action="store_true", help="rewrite nothing; exit 1 naming each stale file")
+    args = ap.parse_args(argv)
+    root = root or REPO
+    try:
+        out = stale(root)
+    except (LookupError, ValueError) as exc:
+        print(f"docgen: {exc}", file=sys.stderr)
+        return 1
+    for p, new in out.items():
+        rel = p.relative_to(root)
+        if args.check:
+            print(f"stale: {rel} (python -m llama_ckpt.docgen rewrites it)", file=sys.stderr)
+        else:
+            p.write_text(new)
+            print(f"rewrote {rel}")
+    return 1 if args.check and out else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
