@@ -25,7 +25,7 @@ from .store import Location, Target, at
 from .store.s3 import request_total
 from .report import summary as summ
 from .study.phases import PHASES
-from .suite.runner import PhaseFailed, run_suite
+from .suite.runner import PhaseFailed, parse_sets, run_suite
 from .verify import verify
 
 DEFAULT_OUT = "saved_models"
@@ -221,7 +221,8 @@ def cmd_suite(args) -> int:
         ids = [p.strip() for p in args.phases.split(",") if p.strip()]
     try:
         run_id = run_suite(ids, model=args.model, model_path=args.model_path or "", repeats=args.repeats,
-                           out_dir=args.out, run_id=args.run_id or "", keep=args.keep, summary=not args.no_summary)
+                           out_dir=args.out, run_id=args.run_id or "", keep=args.keep, summary=not args.no_summary,
+                           sets=parse_sets(args.set))
     except PhaseFailed as exc:
         print(f"{exc}", file=sys.stderr)
         return 1
@@ -304,6 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "or the latest run with --phases none)")
     s.add_argument("--keep", action="store_true", help="keep each approach's last checkpoint")
     s.add_argument("--no-summary", action="store_true", help="do not execute the summary notebook")
+    s.add_argument("--set", action="append", default=[], metavar="PHASE.NAME=VALUE",
+                   help="a phase notebook's own parameter, e.g. 08.CLAIMS_BUDGET_S=120 or 4e.CLOUD_DELAYS_MS=[0,5] "
+                        "(papermill --help-notebook notebooks/SLUG.ipynb lists them); repeatable")
     s.set_defaults(func=cmd_suite)
 
     s = sub.add_parser("verify", help="check checkpoints against the digests in their manifests")

@@ -126,3 +126,16 @@ def test_make_phase_targets_run_their_phase():
         out = subprocess.run(["make", "-n", f"phase-{phase}", "OUT=/tmp/llama-ckpt-make-n"], cwd=repo,
                              capture_output=True, text=True, check=True).stdout
         assert f"--phases {phase} --no-summary" in out and '--out "/tmp/llama-ckpt-make-n"' in out
+
+
+def test_suite_set_overrides_a_phase_notebooks_own_parameter_and_refuses_the_rest():
+    from llama_ckpt.errors import UserError
+    from llama_ckpt.suite.runner import parse_sets
+
+    assert parse_sets(["08.CLAIMS_BUDGET_S=120", "4e.CLOUD_DELAYS_MS=[0,5]", "4e-ocdbt.S3_ENDPOINT=http://h:1"]) == {
+        "08-claims": {"CLAIMS_BUDGET_S": 120}, "4e-ocdbt": {"CLOUD_DELAYS_MS": [0, 5], "S3_ENDPOINT": "http://h:1"}}
+    for bad, says in (("08.NOPE=1", "08-claims has no parameter 'NOPE' of its own"),
+                      ("08.REPEATS=5", "has no parameter 'REPEATS' of its own"),  # every phase's: --repeats
+                      ("99.X=1", "unknown phase '99'"), ("08=1", "expected PHASE.NAME=VALUE")):
+        with pytest.raises(UserError, match=says):
+            parse_sets([bad])

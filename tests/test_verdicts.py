@@ -8,7 +8,8 @@ import json
 import pytest
 
 from llama_ckpt.report import summary
-from llama_ckpt.study.claims import CLAIMS, HOLDS, MIN_REPEATS, UNSURE, sample_sets, undecided_approaches
+from llama_ckpt.study.claims import (CLAIMS, GUIDE_EIGHT, HOLDS, MIN_REPEATS, OTHER_WEIGHTS_CLAIMS, UNSURE, sample_sets,
+                                     undecided_approaches)
 from llama_ckpt.results import GIT_COMMIT, measurement_row, read_results
 from llama_ckpt.study import phases, runs
 from llama_ckpt import suite
@@ -34,19 +35,22 @@ def test_a_configuration_is_measured_once_per_run_and_shared(measured):
     assert len(shared) == 2 and {r["phase"] for r in shared} == {"00-baselines"}
     assert any("tensorstore: 2 repeat(s) measured in this run by 00-baselines, shared" in s for s in said)
     # every configuration of the run's weights was measured exactly `repeats` times across the phases, but 4d's
-    # costly sweep point no claim judges (SLOW_SWEEP_REPEATS)
+    # sweep points no claim judges (SWEEP_REPEATS)
     every = [r for p in ("00-baselines", "4c-compression", "4d-float16")
              for r in read_results([runs.results_path(out, RUN, p)]).measurements if r["model"] == "tiny"]
     counts = {}
     for r in every:
         key = (r["approach"], json.dumps(r["knobs"], sort_keys=True))
         counts[key] = counts.get(key, 0) + 1
-    slow = {n for p in ("00", "4c", "4d") for n in phases.get_phase(p).fewer(2)}
-    assert slow == {"ts+bfloat16"}
-    assert {k: v for k, v in counts.items() if k[0] not in slow} and set(
-        v for k, v in counts.items() if k[0] not in slow) == {2}
-    assert [v for k, v in counts.items() if k[0] in slow] == [phases.SLOW_SWEEP_REPEATS]
-    assert any(f"ts+bfloat16: a sweep point no claim judges, {phases.SLOW_SWEEP_REPEATS} repeat(s)" in s for s in said)
+    once = {n for p in ("00", "4c", "4d") for n in phases.get_phase(p).fewer(2)}
+    assert once == {"ts+bfloat16", "ts+chunks[compression=gzip]", "ts+chunks[compression=gzip:9]",
+                    "ts+chunks[compression=zstd]", "ts+chunks[compression=blosc-lz4]"}  # ts+chunks: a guide approach
+    assert {k: v for k, v in counts.items() if k[0] not in once} and set(
+        v for k, v in counts.items() if k[0] not in once) == {2}
+    assert sorted(k[0] for k in counts if k[0] in once) == sorted(once)
+    assert {v for k, v in counts.items() if k[0] in once} == {phases.SWEEP_REPEATS}
+    assert all(any(f"{n}: a sweep point no claim judges, {phases.SWEEP_REPEATS} repeat(s)" in s for s in said)
+               for n in once)
 
 
 def test_compression_and_float16_are_measured_on_both_kinds_of_weights(measured):
@@ -75,8 +79,7 @@ def test_a_complete_phase_is_read_back_with_its_shared_rows(measured):
 def test_the_claims_phase_adds_repeats_only_where_a_claim_is_undecided(measured):
     out, _, _ = measured
     said = []
-    res = suite.run("08", model="tiny", out_dir=out, run_id=RUN, cap=MIN_REPEATS, step=2,
-                                  say=said.append)
+    res = suite.run("08", model="tiny", out_dir=out, run_id=RUN, cap=MIN_REPEATS, step=2, say=said.append)
     assert res.rounds and all(r["target"] <= MIN_REPEATS for r in res.rounds)
     counts = {}
     for r in res.rows:
@@ -127,9 +130,26 @@ def test_the_summary_counts_the_earlier_runs_of_the_same_commit_and_model(tmp_pa
     assert t.loc[(2, "float16-origin")]["verdict"] == UNSURE  # not measured in these runs
 
 
+def _seed(out, run_id, repeats):
+    """``repeats`` rows of every approach a claim compares on the tiny preset's weights (of claims 3 and 4 on
+    its other weights), as the run's phases would leave them."""
+    p = runs.results_path(out, run_id, "00-baselines")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    other = {n for c in CLAIMS if c.number in OTHER_WEIGHTS_CLAIMS for n in c.approaches()}
+    rows = [{"record": "environment", "run_id": run_id, "model": "tiny", "git_commit": GIT_COMMIT}]
+    rows += [measurement_row(run_id=run_id, approach=n, model=m, weights=w, n_tensors=3, tensor_set="t",
+                             stored_dtype="float32", repeat=k, save_s=1.0 + k / 100, load_s=1.0 + k / 100,
+                             load_cold=True, bytes_on_disk=100, bytes_apparent=100, n_files=1, verified=True)
+             for m, w, ns in (("tiny", "float16-origin", GUIDE_EIGHT), ("tiny:float32", "float32", other))
+             for n in ns for k in range(1, repeats + 1)]
+    rows.append({"record": "end", "run_id": run_id, "complete": True})
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
 def test_the_claims_phase_budget_bounds_only_the_repeats_beyond_the_rules_minimum(tmp_path):
-    res = suite.run("08", model="tiny", out_dir=tmp_path, run_id="b0", budget_s=0.0,
-                                  cap=MIN_REPEATS + 2, say=lambda s: None)
+    _seed(tmp_path, "b0", MIN_REPEATS - 1)  # the phases' rows: one repeat short of the rule's minimum
+    res = suite.run("08", model="tiny", out_dir=tmp_path, run_id="b0", budget_s=0.0, cap=MIN_REPEATS + 2,
+                    say=lambda s: None)
     # the first round (on each kind of weights) brings every approach a claim needs to the minimum, whatever
     # the budget ...
     first = [rd for rd in res.rounds if rd["round"] == 1]

@@ -78,10 +78,46 @@ def execute(slug: str, out_nb: Path, parameters: dict, stream: bool = True) -> N
                           f"{str(exc.evalue).splitlines()[0] if exc.evalue else ''}; executed notebook: {out_nb}") from None
 
 
+COMMON = ("MODEL", "MODEL_PATH", "REPEATS", "OUT_DIR", "RUN_ID", "KEEP_CHECKPOINTS")  # every phase's parameters
+
+
+def notebook_parameters(slug: str) -> list[str]:
+    """The names the ``parameters`` cell of a notebook defines (``NAME: type = value  # what``)."""
+    path = NOTEBOOKS / f"{slug}.ipynb"
+    cells = json.loads(path.read_text())["cells"] if path.is_file() else []
+    src = "".join(next(("".join(c["source"]) for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])),
+                       ""))
+    return [ln.split(":", 1)[0].strip() for ln in src.splitlines() if ":" in ln.split("=", 1)[0]]
+
+
+def parse_sets(items: list[str]) -> dict[str, dict]:
+    """``PHASE.NAME=VALUE`` -> ``{slug: {NAME: value}}``: a phase notebook's own parameter, its value JSON where
+    it parses (a number, a list, true or false), else text. A phase or a parameter its notebook does not have is
+    refused, and so are the parameters every phase takes (set them with their own options)."""
+    out: dict[str, dict] = {}
+    for item in items:
+        where, sep, value = item.partition("=")
+        phase_id, dot, name = where.partition(".")
+        if not (sep and dot and name):
+            raise UserError(f"--set {item!r}: expected PHASE.NAME=VALUE, e.g. 08.CLAIMS_BUDGET_S=120")
+        phase = get_phase(phase_id)
+        own = [n for n in notebook_parameters(phase.slug) if n not in COMMON]
+        if name not in own:
+            raise UserError(f"--set {item!r}: {phase.slug} has no parameter {name!r} of its own; its own: "
+                            f"{', '.join(own) or 'none'}")
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            parsed = value
+        out.setdefault(phase.slug, {})[name] = parsed
+    return out
+
+
 def run_suite(phase_ids: list[str], model: str = "small", model_path: str = "", repeats: int = 3,
               out_dir: str | Path = DEFAULT_OUT, run_id: str = "", keep: bool = False,
-              summary: bool = True) -> str:
-    """Run the phases, then the summary; returns the run id."""
+              summary: bool = True, sets: dict[str, dict] | None = None) -> str:
+    """Run the phases, then the summary; returns the run id. ``sets`` (:func:`parse_sets`) overrides a phase
+    notebook's own parameters."""
     out_dir = Path(out_dir).resolve()
     phases = [get_phase(p) for p in phase_ids]
     if repeats < 1:
@@ -98,11 +134,11 @@ def run_suite(phase_ids: list[str], model: str = "small", model_path: str = "", 
         approaches = list({a.name: a for p in phases for a in kind_of(p.id, run_id=run_id).approaches()}.values())
         measure.check_disk(approaches, source, rdir, keep, True)
     with fsutil.output_lock(out_dir):  # the notebooks' kernels, our children, share it
-        _run_phases(phases, model, model_path, repeats, out_dir, run_id, keep, summary, rdir)
+        _run_phases(phases, model, model_path, repeats, out_dir, run_id, keep, summary, rdir, sets or {})
     return run_id
 
 
-def _run_phases(phases, model, model_path, repeats, out_dir, run_id, keep, summary, rdir):
+def _run_phases(phases, model, model_path, repeats, out_dir, run_id, keep, summary, rdir, sets):
     params = dict(MODEL=model, MODEL_PATH=model_path or "", REPEATS=repeats, OUT_DIR=str(out_dir), RUN_ID=run_id,
                   KEEP_CHECKPOINTS=keep)
     t_all = time.perf_counter()
@@ -114,7 +150,7 @@ def _run_phases(phases, model, model_path, repeats, out_dir, run_id, keep, summa
         size = kind_of(p.id, repeats=repeats, run_id=run_id).size()
         print(f"[{i}/{len(phases)}] {p.slug}: {p.title}: {size} on {model_path or model}", flush=True)
         t0 = time.perf_counter()
-        execute(p.slug, out_nb, params)
+        execute(p.slug, out_nb, {**params, **sets.get(p.slug, {})})
         print(f"[{i}/{len(phases)}] {p.slug}: done in {time.perf_counter() - t0:.0f} s -> {out_nb}", flush=True)
     if summary:
         out_nb = rdir / f"{SUMMARY_SLUG}.ipynb"
