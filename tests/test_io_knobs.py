@@ -20,10 +20,13 @@ from llama_ckpt.registry import APPROACHES, variant
 from llama_ckpt.report import tables
 from llama_ckpt.results import reference_line
 from llama_ckpt.store import LocalDir
-from llama_ckpt.study.phases import IO_SWEEP, PHASES, sweep_approaches
+from llama_ckpt.study.phases import IO_BASES, IO_POINTS, PHASES, sweep_approaches
 
 
-@pytest.mark.parametrize("base, point", [(b, a) for b, k, vs in IO_SWEEP for a in sweep_approaches(((b, k, vs),))], ids=lambda x: getattr(x, "name", x))
+SWEEP = [(b, APPROACHES[b]) for b in IO_BASES] + [(b, a) for b, k, vs in IO_POINTS for a in sweep_approaches(((b, k, vs),))]
+
+
+@pytest.mark.parametrize("base, point", SWEEP, ids=lambda x: getattr(x, "name", x))
 def test_every_point_of_the_io_sweep_round_trips(tiny_sd, tmp_path, base, point):
     exp = expected_digests(tiny_sd, {point.stored_dtype})[point.stored_dtype]
     point.save(dict(tiny_sd), tmp_path / "c")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from ..bench.savers import SAVERS
 from ..errors import UserError
 from ..formats.base import Format
-from ..registry import APPROACHES, FORMAT_BASELINES, formats_phase, names, variant
+from ..registry import APPROACHES, FORMAT_BASELINES, GUIDE, formats_phase, names, variant
 from .claims import MIN_REPEATS
 
 MiB, KiB = 1 << 20, 1 << 10
@@ -66,8 +66,9 @@ class Phase:
         if not self.sweep_repeats or self.sweep_repeats >= repeats:
             return {}
         names_ = None if apps is None else {a.name for a in apps}
+        judged = set(self.guide) | set(names(tag=GUIDE))  # a guide approach keeps the run's repeats wherever it is
         return {a.name: self.sweep_repeats for a in sweep_approaches(self.sweep)
-                if a.name not in self.guide and (names_ is None or a.name in names_)}
+                if a.name not in judged and (names_ is None or a.name in names_)}
 
     def header(self) -> str:
         """The notebook's header cell, generated from this definition (a test
@@ -83,7 +84,9 @@ class Phase:
 PROTOCOL = ("Protocol (`llama_ckpt.bench.measure`): a save is timed until its bytes are fsynced; a load is timed "
             "cold (files evicted from the page cache first, confirmed with `mincore`) until every tensor is in memory; "
             "every load is checked bit for bit against digests of what was saved, and a row that does not round-trip "
-            "is never shown as a result. The disk itself is measured in the same run as a reference.")
+            "is never shown as a result. The disk itself is measured in the same run as a reference. The phase's "
+            "pair (and each base it compares with) gets the run's repeats, interleaved; the sweep's further points, "
+            "which no claim judges, one repeat each.")
 SHARDED_PROTOCOL = (
     "Each rank is a process joined by torch.distributed on the gloo backend; it owns a contiguous block of rows of "
     "every tensor (ceil(rows / ranks) rows, `torch.chunk`'s split; 1-D tensors are split the same way). All ranks "
@@ -99,7 +102,7 @@ SHARDED_PROTOCOL = (
 
 CLAIMS_CAP = 12  # the most repeats 08 gives an approach for a claim
 CLAIMS_STEP = 2  # repeats added per round to each approach that leaves a claim undecided
-CLAIMS_BUDGET_S = 600  # repeats beyond MIN_REPEATS: none starts after this long (the run-all's time bound)
+CLAIMS_BUDGET_S = 300  # repeats beyond MIN_REPEATS: none starts after this long (docs/decisions.md#claims-budget)
 CLAIMS_PROTOCOL = (
     "Protocol (`llama_ckpt.suite.kinds.Claims`): every claim of the guide is judged on every row this "
     "run has of the approaches it compares (each configuration is measured once per run and shared by the phases "
@@ -145,17 +148,16 @@ IO_POINTS = (
     ("tensorizer", "num_readers", (1, 16)),
 )
 IO_BASES = tuple(dict.fromkeys(b for b, _k, _v in IO_POINTS))
-IO_SWEEP: Sweep = tuple((b, None, ()) for b in IO_BASES) + IO_POINTS
 IO_PAIRS = tuple((a.name, b) for b, _k, vs in IO_POINTS for a in sweep_approaches(((b, _k, vs),)) if a.name != b)
 
 # 05: every registered single-process format that is not one of the guide's eight, and the guide's approaches to
 # compare them with
 FORMATS_PHASE = tuple(dict.fromkeys(formats_phase() + list(FORMAT_BASELINES)))
 
-# 4a's and 4d's sweep points are 64-element-chunk saves that no claim judges: one repeat each keeps a default
-# run-all within its time; the guide's pair of the phase (and every cheaper sweep) gets the run's repeats, and its
-# spread shows how far one repeat can be off. Why: docs/decisions.md#slow-sweep-repeats
-SLOW_SWEEP_REPEATS = 1
+# A sweep's own points, which no claim judges, are measured once (the pair and the bases get the run's repeats,
+# and their spread shows how far one repeat can be off); so are 06's resharded loads and its torchrun job.
+# Why: docs/decisions.md#sweep-repeats
+SWEEP_REPEATS = 1
 
 
 # -- the cloud section of 4e: plain zarr against OCDBT on an S3 server ---------
@@ -184,39 +186,39 @@ PHASES: dict[str, Phase] = {p.id: p for p in [
     Phase("4a", "4a-concurrency", "Concurrency",
           "Does parallelism help? TensorStore with 128 concurrent file operations against one at a time.",
           "file_io_concurrency (1 -> 128; all writes in flight together above 1)",
-          "save and load time against the baseline; the sweep 1, 4, 16, 64, 128 (one repeat of 4, 16 and 64)",
+          "save and load time against the baseline; the sweep 1, 4, 16, 64, 128",
           COMPARE, ("tensorstore", "ts+concurrency"),
           (("tensorstore", "concurrency", (1, 4, 16, 64, 128)),), "concurrency", (2,),
-          sweep_repeats=SLOW_SWEEP_REPEATS),
+          sweep_repeats=SWEEP_REPEATS),
     Phase("4b", "4b-chunks", "Chunk size",
           "Do large chunks help? 1 MiB chunks against 64 elements per dimension.",
           "chunk shape (64 per dimension -> whole rows up to 1 MiB)",
           "save, load, size and file count; the sweep 64/dim, 64 KiB, 1 MiB, 16 MiB, 64 MiB, whole tensor",
           COMPARE, ("tensorstore", "ts+chunks"),
           (("tensorstore", None, ()), ("ts+chunks", "chunk_size", (64 * KiB, 1 * MiB, 16 * MiB, 64 * MiB)),
-           ("ts+chunks", "chunk_rule", ("whole",))), "chunk_size", (1,)),
+           ("ts+chunks", "chunk_rule", ("whole",))), "chunk_size", (1,), sweep_repeats=SWEEP_REPEATS),
     Phase("4c", "4c-compression", "Compression",
           "Is compression worth it? gzip against no compressor, and other codecs at 1 MiB chunks.",
           "compressor (none -> gzip)",
           "save and load time, compression ratio overall and by tensor kind",
           COMPARE, ("tensorstore", "ts+compression"),
           (("ts+chunks", "compression", (None, "gzip", "gzip:9", "zstd", "blosc-lz4")),), "compression", (3,),
-          n_runs=2, both_weights=("tensorstore", "ts+compression")),
+          n_runs=2, both_weights=("tensorstore", "ts+compression"), sweep_repeats=SWEEP_REPEATS),
     Phase("4d", "4d-float16", "Smaller dtype",
           "Does a smaller dtype help? float16 against float32, plus bfloat16.",
-          "stored dtype (float32 -> float16; bfloat16 as a sweep point, one repeat)",
+          "stored dtype (float32 -> float16; bfloat16 as a sweep point)",
           "save and load time, size, and the precision cost by tensor kind: max abs/rel error, overflow to inf, "
           "flush to zero",
           COMPARE, ("tensorstore", "ts+float16"),
           (("tensorstore", "dtype", ("float32", "float16", "bfloat16")),), "dtype", (4,),
-          n_runs=2, both_weights=("tensorstore", "ts+float16"), sweep_repeats=SLOW_SWEEP_REPEATS),
+          n_runs=2, both_weights=("tensorstore", "ts+float16"), sweep_repeats=SWEEP_REPEATS),
     Phase("4e", "4e-ocdbt", "OCDBT",
           "Is OCDBT better than the plain file driver?",
           "kvstore (file -> OCDBT over file)",
           "save and load time, size, files created, bytes beyond the chunk data (metadata); on S3: objects, requests "
           "and time at two round-trip delays",
           COMPARE, ("tensorstore", "ts+ocdbt"),
-          (("ts+chunks", "use_ocdbt", (False, True)),), "use_ocdbt", (5,)),
+          (("ts+chunks", "use_ocdbt", (False, True)),), "use_ocdbt", (5,), sweep_repeats=SWEEP_REPEATS),
     Phase("4f", "4f-io", "I/O knobs",
           "Which I/O settings bring TensorStore and the fast loaders closest to the disk? ts+best is the TensorStore "
           "configuration this sweep measures fastest.",
@@ -224,7 +226,7 @@ PHASES: dict[str, Phase] = {p.id: p for p in [
           "(pread, O_DIRECT, mmap), OCDBT data file size, copy threads, I/O concurrency, commits in batches; the Run:ai "
           "streamer's concurrency, CPU buffer limit and chunk size; fastsafetensors' threads; tensorizer's readers",
           "save and cold-load time against each knob's base approach, share of the disk reference, peak memory",
-          COMPARE, sweep=IO_SWEEP, pairs=IO_PAIRS),
+          COMPARE, IO_BASES, IO_POINTS, pairs=IO_PAIRS, sweep_repeats=SWEEP_REPEATS),
     Phase("05", "05-formats", "Formats in use today",
           "What do teams use today, and can a TensorStore configuration beat torch.save?",
           "format: torch.save, safetensors, torch.distributed.checkpoint, zarr3 shards, and ts+best (OCDBT with "
@@ -239,8 +241,8 @@ PHASES: dict[str, Phase] = {p.id: p for p in [
     Phase("06", "06-distributed", "Sharded across processes",
           "How do sharded checkpoints scale when many processes write one checkpoint together, and can they be "
           "read back on another number of processes?",
-          "ranks saving (1, 2, 4) and loading (the same, and resharded 2 -> 3, 4 -> 2), over torch.distributed (gloo); "
-          "and 2 nodes x 2 ranks started by torchrun",
+          "ranks saving (1, 2, 4) and loading (the same, and resharded 2 -> 3, 4 -> 2, one repeat), over "
+          "torch.distributed (gloo); and 2 nodes x 2 ranks started by torchrun (one repeat)",
           "checkpoint time (the slowest rank plus the commit), per-rank write and read times, aggregate and per-node "
           "throughput, files", SHARDED, tuple(names(sharded=True)), n_runs=len(DIST_CONFIGS) + len(TORCHRUN_CONFIGS),
           about=SHARDED_PROTOCOL, listing=", ".join(f"`{n}`" for n in names(sharded=True))

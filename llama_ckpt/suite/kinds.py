@@ -29,7 +29,8 @@ from ..store import server as s3_server
 from ..study import runs
 from ..study.claims import CLOUD_CLAIM, MIN_REPEATS, OTHER_WEIGHTS_CLAIMS, undecided
 from ..study.phases import (CLAIMS, CLAIMS_BUDGET_S, CLAIMS_CAP, CLAIMS_STEP, CLOUD, CLOUD_BUCKET, CLOUD_DELAYS_MS,
-                            COMPARE, DIST_CONFIGS, SHARDED, TORCHRUN_CONFIGS, TRAINING, Phase, get_phase)
+                            COMPARE, DIST_CONFIGS, SHARDED, SWEEP_REPEATS, TORCHRUN_CONFIGS, TRAINING, Phase,
+                            get_phase)
 
 
 @dataclass
@@ -164,7 +165,7 @@ class Compare(Kind):
         shared = runs.shared_rows(self.out_dir, self.run_id, self.phase.slug, apps, source.name)
         fewer = self.phase.fewer(self.repeats, apps)
         for n, k in fewer.items():
-            self.say(f"{n}: a sweep point no claim judges, {k} repeat(s) (SLOW_SWEEP_REPEATS)")
+            self.say(f"{n}: a sweep point no claim judges, {k} repeat(s) (SWEEP_REPEATS)")
         for n, rs in shared.items():
             by = ", ".join(dict.fromkeys(r.get("phase") or "?" for r in rs))
             want = fewer.get(n, self.repeats)
@@ -180,7 +181,9 @@ class Sharded(Kind):
     """The sharded approaches at each (ranks saving, ranks loading)
     configuration, spawned here, then at each (nodes, ranks per node) started
     by torchrun; all rows in the phase's one results file (one end record per
-    configuration)."""
+    configuration). The scaling configurations (as many ranks load as saved)
+    get the run's repeats; a resharded load and the torchrun job, which no
+    claim judges, ``SWEEP_REPEATS``."""
 
     own = {"configs": DIST_CONFIGS, "torchrun_configs": TORCHRUN_CONFIGS}
 
@@ -193,7 +196,8 @@ class Sharded(Kind):
         rows, env, configs = [], {}, self.params["configs"]
         for world, load_world in configs:
             opts = self.options(disk_reference=(world, load_world) == configs[0], world_size=world,
-                                load_world_size=load_world, keep=False, phase=None)
+                                load_world_size=load_world, keep=False, phase=None,
+                                repeats=self.repeats if world == load_world else self._once())
             env_c, rs = measure.run(apps, source, opts, say=self.say, on_row=lambda r: self.say(
                 row_line(r, f" {r['world_size']} -> {r['load_world_size']} ranks")))
             env = env or env_c
@@ -202,12 +206,15 @@ class Sharded(Kind):
             rows += self._torchrun(nodes, per_node, source)
         return self.result(rows, env)
 
+    def _once(self) -> int:
+        return min(self.repeats, SWEEP_REPEATS)
+
     def _torchrun(self, nodes: int, per_node: int, source: ModelSource) -> list[dict]:
         self.say(f"torchrun: {nodes} launches of {per_node} ranks on this machine as {nodes} nodes")
         before = read_results([self.rpath])
         procs = cluster.torchrun(nodes, per_node, [
             "run", "--approach", ",".join(a.name for a in self.approaches()), "--model", source.name,
-            "--repeats", str(self.repeats), "--out", str(self.rdir), "--results", str(self.rpath),
+            "--repeats", str(self._once()), "--out", str(self.rdir), "--results", str(self.rpath),
             "--run-id", self.run_id, "--no-reference"])
         for line in (ln for p in procs for ln in p.stdout.splitlines() if ln.startswith("  ")):
             self.say(line)  # rank 0's row lines (the other ranks print nothing)
