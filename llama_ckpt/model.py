@@ -156,8 +156,8 @@ class PresetModel(ModelSource):
     tensor's name, so one tensor never depends on another), norm weights 1,
     rounded to the dtype the real model is published in (``origin``, float16
     by default; ``"small:float32"`` keeps full float32 mantissas) and held in
-    float32. Filling tensors directly is ~50 s for OpenLLaMA-3B on 2 cores,
-    where transformers' per-module init takes many minutes."""
+    float32. Filling tensors directly is far quicker than transformers'
+    per-module init (docs/decisions.md#seeded-weights)."""
 
     def __init__(self, preset: str = DEFAULT_PRESET, seed: int = 0):
         base, self.origin = parse_model(preset)

@@ -1,9 +1,10 @@
 """Smoke test: every notebook executed by papermill on the tiny model, as
-`make run-all MODEL=tiny REPEATS=1` does."""
+`make run-all MODEL=tiny REPEATS=1` does (with two of its bounds lower: see ``suite_run``)."""
 
 import json
 import shutil
 import subprocess
+from collections import Counter
 import sys
 
 import nbformat
@@ -20,15 +21,18 @@ NOTEBOOKS = suite.NOTEBOOKS
 ALL = [p.slug for p in PHASES.values()] + [SUMMARY_SLUG]
 RUN = "smoke"
 SMOKE_DELAYS_MS = (0.0, 5.0)
+SMOKE_CLAIMS_CAP = 7  # 08: the rule's minimum of 5, then one round of 2
 
 
 @pytest.fixture(scope="module")
 def suite_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("suite")
-    # 4e's cloud section at a shorter added round trip than the default's 20 ms: the same path, less waiting
+    # The same run with two of its bounds lower: 4e's cloud section at a shorter added round trip than the
+    # default's 20 ms (the same path, less waiting), and 08's rounds capped at one beyond the rule's minimum
+    # (on tiny, timings too short to decide a claim took them to the cap of 12)
     r = subprocess.run([sys.executable, "-m", "llama_ckpt", "suite", "--model", "tiny", "--repeats", "1",
-                        "--out", str(out), "--run-id", RUN, "--set", f"4e.CLOUD_DELAYS_MS={list(SMOKE_DELAYS_MS)}"],
-                       capture_output=True, text=True, timeout=1800)
+                        "--out", str(out), "--run-id", RUN, "--set", f"4e.CLOUD_DELAYS_MS={list(SMOKE_DELAYS_MS)}",
+                        "--set", f"08.CLAIMS_CAP={SMOKE_CLAIMS_CAP}"], capture_output=True, text=True, timeout=1800)
     return out, r
 
 
@@ -69,6 +73,10 @@ def test_each_phase_wrote_its_result_rows(suite_run, phase):
         assert all(r["verified"] and r["blocking_s"] > 0 and r["durable_s"] > 0 for r in loaded.training)
     elif phase.kind == CLAIMS:  # rounds of repeats of the guide's approaches, then its own end record
         assert any(e.get("claims_final") for e in loaded.ends)
+        # the cap set with --set reached the notebook: no approach beyond it, every phase's rows counted
+        every = read_results(sorted((out / "runs" / RUN / "results").glob("*.jsonl"))).measurements
+        counts = Counter((r["model"], r["approach"]) for r in every if r["approach"] in GUIDE_EIGHT)
+        assert counts and max(counts.values()) <= SMOKE_CLAIMS_CAP
         assert {r["approach"] for r in loaded.measurements} <= set(GUIDE_EIGHT)
     else:  # every approach of the phase, measured here or shared from a phase before it in the run
         res = run(phase.id, model="tiny", repeats=1, out_dir=out, run_id=RUN, say=lambda s: None)

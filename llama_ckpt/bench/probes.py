@@ -17,8 +17,7 @@ from ..recorders import CpuIO
 from ..registry import APPROACHES
 from ..store import Location
 
-# Samples of the reference per run: one sample proved untrustworthy here (the
-# same write measured 341 then 1,869 MB/s back to back).
+# Samples of the reference per run: one sample proved untrustworthy (docs/decisions.md#reference-samples).
 REFERENCE_SAMPLES = 3
 # Block size of the reference's writes and reads.
 REFERENCE_BLOCK = 16 << 20

@@ -222,8 +222,8 @@ def launch(job: dict, world: int, timeout: float = RANK_GROUP_TIMEOUT_S) -> list
     import torch.multiprocessing as mp
 
     # A fork server that has imported torch and this module once: every
-    # rank forks from it (~0.1 s) instead of starting a fresh interpreter and
-    # importing torch (~3 s here). Outside the timer either way.
+    # rank forks from it instead of starting a fresh interpreter and
+    # importing torch, which takes far longer. Outside the timer either way.
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload([__name__])
     with tempfile.TemporaryDirectory(prefix="llama-ckpt-ranks-") as rd:

@@ -139,7 +139,7 @@ class DistributedCheckpoint(Format):
         mesh = init_device_mesh("cpu", (ctx.world,))
         # A throwaway save and load of one small DTensor beside the checkpoint
         # (storage every rank sees, on any node): DTensor, DCP and s3fs set
-        # much up lazily on first use (~0.5 s here), which is process
+        # much up lazily on first use, which is process
         # start-up, not checkpointing; a training job pays it once. Named as
         # a temporary, so an interrupted one is removed by the next run.
         tag = [uuid.uuid4().hex[:8]] if ctx.rank == 0 else [None]  # two jobs on one checkpoint do not collide

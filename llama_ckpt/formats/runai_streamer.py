@@ -90,9 +90,9 @@ class RunaiStreamer(SafeTensors):
 
     def warm_up(self, loc):
         """On S3 the streamer's first stream in a process also loads and sets
-        up its S3 library: measured here 0.64 s for the first stream of a
-        0.9 MB object, 0.28-0.34 s for the next three. One tiny stream first,
-        outside the timings."""
+        up its S3 library, which the next streams do not pay
+        (docs/decisions.md#warm-ups). One tiny stream first, outside the
+        timings."""
         if loc.local_file() is None:
             import torch
 

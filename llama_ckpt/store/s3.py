@@ -130,8 +130,8 @@ _CLIENTS: dict = {}
 
 def client(endpoint: str):
     """A boto3 S3 client for ``endpoint``, made once per endpoint and
-    credentials (making one costs ~0.1 s, which must not land in a timed
-    save) and shared: boto3 clients are thread-safe."""
+    credentials (making one must not land in a timed save) and shared:
+    boto3 clients are thread-safe."""
     key = (endpoint, os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY"),
            os.environ.get("AWS_SESSION_TOKEN"), region())
     if key not in _CLIENTS:
