@@ -54,10 +54,8 @@ report: setup ## render the executed notebooks of a run to HTML beside them
 lab: setup ## JupyterLab on notebooks/ at http://LAB_IP:LAB_PORT/lab (the URL with its token is printed)
 	$(VENV)/bin/jupyter lab --no-browser --ip=$(LAB_IP) --port=$(LAB_PORT) $(if $(filter 0,$(shell id -u)),--allow-root) notebooks/
 
-# three workers on two cores: the tests wait on fsync, subprocesses and an added network delay (two kept the
-# cores 118-161% busy); the notebooks' smoke run, the longest file, starts first
-test: setup ## run the tests (tiny model; three workers, the notebooks' smoke run first)
-	$(PY) -m pytest -q -n 3 --dist loadfile tests/test_notebooks.py tests
+test: setup ## run the tests (tiny model; two workers, the notebooks' smoke run first)
+	$(PY) -m pytest -q -n 2 --dist loadfile tests/test_notebooks.py tests
 
 s3-up: setup ## start a local S3 server (SeaweedFS) on loopback; prints its endpoint
 	$(PY) -m llama_ckpt.store.server up "$(S3_DIR)"
