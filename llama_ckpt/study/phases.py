@@ -233,7 +233,8 @@ PHASES: dict[str, Phase] = {p.id: p for p in [
           "64 MiB data files, 16 MiB chunks, one transaction committed every 1 GiB, concurrency 8, no source copy); and the loaders teams deploy (the "
           "Run:ai Model Streamer and fastsafetensors on a safetensors file, tensorizer, torch.load with mmap)",
           "save and cold-load time as ratios in this run, throughput as a share of the disk reference, size, files",
-          COMPARE, FORMATS_PHASE,
+          COMPARE, FORMATS_PHASE, listing="every single-process format in the registry that is not one of the guide's "
+          f"eight (`python -m llama_ckpt list`), against {' and '.join(f'`{n}`' for n in FORMAT_BASELINES)}",
           pairs=(("ts+best", "pytorch-fp32"), ("ts+best", "safetensors"), ("ts+best16", "pytorch"),
                  ("ts+best", "ts+chunks"), ("safetensors", "pytorch-fp32"), ("dcp", "pytorch-fp32"),
                  ("ts+zarr3", "ts+chunks"), ("runai-streamer", "safetensors"), ("fastsafetensors", "safetensors"),
