@@ -1,0 +1,93 @@
+"""The row schema: the fields of a measurement row and of a training row,
+units in their names, and which rows count as results."""
+
+from __future__ import annotations
+
+
+# Every measurement row has exactly these fields (None where not measured).
+MEASUREMENT_FIELDS = (
+    "record", "run_id", "approach", "model",
+    # the weights measured: "float16-origin" (a preset's values rounded to float16, held in float32: what a
+    # float32 copy of the published model holds), "float32" (full mantissas), "as loaded" (MODEL_PATH)
+    "weights",
+    # the phase whose run measured the row (a configuration is measured once per run, its rows shared)
+    "phase",
+    "path", "knobs",
+    "n_tensors", "n_params", "tensor_set", "stored_dtype", "source_dtype", "repeat",
+    # whether the kernel's page and buffer cache was dropped before the save (fsutil.settle: root only)
+    "caches_dropped",
+    "save_s", "load_s", "load_cold", "resident_after_evict", "load_warm_s",
+    "bytes_on_disk", "bytes_apparent", "n_files", "payload_bytes", "by_kind",
+    "peak_rss_save_bytes", "peak_rss_load_bytes",
+    # the process's resident memory when the timed save / load began (after freed memory was handed back):
+    # the baseline each peak stands on
+    "rss_before_save_bytes", "rss_before_load_bytes",
+    # the peaks' anonymous part (must fit in memory) and file-backed part (mapped pages the kernel can drop)
+    "peak_rss_anon_save_bytes", "peak_rss_file_save_bytes", "peak_rss_anon_load_bytes", "peak_rss_file_load_bytes",
+    "save_phases",
+    # CPU seconds (user, system) and read/write system calls with their bytes, of the timed save and load
+    "cpu_io_save", "cpu_io_load",
+    "storage", "s3_delay_ms", "requests_save", "requests_load",
+    "world_size", "load_world_size", "ranks_save", "ranks_load",
+    # sharded: who started the ranks ("spawn": this suite on one host;
+    # "torchrun": a launcher, any number of nodes) and the jobs' topology
+    "launcher", "nodes", "ranks_per_node", "load_nodes", "load_ranks_per_node",
+    "verified", "max_abs_err", "max_rel_err", "n_overflow", "n_flushed", "error",
+    "finished_at",
+)
+
+
+# A checkpoint taken inside the training loop (07-training), one row each.
+TRAINING_FIELDS = (
+    "record", "run_id", "approach", "mode", "blocked_by", "sync_of", "format", "knobs", "model", "weights",
+    "n_params",
+    "tensor_set",
+    "state", "checkpoint_bytes", "repeat", "step",
+    # whether the kernel's page and buffer cache was dropped before the save (fsutil.settle: root only)
+    "caches_dropped",
+    # seconds: from the call until the loop may step again; from the call until committed (durable);
+    # the loop's wait at the end of the segment for a save still in flight; the segment's wall time
+    "blocking_s", "durable_s", "stall_s", "segment_s",
+    # of the blocking time, the staging copy where the saver makes one itself
+    "staging_s",
+    # every step's seconds in the segment: before the call (no save in flight), while the save was in
+    # flight when the step began, and after it was durable
+    "steps_before_s", "steps_inflight_s", "steps_after_s",
+    # the process's CPU seconds during each step after the save was durable (the loop's own)
+    "steps_after_cpu_s",
+    # resident memory: the process's just before the call, its peak over the steps before the call (no save
+    # in flight) and from the call until durable; the machine's memory in use (every process: a forked
+    # writer, pages copied on write, a writer process's copy) over the same two spans
+    "rss_before_bytes", "peak_rss_idle_bytes", "peak_rss_bytes", "machine_used_idle_bytes", "machine_used_bytes",
+    # what the saver keeps from one checkpoint to the next (a staging copy), after this one
+    "kept_bytes",
+    # CPU seconds (this process and the writer processes it waited for) over the steps before the call and
+    # over the segment; a writer's own CPU seconds where it is one thread or process of its own
+    "cpu_before_s", "cpu_segment_s", "writer_cpu_s",
+    "load_s", "load_cold", "bytes_on_disk", "n_files",
+    "verified", "error", "finished_at",
+)
+
+
+def _row(fields: tuple[str, ...], record: str, values: dict) -> dict:
+    """A record with exactly ``fields`` (None where not given); an unknown field is an error."""
+    unknown = set(values) - set(fields)
+    if unknown:
+        raise KeyError(f"not {record} fields: {sorted(unknown)}")
+    row = dict.fromkeys(fields)
+    row.update(values, record=record)
+    return row
+
+
+def training_row(**values) -> dict:
+    return _row(TRAINING_FIELDS, "training", values)
+
+
+def measurement_row(**values) -> dict:
+    return _row(MEASUREMENT_FIELDS, "measurement", values)
+
+
+def is_valid(row: dict) -> bool:
+    """A row counts as a result only when it finished and round-tripped."""
+    return row.get("record") == "measurement" and not row.get("error") and row.get("verified") is True \
+        and row.get("save_s") is not None and row.get("load_s") is not None

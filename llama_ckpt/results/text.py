@@ -1,0 +1,110 @@
+"""Result rows as text: the comparison table, the disk reference's line,
+and the number formats the tables share."""
+
+from __future__ import annotations
+
+import math
+
+from .schema import is_valid
+from .stats import Stat, change, check_comparable, summarize
+
+
+def reference_line(env: dict) -> str:
+    """The run's storage reference in one line: each rate with the way it was
+    fastest, and how far its samples spread (the noise a share of it carries)."""
+    def way(op):
+        return f" ({env[f'reference_{op}_way']})" if env.get(f"reference_{op}_way") else ""
+
+    line = (f"{env.get('reference_kind', 'disk')} reference: write {env['reference_write_Bps'] / 1e6:.0f} MB/s"
+            f"{way('write')}, read {env['reference_read_Bps'] / 1e6:.0f} MB/s{way('read')}"
+            + ("" if env.get("reference_read_cold", True) else " (read not cold)"))
+    samples = env.get("reference_samples") or []
+    spread = [f"{k.removesuffix('_s').replace('_', ' ')} {min(v):.3g}-{max(v):.3g} s"
+              for k in ("write_stream_s", "write_parallel_s", "read_stream_s", "read_parallel_s")
+              if (v := [s[k] for s in samples if s.get(k) is not None])]
+    return line + (f"; its {len(samples)} samples: " + ", ".join(spread) if spread else "")
+
+
+def fmt_stat(st: Stat | None) -> str:
+    """Median [min-max] in three significant digits; the value alone for one sample; "-" for none."""
+    if st is None:
+        return "-"
+    f = _num
+    return f(st.median) if st.n == 1 else f"{f(st.median)} [{f(st.lo)}-{f(st.hi)}]"
+
+
+def _num(x: float) -> str:
+    """Three significant digits, never scientific: 0.0123, 1.23, 123."""
+    if x == 0:
+        return "0"
+    digits = max(0, 2 - math.floor(math.log10(abs(x))))
+    return f"{x:.{digits}f}"
+
+
+def _fmt_pct(p: float | None) -> str:
+    return "-" if p is None else f"{p:+.0f}%"
+
+
+def fmt_bytes(n: float | None) -> str:
+    if n is None:
+        return "-"
+    for unit, div in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.2f} {unit}"
+    return f"{n:.0f} B"
+
+
+def render(header: list[str], body: list[list[str]]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *body)]
+    line = lambda cells: "  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(b) for b in body])
+
+
+def comparison_table(rows: list[dict], baseline: str = "tensorstore", reference: str = "pytorch") -> str:
+    """The comparison table of one run's rows, as text."""
+    check_comparable(rows)
+    summ = summarize(rows)
+    if not summ:
+        return "(no valid measurements)"
+    base, ref = summ.get(baseline), summ.get(reference)
+    header = ["approach", "dtype", "save s", "load s (cold)" if all(s["load_cold"] for s in summ.values()) else "load s",
+              "size", "files", "save MB/s", "load MB/s",
+              f"save vs {baseline}", f"load vs {baseline}", f"size vs {baseline}",
+              f"save vs {reference}", f"load vs {reference}", f"size vs {reference}"]
+    body = []
+    for name, s in summ.items():
+        med = lambda st: st.median if st else None
+        cells = [name, s["stored_dtype"] + ("" if s["load_cold"] else " (cache?)" if s["load_cold"] is None else " (warm!)"),
+                 fmt_stat(s["save_s"]), fmt_stat(s["load_s"]), fmt_bytes(med(s["bytes_on_disk"])),
+                 f"{med(s['n_files']):.0f}", f"{med(s['save_Bps']) / 1e6:.0f}", f"{med(s['load_Bps']) / 1e6:.0f}"]
+        for other in (base, ref):
+            for key in ("save_s", "load_s", "bytes_on_disk"):
+                if other is None:
+                    cells.append("-")
+                    continue
+                pct = _fmt_pct(change(med(s[key]), med(other[key])))
+                if other["stored_dtype"] != s["stored_dtype"] and other is not s:
+                    pct += "*"
+                cells.append(pct)
+        body.append(cells)
+    notes = []
+    by_dtype: dict[str, list[str]] = {}
+    for name, s in summ.items():
+        by_dtype.setdefault(s["stored_dtype"], []).append(name)
+    if len(by_dtype) > 1:
+        notes.append("* the two sides store different dtypes ("
+                     + "; ".join(f"{d}: {', '.join(ns)}" for d, ns in by_dtype.items()) + "): not like for like.")
+    if any(s["load_cold"] is None for s in summ.values()):
+        notes.append("(cache?): loads from an S3 server whose files this run could not evict (one it did not "
+                     "start): its page cache may have served them.")
+    on_s3 = [r for r in rows if r.get("requests_save") is not None]
+    if on_s3:
+        notes.append(f"on S3 ({on_s3[0].get('storage')}, {on_s3[0].get('s3_delay_ms') or 0:g} ms added round trip): "
+                     "size = bytes stored, files = objects, from listing the bucket.")
+    notes.append("save/load s: median [min-max] of the repeats; MB/s: checkpoint bytes / time; "
+                 "changes: median against median, negative = faster/smaller.")
+    invalid = [r for r in rows if r.get("record") == "measurement" and not is_valid(r)]
+    for r in invalid:
+        notes.append(f"not counted: {r['approach']} repeat {r.get('repeat')}: "
+                     + (r.get("error") or "did not round-trip (verification failed)"))
+    return render(header, body) + "\n" + "\n".join(notes)
