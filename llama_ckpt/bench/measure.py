@@ -508,22 +508,22 @@ def run(approaches: list[Format], source: ModelSource, opts: Options,
         return _run(approaches, source, replace(opts, storage=storage), out, on_row, say)
 
 
-def _run(approaches, source, opts: Options, out: Path, on_row, say):
-    run_id = opts.run_id or new_run_id()
-    storage = opts.storage
-    root = at(opts.checkpoints) if opts.checkpoints is not None else storage / run_id
-    storage.preflight(say)
+def _admit(approaches, source, opts: Options, root: Location, say) -> tuple[list, dict | None, dict]:
+    """The approaches this run can measure at ``root``: those that can target
+    it (an object store: not the formats that need local files) and fit in
+    memory; the skipped ones with why (None: none could be skipped), and the
+    disk each needs (checked up front where the storage is local)."""
+    storage_skips, need = None, {}
     if root.local_file() is None:  # an object store: formats that need local files are skipped
-        skipped = {a.name: a.s3_unsupported for a in approaches if a.s3_unsupported}
-        for name, why in skipped.items():
+        storage_skips = {a.name: a.s3_unsupported for a in approaches if a.s3_unsupported}
+        for name, why in storage_skips.items():
             say(f"skipped {name}: it cannot target S3 ({why})")
         approaches = [a for a in approaches if not a.s3_unsupported]
         if not approaches:
             raise UserError("none of the chosen approaches can target S3; see `python -m llama_ckpt list`")
-        need: dict = {}
     else:
-        skipped = None
         need = check_disk(approaches, source, root.local_file(), opts.keep, opts.disk_reference)
+    skipped = storage_skips
     if not approaches[0].sharded:
         too_big = memory_skips(approaches, source)
         for name, why in too_big.items():
@@ -534,13 +534,13 @@ def _run(approaches, source, opts: Options, out: Path, on_row, say):
             if not approaches:
                 raise UserError(f"none of the chosen approaches fits in this machine's memory with {source.name}: "
                                 + "; ".join(f"{n}: {w}" for n, w in too_big.items()))
-    results_path = Path(opts.results) if opts.results else out / "results" / f"{run_id}.jsonl"
-    todo = plan(approaches, opts)
-    measured = [a for a in approaches if any(t[0] is a for t in todo)]
-    log = RunLog(results_path, run_id, len(todo), on_row)
-    sharded = approaches[0].sharded
-    cores = len(os.sched_getaffinity(0))
-    if sharded:
+    return approaches, skipped, need
+
+
+def _announce(approaches, source, opts: Options, run_id: str, n_todo: int, results_path: Path, cores: int,
+              say) -> None:
+    """The run's first line: what it measures, on what, where its rows go."""
+    if approaches[0].sharded:
         w, lw = opts.world_size, opts.load_world_size
         if opts.group is not None:
             here = opts.group.local_world
@@ -552,10 +552,40 @@ def _run(approaches, source, opts: Options, out: Path, on_row, say):
                 f"saved by {w} rank(s), loaded by {lw}; {cores} cores"
                 + (f": ranks beyond {cores} share them" if max(w, lw) > cores else "") + f"; results -> {results_path}")
     else:
-        shared = (f", {len(todo)} measurement(s) here, the rest already measured in this run" if opts.done else "")
+        shared = (f", {n_todo} measurement(s) here, the rest already measured in this run" if opts.done else "")
         say(f"run {run_id}: {len(approaches)} approach(es) x {opts.repeats} repeat(s) on {source.name} "
             f"({len(source.specs)} tensors, {source.n_params:,} parameters, {source.nbytes / 1e9:.2f} GB{shared}); "
             f"results -> {results_path}")
+
+
+def _measure_all(todo, source, expected, root: Location, run_id: str, opts: Options, log: "RunLog", say) -> int:
+    """Every planned (approach, repeat), one checkpoint at a time (with
+    ``keep``, each approach's last stays); returns how many the deadline left
+    unstarted."""
+    for i, (a, k) in enumerate(todo):
+        if opts.deadline is not None and time.perf_counter() > opts.deadline:
+            say(f"time is up: {len(todo) - i} planned measurement(s) not started")
+            return len(todo) - i
+        loc = root / (f"{a.name}-w{opts.world_size}" if a.sharded else a.name)
+        log.add(measure_approach(a, source, expected, loc, k, run_id, opts))
+        if not (opts.keep and k == opts.repeats_of(a.name)):
+            loc.remove()
+    return 0
+
+
+def _run(approaches, source, opts: Options, out: Path, on_row, say):
+    run_id = opts.run_id or new_run_id()
+    storage = opts.storage
+    root = at(opts.checkpoints) if opts.checkpoints is not None else storage / run_id
+    storage.preflight(say)
+    approaches, skipped, need = _admit(approaches, source, opts, root, say)
+    results_path = Path(opts.results) if opts.results else out / "results" / f"{run_id}.jsonl"
+    todo = plan(approaches, opts)
+    measured = [a for a in approaches if any(t[0] is a for t in todo)]
+    log = RunLog(results_path, run_id, len(todo), on_row)
+    sharded = approaches[0].sharded
+    cores = len(os.sched_getaffinity(0))
+    _announce(approaches, source, opts, run_id, len(todo), results_path, cores, say)
     remove_stale_saves(root.parent, say)
     can_drop = can_drop_caches(say)
     if opts.group is not None:  # a launched job: every rank must see what rank 0 writes
@@ -587,17 +617,8 @@ def _run(approaches, source, opts: Options, out: Path, on_row, say):
         gc.collect()
     for a in measured:  # first-use set-up of a library, outside every timing
         warm_up(a.name, a.warm_up, root / f"warm-up-{a.name}", say)
-    skipped_late = 0
     try:
-        for i, (a, k) in enumerate(todo):
-            if opts.deadline is not None and time.perf_counter() > opts.deadline:
-                skipped_late = len(todo) - i
-                say(f"time is up: {skipped_late} planned measurement(s) not started")
-                break
-            loc = root / (f"{a.name}-w{opts.world_size}" if sharded else a.name)
-            log.add(measure_approach(a, source, expected, loc, k, run_id, opts))
-            if not (opts.keep and k == opts.repeats_of(a.name)):  # one checkpoint at a time; keep: the last
-                loc.remove()
+        skipped_late = _measure_all(todo, source, expected, root, run_id, opts, log, say)
     except KeyboardInterrupt:
         log.end(False, interrupted="KeyboardInterrupt")  # a SIGKILL leaves no end record: incomplete too
         raise
