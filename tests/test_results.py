@@ -138,3 +138,14 @@ def test_the_sweep_sentence_says_which_points_were_measured_fewer_times():
     # without the phase's say, or where every point had one repeat, no point is singled out
     assert "repeat" not in tables.sweep_sentence(rows, "concurrency")
     assert "repeat" not in tables.sweep_sentence([r for r in rows if r["repeat"] == 1], "concurrency", fewer)
+
+
+def test_a_comparison_says_when_its_sides_rest_on_different_repeats():
+    from llama_ckpt.report import tables
+    from llama_ckpt.results import summarize
+    rows = [row("ts+best", i, 1.0 + i / 10, 1.0, 600) for i in range(3)] + [row("ts+best[x=1]", 1, 0.5, 0.5, 600)]
+    summ = summarize(rows)
+    assert tables.versus(summ, "ts+best[x=1]", "ts+best").endswith("; repeats 1 vs 3.")
+    assert tables.versus(summ, "ts+best", "ts+best").endswith("files 10 vs 10.")
+    found = tables.io_findings(rows, (("ts+best[x=1]", "ts+best"),))
+    assert "ts+best[x=1] beat ts+best by" in found and "ts+best[x=1] was measured once." in found, found

@@ -154,7 +154,8 @@ def versus(summ: dict, a: str, b: str) -> str:
             f"cold load {_times(sa['load_s'], sb['load_s'])}, "
             f"size {sa['bytes_on_disk'].median / sb['bytes_on_disk'].median:.2f}x "
             f"({fmt_bytes(sa['bytes_on_disk'].median)} vs {fmt_bytes(sb['bytes_on_disk'].median)}), "
-            f"files {sa['n_files'].median:.0f} vs {sb['n_files'].median:.0f}.")
+            f"files {sa['n_files'].median:.0f} vs {sb['n_files'].median:.0f}"
+            + (f"; repeats {sa['n']} vs {sb['n']}." if sa["n"] != sb["n"] else "."))
 
 
 def sweep_sentence(rows: list[dict], axis: str, fewer: set[str] = frozenset()) -> str:
@@ -328,7 +329,8 @@ def io_findings(rows: list[dict], pairs: tuple[tuple[str, str], ...], best: str 
             line += (f" {best} is the fastest round trip of this sweep." if frt == best else
                      f" In this run {frt} beat {best} by {1 - rt[frt] / rt[best]:.0%} on the round trip"
                      + ("; the repeats' ranges overlap, so this may not hold in the next run" if
-                        not (a.hi < c.lo or a.lo > c.hi) else "") + ".")
+                        not (a.hi < c.lo or a.lo > c.hi) else "")
+                     + (f"; {frt} was measured once" if a.n == 1 and c.n > 1 else "") + ".")
         out.append(line)
     return "\n".join(out)
 
