@@ -5,8 +5,9 @@ Two contracts carry the package: where a checkpoint lives
 (:class:`llama_ckpt.store.Location`: a local directory or an S3 prefix) and
 how it is written (:class:`llama_ckpt.formats.base.Format`: single-process and
 per-rank save and load). :mod:`llama_ckpt.registry` names every approach;
-:mod:`llama_ckpt.bench.measure` measures them; :mod:`llama_ckpt.report` and
-:mod:`llama_ckpt.suite` turn the rows into notebooks; :mod:`llama_ckpt.cli` is
+:mod:`llama_ckpt.bench.measure` measures them; :mod:`llama_ckpt.study` holds
+the phases, the claims and their rule; :mod:`llama_ckpt.suite` runs the
+phases and :mod:`llama_ckpt.report` turns the rows into notebooks; :mod:`llama_ckpt.cli` is
 ``python -m llama_ckpt``. ``docs/layout.md`` has one line per module
 (generated from their docstrings).
 """

@@ -135,3 +135,16 @@ def test_list_shows_the_sharded_approaches():
     assert r.returncode == 0
     for name in names(sharded=True):
         assert any(line.startswith(name + " ") for line in r.stdout.splitlines())
+
+
+def test_06_measures_its_scaling_configurations_at_the_runs_repeats_and_the_others_once(tmp_path, monkeypatch):
+    """Which repeats 06 asks for per configuration (the measuring itself is the other tests')."""
+    from llama_ckpt.study.phases import DIST_CONFIGS, TORCHRUN_CONFIGS
+    from llama_ckpt.suite import kinds
+
+    asked = []
+    monkeypatch.setattr(kinds.measure, "run", lambda apps, src, opts, **kw: asked.append(
+        ((opts.world_size, opts.load_world_size), opts.repeats)) or ({}, []))
+    monkeypatch.setattr(kinds.Sharded, "_torchrun", lambda self, n, k, src: asked.append(((n, k), self._once())) or [])
+    kinds.run("06", model="tiny", repeats=3, out_dir=tmp_path, run_id="r", say=lambda s: None)
+    assert asked == [(c, 3 if c[0] == c[1] else 1) for c in DIST_CONFIGS] + [(c, 1) for c in TORCHRUN_CONFIGS]

@@ -181,8 +181,11 @@ def test_4e_measured_the_cloud_section_on_a_private_s3_server_and_the_summary_ju
         assert loaded.ends and loaded.ends[-1]["complete"]
         rows = loaded.measurements
         # claim 9's approaches to the verdict rule's minimum, the rest at the run's one repeat
+        section = ["tensorstore", "ts+ocdbt", "ts+chunks", "ts+chunks[use_ocdbt=True]", "ts+best[use_ocdbt=False]",
+                   "ts+best", "safetensors", "runai-streamer"]
+        assert [a.name for a in CLOUD_SECTION.approaches()] == section
         assert Counter(r["approach"] for r in rows) == {
-            a.name: MIN_REPEATS if a.name in CLOUD_CLAIM.approaches() else 1 for a in CLOUD_SECTION.approaches()}
+            n: MIN_REPEATS if n in CLOUD_CLAIM.approaches() else 1 for n in section}
         assert all(r["verified"] and r["s3_delay_ms"] == d and r["requests_save"] for r in rows)
     assert not (out / "runs" / RUN / "s3").exists()  # the private server's data went with it
     nb = nbformat.read(out / "runs" / RUN / f"{SUMMARY_SLUG}.ipynb", as_version=4)
@@ -264,3 +267,20 @@ def test_a_failing_phase_stops_the_suite_naming_it(tmp_path, monkeypatch):
     executed = json.loads((out / "runs" / "f" / "4a-concurrency.ipynb").read_text())
     assert any(o.get("ename") == "RuntimeError" for c in executed["cells"] for o in c.get("outputs", []))
     assert not (out / "runs" / "f" / "4b-chunks.ipynb").exists()  # the suite stopped
+
+
+def test_the_notebooks_parameter_defaults_are_the_packages():
+    """A default kept in a notebook's parameters cell and in the package is the same in both."""
+    from llama_ckpt.study import phases
+
+    def defaults(slug):
+        cell = next(c for c in nbformat.read(NOTEBOOKS / f"{slug}.ipynb", as_version=4).cells
+                    if "parameters" in c.metadata.get("tags", []))
+        ns = {}
+        exec(cell.source, {}, ns)
+        return ns
+    d = defaults("08-claims")
+    assert (d["CLAIMS_CAP"], d["CLAIMS_STEP"], d["CLAIMS_BUDGET_S"]) == (
+        phases.CLAIMS_CAP, phases.CLAIMS_STEP, phases.CLAIMS_BUDGET_S)
+    d = defaults("4e-ocdbt")
+    assert tuple(map(float, d["CLOUD_DELAYS_MS"])) == phases.CLOUD_DELAYS_MS and d["CLOUD_MODEL"] == phases.CLOUD_MODEL

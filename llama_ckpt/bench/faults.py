@@ -68,7 +68,7 @@ def delete_data_file(approach: Format, path: Path) -> str | None:
 
 def delete_database_manifest(approach: Format, path: Path) -> str | None:
     name = approach.database_manifest()
-    if name is None:
+    if name is None or not (Path(path) / name).exists():
         return None
     (Path(path) / name).unlink()
     return f"deleted {name}"

@@ -56,7 +56,8 @@ class Phase:
     sweep_repeats: int = 0  # the sweep's own points (no claim judges them) get at most this many repeats; 0: all
 
     def approaches(self) -> list[Format]:
-        """The formats the phase compares: ``guide``, then the sweep's points, each once."""
+        """The formats the phase compares: ``guide``, then the sweep's points, each once (what a training or
+        claims phase writes, its kind in :mod:`llama_ckpt.suite.kinds` knows)."""
         out = {a.name: a for a in [APPROACHES[n] for n in self.guide] + sweep_approaches(self.sweep)}
         return list(out.values())
 
@@ -148,7 +149,7 @@ IO_POINTS = (
     ("tensorizer", "num_readers", (1, 16)),
 )
 IO_BASES = tuple(dict.fromkeys(b for b, _k, _v in IO_POINTS))
-IO_PAIRS = tuple((a.name, b) for b, _k, vs in IO_POINTS for a in sweep_approaches(((b, _k, vs),)) if a.name != b)
+IO_PAIRS = tuple((a.name, b) for b, k, vs in IO_POINTS for a in sweep_approaches(((b, k, vs),)) if a.name != b)
 
 # 05: every registered single-process format that is not one of the guide's eight, and the guide's approaches to
 # compare them with
@@ -233,8 +234,8 @@ PHASES: dict[str, Phase] = {p.id: p for p in [
           "64 MiB data files, 16 MiB chunks, one transaction committed every 1 GiB, concurrency 8, no source copy); and the loaders teams deploy (the "
           "Run:ai Model Streamer and fastsafetensors on a safetensors file, tensorizer, torch.load with mmap)",
           "save and cold-load time as ratios in this run, throughput as a share of the disk reference, size, files",
-          COMPARE, FORMATS_PHASE, listing="every single-process format in the registry that is not one of the guide's "
-          f"eight (`python -m llama_ckpt list`), against {' and '.join(f'`{n}`' for n in FORMAT_BASELINES)}",
+          COMPARE, FORMATS_PHASE, listing="every single-process format in the registry that is neither one of the guide's "
+          f"eight nor a variant of another (`python -m llama_ckpt list`), against {' and '.join(f'`{n}`' for n in FORMAT_BASELINES)}",
           pairs=(("ts+best", "pytorch-fp32"), ("ts+best", "safetensors"), ("ts+best16", "pytorch"),
                  ("ts+best", "ts+chunks"), ("safetensors", "pytorch-fp32"), ("dcp", "pytorch-fp32"),
                  ("ts+zarr3", "ts+chunks"), ("runai-streamer", "safetensors"), ("fastsafetensors", "safetensors"),
@@ -246,6 +247,7 @@ PHASES: dict[str, Phase] = {p.id: p for p in [
           "torch.distributed (gloo); and 2 nodes x 2 ranks started by torchrun (one repeat)",
           "checkpoint time (the slowest rank plus the commit), per-rank write and read times, aggregate and per-node "
           "throughput, files", SHARDED, tuple(names(sharded=True)), n_runs=len(DIST_CONFIGS) + len(TORCHRUN_CONFIGS),
+          sweep_repeats=SWEEP_REPEATS,
           about=SHARDED_PROTOCOL, listing=", ".join(f"`{n}`" for n in names(sharded=True))
           + " (see `python -m llama_ckpt list`)"),
     Phase("07", "07-training", "Checkpoints inside a training loop",
@@ -275,8 +277,6 @@ CLOUD_SECTION = Phase(
     (("ts+chunks", "use_ocdbt", (False, True)), ("ts+best", "use_ocdbt", (False, True)), ("safetensors", None, ()),
      ("runai-streamer", None, ())), claims=(9,),
     n_runs=len(CLOUD_DELAYS_MS))
-
-
 
 
 def get_phase(phase_id: str) -> Phase:

@@ -29,8 +29,7 @@ from ..store import server as s3_server
 from ..study import runs
 from ..study.claims import CLOUD_CLAIM, MIN_REPEATS, OTHER_WEIGHTS_CLAIMS, undecided
 from ..study.phases import (CLAIMS, CLAIMS_BUDGET_S, CLAIMS_CAP, CLAIMS_STEP, CLOUD, CLOUD_BUCKET, CLOUD_DELAYS_MS,
-                            COMPARE, DIST_CONFIGS, SHARDED, SWEEP_REPEATS, TORCHRUN_CONFIGS, TRAINING, Phase,
-                            get_phase)
+                            CLOUD_MODEL, COMPARE, DIST_CONFIGS, SHARDED, TORCHRUN_CONFIGS, TRAINING, Phase, get_phase)
 
 
 @dataclass
@@ -38,7 +37,7 @@ class PhaseResult:
     phase: Phase
     run_id: str
     run_dir: Path
-    results_path: Path
+    results_path: Path  # the phase's results file (cloud: the directory of its file per delay)
     rows: list[dict]  # the phase's rows on the run's weights: its own and those shared from other phases
     env: dict
     reused: bool  # complete results of this run were found and not measured again
@@ -74,13 +73,20 @@ class Kind:
     (or reuses this run's complete results) and returns a :class:`PhaseResult`."""
 
     own: dict = {}  # the kind's own parameters and their defaults
+    default_model = "small"  # the preset measured when no model is given
+    reads_model_path = True  # whether it can measure a local model folder (MODEL_PATH)
+    keeps = True  # whether it keeps each approach's last checkpoint when asked (``keep``)
 
-    def __init__(self, phase: Phase, model: str = "small", model_path: str = "", repeats: int = 1,
+    def __init__(self, phase: Phase, model: str = "", model_path: str = "", repeats: int = 1,
                  out_dir: str | Path = "", run_id: str = "", keep: bool = False, progress: bool | None = None,
                  say=print, **own):
         if unknown := sorted(set(own) - set(self.own)):
             raise UserError(f"phase {phase.id} takes no parameter {', '.join(unknown)}; its own: "
                             f"{', '.join(self.own) or 'none'}")
+        if model_path and not self.reads_model_path:
+            raise UserError(f"phase {phase.id} builds the preset's weights (model={model or self.default_model!r}): "
+                            "it cannot measure a model folder (MODEL_PATH)")
+        model = model or self.default_model
         self.phase, self.model, self.model_path, self.repeats = phase, model, model_path, repeats
         self.out_dir, self.keep, self.progress, self.say = out_dir, keep, progress, say
         self.params = {**self.own, **own}
@@ -186,6 +192,7 @@ class Sharded(Kind):
     claim judges, ``SWEEP_REPEATS``."""
 
     own = {"configs": DIST_CONFIGS, "torchrun_configs": TORCHRUN_CONFIGS}
+    reads_model_path, keeps = False, False
 
     def size(self) -> str:
         return (f"{len(self.approaches())} sharded approaches x {self.phase.n_runs} rank configurations x "
@@ -207,7 +214,7 @@ class Sharded(Kind):
         return self.result(rows, env)
 
     def _once(self) -> int:
-        return min(self.repeats, SWEEP_REPEATS)
+        return min(self.repeats, self.phase.sweep_repeats or self.repeats)
 
     def _torchrun(self, nodes: int, per_node: int, source: ModelSource) -> list[dict]:
         self.say(f"torchrun: {nodes} launches of {per_node} ranks on this machine as {nodes} nodes")
@@ -233,6 +240,7 @@ class Training(Kind):
     ``repeats`` times, one saver at a time."""
 
     own = {"optimizer": False, "steps_after": training.STEPS_AFTER}
+    reads_model_path = False
 
     def approaches(self) -> list[Format]:
         return list({s.fmt.name: s.fmt for s in SAVERS.values()}.values())
@@ -267,12 +275,13 @@ class Claims(Kind):
     judged, and given repeats, on both kinds of weights."""
 
     own = {"cap": CLAIMS_CAP, "step": CLAIMS_STEP, "budget_s": CLAIMS_BUDGET_S}
+    keeps = False
 
     def approaches(self) -> list[Format]:
         return [APPROACHES[n] for n in names(tag="guide")]
 
     def size(self) -> str:
-        return f"more repeats of what leaves a claim undecided, up to {self.params['cap']}"
+        return "more repeats of what leaves a claim undecided"
 
     def _kinds(self) -> list[tuple[ModelSource, tuple[int, ...] | None]]:
         source = self.source()
@@ -352,6 +361,7 @@ class Cloud(Kind):
     the same run id are reused per delay, as for the local phases."""
 
     own = {"endpoint": "", "delays": CLOUD_DELAYS_MS}
+    default_model, keeps = CLOUD_MODEL, False
 
     def _path(self, d: float) -> Path:
         return runs.cloud_results_path(self.out_dir, self.run_id, self.phase.slug, d)
@@ -392,7 +402,8 @@ class Cloud(Kind):
             if server is not None:
                 server.stop()
                 shutil.rmtree(server.data_dir, ignore_errors=True)
-        return self.result(rows, envs[0] if envs else {}, not todo, envs=envs, endpoint=endpoint,
+        return PhaseResult(self.phase, self.run_id, self.rdir, self.rdir / "results-cloud", rows,
+                           envs[0] if envs else {}, not todo, envs=envs, endpoint=endpoint,
                            server_started=server is not None)
 
 

@@ -85,8 +85,7 @@ def notebook_parameters(slug: str) -> list[str]:
     """The names the ``parameters`` cell of a notebook defines (``NAME: type = value  # what``)."""
     path = NOTEBOOKS / f"{slug}.ipynb"
     cells = json.loads(path.read_text())["cells"] if path.is_file() else []
-    src = "".join(next(("".join(c["source"]) for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])),
-                       ""))
+    src = next(("".join(c["source"]) for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])), "")
     return [ln.split(":", 1)[0].strip() for ln in src.splitlines() if ":" in ln.split("=", 1)[0]]
 
 
@@ -131,7 +130,9 @@ def run_suite(phase_ids: list[str], model: str = "small", model_path: str = "", 
     if phases:
         fsutil.check_writable(rdir)
         source = get_model(model or None, model_path or None)
-        approaches = list({a.name: a for p in phases for a in kind_of(p.id, run_id=run_id).approaches()}.values())
+        kinds = [kind_of(p.id, run_id=run_id) for p in phases]
+        # with keep, every approach's last checkpoint stays, of the kinds that keep them
+        approaches = list({a.name: a for k in kinds if k.keeps or not keep for a in k.approaches()}.values())
         measure.check_disk(approaches, source, rdir, keep, True)
     with fsutil.output_lock(out_dir):  # the notebooks' kernels, our children, share it
         _run_phases(phases, model, model_path, repeats, out_dir, run_id, keep, summary, rdir, sets or {})
