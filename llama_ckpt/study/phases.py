@@ -76,7 +76,8 @@ class Phase:
         keeps the notebooks in step: ``python -m llama_ckpt.suite.runner headers``)."""
         apps = self.listing or ", ".join(f"`{a.name}`" for a in self.approaches())
         return (f"# {self.id} · {self.title}\n\n**Question.** {self.question}\n\n**Knob.** {self.knob}\n\n"
-                f"**Metrics.** {self.metrics}\n\n**Approaches.** {apps}\n\n{self.about or PROTOCOL}")
+                f"**Metrics.** {self.metrics}\n\n**Approaches.** {apps}\n\n{self.about or PROTOCOL}"
+                + (SWEEP_NOTE.format(n=self.sweep_repeats) if self.sweep and self.sweep_repeats else ""))
 
     def comparisons(self, baseline: str = "tensorstore") -> tuple[tuple[str, str], ...]:
         return self.pairs or tuple((g, baseline) for g in self.guide if g != baseline)
@@ -85,9 +86,9 @@ class Phase:
 PROTOCOL = ("Protocol (`llama_ckpt.bench.measure`): a save is timed until its bytes are fsynced; a load is timed "
             "cold (files evicted from the page cache first, confirmed with `mincore`) until every tensor is in memory; "
             "every load is checked bit for bit against digests of what was saved, and a row that does not round-trip "
-            "is never shown as a result. The disk itself is measured in the same run as a reference. The phase's "
-            "pair (and each base it compares with) gets the run's repeats, interleaved; the sweep's further points, "
-            "which no claim judges, one repeat each.")
+            "is never shown as a result. The disk itself is measured in the same run as a reference.")
+SWEEP_NOTE = (" The phase's pair (and each base it compares with) gets the run's repeats, interleaved; the sweep's "
+              "further points, which no claim judges, {n} repeat(s) each.")
 SHARDED_PROTOCOL = (
     "Each rank is a process joined by torch.distributed on the gloo backend; it owns a contiguous block of rows of "
     "every tensor (ceil(rows / ranks) rows, `torch.chunk`'s split; 1-D tensors are split the same way). All ranks "
