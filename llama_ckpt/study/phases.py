@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from ..bench.savers import SAVERS
 from ..errors import UserError
 from ..formats.base import Format
-from ..registry import APPROACHES, FORMAT_BASELINES, GUIDE, formats_phase, names, variant
+from ..registry import APPROACHES, FORMAT_BASELINES, GUIDE, formats_phase, names, sweep
 from .claims import MIN_REPEATS
 
 MiB, KiB = 1 << 20, 1 << 10
@@ -26,11 +26,11 @@ Sweep = tuple[tuple[str, str | None, tuple], ...]  # (base approach, knob, value
 
 
 def sweep_approaches(points: Sweep) -> list[Format]:
-    """The approaches of a sweep: each base with one knob set to each value (a registered approach with
-    exactly those knobs keeps its name), or the base itself."""
+    """The approaches of a sweep: each base with one knob set to each value (``registry.sweep``: a registered
+    approach with exactly those knobs keeps its name), or the base itself."""
     out: list[Format] = []
     for base, knob, values in points:
-        out += [APPROACHES[base]] if knob is None else [variant(base, **{knob: v}) for v in values]
+        out += [APPROACHES[base]] if knob is None else sweep(base, **{knob: list(values)})
     return out
 
 
