@@ -35,16 +35,29 @@ RESIDENCY_CONFIRM_MAX = 0.01
 
 
 def iter_files(path: Path) -> Iterator[Path]:
-    """Every regular file under ``path`` (or ``path`` itself if it is a file)."""
-    path = Path(path)
-    if path.is_file():
-        yield path
+    """Every regular file under ``path`` (or ``path`` itself if it is a file);
+    symbolic links are not followed."""
+    return map(Path, _file_paths(Path(path)))
+
+
+def _file_paths(path: Path) -> Iterator[str]:
+    """The regular files under ``path``, their type taken from the directory
+    listing (no stat per file), or ``path`` itself if it is a regular file."""
+    if path.is_file() and not path.is_symlink():
+        yield str(path)
         return
-    for root, _dirs, files in os.walk(path):
-        for f in files:
-            p = Path(root, f)
-            if p.is_file() and not p.is_symlink():
-                yield p
+    stack = [str(path)]
+    while stack:
+        try:
+            it = os.scandir(stack.pop())
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        with it:
+            for entry in it:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+                elif entry.is_file(follow_symlinks=False):
+                    yield entry.path
 
 
 @dataclass(frozen=True)
@@ -58,8 +71,8 @@ def footprint(path: Path) -> Footprint:
     """What ``du --block-size=1`` / ``du --apparent-size`` / ``find -type f`` count
     for the files (directories' own blocks are not counted)."""
     on_disk = apparent = n = 0
-    for f in iter_files(path):
-        st = f.stat()
+    for f in _file_paths(Path(path)):
+        st = os.stat(f, follow_symlinks=False)
         on_disk += st.st_blocks * 512
         apparent += st.st_size
         n += 1
@@ -90,12 +103,14 @@ def fsync_tree(path: Path) -> int:
 
 
 def evict(path: Path) -> None:
-    """Drop every file under ``path`` from the page cache: fsync (dirty pages
-    cannot be dropped) then POSIX_FADV_DONTNEED on the whole file."""
-    for f in iter_files(path):
+    """Drop every file under ``path`` from the page cache: write back what is
+    dirty (dirty pages cannot be dropped; one ``sync`` for all the files, as
+    an fsync per file costs a system call each on a checkpoint of 42,000
+    files), then POSIX_FADV_DONTNEED on each whole file."""
+    os.sync()
+    for f in _file_paths(Path(path)):
         fd = os.open(f, os.O_RDONLY)
         try:
-            os.fsync(fd)
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         finally:
             os.close(fd)
@@ -150,11 +165,11 @@ def resident_fraction(path: Path, sample: int = RESIDENCY_SAMPLE_FILES, seed: in
     """Share of the checkpoint's pages in the page cache, over all files or a
     seeded sample of ``sample`` files (the largest file always included).
     None where mincore is not available."""
-    files = list(iter_files(path))
+    files = list(_file_paths(Path(path)))
     if not files:
         return 0.0
     if len(files) > sample:
-        largest = max(files, key=lambda f: f.stat().st_size)
+        largest = max(files, key=lambda f: os.stat(f).st_size)
         files = random.Random(seed).sample(files, sample - 1) + [largest]
     resident = total = 0
     try:

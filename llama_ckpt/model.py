@@ -5,7 +5,8 @@ A :class:`ModelSource` knows its tensors' names, shapes and dtypes without
 materialising them (for disk estimates and fairness checks) and builds a fresh
 state dict on demand: the measurement frees the source before each load (the
 float32 OpenLLaMA-3B source and a loaded copy do not fit in 24 GB together)
-and asks for a new one before the next save.
+and asks for a new one before the next save; a :class:`KeptSource` holds a
+small one and hands out copies.
 """
 
 from __future__ import annotations
@@ -239,6 +240,30 @@ class LocalModel(ModelSource):
         # The real dtypes win over what config.json announced.
         self.specs = [TensorSpec(k, tuple(v.shape), v.dtype) for k, v in sd.items()]
         return sd
+
+
+# A source at most this share of the machine's memory is built once per run and copied for each save
+KEEP_SHARE = 1 / 16
+
+
+class KeptSource(ModelSource):
+    """``source`` built once and held: each ``materialize`` returns a copy, in
+    fresh memory as a rebuilt state dict is, for a memory copy's time instead
+    of drawing every weight again (or reading a model folder again). Only
+    where the source is a small share of memory (``keeps``): the float32
+    OpenLLaMA-3B is rebuilt before each save."""
+
+    def __init__(self, source: ModelSource):
+        self.source = source
+        self._kept = source.materialize()
+        self.name, self.specs, self.origin = source.name, source.specs, source.origin
+
+    @staticmethod
+    def keeps(source: ModelSource, memory_bytes: int) -> bool:
+        return source.nbytes <= memory_bytes * KEEP_SHARE
+
+    def materialize(self) -> dict[str, torch.Tensor]:
+        return {k: v.clone() for k, v in self._kept.items()}
 
 
 def get_model(preset: str | None = None, model_path: str | None = None, seed: int = 0) -> ModelSource:

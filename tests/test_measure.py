@@ -13,9 +13,9 @@ import torch
 from llama_ckpt import fsutil
 from llama_ckpt.bench import measure, probes
 from llama_ckpt.formats.torch_save import TorchSave
-from llama_ckpt.recorders import PeakRSS
+from llama_ckpt.recorders import PeakRSS, settled_objects
 from llama_ckpt.registry import APPROACHES, names, resolve
-from llama_ckpt.model import get_model
+from llama_ckpt.model import KeptSource, get_model
 from llama_ckpt.report import tables
 from llama_ckpt.errors import UserError
 from llama_ckpt.results import MEASUREMENT_FIELDS, above, read_results
@@ -118,6 +118,45 @@ def test_eviction_drops_a_file_from_the_page_cache(tmp_path):
     assert before > 0.5
     confirmed, after = fsutil.evict_and_confirm(p)
     assert confirmed and after <= fsutil.RESIDENCY_CONFIRM_MAX
+
+
+def test_eviction_writes_back_dirty_pages_first_and_walks_every_file(tmp_path):
+    # written without an fsync: dirty pages cannot be dropped until they are written back
+    for d in ("a", "a/b", "c"):
+        (tmp_path / d).mkdir()
+        for i in range(3):
+            (tmp_path / d / f"{i}.bin").write_bytes(os.urandom(1 << 20))
+    os.symlink(tmp_path / "a" / "0.bin", tmp_path / "link")  # not followed, not counted
+    if fsutil.resident_fraction(tmp_path) is None:
+        pytest.skip("mincore is not available here")
+    assert sorted(str(p.relative_to(tmp_path)) for p in fsutil.iter_files(tmp_path)) == [
+        f"{d}/{i}.bin" for d in ("a", "a/b", "c") for i in range(3)]
+    assert fsutil.footprint(tmp_path).n_files == 9
+    confirmed, after = fsutil.evict_and_confirm(tmp_path)
+    assert confirmed and after <= fsutil.RESIDENCY_CONFIRM_MAX
+
+
+def test_a_kept_source_hands_out_equal_copies_in_their_own_memory():
+    src = get_model("tiny")
+    kept = KeptSource(src)
+    a, b = kept.materialize(), kept.materialize()
+    fresh = src.materialize()
+    assert a.keys() == fresh.keys() and all(torch.equal(a[k], fresh[k]) for k in a)
+    k = next(iter(a))
+    a[k].add_(1.0)  # what one save does to its copy reaches neither the next copy nor the kept one
+    assert torch.equal(b[k], fresh[k]) and torch.equal(kept.materialize()[k], fresh[k])
+    assert (kept.name, kept.weights, kept.nbytes, kept.tensor_set_digest()) == (
+        src.name, src.weights, src.nbytes, src.tensor_set_digest())
+    assert KeptSource.keeps(src, 24 << 30) and not KeptSource.keeps(get_model("open_llama_3b"), 24 << 30)
+
+
+def test_objects_made_before_the_measurements_are_left_out_of_collections_then_handed_back():
+    import gc
+
+    before = gc.get_freeze_count()
+    with settled_objects():
+        assert gc.get_freeze_count() > before
+    assert gc.get_freeze_count() == before
 
 
 def test_peak_rss_sees_an_allocation():

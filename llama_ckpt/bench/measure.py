@@ -48,8 +48,9 @@ from .. import checkpoint, fsutil
 from ..digests import check, expected_digests
 from ..errors import FAILURES, UserError
 from ..formats.base import Format
-from ..model import ModelSource, PresetModel, tensor_kind
-from ..recorders import MMAP_THRESHOLD, CpuIO, PeakRSS, Steps, fix_mmap_threshold, release_memory
+from ..model import KeptSource, ModelSource, PresetModel, tensor_kind
+from ..recorders import MMAP_THRESHOLD, CpuIO, PeakRSS, Steps, fix_mmap_threshold, release_memory, \
+    settled_objects
 from ..results import ResultsWriter, environment_record, measurement_row
 from ..store import LocalDir, Location, at
 from . import cluster, ranks
@@ -611,6 +612,8 @@ def _run(approaches, source, opts: Options, out: Path, on_row, say):
     expected = None
     if not sharded and measured:
         say("recording per-tensor digests of the source")
+        if KeptSource.keeps(source, psutil.virtual_memory().total):
+            source = KeptSource(source)
         sd = source.materialize()
         expected = expected_digests(sd, {a.stored_dtype for a in measured})
         del sd
@@ -618,7 +621,8 @@ def _run(approaches, source, opts: Options, out: Path, on_row, say):
     for a in measured:  # first-use set-up of a library, outside every timing
         warm_up(a.name, a.warm_up, root / f"warm-up-{a.name}", say)
     try:
-        skipped_late = _measure_all(todo, source, expected, root, run_id, opts, log, say)
+        with settled_objects():
+            skipped_late = _measure_all(todo, source, expected, root, run_id, opts, log, say)
     except KeyboardInterrupt:
         log.end(False, interrupted="KeyboardInterrupt")  # a SIGKILL leaves no end record: incomplete too
         raise
