@@ -153,8 +153,9 @@ def tensor_set_digest(specs: list[TensorSpec]) -> str:
 
 class PresetModel(ModelSource):
     """Seeded random weights in a LLaMA-like distribution: every tensor
-    normal(0, 0.02) from its own generator (seeded by the run seed and the
-    tensor's name, so one tensor never depends on another), norm weights 1,
+    normal(0, 0.02), each block of ``DRAW_ROWS`` rows from its own generator
+    (seeded by the run seed, the tensor's name and the block, so one tensor
+    never depends on another, and a rank draws only its own rows), norm weights 1,
     rounded to the dtype the real model is published in (``origin``, float16
     by default; ``"small:float32"`` keeps full float32 mantissas) and held in
     float32. Filling tensors directly is far quicker than transformers'
@@ -183,18 +184,36 @@ def weights_label(origin: str | None) -> str:
     return "float32" if origin == "float32" else f"{origin}-origin"
 
 
-def seeded_tensor(s: TensorSpec, seed: int, origin: str = PUBLISHED_DTYPE) -> torch.Tensor:
+# Rows drawn from one generator: a tensor's rows come in blocks of this many, each block from its own generator
+# (seeded by the run seed, the tensor's name and the block's index), so rows a..b cost about b - a rows to draw.
+DRAW_ROWS = 64
+# What the manifest of a sharded checkpoint records of the draw: a checkpoint whose source was drawn another
+# way cannot be checked against it
+DRAW = f"blocks-of-{DRAW_ROWS}-rows"
+
+
+def seeded_tensor(s: TensorSpec, seed: int, origin: str = PUBLISHED_DTYPE,
+                  rows: tuple[int, int] | None = None) -> torch.Tensor:
     """A preset's tensor from its spec, the run seed and the weights' origin
     dtype alone (no model config needed: the sharded ranks call this without
-    importing transformers)."""
-    t = torch.empty(s.shape, dtype=s.dtype)
+    importing transformers); ``rows`` (a, b): only rows a..b of it, bitwise the
+    rows of the whole tensor, for about their share of the work."""
+    n = s.shape[0]
+    a, b = rows or (0, n)
+    t = torch.empty((b - a, *s.shape[1:]), dtype=s.dtype)
     if tensor_kind(s.name) == "norm":
         t.fill_(1.0)
-    else:
-        g = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(s.name.encode()))
-        t.normal_(0.0, INIT_STD, generator=g)
-        if ORIGINS[origin] != t.dtype:  # round to the published dtype, held in the spec's dtype
-            t.copy_(t.to(ORIGINS[origin]))
+        return t
+    for block in range(a // DRAW_ROWS, -(-b // DRAW_ROWS)):
+        lo, hi = block * DRAW_ROWS, min(n, (block + 1) * DRAW_ROWS)
+        g = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(f"{s.name}#{block}".encode()))
+        if a <= lo and hi <= b:  # drawn in place
+            t[lo - a:hi - a].normal_(0.0, INIT_STD, generator=g)
+        else:  # a block cut by the rows asked for: drawn whole, the rows asked for kept
+            whole = torch.empty((hi - lo, *s.shape[1:]), dtype=s.dtype).normal_(0.0, INIT_STD, generator=g)
+            t[max(lo, a) - a:min(hi, b) - a] = whole[max(lo, a) - lo:min(hi, b) - lo]
+    if ORIGINS[origin] != t.dtype:  # round to the published dtype, held in the spec's dtype
+        t.copy_(t.to(ORIGINS[origin]))
     return t
 
 

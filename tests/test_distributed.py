@@ -5,6 +5,7 @@ import os
 import re
 
 import pytest
+import torch
 
 from llama_ckpt.bench import ranks
 from llama_ckpt.checkpoint import shard_rows
@@ -148,3 +149,25 @@ def test_06_measures_its_scaling_configurations_at_the_runs_repeats_and_the_othe
     monkeypatch.setattr(kinds.Sharded, "_torchrun", lambda self, n, k, src: asked.append(((n, k), self._once())) or [])
     kinds.run("06", model="tiny", repeats=3, out_dir=tmp_path, run_id="r", say=lambda s: None)
     assert asked == [(c, 3 if c[0] == c[1] else 1) for c in DIST_CONFIGS] + [(c, 1) for c in TORCHRUN_CONFIGS]
+
+
+def test_a_sharded_checkpoint_whose_source_was_drawn_another_way_is_not_checked_against_it(monkeypatch, tmp_path):
+    from llama_ckpt import checkpoint
+    from llama_ckpt.bench import measure
+    from llama_ckpt.errors import UserError
+    from llama_ckpt.store import at
+
+    monkeypatch.setattr(checkpoint, "read_manifest", lambda loc: {
+        "approach": "pytorch-per-rank", "world_size": 2, "source": {"model": "tiny", "seed": 0}})
+    with pytest.raises(UserError, match="drawn another way"):
+        measure.load_sharded(at(tmp_path), world=2)
+
+
+@pytest.mark.parametrize("rows", [(0, 1000), (0, 64), (63, 65), (100, 333), (999, 1000)])
+def test_a_rank_draws_exactly_the_rows_of_the_whole_tensor(rows):
+    from llama_ckpt.model import TensorSpec, seeded_tensor
+
+    for shape in [(1000, 64), (1000,)]:
+        s = TensorSpec("model.layers.0.mlp.up_proj.weight", shape, torch.float32)
+        whole = seeded_tensor(s, 3, "float16")
+        assert torch.equal(seeded_tensor(s, 3, "float16", rows=rows), whole[rows[0]:rows[1]])

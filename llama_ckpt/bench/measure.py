@@ -48,7 +48,7 @@ from .. import checkpoint, fsutil
 from ..digests import check, expected_digests
 from ..errors import FAILURES, UserError
 from ..formats.base import Format
-from ..model import KeptSource, ModelSource, PresetModel, tensor_kind
+from ..model import DRAW, KeptSource, ModelSource, PresetModel, tensor_kind
 from ..recorders import MMAP_THRESHOLD, CpuIO, PeakRSS, Steps, fix_mmap_threshold, release_memory, \
     settled_objects
 from ..results import ResultsWriter, environment_record, measurement_row
@@ -371,6 +371,9 @@ def load_sharded(loc: Location, group=None, world: int | None = None) -> dict:
     if not src:
         raise UserError(f"{loc}: the manifest does not name the model it was saved from (saved by an older "
                         "version): it cannot be checked against its source; `verify` checks its shards")
+    if src.get("draw") != DRAW:
+        raise UserError(f"{loc}: its source's weights were drawn another way (by an older version): it cannot be "
+                        "checked against its source; `verify` checks its shards")
     source = PresetModel(src["model"], seed=src["seed"])
     job = dict(kind="load", approach={k: man[k] for k in ("approach", "mechanism", "knobs", "world_size")},
                specs=source.specs, seed=source.seed, model=source.name, final=loc)

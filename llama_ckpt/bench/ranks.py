@@ -44,7 +44,7 @@ import torch
 from .. import checkpoint
 from ..digests import tensor_digest
 from ..formats.base import RankContext
-from ..model import parse_model, seeded_tensor
+from ..model import DRAW, parse_model, seeded_tensor
 from ..recorders import PeakRSS
 from ..registry import approach_of
 
@@ -64,13 +64,12 @@ def _own_rows(specs, seed: int, model: str, rank: int, world: int,
               keep: bool = True) -> tuple[dict, dict[str, dict]]:
     """This rank's rows of every tensor of the unsharded source (kept only
     when ``keep``: a load needs just their digests), and per tensor the rows
-    and their SHA-256, taken before anything is written. Each tensor is built
-    once: its generator is sequential, so a rank's rows cost the whole tensor."""
+    and their SHA-256, taken before anything is written. Only these rows are
+    drawn (``seeded_tensor``'s ``rows``)."""
     rows, digests, origin = {}, {}, parse_model(model)[1]
     for s in specs:
         a, b = checkpoint.shard_rows(s.shape[0], rank, world)
-        mine = seeded_tensor(s, seed, origin)[a:b]
-        mine = mine.clone() if keep else mine.contiguous()  # kept: its own memory, not a view of the whole
+        mine = seeded_tensor(s, seed, origin, rows=(a, b))
         digests[s.name] = {"rows": [a, b], "sha256": tensor_digest(mine)}
         if keep:
             rows[s.name] = mine
@@ -124,7 +123,7 @@ class Job:
                     "torch."), "shards": [every[r][s.name] for r in range(world)]} for s in specs]
                 checkpoint.commit(job["final"], staged, checkpoint.manifest(
                     fmt, tensors, world_size=world, sharding=checkpoint.SHARDING,
-                    source={"model": job["model"], "seed": job["seed"]}))
+                    source={"model": job["model"], "seed": job["seed"], "draw": DRAW}))
             self.step = "waiting for the commit"
             dist.barrier()
             total = time.perf_counter() - t0
