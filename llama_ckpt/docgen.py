@@ -83,7 +83,8 @@ FIELD_DOCS = {
     "peak_rss_file_load_bytes": "the load's peak file-backed memory",
     "save_phases": "seconds per step of the save: cast, serialise + write, fsync; for TensorStore open, stage, "
                    "commit or wait for writes; the suite's manifest and marker",
-    "cpu_io_save": "CPU seconds (user, system) and read/write system calls with their bytes, of the timed save",
+    "cpu_io_save": "the timed save's work, every thread of the process: CPU seconds (user, system), minor and major "
+                   "page faults, read/write system calls with their bytes, bytes written to and read from storage",
     "cpu_io_load": "the same, of the timed load",
     "storage": "`local`, or the `s3://` target",
     "s3_delay_ms": "the round trip added in front of the S3 endpoint (`--s3-delay-ms`)",
@@ -91,8 +92,9 @@ FIELD_DOCS = {
     "requests_load": "S3 requests of the load, by kind (empty where the loader's own client makes them)",
     "world_size": "ranks that saved (sharded)",
     "load_world_size": "ranks that loaded (sharded)",
-    "ranks_save": "per rank: rank, node, local rank, host, its own write time, bytes, peak memory",
-    "ranks_load": "per rank: rank, node, local rank, host, its own read time, bytes, peak memory",
+    "ranks_save": "per rank: rank, node, local rank, host, its own write time, bytes, peak memory, its work "
+                  "(as in `cpu_io_save`; the row's `cpu_io_save` is every rank's added up)",
+    "ranks_load": "per rank: rank, node, local rank, host, its own read time, bytes, peak memory, its work",
     "launcher": "who started the ranks: `spawn` (this suite, one host) or `torchrun`",
     "nodes": "nodes of the saving job",
     "ranks_per_node": "ranks per node of the saving job",

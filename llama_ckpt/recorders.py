@@ -221,10 +221,13 @@ def _proc_io() -> dict[str, int]:
 
 
 class CpuIO:
-    """CPU seconds (user, system) of this process, all its threads, and its
-    read/write system calls with their bytes (``/proc/self/io``: ``syscr``,
-    ``rchar``, ``syscw``, ``wchar``) over a block of code; ``result`` is the
-    difference as a dict."""
+    """The work of this process, all its threads, over a block of code:
+    CPU seconds (user, system), page faults (minor: a page mapped without a
+    read, such as fresh memory; major: a page read from storage), read/write
+    system calls with their bytes (``/proc/self/io``: ``syscr``, ``rchar``,
+    ``syscw``, ``wchar``) and the bytes that went to and came from storage
+    (``read_bytes``, ``write_bytes``: what the page cache did not absorb,
+    including memory-mapped reads). ``result`` is the difference as a dict."""
 
     def __init__(self, sampler: "PeakRSS | None" = None):
         self.sampler = sampler  # a PeakRSS running around this block: its own reads are left out
@@ -244,5 +247,9 @@ class CpuIO:
                        "read_calls": io["syscr"] - self._io["syscr"] - own_calls,
                        "read_bytes": io["rchar"] - self._io["rchar"] - own_bytes,
                        "write_calls": io["syscw"] - self._io["syscw"],
-                       "write_bytes": io["wchar"] - self._io["wchar"]}
+                       "write_bytes": io["wchar"] - self._io["wchar"],
+                       "minor_faults": t.ru_minflt - self._t.ru_minflt,
+                       "major_faults": t.ru_majflt - self._t.ru_majflt,
+                       "storage_read_bytes": io["read_bytes"] - self._io["read_bytes"],
+                       "storage_write_bytes": io["write_bytes"] - self._io["write_bytes"]}
         return False

@@ -31,7 +31,7 @@ def tiny_run(tmp_path_factory):
 
 def test_every_approach_gives_a_verified_row_with_equal_tensor_counts(tiny_run):
     _, _, rows = tiny_run
-    assert [r["approach"] for r in rows] == names()
+    assert sorted(r["approach"] for r in rows) == sorted(names())
     assert all(r["verified"] and r["error"] is None for r in rows), [r["error"] for r in rows]
     assert len({r["n_tensors"] for r in rows}) == 1 and len({r["tensor_set"] for r in rows}) == 1
     assert all(set(r) == set(MEASUREMENT_FIELDS) for r in rows)
@@ -87,11 +87,16 @@ def test_cpu_and_system_calls_of_each_save_and_load_are_recorded(tiny_run):
     by = {r["approach"]: r for r in rows}
     for r in rows:
         assert set(r["cpu_io_save"]) == set(r["cpu_io_load"]) == {
-            "user_s", "sys_s", "read_calls", "read_bytes", "write_calls", "write_bytes"}
-    # written with write calls: every byte of the file passes through them
+            "user_s", "sys_s", "read_calls", "read_bytes", "write_calls", "write_bytes", "minor_faults",
+            "major_faults", "storage_read_bytes", "storage_write_bytes"}
+    # written with write calls: every byte of the file passes through them, and reaches storage
     for n in ("pytorch-fp32", "safetensors", "ts+best", "tensorizer"):
         assert by[n]["cpu_io_save"]["write_bytes"] >= by[n]["bytes_apparent"] * 0.99, n
+        assert by[n]["cpu_io_save"]["storage_write_bytes"] >= by[n]["bytes_apparent"] * 0.99, n
         assert by[n]["cpu_io_save"]["write_calls"] >= 1
+        # a cold load reads every byte from storage, into memory it faults in
+        assert by[n]["cpu_io_load"]["storage_read_bytes"] >= by[n]["bytes_apparent"] * 0.9, n
+        assert by[n]["cpu_io_load"]["minor_faults"] + by[n]["cpu_io_load"]["major_faults"] >= 1, n
     # read with read calls, or through a memory map (page faults: no read calls for the data)
     assert by["pytorch-fp32"]["cpu_io_load"]["read_bytes"] >= by["pytorch-fp32"]["bytes_apparent"] * 0.99
     assert by["safetensors"]["cpu_io_load"]["read_bytes"] < by["safetensors"]["bytes_apparent"] / 2
@@ -183,13 +188,13 @@ def test_a_failing_approach_becomes_an_error_row_and_the_others_run(tmp_path):
     bad = _FillsTheDisk("disk-filler", "fails", TorchSave.Knobs("float16"))
     env, rows = measure.run([bad, APPROACHES["tensorstore"]], get_model("tiny"),
                             measure.Options(out=tmp_path, repeats=1, keep=True, progress=False))
-    err, ok = rows
+    err, ok = sorted(rows, key=lambda r: r["approach"] != "disk-filler")
     assert err["error"].startswith("save failed: disk full") and err["verified"] is False
     assert not os.path.exists(err["path"])  # partial checkpoint removed
     assert ok["verified"] and ok["error"] is None
     written = [json.loads(l) for l in open(env["results_path"])]
     assert [r["record"] for r in written] == ["environment", "measurement", "measurement", "end"]
-    assert [r.get("approach") for r in written[1:3]] == ["disk-filler", "tensorstore"]
+    assert sorted(r.get("approach") for r in written[1:3]) == ["disk-filler", "tensorstore"]
 
 
 def test_disk_estimate_bounds_the_real_footprint(tiny_run, tmp_path):
@@ -246,7 +251,8 @@ def test_repeats_already_measured_elsewhere_are_not_measured_again(tmp_path):
     # done: repeats of a configuration other phases of the run measured; the rest is measured, numbered after them,
     # and the approaches that need most start first so every round interleaves all still measured.
     a = [APPROACHES["pytorch"], APPROACHES["ts+chunks"], APPROACHES["safetensors"]]
-    opts = measure.Options(out=tmp_path, repeats=3, disk_reference=False, done={"pytorch": 3, "ts+chunks": 1})
+    opts = measure.Options(out=tmp_path, repeats=3, disk_reference=False, done={"pytorch": 3, "ts+chunks": 1},
+                           shuffle=False)
     assert [(x.name, k) for x, k in measure.plan(a, opts)] == [
         ("safetensors", 1), ("ts+chunks", 2), ("safetensors", 2), ("ts+chunks", 3), ("safetensors", 3)]
     env, rows = measure.run(a, get_model("tiny"), opts)
@@ -334,13 +340,32 @@ def test_every_row_splits_its_save_into_steps(tiny_run):
 
 def test_repeats_are_interleaved_unless_asked_otherwise(tmp_path):
     a = [APPROACHES["pytorch"], APPROACHES["ts+chunks"]]
-    _, rows = measure.run(a, get_model("tiny"), measure.Options(out=tmp_path / "i", repeats=2, disk_reference=False))
+    _, rows = measure.run(a, get_model("tiny"), measure.Options(out=tmp_path / "i", repeats=2, disk_reference=False,
+                                                                shuffle=False))
     assert [(r["approach"], r["repeat"]) for r in rows] == [("pytorch", 1), ("ts+chunks", 1), ("pytorch", 2),
                                                             ("ts+chunks", 2)]
     _, rows = measure.run(a, get_model("tiny"), measure.Options(out=tmp_path / "b", repeats=2, disk_reference=False,
                                                                 interleave=False))
     assert [(r["approach"], r["repeat"]) for r in rows] == [("pytorch", 1), ("pytorch", 2), ("ts+chunks", 1),
                                                             ("ts+chunks", 2)]
+
+
+def test_each_round_runs_in_its_own_seeded_random_order_which_the_run_records(tmp_path):
+    a = [APPROACHES[n] for n in ("pytorch", "ts+chunks", "safetensors", "dcp", "tensorizer")]
+    opts = measure.Options(out=tmp_path, repeats=6, disk_reference=False)
+    rounds = lambda seed: [[x.name for x, _k in measure.plan(a, opts, seed)][i:i + 5] for i in range(0, 30, 5)]
+    assert all(sorted(r) == sorted(x.name for x in a) for r in rounds(1))  # every round: each approach once
+    assert rounds(1) == rounds(1) and rounds(1) != rounds(2)  # the seed decides
+    assert len({r[0] for r in rounds(1)}) > 1  # not the same approach first in every round
+    small = [APPROACHES["pytorch"], APPROACHES["ts+chunks"]]
+    env, rows = measure.run(small, get_model("tiny"), measure.Options(out=tmp_path, repeats=2, disk_reference=False,
+                                                                      order_seed=7))
+    assert env["order_seed"] == 7 and env["order"] == "interleaved, each round shuffled"
+    assert [(r["approach"], r["repeat"]) for r in rows] == [(x.name, k) for x, k in measure.plan(
+        small, measure.Options(out=tmp_path, repeats=2), 7)]
+    env, _ = measure.run(small, get_model("tiny"), measure.Options(out=tmp_path, repeats=1, disk_reference=False,
+                                                                   phase="4a-concurrency"))
+    assert env["order_seed"] == measure.order_seed(env["run_id"], measure.Options(out=tmp_path, phase="4a-concurrency"))
 
 
 def test_no_measurement_starts_after_the_deadline(tmp_path):
@@ -356,7 +381,8 @@ def test_an_approach_can_be_measured_fewer_times_than_the_run(tmp_path):
     # a sweep's costly points no claim judges (4a's, 4d's): fewer repeats, measured in the last rounds,
     # its checkpoint kept (keep) after its own last repeat
     a = [APPROACHES["pytorch"], APPROACHES["ts+chunks"]]
-    opts = measure.Options(out=tmp_path, repeats=3, disk_reference=False, keep=True, fewer={"ts+chunks": 1})
+    opts = measure.Options(out=tmp_path, repeats=3, disk_reference=False, keep=True, fewer={"ts+chunks": 1},
+                           shuffle=False)
     assert [(x.name, k) for x, k in measure.plan(a, opts)] == [("pytorch", 1), ("pytorch", 2), ("pytorch", 3),
                                                                ("ts+chunks", 1)]
     env, rows = measure.run(a, get_model("tiny"), opts)

@@ -2,8 +2,9 @@
 ranks, and the run that measures many.
 
 For each repeat, every approach in turn (interleaved, so that drift of the
-shared machine hits every approach alike; ``interleave=False`` runs each
-approach's repeats back to back), after the storage reference measured
+shared machine hits every approach alike; each round in a seeded random
+order, recorded; ``interleave=False`` runs each approach's repeats back to
+back), after the storage reference measured
 ``REFERENCE_SAMPLES`` times:
 
 0. write back what is dirty and drop the kernel's caches (root only,
@@ -34,8 +35,10 @@ from __future__ import annotations
 import errno
 import gc
 import os
+import random
 import sys
 import time
+import zlib
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -93,6 +96,8 @@ class Options:
     progress: bool | None = None  # tqdm bars; default: only on a terminal
     disk_reference: bool = True  # time one sequential file of the model's size (REFERENCE_SAMPLES times)
     interleave: bool = True  # repeat k of every approach before repeat k+1 of any, so drift hits all alike
+    shuffle: bool = True  # each round in its own seeded random order, so that no approach always goes first
+    order_seed: int | None = None  # the rounds' seed; default: drawn from the run id and the phase (recorded)
     checkpoints: Location | Path | None = None  # the run's checkpoints; default <storage>/<run_id>
     storage: Location | None = None  # where runs' checkpoints live; default <out>/checkpoints (an S3 prefix...)
     lock: Path | None = None  # the directory whose lock the run holds; default out
@@ -332,7 +337,7 @@ def sharded_job(approach: Format, source: ModelSource, loc: Location) -> dict:
 
 
 def add_counts(*counts: dict | None) -> dict | None:
-    """Request counts of several processes added up (None: not on S3)."""
+    """Counts of several processes added up (requests, work; None: none counted, such as requests off S3)."""
     if all(c is None for c in counts):
         return None
     out: dict[str, int] = {}
@@ -404,9 +409,9 @@ def _load_verdict(loads: list[dict]) -> tuple[list[str], str | None]:
 
 
 SAVE_KEYS = ("rank", "node", "local_rank", "host", "write_s", "checkpoint_s", "bytes", "peak_rss_bytes",
-             "peak_rss_anon_bytes", "peak_rss_file_bytes", "requests")
+             "peak_rss_anon_bytes", "peak_rss_file_bytes", "requests", "work")
 LOAD_KEYS = ("rank", "node", "local_rank", "host", "read_s", "checkpoint_s", "bytes", "peak_rss_bytes",
-             "peak_rss_anon_bytes", "peak_rss_file_bytes", "requests",
+             "peak_rss_anon_bytes", "peak_rss_file_bytes", "requests", "work",
              "verified")
 
 
@@ -434,6 +439,8 @@ def sharded_fields(saves: list[dict], loads: list[dict], fp, cold, frac, req_sav
         peak_rss_load_bytes=max((r.get("peak_rss_bytes") or 0) for r in loads),
         **{f"peak_rss_{part}_{step}_bytes": max((r.get(f"peak_rss_{part}_bytes") or 0) for r in rs)
            for part in ("anon", "file") for step, rs in (("save", saves), ("load", loads))},
+        cpu_io_save=add_counts(*(r.get("work") for r in saves)),
+        cpu_io_load=add_counts(*(r.get("work") for r in loads)),
         requests_save=add_counts(req_save, *(r.get("requests") for r in saves)),
         requests_load=add_counts(req_load, *(r.get("requests") for r in loads)),
         launcher=launcher, nodes=topo_save["nodes"], ranks_per_node=topo_save["ranks_per_node"],
@@ -444,19 +451,32 @@ def sharded_fields(saves: list[dict], loads: list[dict], fp, cold, frac, req_sav
 
 
 # -- a run -------------------------------------------------------------------------------
-def plan(approaches: list, opts: Options) -> list[tuple]:
+def plan(approaches: list, opts: Options, seed: int = 0) -> list[tuple]:
     """(approach, repeat) in measuring order: round k of every approach, then
-    round k+1 (interleaved), or each approach's repeats back to back. An
-    approach with repeats already measured in this run (``opts.done``) gets
-    the rest, numbered after them; the approaches that need the most start
-    first, so every round interleaves all that are still measured."""
+    round k+1 (interleaved), or each approach's repeats back to back. With
+    ``shuffle`` each round's order is drawn at random from ``seed`` and the
+    round's number (no approach always runs first after the caches are
+    dropped, or right after the costliest one). An approach with repeats
+    already measured in this run (``opts.done``) gets the rest, numbered after
+    them; the approaches that need the most start first, so every round
+    interleaves all that are still measured."""
     done = opts.done or {}
     need = {a.name: max(0, opts.repeats_of(a.name) - done.get(a.name, 0)) for a in approaches}
-    if opts.interleave:
-        most = max(need.values(), default=0)
-        return [(a, done.get(a.name, 0) + j) for r in range(most) for a in approaches
-                if (j := r - (most - need[a.name]) + 1) >= 1]
-    return [(a, k) for a in approaches for k in range(done.get(a.name, 0) + 1, opts.repeats_of(a.name) + 1)]
+    if not opts.interleave:
+        return [(a, k) for a in approaches for k in range(done.get(a.name, 0) + 1, opts.repeats_of(a.name) + 1)]
+    most = max(need.values(), default=0)
+    out = []
+    for r in range(most):
+        round_ = [(a, done.get(a.name, 0) + j) for a in approaches if (j := r - (most - need[a.name]) + 1) >= 1]
+        if opts.shuffle:
+            random.Random(f"{seed}:{r}").shuffle(round_)
+        out += round_
+    return out
+
+
+def order_seed(run_id: str, opts: Options) -> int:
+    """The seed of the rounds' order: ``opts.order_seed``, or one drawn from the run id and the phase."""
+    return opts.order_seed if opts.order_seed is not None else zlib.crc32(f"{run_id}:{opts.phase}".encode())
 
 
 class RunLog:
@@ -584,7 +604,8 @@ def _run(approaches, source, opts: Options, out: Path, on_row, say):
     storage.preflight(say)
     approaches, skipped, need = _admit(approaches, source, opts, root, say)
     results_path = Path(opts.results) if opts.results else out / "results" / f"{run_id}.jsonl"
-    todo = plan(approaches, opts)
+    seed = order_seed(run_id, opts)
+    todo = plan(approaches, opts, seed)
     measured = [a for a in approaches if any(t[0] is a for t in todo)]
     log = RunLog(results_path, run_id, len(todo), on_row)
     sharded = approaches[0].sharded
@@ -609,7 +630,9 @@ def _run(approaches, source, opts: Options, out: Path, on_row, say):
                              **({} if skipped is None else {"skipped": skipped}),
                              **({"shared": opts.done} if opts.done else {}),
                              **({"fewer": opts.fewer} if opts.fewer else {}), malloc_mmap_threshold=MMAP_THRESHOLD,
-                             drop_caches=can_drop,
+                             drop_caches=can_drop, order="interleaved, each round shuffled" if opts.interleave
+                             and opts.shuffle else "interleaved" if opts.interleave else "repeats back to back",
+                             **({"order_seed": seed} if opts.interleave and opts.shuffle else {}),
                              **extra, **ref)
     log.write(env)
     expected = None

@@ -45,7 +45,7 @@ from .. import checkpoint
 from ..digests import tensor_digest
 from ..formats.base import RankContext
 from ..model import DRAW, parse_model, seeded_tensor
-from ..recorders import PeakRSS
+from ..recorders import CpuIO, PeakRSS
 from ..registry import approach_of
 
 COLLECTIVE_TIMEOUT_S = 120  # a rank waiting longer than this on the others gives up with an error
@@ -110,7 +110,7 @@ class Job:
         fmt.prepare_rank(ctx, staged, saving=True)
         self.step = "waiting for every rank to start the save"
         dist.barrier()
-        with staged.count_requests() as requests:
+        with staged.count_requests() as requests, CpuIO() as work:
             t0 = time.perf_counter()
             self.step = "writing this rank's rows"
             fmt.write_rank(shards, staged, specs, ctx)
@@ -127,7 +127,7 @@ class Job:
             self.step = "waiting for the commit"
             dist.barrier()
             total = time.perf_counter() - t0
-        return dict(write_s=own, checkpoint_s=total, requests=requests,
+        return dict(write_s=own, checkpoint_s=total, requests=requests, work=work.result,
                     bytes=sum(t.numel() * t.element_size() for t in shards.values()))
 
     def load(self) -> dict:
@@ -141,7 +141,7 @@ class Job:
         fmt.prepare_rank(ctx, final, saving=False)
         self.step = "waiting for every rank to start the load"
         dist.barrier()
-        with final.count_requests() as requests:
+        with final.count_requests() as requests, CpuIO() as work:
             t0 = time.perf_counter()
             self.step = "reading this rank's rows"
             got = fmt.read_rank(final, man, specs, ctx)
@@ -151,6 +151,7 @@ class Job:
             total = time.perf_counter() - t0
         bad = [n for n, d in expected.items() if n not in got or tensor_digest(got[n].contiguous()) != d]
         return dict(read_s=own, checkpoint_s=total, verified=not bad, bad=bad[:5], requests=requests,
+                    work=work.result,
                     bytes=sum(t.numel() * t.element_size() for t in got.values()))
 
     def run(self) -> dict:
