@@ -142,10 +142,11 @@ def cmd_run(args) -> int:
                                 say=lambda s: print(s, flush=True))
         outcome.code = 0 if all(r.get("verified") for r in rows) else 1
     print()
+    order = [a.name for a in approaches]  # each round ran in a random order; the table keeps the one asked for
     if sharded:
-        print(comparison_table(rows, baseline="pytorch-per-rank", reference="dcp-sharded"))
+        print(comparison_table(rows, baseline="pytorch-per-rank", reference="dcp-sharded", order=order))
     else:
-        print(comparison_table(rows))
+        print(comparison_table(rows, order=order))
     if env.get("reference_write_Bps"):
         print(reference_line(env))
     print(f"results: {env['results_path']}")
@@ -287,7 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="save with N processes over torch.distributed (gloo), each holding a row shard of every "
                         "tensor; the approaches are then the sharded ones (see 'list')")
     s.add_argument("--no-reference", action="store_true",
-                   help="skip the storage reference (when another run beside this one measured it)")
+                   help="skip the machine profile (on S3: the storage reference), when another run beside this one "
+                        "measured it")
     s.add_argument("--load-world-size", type=_positive_int, default=None, metavar="M",
                    help="load on M processes instead of N (resharding; default: N)")
     s.set_defaults(func=cmd_run)

@@ -50,7 +50,7 @@ def _file_paths(path: Path) -> Iterator[str]:
     while stack:
         try:
             it = os.scandir(stack.pop())
-        except (FileNotFoundError, NotADirectoryError):
+        except OSError:  # gone meanwhile, or unreadable: skipped, as os.walk does
             continue
         with it:
             for entry in it:
@@ -102,13 +102,13 @@ def fsync_tree(path: Path) -> int:
     return n
 
 
-def evict(path: Path) -> None:
-    """Drop every file under ``path`` from the page cache: write back what is
-    dirty (dirty pages cannot be dropped; one ``sync`` for all the files, as
-    an fsync per file costs a system call each on a checkpoint of 42,000
-    files), then POSIX_FADV_DONTNEED on each whole file."""
+def evict(*paths: Path) -> None:
+    """Drop every file under each of ``paths`` from the page cache: write back
+    what is dirty (dirty pages cannot be dropped; one ``sync`` for all the
+    files, as an fsync per file costs a system call each on a checkpoint of
+    42,000 files), then POSIX_FADV_DONTNEED on each whole file."""
     os.sync()
-    for f in _file_paths(Path(path)):
+    for f in (f for p in paths for f in _file_paths(Path(p))):
         fd = os.open(f, os.O_RDONLY)
         try:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import uuid
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -263,26 +265,62 @@ class LocalModel(ModelSource):
 
 # A source at most this share of the machine's memory is built once per run and copied for each save
 KEEP_SHARE = 1 / 16
+KEEP_DIR = Path("/dev/shm")  # where a kept source lies: memory, but not this process's resident memory
 
 
 class KeptSource(ModelSource):
-    """``source`` built once and held: each ``materialize`` returns a copy, in
-    fresh memory as a rebuilt state dict is, for a memory copy's time instead
-    of drawing every weight again (or reading a model folder again). Only
-    where the source is a small share of memory (``keeps``): the float32
-    OpenLLaMA-3B is rebuilt before each save."""
+    """``source`` built once and kept in a file on a memory file system
+    (``KEEP_DIR``): each ``materialize`` reads it into fresh memory, as a
+    rebuilt state dict would be, for a memory copy's time instead of drawing
+    every weight again (or reading a model folder again). The kept bytes are
+    not in this process's resident memory, so every peak measured beside
+    them is what it was without. Tensors that shared storage in the source
+    share it in every copy. Only where the source is a small share of memory
+    (``keeps``): the float32 OpenLLaMA-3B is rebuilt before each save.
+    ``close()`` removes the file."""
 
     def __init__(self, source: ModelSource):
         self.source = source
-        self._kept = source.materialize()
+        sd = source.materialize()
         self.name, self.specs, self.origin = source.name, source.specs, source.origin
+        self.path = KEEP_DIR / f"llama-ckpt-source-{os.getpid()}-{uuid.uuid4().hex[:8]}.bin"
+        self._layout: list[tuple[str, int, tuple[int, ...], torch.dtype, int]] = []  # name, offset, shape, dtype, alias
+        seen: dict[tuple, int] = {}
+        off = 0
+        with open(self.path, "wb") as f:
+            for i, (k, v) in enumerate(sd.items()):
+                key = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape), tuple(v.stride()))
+                if key in seen:
+                    self._layout.append((k, -1, tuple(v.shape), v.dtype, seen[key]))
+                    continue
+                seen[key] = i
+                data = v.detach().contiguous().reshape(-1).view(torch.uint8).numpy()
+                f.write(memoryview(data))
+                self._layout.append((k, off, tuple(v.shape), v.dtype, -1))
+                off += data.nbytes
+        del sd
 
     @staticmethod
     def keeps(source: ModelSource, memory_bytes: int) -> bool:
-        return source.nbytes <= memory_bytes * KEEP_SHARE
+        return source.nbytes <= memory_bytes * KEEP_SHARE and KEEP_DIR.is_dir() and os.access(KEEP_DIR, os.W_OK)
 
     def materialize(self) -> dict[str, torch.Tensor]:
-        return {k: v.clone() for k, v in self._kept.items()}
+        out: dict[str, torch.Tensor] = {}
+        made: list[torch.Tensor] = []
+        with open(self.path, "rb", buffering=0) as f:
+            for name, off, shape, dtype, alias in self._layout:
+                if alias >= 0:
+                    t = made[alias]
+                else:
+                    t = torch.empty(shape, dtype=dtype)
+                    f.seek(off)
+                    f.readinto(t.reshape(-1).view(torch.uint8).numpy())
+                made.append(t)
+                out[name] = t
+        return out
+
+    def close(self) -> None:
+        self.path.unlink(missing_ok=True)
 
 
 def get_model(preset: str | None = None, model_path: str | None = None, seed: int = 0) -> ModelSource:

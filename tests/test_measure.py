@@ -5,17 +5,18 @@ import errno
 import json
 import os
 import shutil
+import statistics
 import subprocess
 
 import pytest
 import torch
 
 from llama_ckpt import fsutil
-from llama_ckpt.bench import measure, probes
+from llama_ckpt.bench import machine, measure, probes
 from llama_ckpt.formats.torch_save import TorchSave
 from llama_ckpt.recorders import PeakRSS, settled_objects
 from llama_ckpt.registry import APPROACHES, names, resolve
-from llama_ckpt.model import KeptSource, get_model
+from llama_ckpt.model import KeptSource, ModelSource, get_model
 from llama_ckpt.report import tables
 from llama_ckpt.errors import UserError
 from llama_ckpt.results import MEASUREMENT_FIELDS, above, read_results
@@ -71,6 +72,43 @@ def test_results_file_holds_the_environment_and_every_row(tiny_run):
                 "reference_write_Bps", "reference_read_Bps"):
         assert e[key] is not None, key
     assert e["reference_bytes"] == get_model("tiny").nbytes
+
+
+def test_every_compression_setting_of_the_suite_is_profiled():
+    from llama_ckpt.study.phases import PHASES, sweep_approaches
+
+    used = {a.knobs().get("compression") for a in APPROACHES.values()}
+    used |= {a.knobs().get("compression") for p in PHASES.values() for a in sweep_approaches(p.sweep)}
+    assert used - {None} <= set(machine.CODECS), used - {None} - set(machine.CODECS)
+
+
+def test_the_machine_is_profiled_before_the_measurements_and_leaves_nothing_behind(tiny_run):
+    out, env, _ = tiny_run
+    m = env["machine"]
+    assert (m["cores"], m["bytes"], m["reference"]["reference_bytes"]) == (
+        env["n_cpus"], get_model("tiny").nbytes, env["reference_bytes"])
+    assert m["fs_type"] == env["out_fs_type"] and m["thp"] in ("always", "madvise", "never", None)
+    assert len(m["durable_sequence_Bps"]) == machine.DURABLE_FRESH + machine.DURABLE_FREED
+    for key in ("durable_fresh_Bps", "durable_freed_Bps", "buffered_write_Bps", "memory_copy_1_Bps",
+                "memory_copy_all_Bps", "fresh_memory_Bps", "small_files_per_s",
+                *(("codecs_Bps", c) for c in machine.CODECS)):
+        st = m[key[0]][key[1]] if isinstance(key, tuple) else m[key]
+        assert st["median"] > 0 and st["median"] == statistics.median(st["samples"]) and st["spread_pct"] >= 0, key
+    assert len(m["durable_fresh_Bps"]["samples"]) == machine.DURABLE_FRESH
+    codecs = m["codecs_Bps"]
+    assert codecs["gzip"]["median"] > codecs["gzip:9"]["median"]  # level 1 compresses faster than level 9
+    assert not list(out.rglob("machine-profile-*")) and not list(out.rglob("*.bin"))
+
+
+def test_a_runs_phases_share_its_machine_profile(tmp_path, monkeypatch):
+    shared = tmp_path / "profile.json"
+    got = machine.shared_profile(shared, tmp_path, 1 << 20)
+    assert json.loads(shared.read_text()) == json.loads(json.dumps(got))
+    monkeypatch.setattr(machine, "profile", lambda *a, **k: pytest.fail("measured again"))
+    assert machine.shared_profile(shared, tmp_path, 1 << 20)["profile_s"] == got["profile_s"]
+    monkeypatch.undo()
+    # a phase on another model's bytes measures its own
+    assert machine.shared_profile(shared, tmp_path, 2 << 20)["bytes"] == 2 << 20
 
 
 def test_peak_rss_is_recorded(tiny_run):
@@ -153,6 +191,27 @@ def test_a_kept_source_hands_out_equal_copies_in_their_own_memory():
     assert (kept.name, kept.weights, kept.nbytes, kept.tensor_set_digest()) == (
         src.name, src.weights, src.nbytes, src.tensor_set_digest())
     assert KeptSource.keeps(src, 24 << 30) and not KeptSource.keeps(get_model("open_llama_3b"), 24 << 30)
+    assert kept.path.is_file()
+    kept.close()
+    assert not kept.path.exists()
+
+
+def test_a_kept_source_keeps_tied_tensors_tied():
+    class Tied(ModelSource):
+        name, origin = "tied", None
+        specs = []
+
+        def materialize(self):
+            w = torch.arange(12, dtype=torch.float32).reshape(3, 4)
+            return {"embed": w, "head": w, "bias": torch.ones(4, dtype=torch.bfloat16)}
+
+    kept = KeptSource(Tied())
+    try:
+        sd = kept.materialize()
+        assert sd["head"] is sd["embed"] and torch.equal(sd["embed"], Tied().materialize()["embed"])
+        assert sd["bias"].dtype == torch.bfloat16 and torch.equal(sd["bias"], torch.ones(4, dtype=torch.bfloat16))
+    finally:
+        kept.close()
 
 
 def test_objects_made_before_the_measurements_are_left_out_of_collections_then_handed_back():
@@ -357,6 +416,9 @@ def test_each_round_runs_in_its_own_seeded_random_order_which_the_run_records(tm
     assert all(sorted(r) == sorted(x.name for x in a) for r in rounds(1))  # every round: each approach once
     assert rounds(1) == rounds(1) and rounds(1) != rounds(2)  # the seed decides
     assert len({r[0] for r in rounds(1)}) > 1  # not the same approach first in every round
+    # a later call for more repeats (08's rounds) draws its rounds' orders as one call for all would
+    later = measure.Options(out=tmp_path, repeats=6, disk_reference=False, done={x.name: 5 for x in a})
+    assert [x.name for x, _k in measure.plan(a, later, 1)] == rounds(1)[5]
     small = [APPROACHES["pytorch"], APPROACHES["ts+chunks"]]
     env, rows = measure.run(small, get_model("tiny"), measure.Options(out=tmp_path, repeats=2, disk_reference=False,
                                                                       order_seed=7))

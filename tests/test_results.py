@@ -149,3 +149,55 @@ def test_a_comparison_says_when_its_sides_rest_on_different_repeats():
     assert tables.versus(summ, "ts+best", "ts+best").endswith("files 10 vs 10.")
     found = tables.io_findings(rows, (("ts+best[x=1]", "ts+best"),))
     assert "ts+best[x=1] beat ts+best by" in found and "ts+best[x=1] was measured once." in found, found
+
+
+def _profile(**rates):
+    st = lambda x: {"median": x, "spread_pct": 0.0, "samples": [x, x, x]}
+    base = dict(durable_fresh_Bps=500e6, durable_freed_Bps=1000e6, buffered_write_Bps=2000e6, fresh_memory_Bps=2000e6,
+                small_files_per_s=1000.0)
+    base.update(rates)
+    return {"cores": 2, **{k: st(v) for k, v in base.items()}, "codecs_Bps": {"gzip:9": st(30e6), "zstd": st(400e6)},
+            "reference": {"reference_write_Bps": 800e6, "reference_read_Bps": 1000e6}}
+
+
+def _work_row(approach="a", save_s=2.0, load_s=1.0, **work):
+    w = dict(user_s=0.1, sys_s=0.1, read_calls=10, read_bytes=0, write_calls=10, write_bytes=1e9, minor_faults=0,
+             major_faults=0, storage_read_bytes=1e9, storage_write_bytes=1e9)
+    w.update(work)
+    return {"approach": approach, "save_s": save_s, "load_s": load_s, "verified": True, "n_files": 3,
+            "payload_bytes": 1e9, "knobs": {}, "cpu_io_save": w, "cpu_io_load": w}
+
+
+def test_a_bound_is_the_slowest_limit_at_the_profiles_rates():
+    from llama_ckpt.results import bounds
+
+    prof = _profile()
+    lim = bounds.limits(_work_row(), "save", prof)
+    # 1 GB to storage at the best durable rate the profile saw (1000 MB/s freed), 1 GB of write calls at
+    # 2000 MB/s x 2 cores, 3 files at 1000/s, 0.2 CPU seconds over 2 cores
+    assert lim == pytest.approx({"disk write": 1.0, "page-cache copy": 0.25, "files": 0.003, "fresh memory": 0.0,
+                                 "CPU": 0.1})
+    assert bounds.bound(_work_row(), "save", prof) == (pytest.approx(1.0), "disk write")
+    assert bounds.bound(_work_row(), "load", prof) == (pytest.approx(1.0), "disk read")
+    cpu = _work_row(user_s=5.0)
+    assert bounds.bound(cpu, "save", prof) == (pytest.approx(2.55), "CPU")
+    gz = dict(_work_row(), knobs={"compression": "gzip:9"})
+    assert bounds.limits(gz, "save", prof)["compression"] == pytest.approx(1e9 / 60e6)
+    assert bounds.bound(gz, "save", prof)[1] == "compression"
+    assert "compression" not in bounds.limits(dict(gz, knobs={"compression": "gzip"}), "save", prof)  # not profiled
+    assert bounds.limits(_work_row(), "save", {}) == {} and bounds.bound({"save_s": 1.0}, "save", prof) == (None, None)
+    old = _work_row()  # written before the suite counted page faults and storage bytes: no bound
+    del old["cpu_io_save"]["minor_faults"]
+    assert bounds.limits(old, "save", prof) == {}
+
+
+def test_the_bounds_table_gives_each_approach_its_bound_binding_limit_and_share():
+    from llama_ckpt.report.machine import bounds_table
+
+    rows = [_work_row("a", save_s=s) for s in (2.0, 3.0, 4.0)] + [_work_row("b", save_s=0.5, user_s=0.9, sys_s=0.1)]
+    t = bounds_table(rows, _profile(), ["b", "a"])
+    assert list(t.index) == ["b", "a"]
+    assert (t.loc["a", "save_bound_s"], t.loc["a", "save_binding"], t.loc["a", "save_x_bound"]) == (
+        pytest.approx(1.0), "disk write", pytest.approx(3.0))
+    assert t.loc["b", "save_x_bound"] == pytest.approx(0.5)  # faster than a 1 GB write can be: the bound says so
+    assert bounds_table(rows, None).empty

@@ -4,13 +4,14 @@ ranks, and the run that measures many.
 For each repeat, every approach in turn (interleaved, so that drift of the
 shared machine hits every approach alike; each round in a seeded random
 order, recorded; ``interleave=False`` runs each approach's repeats back to
-back), after the storage reference measured
-``REFERENCE_SAMPLES`` times:
+back), after the machine profile (``bench.machine``; on S3 the storage
+reference, ``REFERENCE_SAMPLES`` times):
 
 0. write back what is dirty and drop the kernel's caches (root only,
    ``fsutil.settle``), so that no save inherits the file-system state the
    measurement before it left;
-1. build a fresh float32 source (outside the timer; on ranks each rank
+1. build a fresh float32 source (outside the timer; a small one is a copy
+   of the source kept for the run, ``model.KeptSource``; on ranks each rank
    builds its own rows);
 2. time the save from the call until its bytes are durable (each format
    fsyncs what it writes; a float16 approach's cast is inside the timer),
@@ -56,8 +57,8 @@ from ..recorders import MMAP_THRESHOLD, CpuIO, PeakRSS, Steps, fix_mmap_threshol
     settled_objects
 from ..results import ResultsWriter, environment_record, measurement_row
 from ..store import LocalDir, Location, at
-from . import cluster, ranks
-from .probes import REFERENCE_SAMPLES, REFERENCE_THREADS, reference
+from . import cluster, machine, ranks
+from .probes import REFERENCE_SAMPLES, reference
 
 DISK_HEADROOM = 256 << 20  # free space left on the output file system beyond the estimate
 RANK_OVERHEAD = 500 << 20  # a rank's interpreter, torch and TensorStore, measured ~0.4 GB here
@@ -94,7 +95,8 @@ class Options:
     results: Path | None = None  # results file; default <out>/results/<run_id>.jsonl
     run_id: str | None = None
     progress: bool | None = None  # tqdm bars; default: only on a terminal
-    disk_reference: bool = True  # time one sequential file of the model's size (REFERENCE_SAMPLES times)
+    disk_reference: bool = True  # profile the machine (on a local disk; on S3: the storage reference) first
+    profile: Path | None = None  # the run's machine profile, shared by its phases: read if there, else written
     interleave: bool = True  # repeat k of every approach before repeat k+1 of any, so drift hits all alike
     shuffle: bool = True  # each round in its own seeded random order, so that no approach always goes first
     order_seed: int | None = None  # the rounds' seed; default: drawn from the run id and the phase (recorded)
@@ -117,10 +119,12 @@ class Options:
 # -- up-front checks -----------------------------------------------------------------
 def disk_needed(approaches: list[Format], source: ModelSource, out: Path, reference_too: bool) -> dict[str, int]:
     """Bytes each approach's checkpoint is estimated to occupy (chunk files
-    rounded up to the file system's block size)."""
+    rounded up to the file system's block size), and the machine profile's
+    files (``disk reference``: its durable writes kept side by side)."""
     block = fsutil.block_size(out)
     return {a.name: a.estimate_bytes(source.specs, block) for a in approaches} | (
-        {"disk reference": -(-source.nbytes // block) * block} if reference_too else {})
+        {"disk reference": machine.DURABLE_FRESH * -(-min(source.nbytes, machine.PROFILE_MAX_BYTES) // block) * block}
+        if reference_too else {})
 
 
 def check_disk(approaches: list[Format], source: ModelSource, out: Path, keep: bool, reference_too: bool) -> dict:
@@ -141,11 +145,11 @@ def check_disk(approaches: list[Format], source: ModelSource, out: Path, keep: b
 
 
 def check_memory(source: ModelSource, world: int, on_this_node: int | None = None) -> None:
-    """Every rank holds its rows, builds one whole tensor at a time, and
-    starts its own interpreter and torch; ``on_this_node`` of the ``world``
-    ranks run here (default: all)."""
+    """Every rank holds its rows (drawn in blocks of ``DRAW_ROWS`` rows, so a
+    block beyond them at most at each end) and starts its own interpreter and
+    torch; ``on_this_node`` of the ``world`` ranks run here (default: all)."""
     here = world if on_this_node is None else on_this_node
-    need = here * (1.2 * source.nbytes / world + max(s.nbytes for s in source.specs) + RANK_OVERHEAD)
+    need = here * (1.2 * source.nbytes / world + RANK_OVERHEAD)
     if need > psutil.virtual_memory().available:
         raise UserError(f"{source.name} on {here} rank(s) of this node needs about {need / 1e9:.1f} GB of memory; "
                         f"{psutil.virtual_memory().available / 1e9:.1f} GB available")
@@ -468,15 +472,19 @@ def plan(approaches: list, opts: Options, seed: int = 0) -> list[tuple]:
     out = []
     for r in range(most):
         round_ = [(a, done.get(a.name, 0) + j) for a in approaches if (j := r - (most - need[a.name]) + 1) >= 1]
-        if opts.shuffle:
-            random.Random(f"{seed}:{r}").shuffle(round_)
+        if opts.shuffle:  # by the round's repeat number: a later call for more repeats draws new orders
+            random.Random(f"{seed}:{max(k for _a, k in round_)}").shuffle(round_)
         out += round_
     return out
 
 
 def order_seed(run_id: str, opts: Options) -> int:
-    """The seed of the rounds' order: ``opts.order_seed``, or one drawn from the run id and the phase."""
-    return opts.order_seed if opts.order_seed is not None else zlib.crc32(f"{run_id}:{opts.phase}".encode())
+    """The seed of the rounds' order: ``opts.order_seed``, or one drawn from the run id, the phase and the ranks
+    (each configuration of a sharded phase its own orders)."""
+    if opts.order_seed is not None:
+        return opts.order_seed
+    return zlib.crc32(f"{run_id}:{opts.phase}:{opts.world_size}:{opts.load_world_size}:{opts.group is not None}"
+                      .encode())
 
 
 class RunLog:
@@ -616,10 +624,14 @@ def _run(approaches, source, opts: Options, out: Path, on_row, say):
     if opts.group is not None:  # a launched job: every rank must see what rank 0 writes
         cluster.check_shared(opts.group, root)
     ref = {}
-    if opts.disk_reference:
-        say(f"{root.reference_kind} reference: {source.nbytes / 1e9:.2f} GB written and read cold, in one stream"
-            + (f" and by {REFERENCE_THREADS} threads" if root.local_file() is not None else "")
-            + f", {REFERENCE_SAMPLES} times")
+    if opts.disk_reference and root.local_file() is not None:
+        scratch = root.local_file()
+        scratch.mkdir(parents=True, exist_ok=True)
+        prof = machine.shared_profile(opts.profile, scratch, source.nbytes, say)
+        ref = {**prof["reference"], "machine": prof}
+    elif opts.disk_reference:
+        say(f"{root.reference_kind} reference: {source.nbytes / 1e9:.2f} GB written and read cold, in one stream, "
+            f"{REFERENCE_SAMPLES} times")
         ref = reference(source.nbytes, root / "reference")
     extra = dict(world_size=opts.world_size, load_world_size=opts.load_world_size, cores=cores,
                  launcher="spawn" if opts.group is None else "torchrun") if sharded else {}
@@ -635,23 +647,27 @@ def _run(approaches, source, opts: Options, out: Path, on_row, say):
                              **({"order_seed": seed} if opts.interleave and opts.shuffle else {}),
                              **extra, **ref)
     log.write(env)
-    expected = None
-    if not sharded and measured:
-        say("recording per-tensor digests of the source")
-        if KeptSource.keeps(source, psutil.virtual_memory().total):
-            source = KeptSource(source)
-        sd = source.materialize()
-        expected = expected_digests(sd, {a.stored_dtype for a in measured})
-        del sd
-        gc.collect()
-    for a in measured:  # first-use set-up of a library, outside every timing
-        warm_up(a.name, a.warm_up, root / f"warm-up-{a.name}", say)
+    kept = None
     try:
+        expected = None
+        if not sharded and measured:
+            say("recording per-tensor digests of the source")
+            if KeptSource.keeps(source, psutil.virtual_memory().total):
+                source = kept = KeptSource(source)
+            sd = source.materialize()
+            expected = expected_digests(sd, {a.stored_dtype for a in measured})
+            del sd
+            gc.collect()
+        for a in measured:  # first-use set-up of a library, outside every timing
+            warm_up(a.name, a.warm_up, root / f"warm-up-{a.name}", say)
         with settled_objects():
             skipped_late = _measure_all(todo, source, expected, root, run_id, opts, log, say)
     except KeyboardInterrupt:
         log.end(False, interrupted="KeyboardInterrupt")  # a SIGKILL leaves no end record: incomplete too
         raise
+    finally:
+        if kept is not None:
+            kept.close()
     if not opts.keep:
         root.remove()
     late = {"deadline_skipped": skipped_late} if skipped_late else {}

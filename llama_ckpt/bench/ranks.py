@@ -98,6 +98,7 @@ class Job:
         self.step = "starting"
         self.fmt = approach_of(job["approach"])
         self.ctx = RankContext(rank, world, dist, _fault("mid-save", rank))
+        self.rss: PeakRSS | None = None  # the sampler around the step (run)
 
     def save(self) -> dict:
         job, dist, rank, world, fmt, ctx = self.job, self.dist, self.rank, self.world, self.fmt, self.ctx
@@ -110,7 +111,7 @@ class Job:
         fmt.prepare_rank(ctx, staged, saving=True)
         self.step = "waiting for every rank to start the save"
         dist.barrier()
-        with staged.count_requests() as requests, CpuIO() as work:
+        with staged.count_requests() as requests, CpuIO(self.rss) as work:
             t0 = time.perf_counter()
             self.step = "writing this rank's rows"
             fmt.write_rank(shards, staged, specs, ctx)
@@ -141,7 +142,7 @@ class Job:
         fmt.prepare_rank(ctx, final, saving=False)
         self.step = "waiting for every rank to start the load"
         dist.barrier()
-        with final.count_requests() as requests, CpuIO() as work:
+        with final.count_requests() as requests, CpuIO(self.rss) as work:
             t0 = time.perf_counter()
             self.step = "reading this rank's rows"
             got = fmt.read_rank(final, man, specs, ctx)
@@ -159,6 +160,7 @@ class Job:
         report = topology(self.rank)
         try:
             with PeakRSS() as rss:  # this step's peak: a launched rank does every step in one process
+                self.rss = rss  # its samples' own reads are left out of the rank's counted work
                 report.update(self.save() if self.job["kind"] == "save" else self.load())
         except (KeyboardInterrupt, SystemExit):
             raise

@@ -18,6 +18,7 @@ from ..study.claims import (GUIDE_EIGHT, GUIDE_FIGURES, HOLDS, FAILS, OTHER_WEIG
 from ..study.phases import COMPARE, PHASES
 from ..study.runs import cloud_rows, latest_run, phase_complete, run_dir, run_results, shared_rows
 from . import charts as plots
+from . import machine as machine_report
 from . import tables as report
 from . import training as train_report
 
@@ -42,7 +43,8 @@ class Summary:
         return [r for r in self.rows if r["approach"] in GUIDE_EIGHT]
 
     def env(self) -> dict:
-        """The disk reference as the median over the run's phases."""
+        """The disk reference: the run's (one shared profile); the median over its phases' where each measured its
+        own (on S3, or results written before the suite profiled its machine)."""
         out = {}
         for key in ("reference_write_s", "reference_read_s", "reference_bytes"):
             vals = [e[key] for e in self.envs if e.get(key)]
@@ -191,6 +193,16 @@ class Summary:
                                order=[n for n in names() if n in summ])
         plots.save(fig, run_dir(self.out_dir, self.run_id) / "figures" / "all-approaches.png")
         return fig
+
+    def machine(self) -> dict | None:
+        """The run's machine profile (measured by its first phase, shared by every phase of the run)."""
+        return next((e["machine"] for e in self.envs if e.get("machine")), None)
+
+    def bounds(self) -> pd.DataFrame:
+        """Every registered approach's save and load against the shortest time
+        its counted work can take on this machine, and the limit that sets it."""
+        return machine_report.bounds_table(self.registered_rows, self.machine(),
+                                           [n for n in names() if any(r["approach"] == n for r in self.registered_rows)])
 
     def env_rates(self) -> dict:
         e = self.env()

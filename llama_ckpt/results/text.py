@@ -60,10 +60,14 @@ def render(header: list[str], body: list[list[str]]) -> str:
     return "\n".join([line(header), line(["-" * w for w in widths])] + [line(b) for b in body])
 
 
-def comparison_table(rows: list[dict], baseline: str = "tensorstore", reference: str = "pytorch") -> str:
-    """The comparison table of one run's rows, as text."""
+def comparison_table(rows: list[dict], baseline: str = "tensorstore", reference: str = "pytorch",
+                     order: list[str] | None = None) -> str:
+    """The comparison table of one run's rows, as text, its approaches in
+    ``order`` (default: as they first appear in the rows)."""
     check_comparable(rows)
     summ = summarize(rows)
+    if order:
+        summ = {n: summ[n] for n in sorted(summ, key=lambda n: order.index(n) if n in order else len(order))}
     if not summ:
         return "(no valid measurements)"
     base, ref = summ.get(baseline), summ.get(reference)

@@ -438,8 +438,8 @@ def evict_server(data_dir: str) -> tuple[bool, float | None]:
     it writes all the time, are left alone."""
     files = sorted(Path(data_dir).glob("*.dat")) + sorted(Path(data_dir).glob("*.idx"))
     resident = total = 0
+    fsutil.evict(*files)
     for f in files:
-        fsutil.evict(f)
         try:
             r, t = fsutil.resident_fraction_file(f)
         except OSError:

@@ -86,7 +86,9 @@ class Phase:
 PROTOCOL = ("Protocol (`llama_ckpt.bench.measure`): a save is timed until its bytes are fsynced; a load is timed "
             "cold (files evicted from the page cache first, confirmed with `mincore`) until every tensor is in memory; "
             "every load is checked bit for bit against digests of what was saved, and a row that does not round-trip "
-            "is never shown as a result. The disk itself is measured in the same run as a reference.")
+            "is never shown as a result. Each round of repeats runs in its own seeded random order. The machine is "
+            "profiled once per run, before its first measurement (disk, page cache, memory, small files, codecs: "
+            "`llama_ckpt.bench.machine`).")
 SWEEP_NOTE = (" The phase's pair (and each base it compares with) gets the run's repeats, interleaved; the sweep's "
               "further points, which no claim judges, {n} repeat(s) each.")
 SHARDED_PROTOCOL = (

@@ -22,6 +22,7 @@ from .phases import PHASES, Phase
 
 REPO = Path(__file__).resolve().parent.parent.parent
 DEFAULT_OUT = REPO / "saved_models"
+PROFILE_FILE = "machine-profile.json"  # in a run's directory: its machine profile, measured by its first phase
 
 
 def run_dir(out_dir: str | Path, run_id: str) -> Path:

@@ -101,7 +101,7 @@ class Kind:
         return measure.Options(**{**dict(out=self.rdir, repeats=self.repeats, keep=self.keep, results=self.rpath,
                                          run_id=self.run_id, progress=self.progress, lock=self.lock,
                                          checkpoints=self.rdir / "checkpoints" / self.phase.slug,
-                                         phase=self.phase.slug), **changes})
+                                         phase=self.phase.slug, profile=self.rdir / runs.PROFILE_FILE), **changes})
 
     def result(self, rows: list[dict], env: dict, reused: bool = False, **more) -> PhaseResult:
         return PhaseResult(self.phase, self.run_id, self.rdir, self.rpath, rows, env, reused, **more)

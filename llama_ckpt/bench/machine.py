@@ -1,0 +1,286 @@
+"""The machine profile: what this machine's disk, page cache, memory, file
+system and cores can do, measured once per run before any approach, so that
+every figure of the run can be read against the limits that bound it
+(:mod:`llama_ckpt.results.bounds`).
+
+Each unit cost is measured a few times (``PROFILE_SAMPLES``) and kept with
+every sample, so its spread shows:
+
+- durable writes of ``nbytes`` (the model's bytes, at most
+  ``PROFILE_MAX_BYTES``) back to back, each to a new file on space not
+  written in this profile (``fresh``), then each after the previous file was
+  removed (``freed``): the rate of each, in order, so a burst or a slow
+  first write shows;
+- the storage reference (:func:`llama_ckpt.bench.probes.reference`): one
+  file written and read cold in one stream and by several threads;
+- one thread's buffered write into the page cache (no fsync: the copy a
+  single-stream writer makes before its fsync);
+- memory copies between buffers already faulted in, on one thread and on
+  every core;
+- filling fresh memory (page faults on 4 KiB pages; and with transparent huge
+  pages where the kernel offers them on request);
+- small files (4 KiB) created, written and fsynced one after another;
+- every codec an approach or a sweep of the suite compresses with
+  (``CODECS``: gzip at levels 1 and 9, zstd, blosc-lz4), one core, through
+  TensorStore's zarr codecs as the approaches configure them, on
+  float16-origin weights;
+- cores, memory, the file system, its mount options and the transparent huge
+  page setting.
+
+The profile of a suite run is measured by its first phase and read by the
+others (``runs/<id>/machine-profile.json``).
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import statistics
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import psutil
+import torch
+
+from .. import fsutil
+from ..formats.tensorstore import compressor as zarr_compressor
+from ..model import TensorSpec, seeded_tensor
+from ..store import LocalDir
+from .probes import REFERENCE_BLOCK, reference
+
+PROFILE_SAMPLES = 3  # each unit cost measured this many times
+PROFILE_MAX_BYTES = 1 << 30  # the durable writes' size: the model's bytes, at most this
+DURABLE_FRESH = 4  # durable writes back to back, each to a new file
+DURABLE_FREED = 3  # ... then each after the previous one was removed
+MEMORY_BYTES = 256 << 20  # buffers of the memory copy and fill (at most; a small model's bytes, at least 64 MiB)
+SMALL_FILES = 500  # small files written and fsynced per sample (50 for a model under 64 MiB)
+SMALL_FILE_BYTES = 4096
+CODEC_BYTES = 8 << 20  # weights compressed per codec sample (at most; a small model's bytes, at least 4 MiB)
+# The compression settings the suite's approaches and sweeps use (`compression` knob of the TensorStore formats;
+# a test keeps this in step with the registry and the phase catalogue)
+CODECS = ("gzip", "gzip:9", "zstd", "blosc-lz4")
+PAGE = mmap.PAGESIZE
+
+
+def _median_spread(xs: list[float]) -> dict:
+    """A unit cost's samples, their median, and their spread ((max - min) / median, in percent)."""
+    med = statistics.median(xs)
+    return {"median": med, "spread_pct": (max(xs) - min(xs)) / med * 100 if med else None, "samples": xs}
+
+
+def _write_durably(path: Path, nbytes: int, block: bytes) -> float:
+    t0 = time.perf_counter()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        left = nbytes
+        while left > 0:
+            left -= os.write(fd, block if left >= len(block) else block[:left])
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    fsutil.fsync_path(path.parent)
+    return time.perf_counter() - t0
+
+
+def durable_writes(where: Path, nbytes: int) -> dict:
+    """``DURABLE_FRESH`` files of ``nbytes`` written durably back to back,
+    each kept (so each takes space not just freed by this profile), then
+    ``DURABLE_FREED`` more, each after the previous file was removed; bytes
+    per second of each write, in order."""
+    block = os.urandom(REFERENCE_BLOCK)
+    fresh, freed, paths = [], [], []
+    try:
+        for _ in range(DURABLE_FRESH):
+            paths.append(where / f"fresh-{uuid.uuid4().hex[:8]}.bin")
+            fresh.append(nbytes / _write_durably(paths[-1], nbytes, block))
+        for _ in range(DURABLE_FREED):
+            fsutil.remove(paths.pop())
+            os.sync()
+            paths.append(where / f"freed-{uuid.uuid4().hex[:8]}.bin")
+            freed.append(nbytes / _write_durably(paths[-1], nbytes, block))
+    finally:
+        for p in paths:
+            fsutil.remove(p)
+    return {"fresh_Bps": fresh, "freed_Bps": freed}
+
+
+def buffered_write(where: Path, nbytes: int) -> float:
+    """One thread's write of ``nbytes`` into the page cache, no fsync (made
+    durable and removed afterwards, outside the timing): bytes per second."""
+    block = os.urandom(REFERENCE_BLOCK)
+    path = where / f"buffered-{uuid.uuid4().hex[:8]}.bin"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            t0 = time.perf_counter()
+            left = nbytes
+            while left > 0:
+                left -= os.write(fd, block if left >= len(block) else block[:left])
+            took = time.perf_counter() - t0
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    finally:
+        fsutil.remove(path)
+    return nbytes / took
+
+
+def memory_copy(threads: int, nbytes: int = MEMORY_BYTES) -> float:
+    """Bytes per second copied between two buffers already in memory, on ``threads`` threads."""
+    src, dst = torch.ones(nbytes // 4), torch.zeros(nbytes // 4)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        dst.copy_(src)  # once untimed: every page faulted in
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        return nbytes / (time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(before)
+
+
+def fresh_memory(huge: bool, nbytes: int = MEMORY_BYTES) -> float | None:
+    """Bytes per second of filling memory never touched (one page fault per
+    page): a new anonymous mapping, with transparent huge pages asked for
+    when ``huge`` (None where the kernel offers none)."""
+    mm = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    try:
+        if huge:
+            if not hasattr(mmap, "MADV_HUGEPAGE") or thp_mode() == "never":
+                return None
+            mm.madvise(mmap.MADV_HUGEPAGE)
+        elif hasattr(mmap, "MADV_NOHUGEPAGE"):
+            mm.madvise(mmap.MADV_NOHUGEPAGE)
+        t = torch.frombuffer(mm, dtype=torch.uint8)
+        t0 = time.perf_counter()
+        t.fill_(1)
+        took = time.perf_counter() - t0
+        del t
+        return nbytes / took
+    finally:
+        mm.close()
+
+
+def small_files(where: Path, n: int = SMALL_FILES) -> float:
+    """Small files created, written and fsynced per second, one after another in one directory."""
+    d = where / f"small-{uuid.uuid4().hex[:8]}"
+    d.mkdir()
+    data = os.urandom(SMALL_FILE_BYTES)
+    try:
+        t0 = time.perf_counter()
+        for i in range(n):
+            fd = os.open(d / str(i), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                os.write(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsutil.fsync_path(d)
+        return n / (time.perf_counter() - t0)
+    finally:
+        fsutil.remove(d)
+
+
+def _weights(nbytes: int = CODEC_BYTES) -> torch.Tensor:
+    """``nbytes`` of float32 weights as the presets draw them (float16-origin)."""
+    rows = max(1, nbytes // 4 // 1024)
+    return seeded_tensor(TensorSpec("model.layers.0.mlp.up_proj.weight", (rows, 1024), torch.float32), 0)
+
+
+def codec(name: str, data: torch.Tensor) -> float:
+    """Bytes per second of ``data`` compressed by TensorStore's zarr codec
+    ``name`` (a ``compression`` knob's value) on one core (one chunk per MiB,
+    in memory: no storage)."""
+    import tensorstore as ts
+
+    compressor = zarr_compressor(name)
+    arr = data.numpy()
+    spec = {"driver": "zarr", "kvstore": {"driver": "memory"}, "create": True, "delete_existing": True,
+            "context": {"data_copy_concurrency": {"limit": 1}, "file_io_concurrency": {"limit": 1}},
+            "metadata": {"shape": list(arr.shape), "chunks": [256, 1024], "dtype": "<f4",
+                         "compressor": compressor}}
+    store = ts.open(spec).result()
+    t0 = time.perf_counter()
+    store.write(arr).result()
+    return arr.nbytes / (time.perf_counter() - t0)
+
+
+def thp_mode() -> str | None:
+    """The kernel's transparent huge page setting (``always``, ``madvise``, ``never``), None where unknown."""
+    try:
+        text = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    except OSError:
+        return None
+    return text[text.index("[") + 1:text.index("]")] if "[" in text else None
+
+
+def mount_options(path: Path) -> str | None:
+    """The mount options of the file system holding ``path`` (``/proc/mounts``)."""
+    mnt = fsutil.filesystem_of(path)["mount"]
+    try:
+        for line in open("/proc/mounts"):
+            parts = line.split()
+            if len(parts) >= 4 and parts[1] == mnt:
+                return parts[3]
+    except OSError:
+        pass
+    return None
+
+
+def profile(where: Path, nbytes: int, say=lambda s: None) -> dict:
+    """The machine profile, measured in a scratch directory under ``where``
+    (removed after); ``nbytes``: the model's bytes."""
+    where = Path(where)
+    scratch = where / f"machine-profile-{uuid.uuid4().hex[:8]}"
+    scratch.mkdir(parents=True)
+    size = min(nbytes, PROFILE_MAX_BYTES)
+    mem, codec_bytes = min(MEMORY_BYTES, max(64 << 20, size)), min(CODEC_BYTES, max(4 << 20, size))
+    n_small = SMALL_FILES if size >= 64 << 20 else 50
+    say(f"machine profile: disk, page cache, memory, small files and codecs ({size / 1e9:.2f} GB writes, "
+        f"{PROFILE_SAMPLES} samples each)")
+    t0 = time.perf_counter()
+    try:
+        fs = fsutil.filesystem_of(where)
+        out: dict = {"cores": len(os.sched_getaffinity(0)), "memory_bytes": psutil.virtual_memory().total,
+                     "fs_type": fs["fstype"], "fs_device": fs["device"], "mount_options": mount_options(where),
+                     "thp": thp_mode(), "bytes": size, "samples": PROFILE_SAMPLES, "memory_sample_bytes": mem,
+                     "small_files": n_small, "codec_sample_bytes": codec_bytes}
+        writes = durable_writes(scratch, size)
+        out["durable_fresh_Bps"] = _median_spread(writes["fresh_Bps"])
+        out["durable_freed_Bps"] = _median_spread(writes["freed_Bps"])
+        out["durable_sequence_Bps"] = writes["fresh_Bps"] + writes["freed_Bps"]
+        out["reference"] = reference(size, LocalDir(scratch / "reference"))
+        out["buffered_write_Bps"] = _median_spread([buffered_write(scratch, size) for _ in range(PROFILE_SAMPLES)])
+        out["memory_copy_1_Bps"] = _median_spread([memory_copy(1, mem) for _ in range(PROFILE_SAMPLES)])
+        out["memory_copy_all_Bps"] = _median_spread([memory_copy(out["cores"], mem) for _ in range(PROFILE_SAMPLES)])
+        out["fresh_memory_Bps"] = _median_spread([fresh_memory(False, mem) for _ in range(PROFILE_SAMPLES)])
+        huge = [fresh_memory(True, mem) for _ in range(PROFILE_SAMPLES)]
+        out["fresh_memory_huge_Bps"] = None if None in huge else _median_spread(huge)
+        out["small_files_per_s"] = _median_spread([small_files(scratch, n_small) for _ in range(PROFILE_SAMPLES)])
+        data = _weights(codec_bytes)
+        out["codecs_Bps"] = {name: _median_spread([codec(name, data) for _ in range(PROFILE_SAMPLES)])
+                             for name in CODECS}
+    finally:
+        fsutil.remove(scratch)
+    out["profile_s"] = time.perf_counter() - t0
+    return out
+
+
+def shared_profile(path: Path | None, where: Path, nbytes: int, say=lambda s: None) -> dict:
+    """The run's profile: read from ``path`` when an earlier phase of the run
+    measured it for as many bytes, else measured now (and written there)."""
+    if path is not None and Path(path).is_file():
+        got = json.loads(Path(path).read_text())
+        if got.get("bytes") == min(nbytes, PROFILE_MAX_BYTES):
+            say(f"machine profile: measured earlier in this run ({path})")
+            return got
+    got = profile(where, nbytes, say)
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(path).with_name(Path(path).name + f".tmp-{uuid.uuid4().hex[:8]}")
+        tmp.write_text(json.dumps(got))
+        os.replace(tmp, path)
+    return got

@@ -1,0 +1,94 @@
+"""The machine profile of a run (:mod:`llama_ckpt.bench.machine`) as a table:
+one line per unit cost, its median, spread and samples, so a reader sees
+what this machine could do before reading what the approaches did."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from ..results import bounds
+
+# (key in the profile, what it is, unit, divisor)
+RATES = (
+    ("durable_fresh_Bps", "durable write, each file to new space", "MB/s", 1e6),
+    ("durable_freed_Bps", "durable write, each after the last file was removed", "MB/s", 1e6),
+    ("buffered_write_Bps", "one thread's write into the page cache (no fsync)", "MB/s", 1e6),
+    ("memory_copy_1_Bps", "memory copy, one thread", "MB/s", 1e6),
+    ("memory_copy_all_Bps", "memory copy, every core", "MB/s", 1e6),
+    ("fresh_memory_Bps", "filling fresh memory, 4 KiB pages", "MB/s", 1e6),
+    ("fresh_memory_huge_Bps", "filling fresh memory, transparent huge pages", "MB/s", 1e6),
+    ("small_files_per_s", "4 KiB files created, written and fsynced", "files/s", 1),
+)
+
+
+def machine_table(profile: dict | None) -> pd.DataFrame:
+    """One line per unit cost of ``profile``: median, spread ((max - min) /
+    median, %), the samples in the order measured; then the disk reference's
+    best write and read. Empty where the run has no profile (on S3, or
+    ``--no-reference``)."""
+    if not profile:
+        return pd.DataFrame()
+    recs = []
+    for key, what, unit, div in RATES:
+        st = profile.get(key)
+        if not st:
+            continue
+        recs.append({"measure": what, "unit": unit, "median": st["median"] / div, "spread_%": st["spread_pct"],
+                     "samples": ", ".join(f"{x / div:,.0f}" for x in st["samples"])})
+    for name, st in (profile.get("codecs_Bps") or {}).items():
+        recs.append({"measure": f"compression `{name}`, one core (TensorStore's codec)", "unit": "MB/s",
+                     "median": st["median"] / 1e6, "spread_%": st["spread_pct"],
+                     "samples": ", ".join(f"{x / 1e6:,.0f}" for x in st["samples"])})
+    ref = profile.get("reference") or {}
+    for op in ("write", "read"):
+        if ref.get(f"reference_{op}_Bps"):
+            way = "stream" if ref[f"reference_{op}_way"] == "one stream" else "parallel"
+            samples = [s[f"{op}_{way}_s"] for s in ref.get("reference_samples", []) if f"{op}_{way}_s" in s]
+            recs.append({"measure": f"disk reference, {'durable write' if op == 'write' else 'cold read'} "
+                                    f"({ref[f'reference_{op}_way']})",
+                         "unit": "MB/s", "median": ref[f"reference_{op}_Bps"] / 1e6,
+                         "spread_%": (max(samples) - min(samples)) / ref[f"reference_{op}_s"] * 100
+                         if samples else None,
+                         "samples": ", ".join(f"{ref['reference_bytes'] / x / 1e6:,.0f}" for x in samples)})
+    return pd.DataFrame(recs).set_index("measure")
+
+
+def machine_line(profile: dict | None) -> str:
+    """The machine in one line: cores, memory, file system and its mount options, huge pages, the profile's size."""
+    if not profile:
+        return ("no machine profile in this run (checkpoints on S3, `--no-reference`, or results written before "
+                "the suite profiled its machine)")
+    seq = ", ".join(f"{x / 1e6:,.0f}" for x in profile.get("durable_sequence_Bps", []))
+    return (f"{profile['cores']} cores, {profile['memory_bytes'] / 2**30:.0f} GiB memory; {profile['fs_type']} on "
+            f"{profile['fs_device']} ({profile['mount_options']}); transparent huge pages: {profile['thp']}. "
+            f"Durable writes of {profile['bytes'] / 1e9:.2f} GB back to back, in order (MB/s): {seq}. "
+            f"Measured in {profile['profile_s']:.0f} s, each unit cost {profile['samples']} times.")
+
+
+def bounds_table(rows: list[dict], profile: dict | None, approaches: list[str] | None = None) -> pd.DataFrame:
+    """Per approach (``approaches``' order, default every one with valid rows),
+    for save and for load: the median time, the shortest time its counted
+    work can take on this machine (``bound_s``, :mod:`llama_ckpt.results.bounds`),
+    the limit that sets it, and the time as a multiple of it (``x_bound``: 1 =
+    as fast as this machine allows)."""
+    if not profile:
+        return pd.DataFrame()
+    by: dict[str, list[dict]] = {}
+    for r in rows:
+        if approaches is None or r["approach"] in approaches:
+            by.setdefault(r["approach"], []).append(r)
+    recs = []
+    for name in approaches or list(by):
+        rec = {"approach": name}
+        for step in ("save", "load"):
+            b = bounds.approach_bounds(by.get(name, []), step, profile)
+            rec.update({f"{step}_s": b and b["time_s"], f"{step}_bound_s": b and b["bound_s"],
+                        f"{step}_binding": b and b["binding"], f"{step}_x_bound": b and b["share"]})
+        if rec["save_s"] is not None or rec["load_s"] is not None:
+            recs.append(rec)
+    return pd.DataFrame(recs).set_index("approach") if recs else pd.DataFrame()
+
+
+def limits_legend() -> str:
+    """What each limit counts, as a Markdown list."""
+    return "\n".join(f"- **{k}**: {v}" for k, v in bounds.LIMITS.items())

@@ -1,0 +1,106 @@
+"""The shortest time a save's or load's counted work can take on the machine
+its run profiled, and which limit sets it.
+
+Each limit turns one part of a row's counted work (``cpu_io_save`` /
+``cpu_io_load``: bytes that went to or came from storage, bytes copied
+through write calls, page faults, CPU seconds; the files it created; the
+bytes it compressed) into seconds at the rate the machine profile measured
+(:mod:`llama_ckpt.bench.machine`), every core working where the work can be
+spread over them. The work cannot take less than the largest of these: that
+is the row's **bound**, its limit the **binding** one, and the measured time
+over the bound its **share** (1: as fast as this machine allows; 3: a third
+of the time goes to the binding limit, the rest to waiting, to work no
+limit counts, or to limits taken one after another instead of together).
+"""
+
+from __future__ import annotations
+
+import statistics
+
+PAGE = 4096
+
+# limit -> what it counts, for the tables' legend
+LIMITS = {
+    "disk write": "bytes that went to storage, at the best durable write rate the profile saw",
+    "disk read": "bytes that came from storage, at the disk reference's cold read rate",
+    "page-cache copy": "bytes through write calls, at one thread's page-cache write rate times the cores",
+    "fresh memory": "minor page faults x 4 KiB, at the fresh-memory fill rate times the cores",
+    "files": "files created, at the small-file create + write + fsync rate",
+    "CPU": "user + system CPU seconds over the cores",
+    "compression": "bytes compressed, at the codec's one-core rate times the cores",
+}
+
+
+def _rate(profile: dict, key: str) -> float | None:
+    st = profile.get(key)
+    return st["median"] if st else None
+
+
+def _codec_rate(row: dict, profile: dict) -> float | None:
+    """The profile's one-core rate of the row's compression setting; None: none, or one not profiled."""
+    comp = (row.get("knobs") or {}).get("compression")
+    st = (profile.get("codecs_Bps") or {}).get(comp) if comp else None
+    return st["median"] if st else None
+
+
+# the counted work a bound needs: rows written before the suite counted it get none
+NEEDS = {"save": ("storage_write_bytes", "minor_faults"), "load": ("storage_read_bytes", "minor_faults")}
+
+
+def limits(row: dict, step: str, profile: dict) -> dict[str, float]:
+    """Seconds each limit needs for ``row``'s counted ``step`` (save, load) work
+    on the machine of ``profile``; limits whose work or rate is unknown are left out."""
+    work = row.get(f"cpu_io_{step}") or {}
+    if not profile or any(work.get(k) is None for k in NEEDS[step]):
+        return {}
+    cores = profile["cores"]
+    ref = profile.get("reference") or {}
+    out: dict[str, float] = {}
+    if step == "save":
+        best = max([x for x in [_rate(profile, "durable_fresh_Bps"), _rate(profile, "durable_freed_Bps"),
+                                ref.get("reference_write_Bps")] if x] or [0])
+        if best:
+            out["disk write"] = work["storage_write_bytes"] / best
+        copy = _rate(profile, "buffered_write_Bps")
+        if copy:
+            out["page-cache copy"] = work["write_bytes"] / (copy * cores)
+        files = _rate(profile, "small_files_per_s")
+        if files and row.get("n_files"):
+            out["files"] = row["n_files"] / files
+        codec = _codec_rate(row, profile)
+        if codec and row.get("payload_bytes"):
+            out["compression"] = row["payload_bytes"] / (codec * cores)
+    else:
+        if ref.get("reference_read_Bps"):
+            out["disk read"] = work["storage_read_bytes"] / ref["reference_read_Bps"]
+    fresh = _rate(profile, "fresh_memory_Bps")
+    if fresh:
+        out["fresh memory"] = work["minor_faults"] * PAGE / (fresh * cores)
+    out["CPU"] = (work["user_s"] + work["sys_s"]) / cores
+    return out
+
+
+def bound(row: dict, step: str, profile: dict) -> tuple[float | None, str | None]:
+    """(the shortest time ``row``'s ``step`` work can take, the limit that sets it); (None, None) where unknown."""
+    lim = limits(row, step, profile)
+    if not lim:
+        return None, None
+    name = max(lim, key=lim.get)
+    return lim[name], name
+
+
+def approach_bounds(rows: list[dict], step: str, profile: dict) -> dict | None:
+    """One approach's rows: the median measured time, the median bound, the
+    limit that binds most often (ties: the larger median), the median share
+    (time / bound) and every limit's median seconds."""
+    got = [(r[f"{step}_s"], *bound(r, step, profile), limits(r, step, profile)) for r in rows
+           if r.get(f"{step}_s") and r.get("verified")]
+    got = [g for g in got if g[1]]
+    if not got:
+        return None
+    names = [g[2] for g in got]
+    every = {k: statistics.median(g[3][k] for g in got if k in g[3]) for k in LIMITS if any(k in g[3] for g in got)}
+    binding = max(set(names), key=lambda n: (names.count(n), every.get(n, 0)))
+    return {"time_s": statistics.median(g[0] for g in got), "bound_s": statistics.median(g[1] for g in got),
+            "binding": binding, "share": statistics.median(g[0] / g[1] for g in got), "limits_s": every,
+            "n": len(got)}
