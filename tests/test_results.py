@@ -201,3 +201,13 @@ def test_the_bounds_table_gives_each_approach_its_bound_binding_limit_and_share(
         pytest.approx(1.0), "disk write", pytest.approx(3.0))
     assert t.loc["b", "save_x_bound"] == pytest.approx(0.5)  # faster than a 1 GB write can be: the bound says so
     assert bounds_table(rows, None).empty
+
+
+def test_the_bounds_findings_name_the_limit_that_binds_the_fastest_and_who_is_far_from_its_bound():
+    from llama_ckpt.report.machine import bounds_findings
+
+    rows = [_work_row("a", save_s=1.2, load_s=1.1)] + [_work_row("slow", save_s=4.0, load_s=1.5)]
+    text = bounds_findings(rows, _profile())
+    assert "**save**: the fastest here, `a` (1.2 s), is bound by **disk write** (1 s; it takes 1.20x that)" in text
+    assert "`slow` 4.0x" in text and "disk write 2" in text
+    assert bounds_findings(rows, None).startswith("No bounds")

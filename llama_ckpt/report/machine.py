@@ -92,3 +92,30 @@ def bounds_table(rows: list[dict], profile: dict | None, approaches: list[str] |
 def limits_legend() -> str:
     """What each limit counts, as a Markdown list."""
     return "\n".join(f"- **{k}**: {v}" for k, v in bounds.LIMITS.items())
+
+
+def bounds_findings(rows: list[dict], profile: dict | None, approaches: list[str] | None = None) -> str:
+    """What the bounds say, as Markdown: per job (save, load), which limit
+    binds the fastest approaches and how close they come to it, and which
+    approaches spend most of their time beyond their bound."""
+    t = bounds_table(rows, profile, approaches)
+    if t.empty:
+        return "No bounds: this run has no machine profile, or its rows no counted work."
+    out = []
+    for step, job in (("save", "save"), ("load", "cold load")):
+        col = t[[f"{step}_s", f"{step}_bound_s", f"{step}_binding", f"{step}_x_bound"]].dropna()
+        if col.empty:
+            continue
+        best = col[f"{step}_s"].astype(float).idxmin()
+        b = col.loc[best]
+        counts = col[f"{step}_binding"].value_counts()
+        out.append(f"- **{job}**: the fastest here, `{best}` ({b[f'{step}_s']:.3g} s), is bound by "
+                   f"**{b[f'{step}_binding']}** ({b[f'{step}_bound_s']:.3g} s; it takes {b[f'{step}_x_bound']:.2f}x "
+                   f"that). Binding limits over the {len(col)} approaches: "
+                   + ", ".join(f"{k} {v}" for k, v in counts.items()) + ".")
+        far = col[col[f"{step}_x_bound"].astype(float) >= 3].sort_values(f"{step}_x_bound", ascending=False)
+        if not far.empty:
+            out.append(f"  At 3x their bound or more (time that no counted limit explains: waiting, or limits taken "
+                       f"one after another): " + ", ".join(f"`{n}` {x:.1f}x" for n, x in
+                                                           far[f"{step}_x_bound"].astype(float).items()) + ".")
+    return "\n".join(out)

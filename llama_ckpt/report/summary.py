@@ -204,6 +204,9 @@ class Summary:
         return machine_report.bounds_table(self.registered_rows, self.machine(),
                                            [n for n in names() if any(r["approach"] == n for r in self.registered_rows)])
 
+    def bounds_findings(self) -> str:
+        return machine_report.bounds_findings(self.registered_rows, self.machine())
+
     def env_rates(self) -> dict:
         e = self.env()
         if not e.get("reference_bytes") or not e.get("reference_write_s"):
