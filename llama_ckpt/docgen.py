@@ -61,6 +61,9 @@ FIELD_DOCS = {
     "source_dtype": "the dtype of the tensors in memory",
     "repeat": "which repeat (from 1)",
     "caches_dropped": "whether the kernel's page and buffer cache was dropped before the save (root only)",
+    "free_space_trimmed": "whether the file system's free space was discarded (`fstrim`) before the save, so that "
+                          "every save writes into space in the same state (root only; None on S3 and in a "
+                          "launched job)",
     "save_s": "seconds from the call until the bytes are durable; sharded: from the barrier that starts every rank "
               "to the commit",
     "load_s": "seconds of the (cold) load until every tensor is in memory; sharded: the slowest rank's",

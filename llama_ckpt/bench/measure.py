@@ -64,7 +64,22 @@ DISK_HEADROOM = 256 << 20  # free space left on the output file system beyond th
 RANK_OVERHEAD = 500 << 20  # a rank's interpreter, torch and TensorStore, measured ~0.4 GB here
 
 
-_said = {"no drop": False}
+_said = {"no drop": False, "no trim": False}
+
+
+def can_trim(root: Location, say: Callable[[str], None]) -> bool | None:
+    """Whether saves can start from the free space discarded (fsutil.trim); where not, says so once per process."""
+    here = root.local_file()
+    if here is None:  # an object store: no disk state of ours to set
+        return None
+    here.mkdir(parents=True, exist_ok=True)
+    can = fsutil.trim(here)
+    if not can and not _said["no trim"]:
+        _said["no trim"] = True
+        say(f"disk state: the free space of {here}'s file system cannot be discarded here (fstrim: not root, not "
+            "installed, turned off, or not supported), so each save writes into whatever state the last removal "
+            "left the disk in")
+    return can
 
 
 def can_drop_caches(say: Callable[[str], None]) -> bool:
@@ -241,6 +256,8 @@ def measure_approach(approach: Format, source: ModelSource, expected: dict | Non
     stage = "save"
     try:
         loc.remove()  # each repeat saves into a fresh location
+        here = loc.local_file() if opts.group is None else None
+        base["free_space_trimmed"] = fsutil.trim(here.parent) if here is not None else None
         # and from the same file-system state (root only), on every node of a launched job
         base["caches_dropped"] = cluster.settle(opts.group) if opts.group is not None else fsutil.settle()
         if approach.sharded and opts.group is not None:
@@ -621,6 +638,7 @@ def _run(approaches, source, opts: Options, out: Path, on_row, say):
     _announce(approaches, source, opts, run_id, len(todo), results_path, cores, say)
     remove_stale_saves(root.parent, say)
     can_drop = can_drop_caches(say)
+    can_trim_ = can_trim(root, say) if opts.group is None else None
     if opts.group is not None:  # a launched job: every rank must see what rank 0 writes
         cluster.check_shared(opts.group, root)
     ref = {}
@@ -642,7 +660,7 @@ def _run(approaches, source, opts: Options, out: Path, on_row, say):
                              **({} if skipped is None else {"skipped": skipped}),
                              **({"shared": opts.done} if opts.done else {}),
                              **({"fewer": opts.fewer} if opts.fewer else {}), malloc_mmap_threshold=MMAP_THRESHOLD,
-                             drop_caches=can_drop, order="interleaved, each round shuffled" if opts.interleave
+                             drop_caches=can_drop, trim=can_trim_, order="interleaved, each round shuffled" if opts.interleave
                              and opts.shuffle else "interleaved" if opts.interleave else "repeats back to back",
                              **({"order_seed": seed} if opts.interleave and opts.shuffle else {}),
                              **extra, **ref)

@@ -14,8 +14,9 @@ MEASUREMENT_FIELDS = (
     "phase",
     "path", "knobs",
     "n_tensors", "n_params", "tensor_set", "stored_dtype", "source_dtype", "repeat",
-    # whether the kernel's page and buffer cache was dropped before the save (fsutil.settle: root only)
-    "caches_dropped",
+    # whether the kernel's page and buffer cache was dropped before the save (fsutil.settle: root only), and the
+    # file system's free space discarded (fsutil.trim: root only)
+    "caches_dropped", "free_space_trimmed",
     "save_s", "load_s", "load_cold", "resident_after_evict", "load_warm_s",
     "bytes_on_disk", "bytes_apparent", "n_files", "payload_bytes", "by_kind",
     "peak_rss_save_bytes", "peak_rss_load_bytes",
