@@ -36,7 +36,7 @@ def machine_table(profile: dict | None) -> pd.DataFrame:
         recs.append({"measure": what, "unit": unit, "median": st["median"] / div, "spread_%": st["spread_pct"],
                      "samples": ", ".join(f"{x / div:,.0f}" for x in st["samples"])})
     for name, st in (profile.get("codecs_Bps") or {}).items():
-        recs.append({"measure": f"compression `{name}`, one core (TensorStore's codec)", "unit": "MB/s",
+        recs.append({"measure": f"compression {name}, one core (TensorStore's codec)", "unit": "MB/s",
                      "median": st["median"] / 1e6, "spread_%": st["spread_pct"],
                      "samples": ", ".join(f"{x / 1e6:,.0f}" for x in st["samples"])})
     ref = profile.get("reference") or {}
