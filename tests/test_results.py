@@ -211,3 +211,17 @@ def test_the_bounds_findings_name_the_limit_that_binds_the_fastest_and_who_is_fa
     assert "**save**: the fastest here, `a` (1.2 s), is bound by **disk write** (1 s; it takes 1.20x that)" in text
     assert "`slow` 4.0x" in text and "disk write 2" in text
     assert bounds_findings(rows, None).startswith("No bounds")
+
+
+def test_a_ranking_says_whether_the_rule_tells_each_approach_from_the_next():
+    import numpy as np
+
+    from llama_ckpt.report.summary import _vs_next
+
+    s = {"fast": {"save_s": np.array([1.0, 1.01, 0.99, 1.0, 1.02])}, "slow": {"save_s": np.array([2.0, 2.1, 1.9, 2, 2])},
+         "close": {"save_s": np.array([1.0, 1.2, 0.8, 1.1, 0.9])}, "few": {"save_s": np.array([1.0, 1.01, 0.99])},
+         "small": {"bytes_on_disk": np.array([100.0] * 3)}, "big": {"bytes_on_disk": np.array([2100.0] * 3)}}
+    assert _vs_next(s, "fast", "slow", "save_s").endswith(": told apart")
+    assert _vs_next(s, "fast", "close", "save_s").endswith(": not told apart")
+    assert _vs_next(s, "few", "slow", "save_s").endswith("apart, but on fewer than 5 repeats")
+    assert _vs_next(s, "small", "big", "bytes_on_disk") == "smaller by 2.00 kB" and _vs_next(s, "fast", None, "") == ""

@@ -13,8 +13,8 @@ import pandas as pd
 from ..errors import UserError
 from ..registry import names
 from ..results import change, comparison_table, fmt_bytes, is_valid, read_results, summarize
-from ..study.claims import (GUIDE_EIGHT, GUIDE_FIGURES, HOLDS, FAILS, OTHER_WEIGHTS_CLAIMS, UNSURE, judge_both,
-                             judge_cloud)
+from ..study.claims import (GUIDE_EIGHT, GUIDE_FIGURES, HOLDS, FAILS, MIN_REPEATS, OTHER_WEIGHTS_CLAIMS, UNSURE,
+                             judge_both, judge_cloud, ratio_interval, sample_sets)
 from ..study.phases import COMPARE, PHASES
 from ..study.runs import cloud_rows, latest_run, phase_complete, run_dir, run_results, shared_rows
 from . import charts as plots
@@ -23,6 +23,22 @@ from . import tables as report
 from . import training as train_report
 
 CHART_NAME = "8way_performance_comparison.png"
+
+
+def _vs_next(samples: dict, a: str, b: str | None, key: str) -> str:
+    """``a``'s median over the next-ranked ``b``'s with the claims' bootstrap interval, and whether the rule
+    tells them apart (the whole interval below 1) on at least ``MIN_REPEATS`` repeats of each."""
+    if b is None:
+        return ""
+    x, y = samples[a][key], samples[b][key]
+    if not len(x) or not len(y) or (y <= 0).any():
+        return ""
+    if x.min() == x.max() and y.min() == y.max():  # a size: the same every repeat, nothing to resample
+        return f"smaller by {fmt_bytes(y[0] - x[0])}" if x[0] < y[0] else "the same"
+    r, lo, hi = ratio_interval(x, y)
+    told = ("not told apart" if hi >= 1 else "told apart" if min(len(x), len(y)) >= MIN_REPEATS else
+            f"apart, but on fewer than {MIN_REPEATS} repeats")
+    return f"{r:.2f}x [{lo:.2f}-{hi:.2f}]: {told}"
 
 
 @dataclass
@@ -224,14 +240,17 @@ class Summary:
         rates = self.env_rates()
         share = {"save_s": ("save_Bps", rates.get("reference_write_Bps")),
                  "load_s": ("load_Bps", rates.get("reference_read_Bps"))}
+        samples = sample_sets(self.registered_rows)
         recs = []
         for job, (names, key, unit) in jobs.items():
-            for rank, n in enumerate(sorted(names, key=lambda n: summ[n][key].median)[:top], 1):
+            ranked = sorted(names, key=lambda n: summ[n][key].median)
+            for rank, n in enumerate(ranked[:top], 1):
                 v = summ[n][key].median
                 rate, ref = share.get(key, (None, None))
                 recs.append({"job": job, "rank": rank, "approach": n, "dtype": summ[n]["stored_dtype"],
                              "median": fmt_bytes(v) if unit == "B" else f"{v:.3g} s",
-                             "share_of_disk": f"{summ[n][rate].median / ref:.0%}" if rate and ref else ""})
+                             "share_of_disk": f"{summ[n][rate].median / ref:.0%}" if rate and ref else "",
+                             "vs_next": _vs_next(samples, n, ranked[rank] if rank < len(ranked) else None, key)})
         return pd.DataFrame(recs).set_index(["job", "rank"]) if recs else pd.DataFrame()
 
     AIMS = (("ts+best", "pytorch-fp32"), ("ts+best", "safetensors"), ("ts+best16", "pytorch"))
