@@ -153,6 +153,7 @@ def trim(path: Path) -> bool:
     file system or device without discard)."""
     if FSTRIM == "off" or os.geteuid() != 0 or shutil.which(FSTRIM) is None:
         return False
+    os.sync()  # blocks freed by a removal are free for fstrim once the journal has committed it
     mount = filesystem_of(path)["mount"]
     if mount is None:
         return False

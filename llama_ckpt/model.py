@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import uuid
 import zlib
 from dataclasses import dataclass
@@ -287,22 +288,30 @@ class KeptSource(ModelSource):
         self._layout: list[tuple[str, int, tuple[int, ...], torch.dtype, int]] = []  # name, offset, shape, dtype, alias
         seen: dict[tuple, int] = {}
         off = 0
-        with open(self.path, "wb") as f:
-            for i, (k, v) in enumerate(sd.items()):
-                key = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape), tuple(v.stride()))
-                if key in seen:
-                    self._layout.append((k, -1, tuple(v.shape), v.dtype, seen[key]))
-                    continue
-                seen[key] = i
-                data = v.detach().contiguous().reshape(-1).view(torch.uint8).numpy()
-                f.write(memoryview(data))
-                self._layout.append((k, off, tuple(v.shape), v.dtype, -1))
-                off += data.nbytes
+        try:
+            with open(self.path, "wb") as f:
+                for i, (k, v) in enumerate(sd.items()):
+                    key = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape), tuple(v.stride()),
+                           v.dtype)
+                    if v.numel() and key in seen:
+                        self._layout.append((k, -1, tuple(v.shape), v.dtype, seen[key]))
+                        continue
+                    seen[key] = i
+                    data = v.detach().contiguous().reshape(-1).view(torch.uint8).numpy()
+                    f.write(memoryview(data))
+                    self._layout.append((k, off, tuple(v.shape), v.dtype, -1))
+                    off += data.nbytes
+        except BaseException:
+            self.close()
+            raise
         del sd
 
     @staticmethod
     def keeps(source: ModelSource, memory_bytes: int) -> bool:
-        return source.nbytes <= memory_bytes * KEEP_SHARE and KEEP_DIR.is_dir() and os.access(KEEP_DIR, os.W_OK)
+        """Whether ``source`` is a small share of ``memory_bytes`` and ``KEEP_DIR`` can take it, with room to spare."""
+        if source.nbytes > memory_bytes * KEEP_SHARE or not KEEP_DIR.is_dir() or not os.access(KEEP_DIR, os.W_OK):
+            return False
+        return shutil.disk_usage(KEEP_DIR).free > 2 * source.nbytes
 
     def materialize(self) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
@@ -313,8 +322,13 @@ class KeptSource(ModelSource):
                     t = made[alias]
                 else:
                     t = torch.empty(shape, dtype=dtype)
+                    buf = memoryview(t.reshape(-1).view(torch.uint8).numpy())
                     f.seek(off)
-                    f.readinto(t.reshape(-1).view(torch.uint8).numpy())
+                    while len(buf):  # one read returns at most about 2 GiB
+                        n = f.readinto(buf)
+                        if not n:
+                            raise EOFError(f"{self.path}: the kept source is shorter than its layout")
+                        buf = buf[n:]
                 made.append(t)
                 out[name] = t
         return out

@@ -86,7 +86,7 @@ def test_the_machine_is_profiled_before_the_measurements_and_leaves_nothing_behi
     out, env, _ = tiny_run
     m = env["machine"]
     assert (m["cores"], m["bytes"], m["reference"]["reference_bytes"]) == (
-        env["n_cpus"], get_model("tiny").nbytes, env["reference_bytes"])
+        env["cpu_affinity"], get_model("tiny").nbytes, env["reference_bytes"])
     assert m["fs_type"] == env["out_fs_type"] and m["thp"] in ("always", "madvise", "never", None)
     assert len(m["durable_sequence_Bps"]) == machine.DURABLE_FRESH + machine.DURABLE_FREED
     for key in ("durable_fresh_Bps", "durable_freed_Bps", "buffered_write_Bps", "memory_copy_1_Bps",
@@ -95,8 +95,7 @@ def test_the_machine_is_profiled_before_the_measurements_and_leaves_nothing_behi
         st = m[key[0]][key[1]] if isinstance(key, tuple) else m[key]
         assert st["median"] > 0 and st["median"] == statistics.median(st["samples"]) and st["spread_pct"] >= 0, key
     assert len(m["durable_fresh_Bps"]["samples"]) == machine.DURABLE_FRESH
-    codecs = m["codecs_Bps"]
-    assert codecs["gzip"]["median"] > codecs["gzip:9"]["median"]  # level 1 compresses faster than level 9
+    assert set(m["codecs_Bps"]) == set(machine.CODECS)
     assert not list(out.rglob("machine-profile-*")) and not list(out.rglob("*.bin"))
 
 
@@ -179,7 +178,16 @@ def test_eviction_writes_back_dirty_pages_first_and_walks_every_file(tmp_path):
     assert confirmed and after <= fsutil.RESIDENCY_CONFIRM_MAX
 
 
-def test_a_kept_source_hands_out_equal_copies_in_their_own_memory():
+@pytest.fixture
+def keep_dir(tmp_path, monkeypatch):
+    """Kept sources in a directory of the test's own (not every machine has /dev/shm)."""
+    from llama_ckpt import model
+
+    monkeypatch.setattr(model, "KEEP_DIR", tmp_path)
+    return tmp_path
+
+
+def test_a_kept_source_hands_out_equal_copies_in_their_own_memory(keep_dir):
     src = get_model("tiny")
     kept = KeptSource(src)
     a, b = kept.materialize(), kept.materialize()
@@ -196,20 +204,22 @@ def test_a_kept_source_hands_out_equal_copies_in_their_own_memory():
     assert not kept.path.exists()
 
 
-def test_a_kept_source_keeps_tied_tensors_tied():
+def test_a_kept_source_keeps_tied_tensors_tied(keep_dir):
     class Tied(ModelSource):
         name, origin = "tied", None
         specs = []
 
         def materialize(self):
             w = torch.arange(12, dtype=torch.float32).reshape(3, 4)
-            return {"embed": w, "head": w, "bias": torch.ones(4, dtype=torch.bfloat16)}
+            return {"embed": w, "head": w, "bias": torch.ones(4, dtype=torch.bfloat16),
+                    "none16": torch.empty(0, dtype=torch.float16), "none32": torch.empty(0)}
 
     kept = KeptSource(Tied())
     try:
         sd = kept.materialize()
         assert sd["head"] is sd["embed"] and torch.equal(sd["embed"], Tied().materialize()["embed"])
         assert sd["bias"].dtype == torch.bfloat16 and torch.equal(sd["bias"], torch.ones(4, dtype=torch.bfloat16))
+        assert (sd["none16"].dtype, sd["none32"].dtype) == (torch.float16, torch.float32)  # empty: never aliased
     finally:
         kept.close()
 

@@ -125,6 +125,7 @@ class Options:
     done: dict[str, int] | None = None  # repeats of an approach already measured in this run (shared): it gets the rest
     deadline: float | None = None  # time.perf_counter() after which no new measurement starts (the rest is skipped)
     fewer: dict[str, int] | None = None  # approaches measured fewer than ``repeats`` times (a sweep's costly points)
+    trim: bool = True  # discard the free space before each save (fsutil.trim); the run turns it off where it cannot
 
     def repeats_of(self, name: str) -> int:
         """How many repeats of ``name`` the run holds when complete."""
@@ -257,7 +258,7 @@ def measure_approach(approach: Format, source: ModelSource, expected: dict | Non
     try:
         loc.remove()  # each repeat saves into a fresh location
         here = loc.local_file() if opts.group is None else None
-        base["free_space_trimmed"] = fsutil.trim(here.parent) if here is not None else None
+        base["free_space_trimmed"] = (fsutil.trim(here.parent) if opts.trim else False) if here is not None else None
         # and from the same file-system state (root only), on every node of a launched job
         base["caches_dropped"] = cluster.settle(opts.group) if opts.group is not None else fsutil.settle()
         if approach.sharded and opts.group is not None:
@@ -639,6 +640,7 @@ def _run(approaches, source, opts: Options, out: Path, on_row, say):
     remove_stale_saves(root.parent, say)
     can_drop = can_drop_caches(say)
     can_trim_ = can_trim(root, say) if opts.group is None else None
+    opts = replace(opts, trim=bool(can_trim_))
     if opts.group is not None:  # a launched job: every rank must see what rank 0 writes
         cluster.check_shared(opts.group, root)
     ref = {}

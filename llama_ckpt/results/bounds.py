@@ -6,8 +6,11 @@ Each limit turns one part of a row's counted work (``cpu_io_save`` /
 through write calls, page faults, CPU seconds; the files it created; the
 bytes it compressed) into seconds at the rate the machine profile measured
 (:mod:`llama_ckpt.bench.machine`), every core working where the work can be
-spread over them. The work cannot take less than the largest of these: that
-is the row's **bound**, its limit the **binding** one, and the measured time
+spread over them. The work can hardly take less than the largest of these:
+that is the row's **bound** (an estimate, not a proof: the file rate was
+measured with an fsync per file, so a format that creates many files and
+syncs once can beat it; and a rate measured in one state of the disk may
+not hold in another), its limit the **binding** one, and the measured time
 over the bound its **share** (1: as fast as this machine allows; 3: a third
 of the time goes to the binding limit, the rest to waiting, to work no
 limit counts, or to limits taken one after another instead of together).
