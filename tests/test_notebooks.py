@@ -140,6 +140,11 @@ def test_summary_ranks_the_loaders_with_their_share_of_the_disk_and_their_memory
     s = summary.load(out, RUN)
     rank = s.ranking()
     assert rank["share_of_disk"].str.endswith("%").sum() == 10  # fastest save and load: five each
+    answer = s.answer()  # the summary opens with it: each job's winner, how sure, its binding limit
+    for job in ("fastest save", "fastest cold load", "smallest without loss"):
+        first = rank.loc[job].iloc[0]
+        assert f"**{job}**: `{first['approach']}`" in answer and first["vs_next"] in answer
+    assert answer.count("bound here by **") == 2
     loaders = {"runai-streamer", "fastsafetensors", "tensorizer", "pytorch-fp32-mmap"}
     assert loaders <= set(s.all_table().index) and loaders <= set(s.memory().index)
     aim = s.aim()

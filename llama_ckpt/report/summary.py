@@ -220,6 +220,33 @@ class Summary:
         return machine_report.bounds_table(self.registered_rows, self.machine(),
                                            [n for n in names() if any(r["approach"] == n for r in self.registered_rows)])
 
+    def answer(self) -> str:
+        """What to pick for each job on this machine, first: the ranking's
+        winner, how sure (against the runner-up, by the claims' rule), and the
+        limit that bounds it here (from the machine profile)."""
+        rank = self.ranking()
+        if rank.empty:
+            return "No valid rows in this run: nothing to pick from."
+        bounds = self.bounds()
+        lines = []
+        for job, step in (("fastest save", "save"), ("fastest cold load", "load"), ("smallest without loss", None)):
+            if job not in rank.index.get_level_values(0):
+                continue
+            top = rank.loc[job]
+            first = top.iloc[0]
+            line = f"- **{job}**: `{first['approach']}` ({first['dtype']}, {first['median']}"
+            line += f", {first['share_of_disk']} of the disk reference)" if first["share_of_disk"] else ")"
+            if len(top) > 1:
+                line += f"; against `{top.iloc[1]['approach']}`: {first['vs_next']}"
+            if step and not bounds.empty and first["approach"] in bounds.index:
+                b = bounds.loc[first["approach"]]
+                if b[f"{step}_binding"] is not None and b[f"{step}_x_bound"] is not None:
+                    line += (f"; bound here by **{b[f'{step}_binding']}** (it takes {float(b[f'{step}_x_bound']):.2f}x "
+                             "the shortest time its work can take on this machine)")
+            lines.append(line + ".")
+        return ("**The answer on this machine, from this run** (the tables below back it; \"not told apart\" means "
+                "the runner-up may be as good):\n\n" + "\n".join(lines))
+
     def bounds_findings(self) -> str:
         return machine_report.bounds_findings(self.registered_rows, self.machine())
 
