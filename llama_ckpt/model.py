@@ -281,7 +281,6 @@ class KeptSource(ModelSource):
     ``close()`` removes the file."""
 
     def __init__(self, source: ModelSource):
-        self.source = source
         sd = source.materialize()
         self.name, self.specs, self.origin = source.name, source.specs, source.origin
         self.path = KEEP_DIR / f"llama-ckpt-source-{os.getpid()}-{uuid.uuid4().hex[:8]}.bin"

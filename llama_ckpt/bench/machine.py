@@ -33,6 +33,7 @@ others (``runs/<id>/machine-profile.json``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import mmap
 import os
@@ -41,6 +42,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Iterator
 
 import psutil
 import torch
@@ -71,18 +73,33 @@ def _median_spread(xs: list[float]) -> dict:
     return {"median": med, "spread_pct": (max(xs) - min(xs)) / med * 100 if med else None, "samples": xs}
 
 
-def _write_durably(path: Path, nbytes: int, block: bytes) -> float:
+def _write(path: Path, nbytes: int, block: bytes) -> tuple[float, float]:
+    """``nbytes`` of ``block`` written to a new file at ``path``, then fsynced:
+    (seconds until written into the page cache, seconds until durable with its
+    directory entry)."""
     t0 = time.perf_counter()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         left = nbytes
         while left > 0:
             left -= os.write(fd, block if left >= len(block) else block[:left])
+        written = time.perf_counter() - t0
         os.fsync(fd)
     finally:
         os.close(fd)
     fsutil.fsync_path(path.parent)
-    return time.perf_counter() - t0
+    return written, time.perf_counter() - t0
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    """torch's intra-op threads set to ``n`` for the block, then back."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def durable_writes(where: Path, nbytes: int) -> dict:
@@ -95,12 +112,12 @@ def durable_writes(where: Path, nbytes: int) -> dict:
     try:
         for _ in range(DURABLE_FRESH):
             paths.append(where / f"fresh-{uuid.uuid4().hex[:8]}.bin")
-            fresh.append(nbytes / _write_durably(paths[-1], nbytes, block))
+            fresh.append(nbytes / _write(paths[-1], nbytes, block)[1])
         for _ in range(DURABLE_FREED):
             fsutil.remove(paths.pop())
             os.sync()
             paths.append(where / f"freed-{uuid.uuid4().hex[:8]}.bin")
-            freed.append(nbytes / _write_durably(paths[-1], nbytes, block))
+            freed.append(nbytes / _write(paths[-1], nbytes, block)[1])
     finally:
         for p in paths:
             fsutil.remove(p)
@@ -110,36 +127,21 @@ def durable_writes(where: Path, nbytes: int) -> dict:
 def buffered_write(where: Path, nbytes: int) -> float:
     """One thread's write of ``nbytes`` into the page cache, no fsync (made
     durable and removed afterwards, outside the timing): bytes per second."""
-    block = os.urandom(REFERENCE_BLOCK)
     path = where / f"buffered-{uuid.uuid4().hex[:8]}.bin"
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            t0 = time.perf_counter()
-            left = nbytes
-            while left > 0:
-                left -= os.write(fd, block if left >= len(block) else block[:left])
-            took = time.perf_counter() - t0
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        return nbytes / _write(path, nbytes, os.urandom(REFERENCE_BLOCK))[0]
     finally:
         fsutil.remove(path)
-    return nbytes / took
 
 
 def memory_copy(threads: int, nbytes: int = MEMORY_BYTES) -> float:
     """Bytes per second copied between two buffers already in memory, on ``threads`` threads."""
     src, dst = torch.ones(nbytes // 4), torch.zeros(nbytes // 4)
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with _torch_threads(threads):
         dst.copy_(src)  # once untimed: every page faulted in
         t0 = time.perf_counter()
         dst.copy_(src)
         return nbytes / (time.perf_counter() - t0)
-    finally:
-        torch.set_num_threads(before)
 
 
 def fresh_memory(huge: bool, nbytes: int = MEMORY_BYTES) -> float | None:
@@ -155,14 +157,10 @@ def fresh_memory(huge: bool, nbytes: int = MEMORY_BYTES) -> float | None:
         elif hasattr(mmap, "MADV_NOHUGEPAGE"):
             mm.madvise(mmap.MADV_NOHUGEPAGE)
         t = torch.frombuffer(mm, dtype=torch.uint8)
-        before = torch.get_num_threads()
-        torch.set_num_threads(1)  # one core's rate: the bounds multiply it by the cores
-        try:
+        with _torch_threads(1):  # one core's rate: the bounds multiply it by the cores
             t0 = time.perf_counter()
             t.fill_(1)
             took = time.perf_counter() - t0
-        finally:
-            torch.set_num_threads(before)
         del t
         return nbytes / took
     finally:

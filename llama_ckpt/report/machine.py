@@ -28,17 +28,12 @@ def machine_table(profile: dict | None) -> pd.DataFrame:
     ``--no-reference``)."""
     if not profile:
         return pd.DataFrame()
-    recs = []
-    for key, what, unit, div in RATES:
-        st = profile.get(key)
-        if not st:
-            continue
-        recs.append({"measure": what, "unit": unit, "median": st["median"] / div, "spread_%": st["spread_pct"],
-                     "samples": ", ".join(f"{x / div:,.0f}" for x in st["samples"])})
-    for name, st in (profile.get("codecs_Bps") or {}).items():
-        recs.append({"measure": f"compression {name}, one core (TensorStore's codec)", "unit": "MB/s",
-                     "median": st["median"] / 1e6, "spread_%": st["spread_pct"],
-                     "samples": ", ".join(f"{x / 1e6:,.0f}" for x in st["samples"])})
+    rate = lambda what, unit, div, st: {"measure": what, "unit": unit, "median": st["median"] / div,
+                                        "spread_%": st["spread_pct"],
+                                        "samples": ", ".join(f"{x / div:,.0f}" for x in st["samples"])}
+    recs = [rate(what, unit, div, profile[key]) for key, what, unit, div in RATES if profile.get(key)]
+    recs += [rate(f"compression {name}, one core (TensorStore's codec)", "MB/s", 1e6, st)
+             for name, st in (profile.get("codecs_Bps") or {}).items()]
     ref = profile.get("reference") or {}
     for op in ("write", "read"):
         if ref.get(f"reference_{op}_Bps"):
