@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ..results import bounds
+from ..results import bounds, fmt_bytes
 
 # (key in the profile, what it is, unit, divisor)
 RATES = (
@@ -56,7 +56,7 @@ def machine_line(profile: dict | None) -> str:
     seq = ", ".join(f"{x / 1e6:,.0f}" for x in profile.get("durable_sequence_Bps", []))
     return (f"{profile['cores']} cores, {profile['memory_bytes'] / 2**30:.0f} GiB memory; {profile['fs_type']} on "
             f"{profile['fs_device']} ({profile['mount_options']}); transparent huge pages: {profile['thp']}. "
-            f"Durable writes of {profile['bytes'] / 1e9:.2f} GB back to back, in order (MB/s): {seq}. "
+            f"Durable writes of {fmt_bytes(profile['bytes'])} back to back, in order (MB/s): {seq}. "
             f"Measured in {profile['profile_s']:.0f} s, each unit cost {profile['samples']} times.")
 
 
