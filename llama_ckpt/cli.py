@@ -136,7 +136,8 @@ def cmd_run(args) -> int:
     opts = measure.Options(out=Path(args.out), repeats=args.repeats, keep=args.keep, warm=args.warm,
                            results=Path(args.results) if args.results else None, run_id=args.run_id,
                            storage=storage, world_size=world, load_world_size=args.load_world_size or None,
-                           group=group, disk_reference=not args.no_reference)
+                           group=group, disk_reference=not args.no_reference,
+                           disk_cap_Bps=args.disk_cap * 10**6 if args.disk_cap else None)
     with cluster.leading(group) if group is not None else contextlib.nullcontext(cluster.Outcome()) as outcome:
         env, rows = measure.run(approaches, source, opts, on_row=lambda r: print(_row_line(r), flush=True),
                                 say=lambda s: print(s, flush=True))
@@ -284,6 +285,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--s3-endpoint", default=None, metavar="URL", help="the S3 endpoint, e.g. what `make s3-up` prints")
     s.add_argument("--s3-delay-ms", type=float, default=0.0, metavar="MS",
                    help="add this round-trip delay between the client and the S3 server (a proxy on loopback)")
+    s.add_argument("--disk-cap", type=_positive_int, default=None, metavar="MBPS",
+                   help="cap the checkpoints' disk at MBPS MB/s (read and write) for the run, machine profile "
+                        "included: a second state of this machine for the bounds' predictions. Needs root and "
+                        "cgroup v1 blkio; it caps every process on the machine, and is lifted when the run ends")
     s.add_argument("--world-size", type=_positive_int, default=None, metavar="N",
                    help="save with N processes over torch.distributed (gloo), each holding a row shard of every "
                         "tensor; the approaches are then the sharded ones (see 'list')")

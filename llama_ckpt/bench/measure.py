@@ -33,6 +33,7 @@ removed, and the next approach runs.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import gc
 import os
@@ -57,7 +58,7 @@ from ..recorders import MMAP_THRESHOLD, CpuIO, PeakRSS, Steps, fix_mmap_threshol
     settled_objects
 from ..results import ResultsWriter, environment_record, measurement_row
 from ..store import LocalDir, Location, at
-from . import cluster, machine, ranks
+from . import cluster, diskcap, machine, ranks
 from .probes import REFERENCE_SAMPLES, reference
 
 DISK_HEADROOM = 256 << 20  # free space left on the output file system beyond the estimate
@@ -126,6 +127,7 @@ class Options:
     deadline: float | None = None  # time.perf_counter() after which no new measurement starts (the rest is skipped)
     fewer: dict[str, int] | None = None  # approaches measured fewer than ``repeats`` times (a sweep's costly points)
     trim: bool = True  # discard the free space before each save (fsutil.trim); the run turns it off where it cannot
+    disk_cap_Bps: int | None = None  # the checkpoints' disk capped at this rate for the run (bench.diskcap), profile too
 
     def repeats_of(self, name: str) -> int:
         """How many repeats of ``name`` the run holds when complete."""
@@ -554,7 +556,14 @@ def run(approaches: list[Format], source: ModelSource, opts: Options,
     fsutil.check_writable(out)
     fix_mmap_threshold()  # every repeat starts from the same memory state (large buffers are returned on free)
     storage = at(opts.storage) if opts.storage is not None else LocalDir(out / "checkpoints")
-    with fsutil.output_lock(Path(opts.lock) if opts.lock else out), storage.delayed(say) as storage:
+    if opts.disk_cap_Bps and storage.local_file() is None:
+        raise UserError("--disk-cap caps a local disk; the checkpoints go to S3 here")
+    with fsutil.output_lock(Path(opts.lock) if opts.lock else out), storage.delayed(say) as storage, \
+            (diskcap.capped(storage.local_file(), opts.disk_cap_Bps) if opts.disk_cap_Bps
+             else contextlib.nullcontext()) as cap:
+        if cap:
+            say(f"disk capped: device {cap['device']} read and written at most {cap['bps'] / 1e6:,.0f} MB/s for "
+                "this run (cgroup v1 blkio throttle, every process on this machine)")
         return _run(approaches, source, replace(opts, storage=storage), out, on_row, say)
 
 
@@ -662,7 +671,7 @@ def _run(approaches, source, opts: Options, out: Path, on_row, say):
                              **({} if skipped is None else {"skipped": skipped}),
                              **({"shared": opts.done} if opts.done else {}),
                              **({"fewer": opts.fewer} if opts.fewer else {}), malloc_mmap_threshold=MMAP_THRESHOLD,
-                             drop_caches=can_drop, trim=can_trim_, order="interleaved, each round shuffled" if opts.interleave
+                             drop_caches=can_drop, trim=can_trim_, disk_cap_Bps=opts.disk_cap_Bps, order="interleaved, each round shuffled" if opts.interleave
                              and opts.shuffle else "interleaved" if opts.interleave else "repeats back to back",
                              **({"order_seed": seed} if opts.interleave and opts.shuffle else {}),
                              **extra, **ref)

@@ -64,8 +64,10 @@ def bounds_table(rows: list[dict], profile: dict | None, approaches: list[str] |
     """Per approach (``approaches``' order, default every one with valid rows),
     for save and for load: the median time, the shortest time its counted
     work can take on this machine (``bound_s``, :mod:`llama_ckpt.results.bounds`),
-    the limit that sets it, and the time as a multiple of it (``x_bound``: 1 =
-    as fast as this machine allows)."""
+    the limit that sets it, the time as a multiple of it (``x_bound``: 1 =
+    as fast as this machine allows), the predicted time (``predicted_s``,
+    :func:`llama_ckpt.results.bounds.predict`) and the time over it
+    (``x_predicted``)."""
     if not profile:
         return pd.DataFrame()
     by: dict[str, list[dict]] = {}
@@ -78,7 +80,8 @@ def bounds_table(rows: list[dict], profile: dict | None, approaches: list[str] |
         for step in ("save", "load"):
             b = bounds.approach_bounds(by.get(name, []), step, profile)
             rec.update({f"{step}_s": b and b["time_s"], f"{step}_bound_s": b and b["bound_s"],
-                        f"{step}_binding": b and b["binding"], f"{step}_x_bound": b and b["share"]})
+                        f"{step}_binding": b and b["binding"], f"{step}_x_bound": b and b["share"],
+                        f"{step}_predicted_s": b and b["predicted_s"], f"{step}_x_predicted": b and b["x_predicted"]})
         if rec["save_s"] is not None or rec["load_s"] is not None:
             recs.append(rec)
     return pd.DataFrame(recs).set_index("approach") if recs else pd.DataFrame()
@@ -108,6 +111,14 @@ def bounds_findings(rows: list[dict], profile: dict | None, approaches: list[str
                    f"**{b[f'{step}_binding']}** ({b[f'{step}_bound_s']:.3g} s; it takes {b[f'{step}_x_bound']:.2f}x "
                    f"that). Binding limits over the {len(col)} approaches: "
                    + ", ".join(f"{k} {v}" for k, v in counts.items()) + ".")
+        pred = t[f"{step}_x_predicted"].dropna().astype(float)
+        if not pred.empty:
+            near = pred[(pred - 1).abs() <= bounds.PREDICTION_TOLERANCE]
+            off = pred.drop(near.index).sort_values()
+            out.append(f"  Predicted from the profile and the counted work alone (one model for every approach): "
+                       f"{len(near)} of {len(pred)} within {bounds.PREDICTION_TOLERANCE:.0%} of the measured median"
+                       + (". Off by more: " + ", ".join(f"`{n}` {x:.2f}x" for n, x in off.items()) if len(off) else "")
+                       + ".")
         far = col[col[f"{step}_x_bound"].astype(float) >= 3].sort_values(f"{step}_x_bound", ascending=False)
         if not far.empty:
             out.append(f"  At 3x their bound or more (time that no counted limit explains: waiting, or limits taken "

@@ -14,6 +14,17 @@ not hold in another), its limit the **binding** one, and the measured time
 over the bound its **share** (1: as fast as this machine allows; 3: a third
 of the time goes to the binding limit, the rest to waiting, to work no
 limit counts, or to limits taken one after another instead of together).
+
+The **prediction** (:func:`predict`) is a time, not a floor: the same
+limits, combined by one stated model that knows nothing of the format and
+is fitted to no measurement. A save does its storage work in one stream
+(its bytes to the disk, its files one after another: the fsyncs it waits
+for), and its CPU work spread over the cores, the one after the other. A
+load's reads and CPU work are spread over the cores together, and it cannot
+beat the disk's read. Its error (measured over predicted) says how far a
+figure is from what the profile alone would have said; checked in a second
+state of the machine (``run --disk-cap``), it says whether the profile
+travels.
 """
 
 from __future__ import annotations
@@ -21,6 +32,7 @@ from __future__ import annotations
 import statistics
 
 PAGE = 4096
+PREDICTION_TOLERANCE = 0.25  # a prediction "holds" within this share of the measured median
 
 # limit -> what it counts, for the tables' legend
 LIMITS = {
@@ -92,18 +104,42 @@ def bound(row: dict, step: str, profile: dict) -> tuple[float | None, str | None
     return lim[name], name
 
 
+def predict(row: dict, step: str, profile: dict) -> float | None:
+    """The predicted seconds of ``row``'s ``step`` work on ``profile``'s machine
+    (see the module's text; None where a limit it needs is unknown)::
+
+        save: disk write + files + CPU / cores
+        load: max(disk read, (disk read + CPU) / cores)
+    """
+    lim = limits(row, step, profile)
+    if "CPU" not in lim:
+        return None
+    cores = profile["cores"]
+    if step == "save":
+        if "disk write" not in lim:
+            return None
+        return lim["disk write"] + lim.get("files", 0.0) + lim["CPU"]
+    if "disk read" not in lim:
+        return None
+    return max(lim["disk read"], (lim["disk read"] + lim["CPU"] * cores) / cores)
+
+
 def approach_bounds(rows: list[dict], step: str, profile: dict) -> dict | None:
     """One approach's rows: the median measured time, the median bound, the
     limit that binds most often (ties: the larger median), the median share
-    (time / bound) and every limit's median seconds."""
-    got = [(r[f"{step}_s"], *bound(r, step, profile), limits(r, step, profile)) for r in rows
-           if r.get(f"{step}_s") and r.get("verified")]
+    (time / bound), every limit's median seconds, the median prediction and
+    the measured median over it (``x_predicted``)."""
+    got = [(r[f"{step}_s"], *bound(r, step, profile), limits(r, step, profile), predict(r, step, profile))
+           for r in rows if r.get(f"{step}_s") and r.get("verified")]
     got = [g for g in got if g[1]]
     if not got:
         return None
     names = [g[2] for g in got]
     every = {k: statistics.median(g[3][k] for g in got if k in g[3]) for k in LIMITS if any(k in g[3] for g in got)}
     binding = max(set(names), key=lambda n: (names.count(n), every.get(n, 0)))
-    return {"time_s": statistics.median(g[0] for g in got), "bound_s": statistics.median(g[1] for g in got),
+    time_s = statistics.median(g[0] for g in got)
+    pred = [g[4] for g in got if g[4]]
+    predicted = statistics.median(pred) if pred else None
+    return {"time_s": time_s, "bound_s": statistics.median(g[1] for g in got),
             "binding": binding, "share": statistics.median(g[0] / g[1] for g in got), "limits_s": every,
-            "n": len(got)}
+            "predicted_s": predicted, "x_predicted": time_s / predicted if predicted else None, "n": len(got)}

@@ -1,0 +1,80 @@
+"""The disk capped by the kernel's I/O controller, so a run can be measured
+in a second state of the same machine: its disk at a stated rate.
+
+The cap is cgroup v1's ``blkio`` throttle on the root cgroup
+(``blkio.throttle.read_bps_device`` / ``write_bps_device``) for the whole
+block device that holds the checkpoints. On the root cgroup it covers every
+process, the kernel's writeback of the page cache included, so a buffered
+write that is fsynced later is capped too. It needs root and a v1 ``blkio``
+hierarchy; cgroup v2's ``io.max`` cannot be set on the root cgroup, and a
+child cgroup does not hold the kernel's writeback, so it is not used. Where
+the cap cannot be set, the run stops with one line saying why. The values
+the device had before are put back when the block ends, however it ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Iterator
+
+from ..errors import UserError
+
+BLKIO = Path("/sys/fs/cgroup/blkio")
+FILES = ("blkio.throttle.read_bps_device", "blkio.throttle.write_bps_device")
+
+
+SYS_BLOCK = Path("/sys/dev/block")
+
+
+def device_of(path: Path, sys_block: Path | None = None) -> str:
+    """``MAJOR:MINOR`` of the whole block device holding ``path`` (a partition's disk)."""
+    sys_block = sys_block or SYS_BLOCK
+    while not path.exists() and path != path.parent:  # a directory not made yet: the disk it will be on
+        path = path.parent
+    st = os.stat(path)
+    dev = f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
+    node = sys_block / dev
+    if not node.exists():
+        raise UserError(f"cannot cap the disk of {path}: its file system is on no block device ({dev}: not in "
+                        f"{sys_block}; tmpfs, overlay or a network file system)")
+    if (node / "partition").exists():  # the throttle takes the whole disk: the partition's parent
+        dev = (node.resolve().parent / "dev").read_text().strip()
+    return dev
+
+
+def _value(text: str, dev: str) -> int:
+    """The throttle's bytes per second for ``dev`` in a throttle file's text (0: none)."""
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] == dev:
+            return int(parts[1])
+    return 0
+
+
+@contextlib.contextmanager
+def capped(path: Path, bps: int, root: Path | None = None, sys_block: Path | None = None) -> Iterator[dict]:
+    """The disk holding ``path`` read and written at most ``bps`` bytes per
+    second for the block; yields what was set (``device``, ``bps``, the
+    values before). ``root``, ``sys_block``: where the throttle files and
+    the block devices are (default ``BLKIO``, ``SYS_BLOCK``)."""
+    root = root or BLKIO
+    if bps < 1:
+        raise UserError(f"--disk-cap must be a positive rate, got {bps} bytes/s")
+    dev = device_of(Path(path), sys_block)
+    files = [root / f for f in FILES]
+    missing = [f for f in files if not f.is_file()]
+    if missing:
+        raise UserError(f"cannot cap the disk: no cgroup v1 blkio throttle here ({missing[0]} is missing; cgroup "
+                        "v2's io.max cannot cap the root cgroup, where the kernel's writeback runs)")
+    if not all(os.access(f, os.W_OK) for f in files):
+        raise UserError(f"cannot cap the disk: {files[0]} is not writable (run as root)")
+    before = [_value(f.read_text(), dev) for f in files]
+    try:
+        for f in files:
+            f.write_text(f"{dev} {bps}\n")
+        yield {"device": dev, "bps": bps, "before_bps": before}
+    finally:
+        for f, b in zip(files, before):
+            f.write_text(f"{dev} {b}\n")  # 0 removes the rule
