@@ -125,6 +125,8 @@ def cmd_run(args) -> int:
     approaches = resolve(args.approach, sharded=sharded)
     if args.model and args.model_path:
         raise UserError("give --model or --model-path, not both")
+    if sharded and args.back_to_back:
+        raise UserError("--back-to-back saves single-process checkpoints in a row; leave it out with --world-size")
     if sharded and args.model_path:
         raise UserError("--world-size needs a model preset (--model): every rank builds its own rows of the "
                         "seeded weights; --model-path is not supported there")
@@ -137,7 +139,9 @@ def cmd_run(args) -> int:
                            results=Path(args.results) if args.results else None, run_id=args.run_id,
                            storage=storage, world_size=world, load_world_size=args.load_world_size or None,
                            group=group, disk_reference=not args.no_reference,
-                           disk_cap_Bps=args.disk_cap * 10**6 if args.disk_cap else None)
+                           disk_cap_Bps=args.disk_cap * 10**6 if args.disk_cap else None,
+                           **({"sustained": tuple(a.name for a in approaches), "sustained_saves": args.back_to_back}
+                              if args.back_to_back else {}))
     with cluster.leading(group) if group is not None else contextlib.nullcontext(cluster.Outcome()) as outcome:
         env, rows = measure.run(approaches, source, opts, on_row=lambda r: print(_row_line(r), flush=True),
                                 say=lambda s: print(s, flush=True))
@@ -285,6 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--s3-endpoint", default=None, metavar="URL", help="the S3 endpoint, e.g. what `make s3-up` prints")
     s.add_argument("--s3-delay-ms", type=float, default=0.0, metavar="MS",
                    help="add this round-trip delay between the client and the S3 server (a proxy on loopback)")
+    s.add_argument("--back-to-back", type=_positive_int, default=None, metavar="N",
+                   help="after the rounds, also save each approach N times in a row with nothing between the saves "
+                        "(the sustained rate beside the isolated one); every checkpoint is verified, then removed")
     s.add_argument("--disk-cap", type=_positive_int, default=None, metavar="MBPS",
                    help="cap the checkpoints' disk at MBPS MB/s (read and write) for the run, machine profile "
                         "included: a second state of this machine for the bounds' predictions. Needs root and "

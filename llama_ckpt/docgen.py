@@ -28,7 +28,7 @@ from . import FLOORS
 from .bench.savers import SAVERS  # the training loop's savers
 from .model import DEFAULT_PRESET, PRESETS, PresetModel
 from .registry import APPROACHES, GUIDE, SHARDED, names
-from .results import MEASUREMENT_FIELDS, TRAINING_FIELDS, fmt_bytes
+from .results import MEASUREMENT_FIELDS, SUSTAINED_FIELDS, TRAINING_FIELDS, fmt_bytes
 from .study.claims import CLAIMS, CLOUD_CLAIM, CONFIDENCE, MIN_REPEATS, N_BOOT, RATIO_TOLERANCE, RULE
 from .study.phases import CLAIMS_BUDGET_S, CLAIMS_CAP, CLAIMS_STEP, PHASES  # the phase catalogue
 
@@ -41,11 +41,11 @@ REGION = re.compile(r"(<!-- generated: ([\w-]+) -->\n)(.*?)(<!-- end generated -
 OPTION = re.compile(r"^([A-Z0-9_]+) \?= ?([^#\n]*)## (.*)$", re.M)
 TARGET = re.compile(r"^([a-zA-Z0-9_%-]+):.*## (.*)$", re.M)
 
-# -- what each field of a result row means (results.MEASUREMENT_FIELDS, TRAINING_FIELDS) -----------------------
+# -- what each field of a record means (results.MEASUREMENT_FIELDS, TRAINING_FIELDS, SUSTAINED_FIELDS) ------------
 # A field without a description, or a description of a field that is gone, fails the generation and the tests.
 FIELD_DOCS = {
-    "record": "the kind of record: `measurement` (or `training`); a results file also holds one `environment` "
-              "record and an `end` record",
+    "record": "the kind of record: `measurement` (or `training`, `sustained`); a results file also holds one "
+              "`environment` record and an `end` record",
     "run_id": "the run's id (`RUN_ID`)",
     "approach": "the approach's registry name, or a sweep point's `base[knob=value,...]`",
     "model": "the preset (`small`, `small:float32`, ...) or the model folder",
@@ -137,6 +137,18 @@ FIELD_DOCS = {
     "cpu_before_s": "CPU seconds (this process and the writers it waited for) over the steps before the call",
     "cpu_segment_s": "CPU seconds over the segment",
     "writer_cpu_s": "the writer's own CPU seconds, where it is a thread or process of its own",
+    # sustained records only
+    "n_saves": "checkpoints saved in a row (fewer than asked where the disk cannot hold them together)",
+    "saves_s": "each save's seconds, in order, with nothing between them (no cache drop, no trim, no pause)",
+}
+# where a sustained record's field means something else than a measurement row's
+SUSTAINED_DOCS = {
+    "record": "`sustained`",
+    "free_space_trimmed": "whether the free space was discarded before the first save (not between the saves)",
+    "caches_dropped": "whether the caches were dropped before the first save (not between the saves)",
+    "bytes_on_disk": "bytes on disk of all the checkpoints together",
+    "verified": "whether every checkpoint of the row came back bit for bit (each is loaded after the last save)",
+    "error": "why the record failed (the stage, or which checkpoint did not verify), or null",
 }
 # where a training row's field means something else than a measurement row's
 TRAINING_DOCS = {
@@ -151,11 +163,13 @@ TRAINING_DOCS = {
 
 def field_doc_problems() -> list[str]:
     """Fields without a description, descriptions of fields that are gone."""
-    fields = set(MEASUREMENT_FIELDS) | set(TRAINING_FIELDS)
+    fields = set(MEASUREMENT_FIELDS) | set(TRAINING_FIELDS) | set(SUSTAINED_FIELDS)
     out = [f"{f}: no description in FIELD_DOCS" for f in fields if f not in FIELD_DOCS]
     out += [f"{f}: FIELD_DOCS describes a field no row has" for f in FIELD_DOCS if f not in fields]
     out += [f"{f}: TRAINING_DOCS describes a field a training row does not have" for f in TRAINING_DOCS
             if f not in TRAINING_FIELDS]
+    out += [f"{f}: SUSTAINED_DOCS describes a field a sustained record does not have" for f in SUSTAINED_DOCS
+            if f not in SUSTAINED_FIELDS]
     return sorted(out)
 
 
@@ -305,6 +319,7 @@ REGIONS: dict[str, Callable[[], str]] = {
     "claims-settings": claims_settings,
     "measurement-fields": lambda: _fields(MEASUREMENT_FIELDS, {}),
     "training-fields": lambda: _fields(TRAINING_FIELDS, TRAINING_DOCS),
+    "sustained-fields": lambda: _fields(SUSTAINED_FIELDS, SUSTAINED_DOCS),
 }
 
 

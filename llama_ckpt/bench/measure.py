@@ -56,7 +56,7 @@ from ..formats.base import Format
 from ..model import DRAW, KeptSource, ModelSource, PresetModel, tensor_kind
 from ..recorders import MMAP_THRESHOLD, CpuIO, PeakRSS, Steps, fix_mmap_threshold, release_memory, \
     settled_objects
-from ..results import ResultsWriter, environment_record, measurement_row
+from ..results import ResultsWriter, environment_record, measurement_row, sustained_row
 from ..store import LocalDir, Location, at
 from . import cluster, diskcap, machine, ranks
 from .probes import REFERENCE_SAMPLES, reference
@@ -127,6 +127,8 @@ class Options:
     deadline: float | None = None  # time.perf_counter() after which no new measurement starts (the rest is skipped)
     fewer: dict[str, int] | None = None  # approaches measured fewer than ``repeats`` times (a sweep's costly points)
     trim: bool = True  # discard the free space before each save (fsutil.trim); the run turns it off where it cannot
+    sustained: tuple[str, ...] = ()  # approaches also saved back to back (measure_sustained), after the rounds
+    sustained_saves: int = 5  # checkpoints in a row each (fewer where the disk cannot hold them together)
     disk_cap_Bps: int | None = None  # the checkpoints' disk capped at this rate for the run (bench.diskcap), profile too
 
     def repeats_of(self, name: str) -> int:
@@ -284,6 +286,80 @@ def measure_approach(approach: Format, source: ModelSource, expected: dict | Non
         pass  # a partial checkpoint is never kept or measured
     return measurement_row(**base, verified=False, error=f"{stage} failed: {_describe_error(exc, loc)}",
                            finished_at=_now())
+
+
+def measure_sustained(approach: Format, source: ModelSource, expected: dict, root: Location, n: int, run_id: str,
+                      opts: Options) -> dict:
+    """``n`` checkpoints of ``approach`` saved back to back, each to its own
+    place, from one copy of the source, with nothing between them (no cache
+    drop, no trim, no pause), as a training run writes them: the sustained
+    rate beside the isolated saves of the rounds. The first starts from the
+    rounds' disk state. Every checkpoint is then loaded and checked against
+    the source; all are removed. One ``sustained`` record."""
+    exp = expected[approach.stored_dtype]
+    digests = {k: e.digest for k, e in exp.items()}
+    locs = [root / f"{approach.name}-in-a-row-{i + 1}" for i in range(n)]
+    base = dict(run_id=run_id, approach=approach.name, model=source.name, weights=source.weights, phase=opts.phase,
+                knobs=approach.knobs(), n_saves=n)
+    stage = "save"
+    try:
+        for loc in locs:
+            loc.remove()
+        here = locs[0].local_file()
+        base["free_space_trimmed"] = (fsutil.trim(here.parent) if opts.trim else False) if here is not None else None
+        base["caches_dropped"] = fsutil.settle()
+        sd = source.materialize()
+        release_memory()
+        saves = []
+        for loc in locs:
+            t0 = time.perf_counter()
+            approach.save(dict(sd), loc, digests=digests)  # a save empties the dict it is given, not the tensors
+            saves.append(time.perf_counter() - t0)
+        del sd
+        release_memory()
+        on_disk = sum(loc.footprint().bytes_on_disk for loc in locs)
+        stage = "verify"
+        for i, loc in enumerate(locs, 1):
+            loaded = approach.load(loc)
+            verdict = check(loaded, exp)
+            del loaded
+            gc.collect()
+            if not verdict.verified:
+                return sustained_row(**base, saves_s=saves, bytes_on_disk=on_disk, verified=False,
+                                     error=f"checkpoint {i} of {n}: verification failed: {verdict.summary()}",
+                                     finished_at=_now())
+        return sustained_row(**base, saves_s=saves, bytes_on_disk=on_disk, verified=True, finished_at=_now())
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except FAILURES as exc:
+        return sustained_row(**base, verified=False, error=f"{stage} failed: {_describe_error(exc, locs[0])}",
+                             finished_at=_now())
+    finally:
+        gc.collect()
+        for loc in locs:
+            try:
+                loc.remove()
+            except FAILURES:
+                pass  # the store went away: the record says why
+
+
+def _sustained_all(approaches, source, expected, root: Location, run_id: str, opts: Options, log: "RunLog",
+                   say) -> None:
+    """``approaches`` back to back, each as many times in a row as the disk holds together (at most
+    ``opts.sustained_saves``)."""
+    local = root.local_file()
+    for a in approaches:
+        n = opts.sustained_saves
+        if local is not None:
+            one = a.estimate_bytes(source.specs, fsutil.block_size(local.parent))
+            n = min(n, max(0, (fsutil.free_bytes(local.parent) - DISK_HEADROOM) // max(one, 1)))
+        if n < 2:
+            say(f"{a.name} back to back: skipped, the disk cannot hold two of its checkpoints at once")
+            continue
+        rec = measure_sustained(a, source, expected, root, n, run_id, opts)
+        log.write(rec)
+        say(f"  {a.name} back to back: " + (f"{n} saves in a row, " + ", ".join(f"{x:.2f}" for x in rec["saves_s"])
+                                             + " s; every one verified" if rec["verified"] else "ERROR " + rec["error"]))
 
 
 class _StageFailed(Exception):
@@ -671,7 +747,9 @@ def _run(approaches, source, opts: Options, out: Path, on_row, say):
                              **({} if skipped is None else {"skipped": skipped}),
                              **({"shared": opts.done} if opts.done else {}),
                              **({"fewer": opts.fewer} if opts.fewer else {}), malloc_mmap_threshold=MMAP_THRESHOLD,
-                             drop_caches=can_drop, trim=can_trim_, disk_cap_Bps=opts.disk_cap_Bps, order="interleaved, each round shuffled" if opts.interleave
+                             drop_caches=can_drop, trim=can_trim_, disk_cap_Bps=opts.disk_cap_Bps,
+                             **({"sustained": [a.name for a in approaches if a.name in opts.sustained],
+                                 "sustained_saves": opts.sustained_saves} if opts.sustained else {}), order="interleaved, each round shuffled" if opts.interleave
                              and opts.shuffle else "interleaved" if opts.interleave else "repeats back to back",
                              **({"order_seed": seed} if opts.interleave and opts.shuffle else {}),
                              **extra, **ref)
@@ -679,18 +757,22 @@ def _run(approaches, source, opts: Options, out: Path, on_row, say):
     kept = None
     try:
         expected = None
-        if not sharded and measured:
+        in_a_row = [a for a in approaches if a.name in opts.sustained] if not sharded else []
+        writing = list({a.name: a for a in measured + in_a_row}.values())
+        if not sharded and writing:
             say("recording per-tensor digests of the source")
             if KeptSource.keeps(source, psutil.virtual_memory().total):
                 source = kept = KeptSource(source)
             sd = source.materialize()
-            expected = expected_digests(sd, {a.stored_dtype for a in measured})
+            expected = expected_digests(sd, {a.stored_dtype for a in writing})
             del sd
             gc.collect()
-        for a in measured:  # first-use set-up of a library, outside every timing
+        for a in writing:  # first-use set-up of a library, outside every timing
             warm_up(a.name, a.warm_up, root / f"warm-up-{a.name}", say)
         with settled_objects():
             skipped_late = _measure_all(todo, source, expected, root, run_id, opts, log, say)
+            if in_a_row and not skipped_late:
+                _sustained_all(in_a_row, source, expected, root, run_id, opts, log, say)
     except KeyboardInterrupt:
         log.end(False, interrupted="KeyboardInterrupt")  # a SIGKILL leaves no end record: incomplete too
         raise

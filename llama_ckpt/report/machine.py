@@ -4,6 +4,8 @@ what this machine could do before reading what the approaches did."""
 
 from __future__ import annotations
 
+import statistics
+
 import pandas as pd
 
 from ..results import bounds, fmt_bytes
@@ -124,4 +126,57 @@ def bounds_findings(rows: list[dict], profile: dict | None, approaches: list[str
             out.append(f"  At 3x their bound or more (time that no counted limit explains: waiting, or limits taken "
                        f"one after another): " + ", ".join(f"`{n}` {x:.1f}x" for n, x in
                                                            far[f"{step}_x_bound"].astype(float).items()) + ".")
+    return "\n".join(out)
+
+
+def sustained_table(records: list[dict], rows: list[dict]) -> pd.DataFrame:
+    """Per approach saved back to back (``sustained`` records): its saves in
+    a row (first, median, last, slowest), the median as a write rate, and the
+    median against the same approach's isolated saves of the rounds (``rows``,
+    each from the stated disk state): ``x_isolated`` above 1, the sustained
+    save is slower than the isolated figure says."""
+    recs = []
+    for r in records:
+        if not r.get("verified"):
+            recs.append({"approach": r["approach"], "error": r.get("error")})
+            continue
+        xs = r["saves_s"]
+        iso = [x["save_s"] for x in rows if x["approach"] == r["approach"] and x.get("verified") and x.get("save_s")]
+        iso_med = statistics.median(iso) if iso else None
+        med = statistics.median(xs)
+        recs.append({"approach": r["approach"], "isolated_s": iso_med, "n_isolated": len(iso), "in_a_row": len(xs),
+                     "first_s": xs[0], "median_s": med, "last_s": xs[-1], "slowest_s": max(xs),
+                     "median_MBps": r["bytes_on_disk"] / len(xs) / med / 1e6,
+                     "x_isolated": med / iso_med if iso_med else None, "error": None})
+    if not recs:
+        return pd.DataFrame()
+    t = pd.DataFrame(recs).set_index("approach")
+    return t.drop(columns="error") if t["error"].isna().all() else t
+
+
+def sustained_findings(records: list[dict], rows: list[dict], tolerance: float = 0.15) -> str:
+    """In words: for each approach saved back to back, how its sustained save
+    compares with its isolated one, and whether the rounds' figure holds for
+    a training run that writes checkpoints one after another (within
+    ``tolerance``)."""
+    t = sustained_table(records, rows)
+    if t.empty:
+        return "No back-to-back saves in this run."
+    out = []
+    for name, r in t.iterrows():
+        if "error" in t and isinstance(r.get("error"), str):
+            out.append(f"- `{name}`: ERROR {r['error']}")
+            continue
+        if r["x_isolated"] is None or pd.isna(r["x_isolated"]):
+            out.append(f"- `{name}`: {r['in_a_row']:.0f} saves in a row, median {r['median_s']:.3g} s (no isolated save "
+                       "to compare with)")
+            continue
+        x = float(r["x_isolated"])
+        say = ("the isolated figure holds" if abs(x - 1) <= tolerance else
+               "slower in a row than alone: the isolated figure flatters it" if x > 1 else
+               "faster in a row than alone")
+        out.append(f"- `{name}`: {r['in_a_row']:.0f} saves in a row, median {r['median_s']:.3g} s (first "
+                   f"{r['first_s']:.3g}, last {r['last_s']:.3g}, slowest {r['slowest_s']:.3g}) against "
+                   f"{r['isolated_s']:.3g} s alone (median of {r['n_isolated']:.0f}): {x:.2f}x, {say} "
+                   f"(it holds within {tolerance:.0%}).")
     return "\n".join(out)

@@ -1,10 +1,11 @@
 """Result rows: the schema, JSON Lines in and out, the environment record, and
 the comparison table.
 
-A results file holds three kinds of record, told apart by ``record``:
+A results file holds these kinds of record, told apart by ``record``:
 ``"environment"`` (one per run: versions, machine, file system, git commit,
-the disk reference), ``"measurement"`` (one per approach and repeat, every
-sample kept) and ``"end"`` (written last: ``complete`` true when every planned
+the machine profile), ``"measurement"`` (one per approach and repeat, every
+sample kept), ``"training"`` (07's checkpoints in a loop), ``"sustained"``
+(an approach's checkpoints saved back to back) and ``"end"`` (written last: ``complete`` true when every planned
 row is in, false after Ctrl-C; a run killed outright has none, and counts as
 incomplete too). Rows are appended and flushed as each finishes, so an
 interrupted run keeps what it measured.
@@ -17,11 +18,13 @@ comparison table); the names below are the ones the rest of the package uses.
 
 from .environment import GIT_COMMIT, environment_record
 from .files import Loaded, ResultsWriter, group_by_run, incomplete_runs, read_results
-from .schema import MEASUREMENT_FIELDS, TRAINING_FIELDS, is_valid, measurement_row, training_row
+from .schema import MEASUREMENT_FIELDS, SUSTAINED_FIELDS, TRAINING_FIELDS, is_valid, measurement_row, \
+    sustained_row, training_row
 from .stats import Stat, above, change, check_comparable, spread, summarize
 from .text import comparison_table, fmt_bytes, fmt_stat, reference_line, render
 
 __all__ = ["GIT_COMMIT", "environment_record", "Loaded", "ResultsWriter", "group_by_run", "incomplete_runs",
-           "read_results", "MEASUREMENT_FIELDS", "TRAINING_FIELDS", "is_valid", "measurement_row", "training_row",
+           "read_results", "MEASUREMENT_FIELDS", "SUSTAINED_FIELDS", "TRAINING_FIELDS", "is_valid", "measurement_row",
+           "sustained_row", "training_row",
            "Stat", "above", "change", "check_comparable", "spread", "summarize", "comparison_table", "fmt_bytes",
            "fmt_stat", "reference_line", "render"]

@@ -33,6 +33,7 @@ class Loaded:
     warnings: list[str]
     ends: list[dict] = field(default_factory=list)
     training: list[dict] = field(default_factory=list)  # 07-training's rows (record "training")
+    sustained: list[dict] = field(default_factory=list)  # checkpoints saved back to back (record "sustained")
 
 
 def read_results(paths: Iterable[Path]) -> Loaded:
@@ -62,6 +63,8 @@ def read_results(paths: Iterable[Path]) -> Loaded:
                     out.ends.append(row)
                 elif row.get("record") == "training":
                     out.training.append(row)
+                elif row.get("record") == "sustained":
+                    out.sustained.append(row)
                 else:
                     out.warnings.append(f"{p}:{i}: skipped line with unknown record {row.get('record')!r}")
     return out

@@ -70,6 +70,17 @@ TRAINING_FIELDS = (
 )
 
 
+# Checkpoints saved back to back (``run``'s sustained mode, 05-formats), one record per approach.
+SUSTAINED_FIELDS = (
+    "record", "run_id", "approach", "model", "weights", "phase", "knobs", "n_saves",
+    # the disk state the first save starts from (the rounds'); nothing is dropped or trimmed between the saves
+    "free_space_trimmed", "caches_dropped",
+    # each save's seconds, in order
+    "saves_s",
+    "bytes_on_disk", "verified", "error", "finished_at",
+)
+
+
 def _row(fields: tuple[str, ...], record: str, values: dict) -> dict:
     """A record with exactly ``fields`` (None where not given); an unknown field is an error."""
     unknown = set(values) - set(fields)
@@ -82,6 +93,10 @@ def _row(fields: tuple[str, ...], record: str, values: dict) -> dict:
 
 def training_row(**values) -> dict:
     return _row(TRAINING_FIELDS, "training", values)
+
+
+def sustained_row(**values) -> dict:
+    return _row(SUSTAINED_FIELDS, "sustained", values)
 
 
 def measurement_row(**values) -> dict:

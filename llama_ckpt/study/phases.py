@@ -54,6 +54,7 @@ class Phase:
     listing: str = ""  # the header's approaches line where it is not the approaches' names
     both_weights: tuple[str, ...] = ()  # measured again on the preset's other weights (full float32 / float16-origin)
     sweep_repeats: int = 0  # the sweep's own points (no claim judges them) get at most this many repeats; 0: all
+    sustained: tuple[str, ...] = ()  # also saved back to back (measure.Options.sustained_saves in a row)
 
     def approaches(self) -> list[Format]:
         """The formats the phase compares: ``guide``, then the sweep's points, each once (what a training or
@@ -106,7 +107,7 @@ SHARDED_PROTOCOL = (
 
 CLAIMS_CAP = 12  # the most repeats 08 gives an approach for a claim
 CLAIMS_STEP = 2  # repeats added per round to each approach that leaves a claim undecided
-CLAIMS_BUDGET_S = 300  # repeats beyond MIN_REPEATS: none starts after this long (docs/decisions.md#claims-budget)
+CLAIMS_BUDGET_S = 240  # repeats beyond MIN_REPEATS: none starts after this long (docs/decisions.md#claims-budget)
 CLAIMS_PROTOCOL = (
     "Protocol (`llama_ckpt.suite.kinds.Claims`): every claim of the guide is judged on every row this "
     "run has of the approaches it compares (each configuration is measured once per run and shared by the phases "
@@ -242,7 +243,8 @@ PHASES: dict[str, Phase] = {p.id: p for p in [
           pairs=(("ts+best", "pytorch-fp32"), ("ts+best", "safetensors"), ("ts+best16", "pytorch"),
                  ("ts+best", "ts+chunks"), ("safetensors", "pytorch-fp32"), ("dcp", "pytorch-fp32"),
                  ("ts+zarr3", "ts+chunks"), ("runai-streamer", "safetensors"), ("fastsafetensors", "safetensors"),
-                 ("tensorizer", "pytorch-fp32"), ("pytorch-fp32-mmap", "pytorch-fp32"))),
+                 ("tensorizer", "pytorch-fp32"), ("pytorch-fp32-mmap", "pytorch-fp32")),
+          sustained=("pytorch-fp32", "safetensors", "dcp", "ts+best")),
     Phase("06", "06-distributed", "Sharded across processes",
           "How do sharded checkpoints scale when many processes write one checkpoint together, and can they be "
           "read back on another number of processes?",

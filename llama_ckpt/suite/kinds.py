@@ -47,6 +47,7 @@ class PhaseResult:
     envs: list[dict] = field(default_factory=list)  # cloud: one environment record per delay
     endpoint: str = ""  # cloud: the S3 endpoint measured
     server_started: bool = False  # cloud: a private server was started for this and stopped after
+    sustained: list[dict] = field(default_factory=list)  # checkpoints saved back to back (``Phase.sustained``)
 
     @property
     def figures(self) -> Path:
@@ -151,7 +152,8 @@ class Compare(Kind):
             measure.RunLog(self.rpath, self.run_id, 0, lambda r: None).end(
                 True, skipped="real weights (MODEL_PATH): one kind only")
         return self.result(runs.in_order(rows, source.name, apps), env,
-                           other=runs.in_order(other_rows, other.name, apps) if other is not None else [])
+                           other=runs.in_order(other_rows, other.name, apps) if other is not None else [],
+                           sustained=read_results([self.rpath]).sustained if self.phase.sustained else [])
 
     def reuse(self, loaded) -> PhaseResult:
         env = loaded.environments[0] if loaded.environments else {}
@@ -161,7 +163,8 @@ class Compare(Kind):
             shared = runs.shared_rows(self.out_dir, self.run_id, self.phase.slug, apps, model)
             return runs.in_order(loaded.measurements + [r for rs in shared.values() for r in rs], model, apps)
         others = [e["model"] for e in loaded.environments if e["model"] != env["model"]]
-        return self.result(rows_of(env["model"]), env, True, other=rows_of(others[0]) if others else [])
+        return self.result(rows_of(env["model"]), env, True, other=rows_of(others[0]) if others else [],
+                           sustained=loaded.sustained)
 
     def _shared(self, apps: list[Format], source: ModelSource, reference: bool = True) -> tuple[dict, list[dict]]:
         """``apps`` on ``source`` to the run's repeats each, counting the rows
@@ -178,7 +181,7 @@ class Compare(Kind):
             self.say(f"{n}: {len(rs)} repeat(s) measured in this run by {by}, shared"
                      + (f"; {want - len(rs)} more measured here" if len(rs) < want else ""))
         opts = self.options(disk_reference=reference, done={n: len(rs) for n, rs in shared.items()},
-                            fewer=fewer or None)
+                            fewer=fewer or None, sustained=self.phase.sustained if reference else ())
         env, rows = measure.run(apps, source, opts, say=self.say, on_row=lambda r: self.say(row_line(r)))
         return env, rows + [r for rs in shared.values() for r in rs]
 
