@@ -19,6 +19,7 @@ from .bench.ranks import RankFailed
 from .errors import UserError
 from .model import DEFAULT_PRESET, PRESETS, PUBLISHED_DTYPE, get_model
 from .registry import APPROACHES, names, resolve
+from .report import machine as machine_report
 from .results import comparison_table, group_by_run, incomplete_runs, read_results, reference_line
 from .store.server import local_server_dir
 from .store import Location, Target, at
@@ -154,6 +155,8 @@ def cmd_run(args) -> int:
         print(comparison_table(rows, order=order))
     if env.get("reference_write_Bps"):
         print(reference_line(env))
+    if env.get("machine") and not sharded:
+        print(machine_report.bounds_findings(rows, env["machine"]))
     print(f"results: {env['results_path']}")
     return outcome.code
 

@@ -89,9 +89,22 @@ def bounds_table(rows: list[dict], profile: dict | None, approaches: list[str] |
     return pd.DataFrame(recs).set_index("approach") if recs else pd.DataFrame()
 
 
+BOUNDS_COLUMNS = {
+    "bound_s": "the shortest time the counted work (bytes to and from storage, bytes through write calls, page "
+               "faults, files, CPU seconds, bytes compressed) can take here: the slowest of the limits below",
+    "binding": "the limit that sets the bound",
+    "x_bound": "the measured time over the bound (1 = as fast as this machine allows; medians of the repeats)",
+    "predicted_s": "a time, not a floor: the same limits combined by one stated model fitted to no measurement (a "
+                   "save's storage work, then its CPU work over the cores; a load's reads and CPU work over the cores "
+                   "together, never faster than the disk's read)",
+    "x_predicted": "the measured time over the prediction",
+}
+
+
 def limits_legend() -> str:
-    """What each limit counts, as a Markdown list."""
-    return "\n".join(f"- **{k}**: {v}" for k, v in bounds.LIMITS.items())
+    """The bounds table's columns and what each limit counts, as Markdown lists."""
+    return ("\n".join(f"- `{k}`: {v}" for k, v in BOUNDS_COLUMNS.items()) + "\n\nThe limits:\n\n"
+            + "\n".join(f"- **{k}**: {v}" for k, v in bounds.LIMITS.items()))
 
 
 def bounds_findings(rows: list[dict], profile: dict | None, approaches: list[str] | None = None) -> str:

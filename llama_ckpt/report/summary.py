@@ -53,6 +53,7 @@ class Summary:
     cloud: list[dict] = field(default_factory=list)  # 4e's rows on S3 (every delay)
     training: list[dict] = field(default_factory=list)  # 07's checkpoints inside the training loop
     other: list[dict] = field(default_factory=list)  # rows on the preset's other weights (claims 3 and 4)
+    sustained: list[dict] = field(default_factory=list)  # 05's checkpoints saved back to back
 
     @property
     def guide_rows(self) -> list[dict]:
@@ -247,6 +248,11 @@ class Summary:
         return ("**The answer on this machine, from this run** (the tables below back it; \"not told apart\" means "
                 "the runner-up may be as good):\n\n" + "\n".join(lines))
 
+    def back_to_back(self) -> tuple[str, pd.DataFrame]:
+        """05's back-to-back saves against the same approaches' isolated saves: findings and table."""
+        return (machine_report.sustained_findings(self.sustained, self.registered_rows),
+                machine_report.sustained_table(self.sustained, self.registered_rows))
+
     def bounds_findings(self) -> str:
         return machine_report.bounds_findings(self.registered_rows, self.machine())
 
@@ -410,4 +416,5 @@ def load(out_dir: str | Path, run_id: str = "") -> Summary:
             shared = shared_rows(out_dir, run_id, p.slug, p.approaches(), model)
             by_phase[p.slug] += [r for rs in shared.values() for r in rs]
     return Summary(Path(out_dir), run_id, rows, loaded.environments, by_phase, complete,
-                   loaded.warnings, cloud_rows(out_dir, run_id), loaded.training, other)
+                   loaded.warnings, cloud_rows(out_dir, run_id), loaded.training, other,
+                   [r for r in loaded.sustained if r["model"] == model])

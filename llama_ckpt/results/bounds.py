@@ -37,7 +37,8 @@ PREDICTION_TOLERANCE = 0.25  # a prediction "holds" within this share of the mea
 # limit -> what it counts, for the tables' legend
 LIMITS = {
     "disk write": "bytes that went to storage, at the best durable write rate the profile saw",
-    "disk read": "bytes that came from storage, at the disk reference's cold read rate",
+    "disk read": "bytes that came from storage, at the disk reference's cold read rate (the faster of one stream "
+                 "and 8 threads)",
     "page-cache copy": "bytes through write calls, at one thread's page-cache write rate times the cores",
     "fresh memory": "minor page faults x 4 KiB, at the fresh-memory fill rate times the cores",
     "files": "files created, at the small-file create + write + fsync rate",
