@@ -136,6 +136,8 @@ FIELD_DOCS = {
     "kept_bytes": "what the saver keeps until the next checkpoint (a staging copy)",
     "cpu_before_s": "CPU seconds (this process and the writers it waited for) over the steps before the call",
     "cpu_segment_s": "CPU seconds over the segment",
+    "write_streams": "how many threads the save writes its bytes with, at most (the format says: one file is one "
+                     "stream; DCP its writer threads; TensorStore its file I/O concurrency); null for sharded rows",
     "writer_cpu_s": "the writer's own CPU seconds, where it is a thread or process of its own",
     # sustained records only
     "n_saves": "checkpoints saved in a row (fewer than asked where the disk cannot hold them together)",

@@ -478,3 +478,12 @@ def test_an_approach_can_be_measured_fewer_times_than_the_run(tmp_path):
     assert env["fewer"] == {"ts+chunks": 1} and all(r["verified"] for r in rows)
     kept = sorted(p.name for p in (tmp_path / "checkpoints" / env["run_id"]).iterdir())
     assert kept == ["pytorch", "ts+chunks"]
+
+
+def test_every_single_process_approach_says_how_many_threads_its_save_writes_with():
+    from llama_ckpt.registry import APPROACHES, names, variant
+
+    got = {n: APPROACHES[n].write_streams() for n in names()}
+    assert all(isinstance(v, int) and v >= 1 for v in got.values()), got
+    assert got["pytorch"] == got["safetensors"] == got["tensorstore"] == 1  # one file; TensorStore at concurrency 1
+    assert got["ts+concurrency"] == 128 and variant("dcp", thread_count=3).write_streams() == 3

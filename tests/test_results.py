@@ -178,6 +178,9 @@ def test_a_bound_is_the_slowest_limit_at_the_profiles_rates():
     assert lim == pytest.approx({"disk write": 1.0, "page-cache copy": 0.25, "files": 0.003, "fresh memory": 0.0,
                                  "CPU": 0.1})
     assert bounds.bound(_work_row(), "save", prof) == (pytest.approx(1.0), "disk write")
+    # a save that writes in one stream copies into the page cache on one thread: 1 GB at 2000 MB/s
+    assert bounds.limits(dict(_work_row(), write_streams=1), "save", prof)["page-cache copy"] == pytest.approx(0.5)
+    assert bounds.limits(dict(_work_row(), write_streams=8), "save", prof)["page-cache copy"] == pytest.approx(0.25)
     assert bounds.bound(_work_row(), "load", prof) == (pytest.approx(1.0), "disk read")
     cpu = _work_row(user_s=5.0)
     assert bounds.bound(cpu, "save", prof) == (pytest.approx(2.55), "CPU")
@@ -189,6 +192,17 @@ def test_a_bound_is_the_slowest_limit_at_the_profiles_rates():
     old = _work_row()  # written before the suite counted page faults and storage bytes: no bound
     del old["cpu_io_save"]["minor_faults"]
     assert bounds.limits(old, "save", prof) == {}
+
+
+def test_the_disk_read_limit_takes_the_fastest_cold_read_the_reference_saw():
+    from llama_ckpt.results import bounds
+
+    prof = _profile()
+    assert bounds.best_read(prof) == 1000e6  # no samples kept: the median way's rate
+    prof["reference"].update(reference_bytes=1e9, reference_samples=[
+        {"read_stream_s": 1.0, "read_parallel_s": 0.8}, {"read_stream_s": 0.5, "read_parallel_s": 0.9}])
+    assert bounds.best_read(prof) == pytest.approx(2e9)
+    assert bounds.limits(_work_row(), "load", prof)["disk read"] == pytest.approx(0.5)
 
 
 def test_the_prediction_adds_a_saves_storage_and_cpu_and_spreads_a_loads_reads_and_cpu_over_the_cores():

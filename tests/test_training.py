@@ -149,6 +149,35 @@ def test_run_training_measures_each_saver_and_verifies_every_checkpoint(tmp_path
     assert set(report.ranking(rows)["saver"]) == {s.name for s in savers}
 
 
+def test_a_writer_that_hangs_ends_its_savers_rows_with_an_error_and_the_phase_goes_on(tmp_path):
+    import threading
+
+    from llama_ckpt.bench.savers import StagedThread
+
+    release = threading.Event()
+
+    class Stuck(StagedThread):
+        def _launch(self, state_dict, staged, pending):
+            super()._launch(state_dict, staged, pending)
+            return lambda: release.wait(60)  # a writer that never finishes while the loop waits
+
+    stuck = Stuck("stuck", "a writer that hangs", SAVERS["safetensors"].fmt, "safetensors")
+    opts = training.TrainingOptions(out=tmp_path, checkpoints=tmp_path / "ckpts", results=tmp_path / "r.jsonl",
+                                    repeats=2, steps_before=1, steps_after=1, wait_timeout_s=1.0)
+    said = []
+    try:
+        env, rows = training.run_training([stuck, SAVERS["safetensors"]], get_model("tiny"), opts, say=said.append)
+    finally:
+        release.set()
+    assert [(r["approach"], r["repeat"], r["verified"]) for r in rows] == [
+        ("stuck", 1, False), ("stuck", 2, False), ("safetensors", 1, True), ("safetensors", 2, True)]
+    assert rows[0]["error"].startswith("hung: not durable 1 s after the call") and rows[0]["stall_s"] >= 0.5
+    assert rows[1]["error"] == "skipped: checkpoint 1 of this saver hung"
+    assert any("stuck: hung" in s and "later checkpoints are skipped" in s for s in said)
+    assert read_results([tmp_path / "r.jsonl"]).ends[-1]["complete"]
+    assert training.wait_limit(10) == training.WAIT_MIN_S and training.wait_limit(10**10) == pytest.approx(1000.0)
+
+
 def test_every_checkpoint_starts_from_dropped_caches(tmp_path, monkeypatch):
     # As every save of the suite: the previous checkpoint was just removed, so the file system is written back and
     # its caches dropped (fsutil.settle) before each call, outside the timings; the rows and the run say so.

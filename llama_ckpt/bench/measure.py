@@ -257,7 +257,8 @@ def measure_approach(approach: Format, source: ModelSource, expected: dict | Non
                 tensor_set=source.tensor_set_digest(), repeat=repeat,
                 stored_dtype=str(approach.stored_dtype).removeprefix("torch."),
                 source_dtype=",".join(sorted({str(s.dtype).removeprefix("torch.") for s in source.specs})),
-                world_size=world, load_world_size=load_world)
+                world_size=world, load_world_size=load_world,
+                write_streams=None if approach.sharded else approach.write_streams())
     stage = "save"
     try:
         loc.remove()  # each repeat saves into a fresh location

@@ -57,6 +57,15 @@ STEPS_AFTER = 3  # steps after the call: the save finishes in the background mea
 # loaded copy for the check and one transient copy a save makes (safetensors'
 # serialisation, TensorStore's write copies).
 TRAIN_MODEL_COPIES, STATE_COPIES = 4, 2
+# How long the loop waits for a checkpoint in flight before it calls the saver hung: at least WAIT_MIN_S, and
+# as long as writing the state at WAIT_FLOOR_BPS would take (a writer slower than that is taken as stuck).
+WAIT_MIN_S, WAIT_FLOOR_BPS = 120.0, 10e6
+HUNG = "hung: "  # the error of a checkpoint that was not durable in time: the saver's later checkpoints are skipped
+
+
+def wait_limit(state_bytes: int) -> float:
+    """Seconds the loop waits for a checkpoint of ``state_bytes`` to be durable."""
+    return max(WAIT_MIN_S, state_bytes / WAIT_FLOOR_BPS)
 
 
 class Trainer:
@@ -119,6 +128,7 @@ class TrainingOptions:
     batch: int = BATCH
     seq_len: int = SEQ_LEN
     keep: bool = False  # keep each saver's last checkpoint
+    wait_timeout_s: float | None = None  # a checkpoint not durable this long after the call is hung (wait_limit)
 
 
 def memory_needed(savers: list[Saver], model_bytes: int, state_bytes: int, rss_now: int) -> int:
@@ -194,9 +204,21 @@ def run_training(savers: list[Saver], source: ModelSource, opts: TrainingOptions
         for s in savers:
             warm_up(s.name, s.prepare, root / f"warm-up-{s.name}", say)  # DCP's writer process
             try:
+                hung = None
                 for r in range(1, opts.repeats + 1):
                     loc = root / f"{s.name}-{r}"
-                    log.add(segment(s, trainer, loc, r, opts, source, run_id))
+                    if hung:  # a writer still stuck: no later checkpoint of this saver is measured
+                        log.add(training_row(run_id=run_id, approach=s.name, mode=s.mode, format=s.fmt.name,
+                                             model=source.name, weights=source.weights, repeat=r, verified=False,
+                                             error=f"skipped: checkpoint {hung} of this saver hung",
+                                             finished_at=_now()))
+                        continue
+                    row = segment(s, trainer, loc, r, opts, source, run_id)
+                    log.add(row)
+                    if (row["error"] or "").startswith(HUNG):
+                        hung = r
+                        say(f"{s.name}: {row['error']}; its later checkpoints are skipped")
+                        continue  # its writer may still write there: left for the end of the run
                     if not (opts.keep and r == opts.repeats):
                         loc.remove()
             finally:
@@ -252,12 +274,20 @@ def segment(saver: Saver, trainer: Trainer, loc, repeat: int, opts: TrainingOpti
                     after.append(dt)
                     after_cpu.append(cpu_seconds() - c0)
             t1 = time.perf_counter()
+            limit = opts.wait_timeout_s or wait_limit(row["checkpoint_bytes"])
+            hung = False
             try:
-                row["durable_s"] = pending.wait()
+                row["durable_s"] = pending.wait(max(0.0, limit - (t1 - t0)))
+            except TimeoutError:
+                hung = True
             finally:
                 row["stall_s"] = time.perf_counter() - t1
                 row["segment_s"] = time.perf_counter() - t0
                 row["cpu_segment_s"] = cpu_seconds() - cpu0
+        if hung:
+            row.update(steps_inflight_s=inflight, steps_after_s=after, verified=False,
+                       error=f"{HUNG}not durable {limit:.0f} s after the call (its writer is still running)")
+            return training_row(**row, finished_at=_now())
         row.update(steps_inflight_s=inflight, steps_after_s=after, steps_after_cpu_s=after_cpu,
                    peak_rss_bytes=peak.peak,
                    machine_used_bytes=machine.peak, writer_cpu_s=pending.writer_cpu_s, kept_bytes=saver.kept_bytes(),

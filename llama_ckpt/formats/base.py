@@ -134,6 +134,11 @@ class Format:
         """An upper bound of the checkpoint's bytes on disk (allocated blocks)."""
         raise NotImplementedError
 
+    def write_streams(self) -> int | None:
+        """How many threads a single-process save writes its bytes with, at
+        most (the bounds' page-cache copy: results.bounds); None: not known."""
+        return None
+
     def cast_consuming(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The state dict in the stored dtype, emptying ``state_dict`` as it
         goes so each source tensor is released once cast (a no-op cast keeps
@@ -231,6 +236,9 @@ class OneFile(Format, abstract=True):
 
     def tensor_file(self, loc, manifest, name):
         return loc.where(self.FILE)
+
+    def write_streams(self) -> int:
+        return 1  # one file, written in order
 
     def estimate_bytes(self, specs, block):
         # the data plus, per tensor, its header or zip record (256 B is an upper bound), plus 1 MiB

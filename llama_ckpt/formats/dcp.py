@@ -77,6 +77,9 @@ class DistributedCheckpoint(Format):
     def threads(self) -> int:
         return self.k.thread_count or len(os.sched_getaffinity(0))
 
+    def write_streams(self) -> int:
+        return self.threads()  # FileSystemWriter's threads
+
     def knobs(self) -> dict:
         return super().knobs() | {"threads_used": self.threads()}
 

@@ -171,6 +171,9 @@ class TensorStoreZarr(Format):
             return chunk_rules.t5x(shape, itemsize, k.chunk_size)
         return chunk_rules.whole(shape)
 
+    def write_streams(self) -> int:
+        return self.k.concurrency  # file I/O operations in flight at once (file_io_concurrency)
+
     def context(self, loc, coordinator: str | None = None):
         import tensorstore as ts
 

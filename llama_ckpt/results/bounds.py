@@ -37,9 +37,10 @@ PREDICTION_TOLERANCE = 0.25  # a prediction "holds" within this share of the mea
 # limit -> what it counts, for the tables' legend
 LIMITS = {
     "disk write": "bytes that went to storage, at the best durable write rate the profile saw",
-    "disk read": "bytes that came from storage, at the disk reference's cold read rate (the faster of one stream "
-                 "and 8 threads)",
-    "page-cache copy": "bytes through write calls, at one thread's page-cache write rate times the cores",
+    "disk read": "bytes that came from storage, at the fastest cold read the disk reference saw (any sample, one "
+                 "stream or 8 threads)",
+    "page-cache copy": "bytes through write calls, at one thread's page-cache write rate times the threads the save "
+                       "writes with (`write_streams`, at most the cores; the cores where not known)",
     "fresh memory": "minor page faults x 4 KiB, at the fresh-memory fill rate times the cores",
     "files": "files created, at the small-file create + write + fsync rate",
     "CPU": "user + system CPU seconds over the cores",
@@ -50,6 +51,17 @@ LIMITS = {
 def _rate(profile: dict, key: str) -> float | None:
     st = profile.get(key)
     return st["median"] if st else None
+
+
+def best_read(profile: dict) -> float | None:
+    """The fastest cold read of the profile's disk reference, bytes per second: its best sample of either way
+    (its median way where the samples are not kept)."""
+    ref = profile.get("reference") or {}
+    times = [s[k] for s in ref.get("reference_samples") or [] for k in ("read_stream_s", "read_parallel_s")
+             if s.get(k)]
+    if times and ref.get("reference_bytes"):
+        return ref["reference_bytes"] / min(times)
+    return ref.get("reference_read_Bps")
 
 
 def _codec_rate(row: dict, profile: dict) -> float | None:
@@ -79,7 +91,7 @@ def limits(row: dict, step: str, profile: dict) -> dict[str, float]:
             out["disk write"] = work["storage_write_bytes"] / best
         copy = _rate(profile, "buffered_write_Bps")
         if copy:
-            out["page-cache copy"] = work["write_bytes"] / (copy * cores)
+            out["page-cache copy"] = work["write_bytes"] / (copy * min(cores, row.get("write_streams") or cores))
         files = _rate(profile, "small_files_per_s")
         if files and row.get("n_files"):
             out["files"] = row["n_files"] / files
@@ -87,8 +99,9 @@ def limits(row: dict, step: str, profile: dict) -> dict[str, float]:
         if codec and row.get("payload_bytes"):
             out["compression"] = row["payload_bytes"] / (codec * cores)
     else:
-        if ref.get("reference_read_Bps"):
-            out["disk read"] = work["storage_read_bytes"] / ref["reference_read_Bps"]
+        read = best_read(profile)
+        if read:
+            out["disk read"] = work["storage_read_bytes"] / read
     fresh = _rate(profile, "fresh_memory_Bps")
     if fresh:
         out["fresh memory"] = work["minor_faults"] * PAGE / (fresh * cores)

@@ -28,6 +28,8 @@ MEASUREMENT_FIELDS = (
     "save_phases",
     # CPU seconds (user, system) and read/write system calls with their bytes, of the timed save and load
     "cpu_io_save", "cpu_io_load",
+    # how many threads the save writes with, at most (the format's own figure; the bounds' page-cache copy)
+    "write_streams",
     "storage", "s3_delay_ms", "requests_save", "requests_load",
     "world_size", "load_world_size", "ranks_save", "ranks_load",
     # sharded: who started the ranks ("spawn": this suite on one host;
