@@ -126,6 +126,8 @@ def cmd_run(args) -> int:
     approaches = resolve(args.approach, sharded=sharded)
     if args.model and args.model_path:
         raise UserError("give --model or --model-path, not both")
+    if args.back_to_back == 1:
+        raise UserError("--back-to-back needs at least 2 saves in a row")
     if sharded and args.back_to_back:
         raise UserError("--back-to-back saves single-process checkpoints in a row; leave it out with --world-size")
     if sharded and args.model_path:
@@ -294,11 +296,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="add this round-trip delay between the client and the S3 server (a proxy on loopback)")
     s.add_argument("--back-to-back", type=_positive_int, default=None, metavar="N",
                    help="after the rounds, also save each approach N times in a row with nothing between the saves "
-                        "(the sustained rate beside the isolated one); every checkpoint is verified, then removed")
+                        "(the sustained rate beside the isolated one; fewer where the disk cannot hold N at once); "
+                        "every checkpoint is verified, then removed")
     s.add_argument("--disk-cap", type=_positive_int, default=None, metavar="MBPS",
                    help="cap the checkpoints' disk at MBPS MB/s (read and write) for the run, machine profile "
                         "included: a second state of this machine for the bounds' predictions. Needs root and "
-                        "cgroup v1 blkio; it caps every process on the machine, and is lifted when the run ends")
+                        "cgroup v1 blkio; it caps every process's I/O to that disk, and the disk's earlier "
+                        "throttle is put back when the run ends")
     s.add_argument("--world-size", type=_positive_int, default=None, metavar="N",
                    help="save with N processes over torch.distributed (gloo), each holding a row shard of every "
                         "tensor; the approaches are then the sharded ones (see 'list')")

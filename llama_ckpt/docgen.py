@@ -137,7 +137,8 @@ FIELD_DOCS = {
     "cpu_before_s": "CPU seconds (this process and the writers it waited for) over the steps before the call",
     "cpu_segment_s": "CPU seconds over the segment",
     "write_streams": "how many threads the save writes its bytes with, at most (the format says: one file is one "
-                     "stream; DCP its writer threads; TensorStore its file I/O concurrency); null for sharded rows",
+                     "stream; DCP its writer threads; TensorStore its file I/O concurrency); null for sharded rows, "
+                     "or where the format does not say",
     "writer_cpu_s": "the writer's own CPU seconds, where it is a thread or process of its own",
     # sustained records only
     "n_saves": "checkpoints saved in a row (fewer than asked where the disk cannot hold them together)",

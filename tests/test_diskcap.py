@@ -63,3 +63,31 @@ def test_a_run_under_a_cap_records_it_and_lifts_it(fake, tmp_path):
     env, rows = measure.run(resolve("safetensors"), get_model("tiny"), opts)
     assert env["disk_cap_Bps"] == 300_000_000 and rows[0]["verified"]
     assert (root / diskcap.FILES[0]).read_text() == f"{dev} 0\n"
+
+
+def test_a_cap_the_kernel_refuses_stops_with_one_line_and_leaves_nothing_set(fake, tmp_path, monkeypatch):
+    root, dev = fake
+    real = type(root).write_text
+
+    def refuse(self, text, *a, **k):
+        if self.name == diskcap.FILES[1] and text.endswith(" 7\n"):
+            raise PermissionError(1, "Operation not permitted")
+        return real(self, text, *a, **k)
+
+    monkeypatch.setattr(type(root), "write_text", refuse)
+    with pytest.raises(UserError, match=r"the kernel refused blkio.throttle.write_bps_device \(Operation not"):
+        with diskcap.capped(tmp_path, 7):
+            pass
+    assert [(root / f).read_text() for f in diskcap.FILES] == [f"{dev} 0\n", f"{dev} 5000000\n"]
+
+
+def test_sigterm_while_capped_lifts_the_cap(fake, tmp_path):
+    import signal
+
+    root, dev = fake
+    handler = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit):
+        with diskcap.capped(tmp_path, 9):
+            os.kill(os.getpid(), signal.SIGTERM)
+    assert [(root / f).read_text() for f in diskcap.FILES] == [f"{dev} 0\n", f"{dev} 5000000\n"]
+    assert signal.getsignal(signal.SIGTERM) == handler  # the handler before is back

@@ -200,7 +200,8 @@ def test_the_disk_read_limit_takes_the_fastest_cold_read_the_reference_saw():
     prof = _profile()
     assert bounds.best_read(prof) == 1000e6  # no samples kept: the median way's rate
     prof["reference"].update(reference_bytes=1e9, reference_samples=[
-        {"read_stream_s": 1.0, "read_parallel_s": 0.8}, {"read_stream_s": 0.5, "read_parallel_s": 0.9}])
+        {"read_stream_s": 1.0, "read_parallel_s": 0.8}, {"read_stream_s": 0.5, "read_parallel_s": 0.9},
+        {"read_stream_s": 0.1, "read_parallel_s": 0.1, "read_cold": False}])  # from the page cache: not the disk
     assert bounds.best_read(prof) == pytest.approx(2e9)
     assert bounds.limits(_work_row(), "load", prof)["disk read"] == pytest.approx(0.5)
 
@@ -245,7 +246,8 @@ def test_the_bounds_findings_name_the_limit_that_binds_the_fastest_and_who_is_fa
     assert "**save**: the fastest here, `a` (1.2 s), is bound by **disk write** (1 s; it takes 1.20x that)" in text
     assert "`slow` 4.0x" in text and "disk write 2" in text
     # a: 1.2 s against 1.103 predicted (within 25%); slow: 4.0 s against 1.103 (3.63x)
-    assert "1 of 2 within 25% of the measured median. Off by more: `slow` 3.63x" in text, text
+    assert "1 of 2 within 25% of their prediction (measured over predicted 0.75x-1.25x). Off by more (below 1: " \
+           "faster than predicted; above 1: slower): `slow` 3.63x." in text, text
     assert bounds_findings(rows, None).startswith("No bounds")
 
 

@@ -13,7 +13,7 @@ from llama_ckpt.results import read_results
 
 def test_back_to_back_saves_are_recorded_verified_and_removed(tmp_path):
     opts = measure.Options(out=tmp_path, repeats=1, disk_reference=False, sustained=("safetensors",),
-                           sustained_saves=3)
+                           sustained_saves=3, keep=True)  # kept: the run's directory stays, so a leak would show
     env, rows = measure.run(resolve("safetensors,pytorch"), get_model("tiny"), opts)
     assert env["sustained"] == ["safetensors"] and env["sustained_saves"] == 3
     loaded = read_results([env["results_path"]])
@@ -22,6 +22,7 @@ def test_back_to_back_saves_are_recorded_verified_and_removed(tmp_path):
     assert rec["approach"] == "safetensors" and rec["verified"] and rec["error"] is None
     assert len(rec["saves_s"]) == rec["n_saves"] == 3 and all(x > 0 for x in rec["saves_s"])
     assert rec["bytes_on_disk"] > 0
+    assert list((tmp_path / "checkpoints").glob("*/safetensors"))  # the rounds' kept checkpoint
     assert not list((tmp_path / "checkpoints").glob("**/*in-a-row*"))
 
 
@@ -56,6 +57,6 @@ def test_the_sustained_table_sets_the_saves_in_a_row_against_the_isolated_ones()
                                                   "median_s": 2.0, "last_s": 3.0, "slowest_s": 3.0,
                                                   "median_MBps": 500.0, "x_isolated": 2.0})
     text = sustained_findings(recs, rows)
-    assert "`a`: 3 saves in a row, median 2 s (first 1, last 3, slowest 3) against 1 s alone (median of 2)" in text and "2.00x, slower in a row than alone" in text
-    assert "`b`" in text and "1.00x, the isolated figure holds" in text
+    assert "`a`: 3 saves in a row, median 2 s (first 1, last 3, slowest 3) against 1 s alone (median of 2)" in text and "2.00x: slower in a row than alone" in text
+    assert "`b`" in text and "1.00x: the isolated figure holds" in text
     assert sustained_findings([], rows) == "No back-to-back saves in this run."

@@ -9,13 +9,19 @@ write that is fsynced later is capped too. It needs root and a v1 ``blkio``
 hierarchy; cgroup v2's ``io.max`` cannot be set on the root cgroup, and a
 child cgroup does not hold the kernel's writeback, so it is not used. Where
 the cap cannot be set, the run stops with one line saying why. The values
-the device had before are put back when the block ends, however it ends.
+the device had before are put back when the block ends: normally, on an
+error, on Ctrl-C or on SIGTERM (turned into an exit while the cap is held).
+A SIGKILL leaves the cap set: ``echo MAJ:MIN 0`` into both throttle files
+lifts it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import sys
+import threading
 from pathlib import Path
 from typing import Iterator
 
@@ -71,10 +77,38 @@ def capped(path: Path, bps: int, root: Path | None = None, sys_block: Path | Non
     if not all(os.access(f, os.W_OK) for f in files):
         raise UserError(f"cannot cap the disk: {files[0]} is not writable (run as root)")
     before = [_value(f.read_text(), dev) for f in files]
+    with _sigterm_exits():
+        try:
+            for f in files:
+                try:
+                    f.write_text(f"{dev} {bps}\n")
+                except OSError as exc:
+                    raise UserError(f"cannot cap the disk {dev}: the kernel refused {f.name} ({exc.strerror or exc})")
+            yield {"device": dev, "bps": bps, "before_bps": before}
+        finally:
+            failed = []
+            for f, b in zip(files, before):
+                try:
+                    f.write_text(f"{dev} {b}\n")  # 0 removes the rule
+                except OSError as exc:
+                    failed.append(f"{f}: {exc}")
+            if failed:
+                print(f"warning: the disk cap of {dev} could not be put back ({'; '.join(failed)}); write "
+                      f"'{dev} 0' into each file to lift it", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def _sigterm_exits() -> Iterator[None]:
+    """SIGTERM raises SystemExit for the block (so ``finally`` clauses run), then the handler before comes back;
+    nothing changes off the main thread, where handlers cannot be set."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+    before = signal.signal(signal.SIGTERM, stop)
     try:
-        for f in files:
-            f.write_text(f"{dev} {bps}\n")
-        yield {"device": dev, "bps": bps, "before_bps": before}
+        yield
     finally:
-        for f, b in zip(files, before):
-            f.write_text(f"{dev} {b}\n")  # 0 removes the rule
+        signal.signal(signal.SIGTERM, before)

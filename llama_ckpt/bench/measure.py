@@ -262,10 +262,7 @@ def measure_approach(approach: Format, source: ModelSource, expected: dict | Non
     stage = "save"
     try:
         loc.remove()  # each repeat saves into a fresh location
-        here = loc.local_file() if opts.group is None else None
-        base["free_space_trimmed"] = (fsutil.trim(here.parent) if opts.trim else False) if here is not None else None
-        # and from the same file-system state (root only), on every node of a launched job
-        base["caches_dropped"] = cluster.settle(opts.group) if opts.group is not None else fsutil.settle()
+        base.update(_start_state(loc, opts))
         if approach.sharded and opts.group is not None:
             saves, loads, *rest = cluster.sharded(opts.group, sharded_job(approach, source, loc), loc)
             return measurement_row(**base, **sharded_fields(saves, loads, *rest, source.nbytes, "torchrun"),
@@ -289,30 +286,40 @@ def measure_approach(approach: Format, source: ModelSource, expected: dict | Non
                            finished_at=_now())
 
 
+def _start_state(loc: Location, opts: Options) -> dict:
+    """The state every timed save starts from, set now: the free space of
+    ``loc``'s file system discarded (root, a local disk, unless the run
+    found it cannot), the file system written back and its caches dropped
+    (root only; on every node of a launched job). Returns the row's record
+    of both."""
+    here = loc.local_file() if opts.group is None else None
+    return {"free_space_trimmed": (fsutil.trim(here.parent) if opts.trim else False) if here is not None else None,
+            "caches_dropped": cluster.settle(opts.group) if opts.group is not None else fsutil.settle()}
+
+
 def measure_sustained(approach: Format, source: ModelSource, expected: dict, root: Location, n: int, run_id: str,
                       opts: Options) -> dict:
     """``n`` checkpoints of ``approach`` saved back to back, each to its own
-    place, from one copy of the source, with nothing between them (no cache
-    drop, no trim, no pause), as a training run writes them: the sustained
-    rate beside the isolated saves of the rounds. The first starts from the
-    rounds' disk state. Every checkpoint is then loaded and checked against
-    the source; all are removed. One ``sustained`` record."""
+    place, with nothing between them (no cache drop, no trim, no pause): the
+    sustained rate beside the isolated saves of the rounds. The first starts
+    from the same state as every isolated save (``_start_state``). One copy
+    of the source is held through all of them, as a training run holds its
+    state (an isolated save hands the save its only copy); only the saves
+    are timed. Every checkpoint is then loaded and checked against the
+    source; all are removed. One ``sustained`` record."""
     exp = expected[approach.stored_dtype]
     digests = {k: e.digest for k, e in exp.items()}
     locs = [root / f"{approach.name}-in-a-row-{i + 1}" for i in range(n)]
     base = dict(run_id=run_id, approach=approach.name, model=source.name, weights=source.weights, phase=opts.phase,
                 knobs=approach.knobs(), n_saves=n)
-    stage = "save"
+    stage, k, saves = "save", 0, []
     try:
         for loc in locs:
             loc.remove()
-        here = locs[0].local_file()
-        base["free_space_trimmed"] = (fsutil.trim(here.parent) if opts.trim else False) if here is not None else None
-        base["caches_dropped"] = fsutil.settle()
+        base.update(_start_state(locs[0], opts))
         sd = source.materialize()
         release_memory()
-        saves = []
-        for loc in locs:
+        for k, loc in enumerate(locs):
             t0 = time.perf_counter()
             approach.save(dict(sd), loc, digests=digests)  # a save empties the dict it is given, not the tensors
             saves.append(time.perf_counter() - t0)
@@ -320,20 +327,21 @@ def measure_sustained(approach: Format, source: ModelSource, expected: dict, roo
         release_memory()
         on_disk = sum(loc.footprint().bytes_on_disk for loc in locs)
         stage = "verify"
-        for i, loc in enumerate(locs, 1):
+        for k, loc in enumerate(locs):
             loaded = approach.load(loc)
             verdict = check(loaded, exp)
             del loaded
             gc.collect()
             if not verdict.verified:
                 return sustained_row(**base, saves_s=saves, bytes_on_disk=on_disk, verified=False,
-                                     error=f"checkpoint {i} of {n}: verification failed: {verdict.summary()}",
+                                     error=f"checkpoint {k + 1} of {n}: verification failed: {verdict.summary()}",
                                      finished_at=_now())
         return sustained_row(**base, saves_s=saves, bytes_on_disk=on_disk, verified=True, finished_at=_now())
     except (KeyboardInterrupt, SystemExit):
         raise
     except FAILURES as exc:
-        return sustained_row(**base, verified=False, error=f"{stage} failed: {_describe_error(exc, locs[0])}",
+        return sustained_row(**base, saves_s=saves or None, verified=False,
+                             error=f"{stage} of checkpoint {k + 1} of {n} failed: {_describe_error(exc, locs[k])}",
                              finished_at=_now())
     finally:
         gc.collect()
@@ -349,7 +357,13 @@ def _sustained_all(approaches, source, expected, root: Location, run_id: str, op
     """``approaches`` back to back, each as many times in a row as the disk holds together (at most
     ``opts.sustained_saves``)."""
     local = root.local_file()
+    base = psutil.Process().memory_info().rss
     for a in approaches:
+        need = a.peak_estimate(source.nbytes) + source.nbytes + base  # the held copy beside a save's own peak
+        if need > psutil.virtual_memory().available + base:
+            say(f"{a.name} back to back: skipped, holding the source beside its saves needs about {need / 1e9:.1f} GB "
+                f"of memory, {psutil.virtual_memory().available / 1e9:.1f} GB available")
+            continue
         n = opts.sustained_saves
         if local is not None:
             one = a.estimate_bytes(source.specs, fsutil.block_size(local.parent))
@@ -633,11 +647,11 @@ def run(approaches: list[Format], source: ModelSource, opts: Options,
     fsutil.check_writable(out)
     fix_mmap_threshold()  # every repeat starts from the same memory state (large buffers are returned on free)
     storage = at(opts.storage) if opts.storage is not None else LocalDir(out / "checkpoints")
-    if opts.disk_cap_Bps and storage.local_file() is None:
+    ckpts = (at(opts.checkpoints) if opts.checkpoints is not None else storage).local_file()
+    if opts.disk_cap_Bps and ckpts is None:
         raise UserError("--disk-cap caps a local disk; the checkpoints go to S3 here")
     with fsutil.output_lock(Path(opts.lock) if opts.lock else out), storage.delayed(say) as storage, \
-            (diskcap.capped(storage.local_file(), opts.disk_cap_Bps) if opts.disk_cap_Bps
-             else contextlib.nullcontext()) as cap:
+            (diskcap.capped(ckpts, opts.disk_cap_Bps) if opts.disk_cap_Bps else contextlib.nullcontext()) as cap:
         if cap:
             say(f"disk capped: device {cap['device']} read and written at most {cap['bps'] / 1e6:,.0f} MB/s for "
                 "this run (cgroup v1 blkio throttle, every process on this machine)")

@@ -200,6 +200,7 @@ def run_training(savers: list[Saver], source: ModelSource, opts: TrainingOptions
     remove_stale_saves(root.parent, say)
     say(f"{len(savers)} savers x {opts.repeats} checkpoint(s), each: {opts.steps_before} step(s), the checkpoint, "
         f"{opts.steps_after} step(s); results -> {opts.results}")
+    hung_savers: list[str] = []
     try:
         for s in savers:
             warm_up(s.name, s.prepare, root / f"warm-up-{s.name}", say)  # DCP's writer process
@@ -217,6 +218,7 @@ def run_training(savers: list[Saver], source: ModelSource, opts: TrainingOptions
                     log.add(row)
                     if (row["error"] or "").startswith(HUNG):
                         hung = r
+                        hung_savers.append(s.name)
                         say(f"{s.name}: {row['error']}; its later checkpoints are skipped")
                         continue  # its writer may still write there: left for the end of the run
                     if not (opts.keep and r == opts.repeats):
@@ -229,7 +231,8 @@ def run_training(savers: list[Saver], source: ModelSource, opts: TrainingOptions
         raise
     if not opts.keep:
         root.remove()
-    log.end(True)
+    # a hung writer may still be running, beside every saver measured after it
+    log.end(True, **({"writers_left_running": hung_savers} if hung_savers else {}))
     return env | {"results_path": str(opts.results)}, log.rows
 
 

@@ -90,20 +90,23 @@ def bounds_table(rows: list[dict], profile: dict | None, approaches: list[str] |
 
 
 BOUNDS_COLUMNS = {
+    "s": "the median measured seconds (each column below is given for `save_` and for `load_`)",
     "bound_s": "the shortest time the counted work (bytes to and from storage, bytes through write calls, page "
-               "faults, files, CPU seconds, bytes compressed) can take here: the slowest of the limits below",
+               "faults, files, CPU seconds, bytes compressed) can take here: the longest of the limits' times below "
+               "(median of the repeats)",
     "binding": "the limit that sets the bound",
-    "x_bound": "the measured time over the bound (1 = as fast as this machine allows; medians of the repeats)",
-    "predicted_s": "a time, not a floor: the same limits combined by one stated model fitted to no measurement (a "
+    "x_bound": "the measured time over the bound, median of the repeats (1 = as fast as this machine allows)",
+    "predicted_s": "a time, not a floor: the same limits combined by one stated model with no fitted constant (a "
                    "save's storage work, then its CPU work over the cores; a load's reads and CPU work over the cores "
-                   "together, never faster than the disk's read)",
-    "x_predicted": "the measured time over the prediction",
+                   "together, never faster than the disk's read; `llama_ckpt.results.bounds.predict`)",
+    "x_predicted": "the median time over the median prediction (above 1: slower than predicted)",
 }
 
 
 def limits_legend() -> str:
     """The bounds table's columns and what each limit counts, as Markdown lists."""
-    return ("\n".join(f"- `{k}`: {v}" for k, v in BOUNDS_COLUMNS.items()) + "\n\nThe limits:\n\n"
+    return ("\n".join(f"- `{'save_' + k if k == 's' else k}`: {v}" for k, v in BOUNDS_COLUMNS.items())
+            + "\n\nThe limits:\n\n"
             + "\n".join(f"- **{k}**: {v}" for k, v in bounds.LIMITS.items()))
 
 
@@ -130,10 +133,12 @@ def bounds_findings(rows: list[dict], profile: dict | None, approaches: list[str
         if not pred.empty:
             near = pred[(pred - 1).abs() <= bounds.PREDICTION_TOLERANCE]
             off = pred.drop(near.index).sort_values()
-            out.append(f"  Predicted from the profile and the counted work alone (one model for every approach): "
-                       f"{len(near)} of {len(pred)} within {bounds.PREDICTION_TOLERANCE:.0%} of the measured median"
-                       + (". Off by more: " + ", ".join(f"`{n}` {x:.2f}x" for n, x in off.items()) if len(off) else "")
-                       + ".")
+            tol = bounds.PREDICTION_TOLERANCE
+            out.append(f"  Predicted from the profile and the counted work (one model for every approach): "
+                       f"{len(near)} of {len(pred)} within {tol:.0%} of their prediction (measured over predicted "
+                       f"{1 - tol:.2f}x-{1 + tol:.2f}x)"
+                       + (". Off by more (below 1: faster than predicted; above 1: slower): "
+                          + ", ".join(f"`{n}` {x:.2f}x" for n, x in off.items()) if len(off) else "") + ".")
         far = col[col[f"{step}_x_bound"].astype(float) >= 3].sort_values(f"{step}_x_bound", ascending=False)
         if not far.empty:
             out.append(f"  At 3x their bound or more (time that no counted limit explains: waiting, or limits taken "
@@ -190,6 +195,6 @@ def sustained_findings(records: list[dict], rows: list[dict], tolerance: float =
                "faster in a row than alone")
         out.append(f"- `{name}`: {r['in_a_row']:.0f} saves in a row, median {r['median_s']:.3g} s (first "
                    f"{r['first_s']:.3g}, last {r['last_s']:.3g}, slowest {r['slowest_s']:.3g}) against "
-                   f"{r['isolated_s']:.3g} s alone (median of {r['n_isolated']:.0f}): {x:.2f}x, {say} "
-                   f"(it holds within {tolerance:.0%}).")
+                   f"{r['isolated_s']:.3g} s alone (median of {r['n_isolated']:.0f}): {x:.2f}x: {say} "
+                   f"(the isolated figure is taken to hold within ±{tolerance:.0%}).")
     return "\n".join(out)

@@ -249,9 +249,11 @@ class Summary:
                 "the runner-up may be as good):\n\n" + "\n".join(lines))
 
     def back_to_back(self) -> tuple[str, pd.DataFrame]:
-        """05's back-to-back saves against the same approaches' isolated saves: findings and table."""
-        return (machine_report.sustained_findings(self.sustained, self.registered_rows),
-                machine_report.sustained_table(self.sustained, self.registered_rows))
+        """05's back-to-back saves against the same approaches' isolated saves in 05 (its own rows and those it
+        shared), as 05's notebook shows them: findings and table."""
+        rows = self.by_phase.get("05-formats", [])
+        return (machine_report.sustained_findings(self.sustained, rows),
+                machine_report.sustained_table(self.sustained, rows))
 
     def bounds_findings(self) -> str:
         return machine_report.bounds_findings(self.registered_rows, self.machine())

@@ -17,14 +17,16 @@ limit counts, or to limits taken one after another instead of together).
 
 The **prediction** (:func:`predict`) is a time, not a floor: the same
 limits, combined by one stated model that knows nothing of the format and
-is fitted to no measurement. A save does its storage work in one stream
-(its bytes to the disk, its files one after another: the fsyncs it waits
-for), and its CPU work spread over the cores, the one after the other. A
-load's reads and CPU work are spread over the cores together, and it cannot
-beat the disk's read. Its error (measured over predicted) says how far a
-figure is from what the profile alone would have said; checked in a second
-state of the machine (``run --disk-cap``), it says whether the profile
-travels.
+has no constant fitted to any measurement. A save's storage work (its bytes
+at the best durable write rate, then its files one after another) is
+followed by its CPU work spread over the cores. A load's reads and CPU work
+are spread over the cores together, and it cannot beat the disk's read. The
+counted work comes from the timed save or load itself, so the model says
+how the parts combine, not what a save costs before it runs. Its error
+(measured over predicted; above 1: slower than predicted) says how far a
+figure is from what the profile and the counted work say; checked in a
+second state of the machine (``run --disk-cap``: a slower disk, everything
+else the same), it says whether the same model still holds.
 """
 
 from __future__ import annotations
@@ -32,13 +34,14 @@ from __future__ import annotations
 import statistics
 
 PAGE = 4096
-PREDICTION_TOLERANCE = 0.25  # a prediction "holds" within this share of the measured median
+PREDICTION_TOLERANCE = 0.25  # a prediction holds when the measured median is within this share of it
 
 # limit -> what it counts, for the tables' legend
 LIMITS = {
-    "disk write": "bytes that went to storage, at the best durable write rate the profile saw",
-    "disk read": "bytes that came from storage, at the fastest cold read the disk reference saw (any sample, one "
-                 "stream or 8 threads)",
+    "disk write": "bytes that went to storage, at the best median durable write rate the profile saw (to new space, "
+                  "to freed space, or the disk reference's)",
+    "disk read": "bytes that came from storage, at the fastest cold read the disk reference saw (any sample, in "
+                 "one stream or by its threads)",
     "page-cache copy": "bytes through write calls, at one thread's page-cache write rate times the threads the save "
                        "writes with (`write_streams`, at most the cores; the cores where not known)",
     "fresh memory": "minor page faults x 4 KiB, at the fresh-memory fill rate times the cores",
@@ -55,10 +58,10 @@ def _rate(profile: dict, key: str) -> float | None:
 
 def best_read(profile: dict) -> float | None:
     """The fastest cold read of the profile's disk reference, bytes per second: its best sample of either way
-    (its median way where the samples are not kept)."""
+    whose eviction was confirmed (its median way where the samples are not kept)."""
     ref = profile.get("reference") or {}
-    times = [s[k] for s in ref.get("reference_samples") or [] for k in ("read_stream_s", "read_parallel_s")
-             if s.get(k)]
+    times = [s[k] for s in ref.get("reference_samples") or [] if s.get("read_cold", True)
+             for k in ("read_stream_s", "read_parallel_s") if s.get(k)]
     if times and ref.get("reference_bytes"):
         return ref["reference_bytes"] / min(times)
     return ref.get("reference_read_Bps")
@@ -122,8 +125,8 @@ def predict(row: dict, step: str, profile: dict) -> float | None:
     """The predicted seconds of ``row``'s ``step`` work on ``profile``'s machine
     (see the module's text; None where a limit it needs is unknown)::
 
-        save: disk write + files + CPU / cores
-        load: max(disk read, (disk read + CPU) / cores)
+        save: disk write + files + CPU seconds / cores
+        load: max(disk read, (disk read + CPU seconds) / cores)
     """
     lim = limits(row, step, profile)
     if "CPU" not in lim:

@@ -237,7 +237,9 @@ PHASES: dict[str, Phase] = {p.id: p for p in [
           "format: torch.save, safetensors, torch.distributed.checkpoint, zarr3 shards, and ts+best (OCDBT with "
           "64 MiB data files, 16 MiB chunks, one transaction committed every 1 GiB, concurrency 8, no source copy); and the loaders teams deploy (the "
           "Run:ai Model Streamer and fastsafetensors on a safetensors file, tensorizer, torch.load with mmap)",
-          "save and cold-load time as ratios in this run, throughput as a share of the disk reference, size, files",
+          "save and cold-load time as ratios in this run, throughput as a share of the disk reference, size, files; "
+          "each approach's bound and predicted time from the machine profile; four approaches also saved back to "
+          "back against their isolated saves",
           COMPARE, FORMATS_PHASE, listing="every single-process format in the registry that is neither one of the guide's "
           f"eight nor a variant of another (`python -m llama_ckpt list`), against {' and '.join(f'`{n}`' for n in FORMAT_BASELINES)}",
           pairs=(("ts+best", "pytorch-fp32"), ("ts+best", "safetensors"), ("ts+best16", "pytorch"),
