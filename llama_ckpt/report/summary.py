@@ -33,8 +33,9 @@ def _vs_next(samples: dict, a: str, b: str | None, key: str) -> str:
     x, y = samples[a][key], samples[b][key]
     if not len(x) or not len(y) or (y <= 0).any():
         return ""
-    if x.min() == x.max() and y.min() == y.max():  # a size: the same every repeat, nothing to resample
-        return f"smaller by {fmt_bytes(y[0] - x[0])}" if x[0] < y[0] else "the same"
+    if key.endswith("bytes"):  # a size: the medians' difference (a few bytes of metadata may vary by repeat)
+        d = float(statistics.median(y) - statistics.median(x))
+        return f"smaller by {fmt_bytes(d)}" if d > 0 else "the same"
     r, lo, hi = ratio_interval(x, y)
     told = ("not told apart" if hi >= 1 else "told apart" if min(len(x), len(y)) >= MIN_REPEATS else
             f"apart, but on fewer than {MIN_REPEATS} repeats")
