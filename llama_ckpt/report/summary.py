@@ -33,7 +33,7 @@ def _vs_next(samples: dict, a: str, b: str | None, key: str) -> str:
     x, y = samples[a][key], samples[b][key]
     if not len(x) or not len(y) or (y <= 0).any():
         return ""
-    if key.endswith("bytes"):  # a size: the medians' difference (a few bytes of metadata may vary by repeat)
+    if "bytes" in key:  # a size: the medians' difference (a few bytes of metadata may vary by repeat)
         d = float(statistics.median(y) - statistics.median(x))
         return f"smaller by {fmt_bytes(d)}" if d > 0 else "the same"
     r, lo, hi = ratio_interval(x, y)
