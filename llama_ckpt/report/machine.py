@@ -180,7 +180,7 @@ def sustained_findings(records: list[dict], rows: list[dict], tolerance: float =
     t = sustained_table(records, rows)
     if t.empty:
         return "No back-to-back saves in this run."
-    out = []
+    out = [f"The isolated figure is taken to hold where the median in a row is within ±{tolerance:.0%} of it.", ""]
     for name, r in t.iterrows():
         if "error" in t and isinstance(r.get("error"), str):
             out.append(f"- `{name}`: ERROR {r['error']}")
@@ -195,6 +195,5 @@ def sustained_findings(records: list[dict], rows: list[dict], tolerance: float =
                "faster in a row than alone")
         out.append(f"- `{name}`: {r['in_a_row']:.0f} saves in a row, median {r['median_s']:.3g} s (first "
                    f"{r['first_s']:.3g}, last {r['last_s']:.3g}, slowest {r['slowest_s']:.3g}) against "
-                   f"{r['isolated_s']:.3g} s alone (median of {r['n_isolated']:.0f}): {x:.2f}x: {say} "
-                   f"(the isolated figure is taken to hold within ±{tolerance:.0%}).")
+                   f"{r['isolated_s']:.3g} s alone (median of {r['n_isolated']:.0f}): {x:.2f}x: {say}.")
     return "\n".join(out)
