@@ -176,6 +176,8 @@ def test_a_writer_that_hangs_ends_its_savers_rows_with_an_error_and_the_phase_go
     assert any("stuck: hung" in s and "later checkpoints are skipped" in s for s in said)
     end = read_results([tmp_path / "r.jsonl"]).ends[-1]
     assert end["complete"] and end["writers_left_running"] == ["stuck"]
+    assert report.training_table(rows).loc["stuck", "checkpoints verified"] == "0 of 2"  # the report reads them
+    assert set(report.ranking(rows)["saver"]) <= {"stuck", "safetensors"}
     assert training.wait_limit(10) == training.WAIT_MIN_S and training.wait_limit(10**10) == pytest.approx(1000.0)
 
 

@@ -129,7 +129,7 @@ class Options:
     trim: bool = True  # discard the free space before each save (fsutil.trim); the run turns it off where it cannot
     sustained: tuple[str, ...] = ()  # approaches also saved back to back (measure_sustained), after the rounds
     sustained_saves: int = 5  # checkpoints in a row each (fewer where the disk cannot hold them together)
-    disk_cap_Bps: int | None = None  # the checkpoints' disk capped at this rate for the run (bench.diskcap), profile too
+    disk_cap_Bps: int | None = None  # the checkpoints' disk capped at this rate for the run and its profile (diskcap)
 
     def repeats_of(self, name: str) -> int:
         """How many repeats of ``name`` the run holds when complete."""
@@ -373,8 +373,9 @@ def _sustained_all(approaches, source, expected, root: Location, run_id: str, op
             continue
         rec = measure_sustained(a, source, expected, root, n, run_id, opts)
         log.write(rec)
-        say(f"  {a.name} back to back: " + (f"{n} saves in a row, " + ", ".join(f"{x:.2f}" for x in rec["saves_s"])
-                                             + " s; every one verified" if rec["verified"] else "ERROR " + rec["error"]))
+        took = ", ".join(f"{x:.2f}" for x in rec["saves_s"] or [])
+        say(f"  {a.name} back to back: " + (f"{n} saves in a row, {took} s; every one verified" if rec["verified"]
+                                             else "ERROR " + rec["error"]))
 
 
 class _StageFailed(Exception):
@@ -654,7 +655,7 @@ def run(approaches: list[Format], source: ModelSource, opts: Options,
             (diskcap.capped(ckpts, opts.disk_cap_Bps) if opts.disk_cap_Bps else contextlib.nullcontext()) as cap:
         if cap:
             say(f"disk capped: device {cap['device']} read and written at most {cap['bps'] / 1e6:,.0f} MB/s for "
-                "this run (cgroup v1 blkio throttle, every process on this machine)")
+                "this run (cgroup v1 blkio throttle: every process's I/O to that disk)")
         return _run(approaches, source, replace(opts, storage=storage), out, on_row, say)
 
 
@@ -764,7 +765,8 @@ def _run(approaches, source, opts: Options, out: Path, on_row, say):
                              **({"fewer": opts.fewer} if opts.fewer else {}), malloc_mmap_threshold=MMAP_THRESHOLD,
                              drop_caches=can_drop, trim=can_trim_, disk_cap_Bps=opts.disk_cap_Bps,
                              **({"sustained": [a.name for a in approaches if a.name in opts.sustained],
-                                 "sustained_saves": opts.sustained_saves} if opts.sustained else {}), order="interleaved, each round shuffled" if opts.interleave
+                                 "sustained_saves": opts.sustained_saves} if opts.sustained else {}),
+                             order="interleaved, each round shuffled" if opts.interleave
                              and opts.shuffle else "interleaved" if opts.interleave else "repeats back to back",
                              **({"order_seed": seed} if opts.interleave and opts.shuffle else {}),
                              **extra, **ref)

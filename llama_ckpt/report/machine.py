@@ -186,8 +186,8 @@ def sustained_findings(records: list[dict], rows: list[dict], tolerance: float =
             out.append(f"- `{name}`: ERROR {r['error']}")
             continue
         if r["x_isolated"] is None or pd.isna(r["x_isolated"]):
-            out.append(f"- `{name}`: {r['in_a_row']:.0f} saves in a row, median {r['median_s']:.3g} s (no isolated save "
-                       "to compare with)")
+            out.append(f"- `{name}`: {r['in_a_row']:.0f} saves in a row, median {r['median_s']:.3g} s (no isolated "
+                       "save to compare with)")
             continue
         x = float(r["x_isolated"])
         say = ("the isolated figure holds" if abs(x - 1) <= tolerance else
