@@ -12,7 +12,7 @@ the cap cannot be set, the run stops with one line saying why. The values
 the device had before are put back when the block ends: normally, on an
 error, on Ctrl-C or on SIGTERM (turned into an exit while the cap is held).
 A SIGKILL leaves the cap set: ``echo MAJ:MIN 0`` into both throttle files
-lifts it.
+lifts it. Why this controller: docs/decisions.md#disk-cap
 """
 
 from __future__ import annotations

@@ -127,6 +127,8 @@ def predict(row: dict, step: str, profile: dict) -> float | None:
 
         save: disk write + files + CPU seconds / cores
         load: max(disk read, (disk read + CPU seconds) / cores)
+
+    Why this form: docs/decisions.md#prediction-model
     """
     lim = limits(row, step, profile)
     if "CPU" not in lim:
