@@ -29,8 +29,6 @@ from ..errors import UserError
 
 BLKIO = Path("/sys/fs/cgroup/blkio")
 FILES = ("blkio.throttle.read_bps_device", "blkio.throttle.write_bps_device")
-
-
 SYS_BLOCK = Path("/sys/dev/block")
 
 
@@ -83,7 +81,8 @@ def capped(path: Path, bps: int, root: Path | None = None, sys_block: Path | Non
                 try:
                     f.write_text(f"{dev} {bps}\n")
                 except OSError as exc:
-                    raise UserError(f"cannot cap the disk {dev}: the kernel refused {f.name} ({exc.strerror or exc})")
+                    raise UserError(f"cannot cap the disk {dev}: the kernel refused {f.name} "
+                                    f"({exc.strerror or exc})") from None
             yield {"device": dev, "bps": bps, "before_bps": before}
         finally:
             failed = []
