@@ -175,12 +175,13 @@ def check_memory(source: ModelSource, world: int, on_this_node: int | None = Non
                         f"{psutil.virtual_memory().available / 1e9:.1f} GB available")
 
 
-def memory_skips(approaches: list[Format], source: ModelSource) -> dict[str, str]:
+def memory_skips(approaches: list[Format], source: ModelSource, held: int = 0) -> dict[str, str]:
     """The approaches whose estimated peak (``Format.peak_estimate``, on top
-    of this process's own memory now) exceeds the memory available, each with
-    the reason: skipped up front rather than killed by the kernel mid-save."""
+    of this process's own memory now and ``held`` bytes more it will hold
+    beside the save) exceeds the memory available, each with the reason:
+    skipped up front rather than killed by the kernel mid-save."""
     available = psutil.virtual_memory().available + psutil.Process().memory_info().rss
-    base = psutil.Process().memory_info().rss
+    base = psutil.Process().memory_info().rss + held
     out = {}
     for a in approaches:
         need = a.peak_estimate(source.nbytes) + base
@@ -357,12 +358,10 @@ def _sustained_all(approaches, source, expected, root: Location, run_id: str, op
     """``approaches`` back to back, each as many times in a row as the disk holds together (at most
     ``opts.sustained_saves``)."""
     local = root.local_file()
-    base = psutil.Process().memory_info().rss
     for a in approaches:
-        need = a.peak_estimate(source.nbytes) + source.nbytes + base  # the held copy beside a save's own peak
-        if need > psutil.virtual_memory().available + base:
-            say(f"{a.name} back to back: skipped, holding the source beside its saves needs about {need / 1e9:.1f} GB "
-                f"of memory, {psutil.virtual_memory().available / 1e9:.1f} GB available")
+        why = memory_skips([a], source, held=source.nbytes).get(a.name)  # the held copy beside a save's own peak
+        if why:
+            say(f"{a.name} back to back: skipped, holding the source beside its saves: {why}")
             continue
         n = opts.sustained_saves
         if local is not None:
@@ -740,6 +739,7 @@ def _run(approaches, source, opts: Options, out: Path, on_row, say):
     _announce(approaches, source, opts, run_id, len(todo), results_path, cores, say)
     remove_stale_saves(root.parent, say)
     can_drop = can_drop_caches(say)
+    in_a_row = [a for a in approaches if a.name in opts.sustained] if not sharded else []  # also back to back
     can_trim_ = can_trim(root, say) if opts.group is None else None
     opts = replace(opts, trim=bool(can_trim_))
     if opts.group is not None:  # a launched job: every rank must see what rank 0 writes
@@ -764,7 +764,7 @@ def _run(approaches, source, opts: Options, out: Path, on_row, say):
                              **({"shared": opts.done} if opts.done else {}),
                              **({"fewer": opts.fewer} if opts.fewer else {}), malloc_mmap_threshold=MMAP_THRESHOLD,
                              drop_caches=can_drop, trim=can_trim_, disk_cap_Bps=opts.disk_cap_Bps,
-                             **({"sustained": [a.name for a in approaches if a.name in opts.sustained],
+                             **({"sustained": [a.name for a in in_a_row],
                                  "sustained_saves": opts.sustained_saves} if opts.sustained else {}),
                              order="interleaved, each round shuffled" if opts.interleave
                              and opts.shuffle else "interleaved" if opts.interleave else "repeats back to back",
@@ -774,7 +774,6 @@ def _run(approaches, source, opts: Options, out: Path, on_row, say):
     kept = None
     try:
         expected = None
-        in_a_row = [a for a in approaches if a.name in opts.sustained] if not sharded else []
         writing = list({a.name: a for a in measured + in_a_row}.values())
         if not sharded and writing:
             say("recording per-tensor digests of the source")

@@ -112,13 +112,16 @@ def limits(row: dict, step: str, profile: dict) -> dict[str, float]:
     return out
 
 
-def bound(row: dict, step: str, profile: dict) -> tuple[float | None, str | None]:
-    """(the shortest time ``row``'s ``step`` work can take, the limit that sets it); (None, None) where unknown."""
-    lim = limits(row, step, profile)
+def _bound(lim: dict[str, float]) -> tuple[float | None, str | None]:
     if not lim:
         return None, None
     name = max(lim, key=lim.get)
     return lim[name], name
+
+
+def bound(row: dict, step: str, profile: dict) -> tuple[float | None, str | None]:
+    """(the shortest time ``row``'s ``step`` work can take, the limit that sets it); (None, None) where unknown."""
+    return _bound(limits(row, step, profile))
 
 
 def predict(row: dict, step: str, profile: dict) -> float | None:
@@ -130,7 +133,10 @@ def predict(row: dict, step: str, profile: dict) -> float | None:
 
     Why this form: docs/decisions.md#prediction-model
     """
-    lim = limits(row, step, profile)
+    return _predict(limits(row, step, profile), step, profile)
+
+
+def _predict(lim: dict[str, float], step: str, profile: dict) -> float | None:
     if "CPU" not in lim:
         return None
     cores = profile["cores"]
@@ -148,8 +154,8 @@ def approach_bounds(rows: list[dict], step: str, profile: dict) -> dict | None:
     limit that binds most often (ties: the larger median), the median share
     (time / bound), every limit's median seconds, the median prediction and
     the measured median over it (``x_predicted``)."""
-    got = [(r[f"{step}_s"], *bound(r, step, profile), limits(r, step, profile), predict(r, step, profile))
-           for r in rows if r.get(f"{step}_s") and r.get("verified")]
+    each = [(r[f"{step}_s"], limits(r, step, profile)) for r in rows if r.get(f"{step}_s") and r.get("verified")]
+    got = [(t, *_bound(lim), lim, _predict(lim, step, profile)) for t, lim in each]
     got = [g for g in got if g[1]]
     if not got:
         return None
