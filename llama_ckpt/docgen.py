@@ -118,7 +118,18 @@ FIELD_DOCS = {
     "state": "`model`, or `model+optimizer` (AdamW's state too)",
     "checkpoint_bytes": "bytes of the state checkpointed",
     "step": "the training step the checkpoint holds",
-    "blocking_s": "seconds from the saver's call until the loop may step again",
+    "loop": "`accelerator` (a step's device work a wait that holds no core, its host work an in-place update of "
+            "every tensor) or `cpu` (forward, backward and AdamW on this machine's cores)",
+    "device_step_s": "the accelerator loop's device seconds per step (a wait); null in the CPU loop",
+    "blocking_s": "seconds the saver held the loop: its call, plus any wait for its staging before the loop's next "
+                  "in-place update",
+    "call_s": "of the blocking time, the call until it returned",
+    "update_wait_s": "of the blocking time, the wait before the loop's next in-place update for a staging that went "
+                     "on after the call (DCP's async staging); null where there is none",
+    "host_inflight_s": "the accelerator loop: each in-flight step's host part (after the device wait), seconds",
+    "host_after_s": "the accelerator loop: each step's host part after the save was durable, seconds",
+    "host_cpu_inflight_s": "the training thread's CPU seconds in each in-flight step's host part",
+    "host_cpu_after_s": "the training thread's CPU seconds in each host part after the save was durable",
     "durable_s": "seconds from the call until the checkpoint is committed (durable)",
     "stall_s": "seconds the loop waited at the end of the segment for a save still in flight",
     "segment_s": "the segment's wall time, from the call",

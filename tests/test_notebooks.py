@@ -22,6 +22,7 @@ ALL = [p.slug for p in PHASES.values()] + [SUMMARY_SLUG]
 RUN = "smoke"
 SMOKE_DELAYS_MS = (0.0, 5.0)
 SMOKE_CLAIMS_CAP = 7  # 08: the rule's minimum of 5, then one round of 2
+SMOKE_CLAIMS_BUDGET_S = 600  # (the default run's budget is 0: no round beyond the minimum)
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +33,9 @@ def suite_run(tmp_path_factory):
     # (on tiny, timings too short to decide a claim took them to the cap of 12)
     r = subprocess.run([sys.executable, "-m", "llama_ckpt", "suite", "--model", "tiny", "--repeats", "1",
                         "--out", str(out), "--run-id", RUN, "--set", f"4e.CLOUD_DELAYS_MS={list(SMOKE_DELAYS_MS)}",
-                        "--set", f"08.CLAIMS_CAP={SMOKE_CLAIMS_CAP}"], capture_output=True, text=True, timeout=1800)
+                        "--set", f"08.CLAIMS_CAP={SMOKE_CLAIMS_CAP}",
+                        "--set", f"08.CLAIMS_BUDGET_S={SMOKE_CLAIMS_BUDGET_S}"], capture_output=True, text=True,
+                       timeout=1800)
     return out, r
 
 
@@ -72,11 +75,13 @@ def test_each_phase_wrote_its_result_rows(suite_run, phase):
         assert sorted(got, key=key) == sorted([
             (a, w, lw, 1, "spawn") for w, lw in DIST_CONFIGS for a in names(sharded=True)] + [
             (a, n * k, n * k, n, "torchrun") for n, k in TORCHRUN_CONFIGS for a in names(sharded=True)], key=key)
-    elif phase.kind == TRAINING:  # one checkpoint of every saver inside the loop, each holding its step's weights
-        from llama_ckpt.bench.savers import SAVERS
+    elif phase.kind == TRAINING:  # one checkpoint of every saver in each loop, each holding its step's weights
+        from llama_ckpt.bench.savers import CPU_SAVERS, SAVERS
 
-        assert [r["approach"] for r in loaded.training] == list(SAVERS) and not loaded.measurements
+        assert [(r["loop"], r["approach"]) for r in loaded.training] == [
+            ("accelerator", n) for n in SAVERS] + [("cpu", n) for n in CPU_SAVERS] and not loaded.measurements
         assert all(r["verified"] and r["blocking_s"] > 0 and r["durable_s"] > 0 for r in loaded.training)
+        assert all(r["state"] == "model+optimizer" for r in loaded.training)  # the optimizer state by default
     elif phase.kind == CLAIMS:  # rounds of repeats of the guide's approaches, then its own end record
         assert any(e.get("claims_final") for e in loaded.ends)
         # the cap set with --set reached the notebook: no approach beyond it, every phase's rows counted
@@ -158,7 +163,9 @@ def test_summary_ranks_the_savers_for_training(suite_run):
     from llama_ckpt.report import summary
 
     out, _ = suite_run
-    rank = summary.load(out, RUN).training_ranking()
+    s = summary.load(out, RUN)
+    assert s.training_loop() == "accelerator"  # the loop asynchronous saving is used in, where the run has it
+    rank = s.training_ranking()
     assert sorted(rank["saver"]) == sorted(SAVERS)
     blocking = [float(b.split()[0]) for b in rank["blocking"]]
     assert blocking == sorted(blocking)  # least blocking first
@@ -293,5 +300,10 @@ def test_the_notebooks_parameter_defaults_are_the_packages():
     d = defaults("08-claims")
     assert (d["CLAIMS_CAP"], d["CLAIMS_STEP"], d["CLAIMS_BUDGET_S"]) == (
         phases.CLAIMS_CAP, phases.CLAIMS_STEP, phases.CLAIMS_BUDGET_S)
+    d = defaults("07-training")  # the notebook's defaults are the code's
+    from llama_ckpt.bench.savers import CPU_SAVERS
+    from llama_ckpt.bench.training import LOOPS
+
+    assert (d["LOOPS"], d["CPU_SAVERS"], d["OPTIMIZER_STATE"]) == (",".join(LOOPS), ",".join(CPU_SAVERS), True)
     d = defaults("4e-ocdbt")
     assert tuple(map(float, d["CLOUD_DELAYS_MS"])) == phases.CLOUD_DELAYS_MS and d["CLOUD_MODEL"] == phases.CLOUD_MODEL

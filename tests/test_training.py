@@ -49,6 +49,7 @@ def _checkpoint_then_step(saver, trainer, loc, optimizer=False):
     go = threading.Event()
     hooks = Hooks(started=lambda: go.wait(60)) if saver.mode != "sync" else Hooks()
     pending = saver.start(sd, loc, {k: e.digest for k, e in at_k.items()}, hooks)
+    trainer.gate = pending.gate  # a staging still going on is waited for before the update, as the loops do
     trainer.step()  # the loop goes on, updating the weights in place
     go.set()
     assert pending.wait(120) >= 0
@@ -128,7 +129,7 @@ def test_killed_mid_background_save_no_checkpoint_is_committed_and_the_previous_
 def test_run_training_measures_each_saver_and_verifies_every_checkpoint(tmp_path):
     savers = [SAVERS[n] for n in ("safetensors", "copy+safetensors-thread", "fork+safetensors")]
     opts = training.TrainingOptions(out=tmp_path, checkpoints=tmp_path / "ckpts", results=tmp_path / "r.jsonl",
-                                    repeats=2, steps_before=1, steps_after=2)
+                                    repeats=2, steps_before=1, steps_after=2, loops=("cpu",), optimizer=False)
     env, rows = training.run_training(savers, get_model("tiny"), opts)
     assert [(r["approach"], r["repeat"]) for r in rows] == [(s.name, k) for s in savers for k in (1, 2)]
     assert all(r["verified"] and r["error"] is None for r in rows)
@@ -163,7 +164,8 @@ def test_a_writer_that_hangs_ends_its_savers_rows_with_an_error_and_the_phase_go
 
     stuck = Stuck("stuck", "a writer that hangs", SAVERS["safetensors"].fmt, "safetensors")
     opts = training.TrainingOptions(out=tmp_path, checkpoints=tmp_path / "ckpts", results=tmp_path / "r.jsonl",
-                                    repeats=2, steps_before=1, steps_after=1, wait_timeout_s=1.0)
+                                    repeats=2, steps_before=1, steps_after=1, wait_timeout_s=1.0,
+                                    loops=("accelerator",))
     said = []
     try:
         env, rows = training.run_training([stuck, SAVERS["safetensors"]], get_model("tiny"), opts, say=said.append)
@@ -173,9 +175,9 @@ def test_a_writer_that_hangs_ends_its_savers_rows_with_an_error_and_the_phase_go
         ("stuck", 1, False), ("stuck", 2, False), ("safetensors", 1, True), ("safetensors", 2, True)]
     assert rows[0]["error"].startswith("hung: not durable 1 s after the call") and rows[0]["segment_s"] >= 1.0
     assert rows[1]["error"] == "skipped: checkpoint 1 of this saver hung"
-    assert any("stuck: hung" in s and "later checkpoints are skipped" in s for s in said)
+    assert any("stuck (accelerator loop): hung" in s and "later checkpoints are skipped" in s for s in said)
     end = read_results([tmp_path / "r.jsonl"]).ends[-1]
-    assert end["complete"] and end["writers_left_running"] == ["stuck"]
+    assert end["complete"] and end["writers_left_running"] == ["stuck (accelerator)"]
     assert report.training_table(rows).loc["stuck", "checkpoints verified"] == "0 of 2"  # the report reads them
     assert set(report.ranking(rows)["saver"]) <= {"stuck", "safetensors"}
     assert training.wait_limit(10) == training.WAIT_MIN_S and training.wait_limit(10**10) == pytest.approx(1000.0)
@@ -190,7 +192,7 @@ def test_every_checkpoint_starts_from_dropped_caches(tmp_path, monkeypatch):
     monkeypatch.setattr(type(saver), "start", lambda self, *a, **k: events.append("start") or start(self, *a, **k))
     monkeypatch.setattr(fsutil, "settle", lambda: events.append("settle") or True)
     opts = training.TrainingOptions(out=tmp_path, checkpoints=tmp_path / "ckpts", results=tmp_path / "r.jsonl",
-                                    repeats=2, steps_before=1, steps_after=1)
+                                    repeats=2, steps_before=1, steps_after=1, loops=("accelerator",))
     env, rows = training.run_training([saver], get_model("tiny"), opts)
     assert events == ["settle", "start"] * 2
     assert [r["caches_dropped"] for r in rows] == [True, True] and all(r["verified"] for r in rows)
@@ -203,6 +205,99 @@ def test_a_model_too_big_to_train_here_is_skipped_with_the_reason(tmp_path):
     assert rows == [] and "AdamW" in env["skipped"]["07-training"] and "GB" in env["skipped"]["07-training"]
     assert read_results([tmp_path / "r.jsonl"]).ends[-1]["complete"]
     assert "No checkpoint was taken in this run: training open_llama_3b" in report.findings(rows, env)
+
+
+def test_the_accelerator_loop_steps_until_durable_and_every_checkpoint_is_its_steps_state(tmp_path):
+    # Every saver of a kind, in the accelerator-bound loop, with the optimizer state (the default): the loop steps
+    # while the save is in flight, then steps_after more; its host part is recorded; every checkpoint verifies.
+    savers = [SAVERS[n] for n in ("safetensors", "dcp-async-staging", "fork+safetensors")]
+    opts = training.TrainingOptions(out=tmp_path, checkpoints=tmp_path / "ckpts", results=tmp_path / "r.jsonl",
+                                    repeats=2, steps_before=1, steps_after=2, loops=("accelerator",))
+    env, rows = training.run_training(savers, get_model("tiny"), opts)
+    assert env["loops"] == {"accelerator": [s.name for s in savers]} and env["state"] == "model+optimizer"
+    assert env["device_step_s"] == pytest.approx(training.device_step_s(get_model("tiny").n_params))
+    assert [(r["loop"], r["approach"]) for r in rows] == [("accelerator", s.name) for s in savers for _ in (1, 2)]
+    assert all(r["verified"] and r["error"] is None for r in rows)
+    for r in rows:
+        assert r["state"] == "model+optimizer" and r["checkpoint_bytes"] == training.state_bytes_of(
+            get_model("tiny"), True) + 4 * len(get_model("tiny").specs)  # + each tensor's step count
+        assert len(r["steps_after_s"]) == 2 == len(r["host_after_s"]) == len(r["host_cpu_after_s"])
+        assert len(r["host_inflight_s"]) == len(r["steps_inflight_s"])
+        assert r["blocking_s"] == pytest.approx(r["call_s"] + (r["update_wait_s"] or 0.0))
+    assert all(r["update_wait_s"] is not None for r in rows if r["approach"] == "dcp-async-staging")
+    assert all(r["update_wait_s"] is None for r in rows if r["approach"] != "dcp-async-staging")
+    assert list(report.cost_table(rows, "accelerator").index) == [s.name for s in savers]
+    assert "accelerator-bound loop" in report.loop_setup(rows, env)
+
+
+def test_the_accelerator_loop_changes_every_tensor_every_step():
+    t = training.DeviceTrainer(get_model("tiny"), device_s=0.0)
+    before = _expected(t.state_dict(True))
+    t.step()
+    after = _expected(t.state_dict(True))
+    assert before.keys() == after.keys() and all(before[k].digest != after[k].digest for k in before)
+    assert set(after) == set(_trainer_keys())  # the same names as the CPU loop's state
+    assert t.last_host_s > 0 and t.last_host_cpu_s > 0
+
+
+def _trainer_keys():
+    t = training.Trainer(get_model("tiny"))
+    t.step()
+    return t.state_dict(True)
+
+
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
+@pytest.mark.parametrize("gate", [True, False], ids=["waited", "not-waited"])
+def test_dcp_async_staging_needs_the_loop_to_wait_before_its_update(tmp_path, monkeypatch, gate):
+    # DCP's async staging copies after the call returns: a loop that updates the state before the staging is done
+    # checkpoints the next step's values (the control, not-waited, shows the check catches it); waiting at the gate
+    # before the update gives step k's state.
+    from torch.distributed.checkpoint.staging import DefaultStager
+
+    go = threading.Event()
+    stage = DefaultStager._stage
+    monkeypatch.setattr(DefaultStager, "_stage", lambda self, sd, **kw: go.wait(30) and stage(self, sd, **kw))
+    saver = SAVERS["dcp-async-staging"]
+    t = training.DeviceTrainer(get_model("tiny"), device_s=0.0)
+    t.step()
+    sd = t.state_dict(True)
+    at_k = _expected(sd)
+    loc = LocalDir(tmp_path / "ckpt")
+    try:
+        pending = saver.start(sd, loc, {k: e.digest for k, e in at_k.items()})
+        assert pending.gate is not None and not pending.done()
+        if gate:
+            t.gate = pending.gate
+            threading.Timer(0.2, go.set).start()  # the staging finishes while the loop waits at the gate
+        t.step()
+        go.set()
+        pending.wait(60)
+    finally:
+        go.set()
+        saver.close()
+    assert check(saver.load(loc), at_k).verified is gate
+    if gate:
+        assert t.gate is None and t.gate_waited_s is not None
+
+
+def test_the_phase_refuses_an_unknown_loop_or_saver(tmp_path):
+    from llama_ckpt.study.phases import get_phase
+    from llama_ckpt.suite.kinds import Training
+
+    with pytest.raises(UserError, match="loops: gpu; the loops: accelerator, cpu"):
+        Training(get_phase("07"), out_dir=tmp_path, loops="gpu").plan()
+    with pytest.raises(UserError, match="cpu_savers: no saver nope"):
+        Training(get_phase("07"), out_dir=tmp_path, cpu_savers="dcp,nope").plan()
+    plan = Training(get_phase("07"), out_dir=tmp_path, loops="cpu", cpu_savers="all").plan()
+    assert list(plan) == ["cpu"] and [s.name for s in plan["cpu"]] == list(SAVERS)
+
+
+def test_the_interval_at_which_checkpoints_cost_a_share_of_the_run():
+    # cost / (interval + cost) <= share: a 1 s checkpoint costs 1% with 99 s of training between checkpoints
+    assert report.interval_for(1.0, 0.1, 0.0, 0.01) == (990, pytest.approx(99.0))
+    # never shorter than the save's background: the next checkpoint would wait for it
+    assert report.interval_for(0.01, 0.1, 30.0, 0.05) == (300, pytest.approx(30.0))
+    assert report.interval_for(0.0, 0.1, 0.0, 0.05) == (1, pytest.approx(0.1))
 
 
 def test_model_path_is_refused_for_training(tmp_path):

@@ -88,6 +88,9 @@ class Pending:
         self.durable_at: float | None = None
         self.writer_cpu_s: float | None = None  # CPU seconds of the writer, where it is a thread or process of its own
         self.staging_s: float | None = None  # seconds of the staging copy, where the saver makes one itself
+        # Where staging goes on after the call (DCP's async staging): what the loop must wait for before it
+        # next updates the state in place; None once nothing is left to wait for.
+        self.gate: Callable[[], None] | None = None
 
     def done(self) -> bool:
         return self._event.is_set()
@@ -328,12 +331,19 @@ class DcpAsync(Saver):
     checkpoint to the next), then DCP writes it from a thread of this process
     (``thread``) or from DCP's own writer process (``process``: started
     on the first save, kept for the next; it needs a process group, so a
-    one-rank gloo group is made when there is none)."""
+    one-rank gloo group is made when there is none). With ``async_staging``
+    the copy itself is made by the stager's thread after the call returns
+    (``use_async_staging``): the loop may step on, but must wait for the
+    staging (``AsyncSaveResponse.staging_completion``, :attr:`Pending.gate`)
+    before it next updates the state in place."""
 
-    def __init__(self, name, description, fmt: DistributedCheckpoint, sync_of=None, process: bool = False):
+    def __init__(self, name, description, fmt: DistributedCheckpoint, sync_of=None, process: bool = False,
+                 async_staging: bool = False):
         super().__init__(name, description, fmt, sync_of)
         self.mode = "process" if process else "thread"
+        self.async_staging = async_staging
         self.blocked_by = ("DCP's staging copy (shared memory) + the request to its writer process" if process
+                           else "the wait for DCP's staging before the next update" if async_staging
                            else "DCP's staging copy")
         self._stager = None
         self._own_group = False
@@ -344,7 +354,8 @@ class DcpAsync(Saver):
 
     def knobs(self) -> dict:
         return super().knobs() | {"async_checkpointer_type": self.mode, "stager": "DefaultStager, cached, "
-                                  + ("shared memory" if self.mode == "process" else "no shared memory")}
+                                  + ("shared memory" if self.mode == "process" else "no shared memory")
+                                  + (", async staging" if self.async_staging else "")}
 
     def prepare(self, scratch):
         import torch.distributed as dist
@@ -383,7 +394,8 @@ class DcpAsync(Saver):
             # accelerator here), staged before async_save returns.
             self._stager = DefaultStager(StagingOptions(use_pinned_memory=False,
                                                         use_shared_memory=self.mode == "process",
-                                                        use_async_staging=False, use_non_blocking_copy=False))
+                                                        use_async_staging=self.async_staging,
+                                                        use_non_blocking_copy=False))
         kind = AsyncCheckpointerType.PROCESS if self.mode == "process" else AsyncCheckpointerType.THREAD
         self._staged_bytes = sum(v.nbytes for v in state_dict.values())
         out = dcp.async_save(self.fmt.cast_consuming(state_dict),
@@ -391,6 +403,8 @@ class DcpAsync(Saver):
                                                                  thread_count=self.fmt.threads()),
                              async_checkpointer_type=kind, async_stager=self._stager, no_dist=self.mode == "thread")
         future = getattr(out, "upload_completion", out)
+        if self.async_staging:
+            pending.gate = out.staging_completion.result
         return lambda: future.result()
 
 
@@ -405,6 +419,9 @@ def _savers() -> dict[str, Saver]:
              APPROACHES["ts+best"]),
         # -- asynchronous: the loop goes on while the bytes are written
         DcpAsync("dcp-async", "dcp.async_save, written from a thread (DefaultStager's cached copy)", dcp, "dcp"),
+        DcpAsync("dcp-async-staging", "dcp.async_save from a thread, staged by DefaultStager's own thread "
+                 "(use_async_staging): the loop waits for the staging only before its next in-place update", dcp,
+                 "dcp", async_staging=True),
         DcpAsync("dcp-async-process", "dcp.async_save, written by DCP's writer process (staged in shared memory)",
                  dcp, "dcp", process=True),
         TensorStoreAsync("ts+best-async", "ts+best's configuration in one transaction, source copied by "
@@ -426,3 +443,10 @@ def _savers() -> dict[str, Saver]:
 # Savers keep state between checkpoints (staging buffers, DCP's stager): the
 # training phase closes each one after its last checkpoint.
 SAVERS: dict[str, Saver] = _savers()
+
+# The savers the CPU-bound loop measures by default (07's CPU_SAVERS; "all" for every one): on that loop every
+# background writer takes its cores from the steps, which one saver per way of writing in the background shows
+# (a thread of the loop's process, DCP's staging before or after the call, a forked process), beside the
+# synchronous saves of their formats. The accelerator-bound loop measures every saver.
+CPU_SAVERS: tuple[str, ...] = ("safetensors", "dcp", "dcp-async", "dcp-async-staging", "copy+safetensors-thread",
+                               "fork+safetensors")

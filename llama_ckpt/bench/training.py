@@ -2,13 +2,20 @@
 is blocked, how long until the checkpoint is durable, and what the save
 costs the steps around it.
 
-The loop is a real one on the CPU: the preset's LLaMA built with
-transformers from its config (the preset's seeded weights loaded into it),
-AdamW, forward and backward on seeded random token batches. Each checkpoint
-is one *segment*: ``steps_before`` steps with no save in flight, the saver's
-call at step k (digests of the state at step k taken just before it, outside
-every timing), then ``steps_after`` steps while the save finishes in the
-background; the loop then waits for it if it is still in flight (``stall_s``).
+Two loops (``LOOPS``). The CPU-bound loop (:class:`Trainer`) is a real one
+on this machine's cores: the preset's LLaMA built with transformers from its
+config (the preset's seeded weights loaded into it), AdamW, forward and
+backward on seeded random token batches. The accelerator-bound loop
+(:class:`DeviceTrainer`) is the loop asynchronous saving is used in: a
+step's device work is a wait that holds no core and no interpreter lock,
+its host work AdamW's in-place update of a slice of every tensor.
+
+Each checkpoint is one *segment*: ``steps_before`` steps with no save in
+flight, the saver's call at step k (digests of the state at step k taken
+just before it, outside every timing), then steps while the save finishes in
+the background: the CPU loop takes ``steps_after`` and then waits for it if
+it is still in flight (``stall_s``); the accelerator loop steps until it is
+durable, then ``steps_after`` more.
 The loop's time and CPU per step with no save in flight are taken from the
 steps that began after the save was durable: the step before the call
 follows the previous checkpoint's check (a cold load of the whole state,
@@ -61,6 +68,16 @@ TRAIN_MODEL_COPIES, STATE_COPIES = 4, 2
 # as long as writing the state at WAIT_FLOOR_BPS would take (a writer slower than that is taken as stuck).
 WAIT_MIN_S, WAIT_FLOOR_BPS = 120.0, 10e6
 HUNG = "hung: "  # the error of a checkpoint that was not durable in time: the saver's later checkpoints are skipped
+ADAM_BETAS, ADAM_EPS, ADAM_WEIGHT_DECAY = (0.9, 0.999), 1e-8, 1e-2  # torch.optim.AdamW's defaults
+# The accelerator-bound loop (DeviceTrainer). Its device time per step defaults to DLIO's LLaMA 7B workload
+# (argonne-lcf/dlio_benchmark, dlio_benchmark/configs/workload/llama_7b.yaml: computation_time 2.44 s per step,
+# which DLIO, the engine of MLPerf Storage, spends in a sleep) scaled by parameters: the same tokens per step, a
+# step's work in proportion to the parameters. DLIO's step has no host work at all; this loop's host work is the
+# least a step must do for its checkpoints to mean anything: AdamW's update of HOST_SLICE elements (one 4 KiB page
+# of float32) of every tensor of the state, in place. Its time is measured, not chosen.
+DLIO_STEP_S, DLIO_PARAMS = 2.44, 6.74e9
+HOST_SLICE = 1024
+LOOPS = ("accelerator", "cpu")  # the loops 07 measures, in this order
 
 
 def wait_limit(state_bytes: int) -> float:
@@ -68,13 +85,39 @@ def wait_limit(state_bytes: int) -> float:
     return max(WAIT_MIN_S, state_bytes / WAIT_FLOOR_BPS)
 
 
-class Trainer:
-    """The training loop stand-in: one ``step()`` is a forward and backward
-    pass on a batch of random tokens and an AdamW update, in place."""
+class _Gated:
+    """What both loops share: a gate the loop passes before its in-place
+    update (a saver whose staging goes on after its call, DCP's async
+    staging, sets it: :attr:`savers.Pending.gate`), timed apart from the step."""
+
+    def __init__(self):
+        self.step_no = 0
+        self.gate = None
+        self.gate_waited_s: float | None = None  # the wait at the last gate passed, until read
+
+    def _pass_gate(self) -> float:
+        if self.gate is None:
+            return 0.0
+        t0 = time.perf_counter()
+        try:
+            self.gate()
+        finally:
+            self.gate = None
+            self.gate_waited_s = time.perf_counter() - t0
+        return self.gate_waited_s
+
+
+class Trainer(_Gated):
+    """The CPU-bound loop: one ``step()`` is a forward and backward pass on a
+    batch of random tokens and an AdamW update, in place, all on this
+    machine's cores."""
+
+    loop = "cpu"
 
     def __init__(self, source: PresetModel, batch: int = BATCH, seq_len: int = SEQ_LEN, seed: int = 0):
         from transformers import AutoModelForCausalLM
 
+        super().__init__()
         torch.manual_seed(seed)
         self.model = AutoModelForCausalLM.from_config(source.config)
         self.model.load_state_dict(source.materialize())
@@ -82,19 +125,19 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=LEARNING_RATE)
         self.batch, self.seq_len, self.vocab = batch, seq_len, source.config.vocab_size
         self.tokens = torch.Generator().manual_seed(seed)
-        self.step_no = 0
         self._names = {p: n for n, p in self.model.named_parameters()}
 
     def step(self) -> float:
-        """One training step; its seconds."""
+        """One training step; its seconds, less any wait at the gate."""
         x = torch.randint(0, self.vocab, (self.batch, self.seq_len), generator=self.tokens)
         t0 = time.perf_counter()
         loss = self.model(input_ids=x, labels=x).loss
         loss.backward()
+        waited = self._pass_gate()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step_no += 1
-        return time.perf_counter() - t0
+        return time.perf_counter() - t0 - waited
 
     def state_dict(self, optimizer: bool = False) -> dict[str, torch.Tensor]:
         """What a checkpoint holds: the model's tensors (the loop's own, which
@@ -111,6 +154,77 @@ class Trainer:
         return sd
 
 
+def device_step_s(n_params: int) -> float:
+    """The accelerator-bound loop's default device time per step: DLIO's
+    LLaMA 7B step scaled by the model's parameters."""
+    return DLIO_STEP_S * n_params / DLIO_PARAMS
+
+
+class DeviceTrainer(_Gated):
+    """The accelerator-bound loop: the state lives where this process can
+    checkpoint it (the preset's weights, AdamW's two moments and step count),
+    and one ``step()`` is the device's forward and backward, stood in for by
+    a wait of ``device_s`` during which the training thread holds neither a
+    core nor the interpreter lock (as a thread waiting on a device stream),
+    then the host's part: AdamW's update of the first ``host_slice`` elements
+    of every parameter and both its moments, in place, one tensor after
+    another (small ops, as a non-fused optimizer launches them), and its step
+    count. Every tensor of the state changes every step, so a checkpoint that
+    is not its step's state does not verify; a staging copy is still a copy
+    of the whole state, as a device-to-host copy is."""
+
+    loop = "accelerator"
+
+    def __init__(self, source: PresetModel, device_s: float | None = None, host_slice: int = HOST_SLICE,
+                 seed: int = 0):
+        super().__init__()
+        self.device_s = device_step_s(source.n_params) if device_s is None else device_s
+        self.host_slice = host_slice
+        self.weights = source.materialize()
+        g = torch.Generator().manual_seed(seed)
+        # AdamW's moments as a run some way in holds them (nonzero, every page written), from the same seed
+        self.moments = {}
+        for k, w in self.weights.items():
+            m = torch.randn(w.shape, generator=g, dtype=torch.float32).mul_(1e-3)
+            self.moments[k] = (m, m.square())
+        self.steps = {k: torch.zeros(1) for k in self.weights}
+        self.grads = torch.Generator().manual_seed(seed + 1)
+        self.last_host_s = self.last_host_cpu_s = 0.0
+
+    @torch.no_grad()
+    def step(self) -> float:
+        """One step; its seconds, less any wait at the gate. ``last_host_s``
+        and ``last_host_cpu_s``: the host part's wall and thread CPU seconds."""
+        t0 = time.perf_counter()
+        time.sleep(self.device_s)  # forward and backward on the device
+        waited = self._pass_gate()
+        h0, c0 = time.perf_counter(), time.thread_time()
+        grad = torch.randn(self.host_slice, generator=self.grads)  # this step's gradients, as they arrive
+        for k, w in self.weights.items():
+            n = min(self.host_slice, w.numel())
+            m, v = self.moments[k]
+            g, m1, v1, w1 = grad[:n], m.view(-1)[:n], v.view(-1)[:n], w.view(-1)[:n]
+            self.steps[k].add_(1)
+            m1.lerp_(g, 1 - ADAM_BETAS[0])
+            v1.mul_(ADAM_BETAS[1]).addcmul_(g, g, value=1 - ADAM_BETAS[1])
+            w1.mul_(1 - LEARNING_RATE * ADAM_WEIGHT_DECAY).addcdiv_(m1, v1.sqrt().add_(ADAM_EPS),
+                                                                    value=-LEARNING_RATE)
+        self.last_host_s, self.last_host_cpu_s = time.perf_counter() - h0, time.thread_time() - c0
+        self.step_no += 1
+        return time.perf_counter() - t0 - waited
+
+    def state_dict(self, optimizer: bool = False) -> dict[str, torch.Tensor]:
+        """The weights, and with ``optimizer`` AdamW's state under the same
+        names as :meth:`Trainer.state_dict`'s."""
+        sd = dict(self.weights)
+        if optimizer:
+            for k in self.weights:
+                m, v = self.moments[k]
+                sd |= {f"optimizer/{k}/exp_avg": m, f"optimizer/{k}/exp_avg_sq": v,
+                       f"optimizer/{k}/step": self.steps[k]}
+        return sd
+
+
 def specs_of(state_dict: dict[str, torch.Tensor]) -> list[TensorSpec]:
     return [TensorSpec(k, tuple(v.shape), v.dtype) for k, v in state_dict.items()]
 
@@ -124,30 +238,49 @@ class TrainingOptions:
     repeats: int = 3  # checkpoints per saver
     steps_before: int = STEPS_BEFORE
     steps_after: int = STEPS_AFTER
-    optimizer: bool = False  # checkpoint AdamW's state too (what a resumable checkpoint holds)
+    optimizer: bool = True  # checkpoint AdamW's state too (what a resumable checkpoint holds); False: weights only
+    loops: tuple[str, ...] = LOOPS  # which loops, in order: "accelerator" (DeviceTrainer), "cpu" (Trainer)
+    device_s: float | None = None  # the accelerator loop's device wait per step (None: device_step_s of the model)
+    host_slice: int = HOST_SLICE  # elements of every tensor the accelerator loop's step updates on the host
     batch: int = BATCH
     seq_len: int = SEQ_LEN
     keep: bool = False  # keep each saver's last checkpoint
     wait_timeout_s: float | None = None  # a checkpoint not durable this long after the call is hung (wait_limit)
 
 
-def memory_needed(savers: list[Saver], model_bytes: int, state_bytes: int, rss_now: int) -> int:
-    """The loop's copies of the model, the state copies of a checkpoint and
-    its check, plus a staging copy where a saver keeps one (one saver at a
-    time: the others are closed)."""
+def memory_needed(savers: list[Saver], model_bytes: int, state_bytes: int, rss_now: int, loop: str = "cpu") -> int:
+    """The loop's own copies (the CPU loop: weights, gradients, two moments;
+    the accelerator loop: weights and two moments, its gradients being on
+    the device), the state copies of a checkpoint and its check, plus a
+    staging copy where a saver keeps one (one saver at a time: the others
+    are closed)."""
     staging = int(any(isinstance(s, (StagedThread, DcpAsync)) for s in savers))
-    return TRAIN_MODEL_COPIES * model_bytes + (STATE_COPIES + staging) * state_bytes + rss_now
+    own = TRAIN_MODEL_COPIES * model_bytes if loop == "cpu" else 3 * model_bytes
+    return own + (STATE_COPIES + staging) * state_bytes + rss_now
+
+
+def state_specs(source: ModelSource, optimizer: bool) -> list[TensorSpec]:
+    """The tensors a checkpoint of either loop holds: the weights, and with
+    ``optimizer`` both moments of each and its step count (their names as
+    the loops' ``state_dict`` gives them; the CPU loop's model may hold a
+    few more buffers, which this estimate leaves out)."""
+    specs = list(source.specs)
+    if optimizer:
+        specs += [TensorSpec(f"optimizer/{s.name}/{k}", s.shape, s.dtype) for s in source.specs
+                  for k in ("exp_avg", "exp_avg_sq")]
+        specs += [TensorSpec(f"optimizer/{s.name}/step", (1,), torch.float32) for s in source.specs]
+    return specs
 
 
 def state_bytes_of(source: ModelSource, optimizer: bool) -> int:
     return source.nbytes * (3 if optimizer else 1)  # AdamW: two moments the size of the weights
 
 
-def too_big(savers: list[Saver], source: ModelSource, optimizer: bool) -> str | None:
+def too_big(savers: list[Saver], source: ModelSource, optimizer: bool, loops=("cpu",)) -> str | None:
     """Why training this model here would not fit in memory, or None."""
     state = state_bytes_of(source, optimizer)
     rss = psutil.Process().memory_info().rss
-    need = memory_needed(savers, source.nbytes, state, rss)
+    need = max(memory_needed(savers, source.nbytes, state, rss, loop) for loop in loops)
     have = psutil.virtual_memory().available + rss
     if need <= have:
         return None
@@ -157,75 +290,70 @@ def too_big(savers: list[Saver], source: ModelSource, optimizer: bool) -> str | 
             "available here")
 
 
-def run_training(savers: list[Saver], source: ModelSource, opts: TrainingOptions,
+def _plan(savers, loops) -> dict[str, list[Saver]]:
+    """Which savers each loop measures: one list for every loop, or a list per loop."""
+    plan = savers if isinstance(savers, dict) else {loop: list(savers) for loop in loops}
+    if bad := sorted(set(plan) - set(LOOPS)):
+        raise UserError(f"no training loop {', '.join(bad)}; the loops: {', '.join(LOOPS)}")
+    return {loop: plan[loop] for loop in LOOPS if loop in plan and plan[loop]}
+
+
+def run_training(savers: list[Saver] | dict[str, list[Saver]], source: ModelSource, opts: TrainingOptions,
                  on_row: Callable[[dict], None] = lambda r: None, say: Callable[[str], None] = lambda s: None):
-    """Every saver's ``opts.repeats`` checkpoints inside one training loop,
-    one saver at a time; rows to the results file as they finish. Returns
-    (environment record, rows); a model too large to train here is not
-    measured: the environment's ``skipped`` says why and there are no rows."""
+    """Every saver's ``opts.repeats`` checkpoints inside each loop of
+    ``opts.loops`` (``savers``: the same for every loop, or a list per
+    loop), one loop and one saver at a time; rows to the results file as
+    they finish. Returns (environment record, rows); a model too large to
+    train here is not measured: the environment's ``skipped`` says why and
+    there are no rows."""
     if opts.repeats < 1:
         raise UserError(f"repeats must be at least 1, got {opts.repeats}")
     if not isinstance(source, PresetModel):
         raise UserError("07-training builds its model from a preset (MODEL); MODEL_PATH is not used there")
+    plan = _plan(savers, opts.loops)
+    every = list({s.name: s for ss in plan.values() for s in ss}.values())
     run_id = opts.run_id or new_run_id()
     root = LocalDir(opts.checkpoints)
     fsutil.check_writable(Path(opts.checkpoints).parent)
-    log = RunLog(Path(opts.results), run_id, len(savers) * opts.repeats, on_row)
-    base = dict(model=source.name, weights=source.weights, n_params=source.n_params, repeats=opts.repeats, approaches=[s.name for s in savers],
+    log = RunLog(Path(opts.results), run_id, sum(len(ss) for ss in plan.values()) * opts.repeats, on_row)
+    device_s = device_step_s(source.n_params) if opts.device_s is None else opts.device_s
+    base = dict(model=source.name, weights=source.weights, n_params=source.n_params, repeats=opts.repeats,
+                approaches=[s.name for s in every], loops={loop: [s.name for s in ss] for loop, ss in plan.items()},
                 state="model+optimizer" if opts.optimizer else "model", batch=opts.batch, seq_len=opts.seq_len,
-                steps_before=opts.steps_before, steps_after=opts.steps_after)
-    why = too_big(savers, source, opts.optimizer)
+                steps_before=opts.steps_before, steps_after=opts.steps_after,
+                device_step_s=device_s if "accelerator" in plan else None,
+                host_slice=opts.host_slice if "accelerator" in plan else None)
+    why = too_big(every, source, opts.optimizer, tuple(plan))
     if why:
         say(f"skipped: {why}")
         env = environment_record(run_id, Path(opts.out), **base, skipped={"07-training": why})
         log.write(env)
         log.end(True, skipped=why)
         return env, []
-    say(f"building {source.name} for training ({source.n_params:,} parameters) with AdamW; batches of "
-        f"{opts.batch} x {opts.seq_len} tokens")
-    trainer = Trainer(source, opts.batch, opts.seq_len)
-    trainer.step()  # AdamW's state exists from the first step on
-    state = trainer.state_dict(opts.optimizer)
-    specs = specs_of(state)
     block = fsutil.block_size(Path(opts.checkpoints).parent)
-    need = max(s.fmt.estimate_bytes(specs, block) for s in savers) * (len(savers) if opts.keep else 1)
+    specs = state_specs(source, opts.optimizer)
+    need = max(s.fmt.estimate_bytes(specs, block) for s in every) * (len(every) * len(plan) if opts.keep else 1)
     free = fsutil.free_bytes(Path(opts.checkpoints).parent)
     if need + DISK_HEADROOM > free:
         raise UserError(f"not enough free disk in {Path(opts.checkpoints).parent}: the checkpoints need about "
                         f"{(need + DISK_HEADROOM) / 1e9:.2f} GB, {free / 1e9:.2f} GB free")
     env = environment_record(run_id, Path(opts.out), **base, n_tensors=len(specs),
-                             checkpoint_bytes=sum(s.nbytes for s in specs), drop_caches=can_drop_caches(say))
-    del state
+                             checkpoint_bytes=sum(x.nbytes for x in specs), drop_caches=can_drop_caches(say))
     log.write(env)
     remove_stale_saves(root.parent, say)
-    say(f"{len(savers)} savers x {opts.repeats} checkpoint(s), each: {opts.steps_before} step(s), the checkpoint, "
-        f"{opts.steps_after} step(s); results -> {opts.results}")
     hung_savers: list[str] = []
     try:
-        for s in savers:
-            warm_up(s.name, s.prepare, root / f"warm-up-{s.name}", say)  # DCP's writer process
-            try:
-                hung = None
-                for r in range(1, opts.repeats + 1):
-                    loc = root / f"{s.name}-{r}"
-                    if hung:  # a writer still stuck: no later checkpoint of this saver is measured
-                        log.add(training_row(run_id=run_id, approach=s.name, mode=s.mode, format=s.fmt.name,
-                                             model=source.name, weights=source.weights, repeat=r, verified=False,
-                                             error=f"skipped: checkpoint {hung} of this saver hung",
-                                             finished_at=_now()))
-                        continue
-                    row = segment(s, trainer, loc, r, opts, source, run_id)
-                    log.add(row)
-                    if (row["error"] or "").startswith(HUNG):
-                        hung = r
-                        hung_savers.append(s.name)
-                        say(f"{s.name}: {row['error']}; its later checkpoints are skipped")
-                        continue  # its writer may still write there: left for the end of the run
-                    if not (opts.keep and r == opts.repeats):
-                        loc.remove()
-            finally:
-                s.close()  # its staging copy freed before the next saver,
-                release_memory()  # and handed back, so the next one starts from the same memory state
+        for loop, loop_savers in plan.items():
+            trainer = _trainer(loop, source, opts, device_s, say)
+            say(f"{loop} loop: {len(loop_savers)} savers x {opts.repeats} checkpoint(s), each: "
+                f"{opts.steps_before} step(s), the checkpoint, "
+                + (f"steps until it is durable, then {opts.steps_after} more" if loop == "accelerator"
+                   else f"{opts.steps_after} step(s)") + f"; results -> {opts.results}")
+            for s in loop_savers:
+                if _saver_rows(s, trainer, root / loop, opts, source, run_id, log, say):
+                    hung_savers.append(f"{s.name} ({loop})")
+            del trainer
+            release_memory()
     except KeyboardInterrupt:
         log.end(False, interrupted="KeyboardInterrupt")
         raise
@@ -236,9 +364,53 @@ def run_training(savers: list[Saver], source: ModelSource, opts: TrainingOptions
     return env | {"results_path": str(opts.results)}, log.rows
 
 
-def segment(saver: Saver, trainer: Trainer, loc, repeat: int, opts: TrainingOptions, source: ModelSource,
+def _trainer(loop: str, source: PresetModel, opts: TrainingOptions, device_s: float, say):
+    if loop == "cpu":
+        say(f"building {source.name} for training on the CPU ({source.n_params:,} parameters) with AdamW; "
+            f"batches of {opts.batch} x {opts.seq_len} tokens")
+        trainer = Trainer(source, opts.batch, opts.seq_len)
+    else:
+        say(f"the accelerator-bound loop on {source.name}: {device_s:.3g} s of device time per step (a wait), then "
+            f"AdamW's update of {opts.host_slice} elements of every tensor on the host")
+        trainer = DeviceTrainer(source, device_s, opts.host_slice)
+    trainer.step()  # AdamW's state exists from the first step on
+    return trainer
+
+
+def _saver_rows(s: Saver, trainer, root, opts: TrainingOptions, source, run_id, log, say) -> bool:
+    """One saver's checkpoints in one loop; whether its writer hung."""
+    warm_up(s.name, s.prepare, root / f"warm-up-{s.name}", say)  # DCP's writer process
+    try:
+        hung = None
+        for r in range(1, opts.repeats + 1):
+            loc = root / f"{s.name}-{r}"
+            if hung:  # a writer still stuck: no later checkpoint of this saver is measured
+                log.add(training_row(run_id=run_id, approach=s.name, loop=trainer.loop, mode=s.mode, format=s.fmt.name,
+                                     model=source.name, weights=source.weights, repeat=r, verified=False,
+                                     error=f"skipped: checkpoint {hung} of this saver hung", finished_at=_now()))
+                continue
+            row = segment(s, trainer, loc, r, opts, source, run_id)
+            log.add(row)
+            if (row["error"] or "").startswith(HUNG):
+                hung = r
+                say(f"{s.name} ({trainer.loop} loop): {row['error']}; its later checkpoints are skipped")
+                continue  # its writer may still write there: left for the end of the run
+            if not (opts.keep and r == opts.repeats):
+                loc.remove()
+    finally:
+        s.close()  # its staging copy freed before the next saver,
+        release_memory()  # and handed back, so the next one starts from the same memory state
+    return hung is not None
+
+
+def segment(saver: Saver, trainer, loc, repeat: int, opts: TrainingOptions, source: ModelSource,
             run_id: str) -> dict:
-    """One checkpoint of ``saver`` inside the loop, then its check; a row."""
+    """One checkpoint of ``saver`` inside the loop, then its check; a row.
+    The CPU loop steps ``steps_after`` times after the call, then waits for a
+    save still in flight; the accelerator loop steps until the save is
+    durable (or hung), then ``steps_after`` more, as a loop that never waits
+    for its checkpoints would."""
+    accel = trainer.loop == "accelerator"
     cpu0 = cpu_seconds()
     with PeakRSS() as idle, MachineMemory() as idle_machine:
         before = [trainer.step() for _ in range(opts.steps_before)]
@@ -247,39 +419,52 @@ def segment(saver: Saver, trainer: Trainer, loc, repeat: int, opts: TrainingOpti
     dtype = saver.fmt.stored_dtype
     exp = expected_digests(sd, {dtype})[dtype]  # step k's digests, before the call and outside every timing
     digests = {k: e.digest for k, e in exp.items()}
-    row = dict(run_id=run_id, approach=saver.name, mode=saver.mode, blocked_by=saver.blocked_by,
+    row = dict(run_id=run_id, approach=saver.name, loop=trainer.loop, mode=saver.mode, blocked_by=saver.blocked_by,
                sync_of=saver.sync_of, format=saver.fmt.name,
                knobs=saver.knobs(), model=source.name, weights=source.weights, n_params=source.n_params,
                tensor_set=tensor_set_digest(specs_of(sd)), state="model+optimizer" if opts.optimizer else "model",
                checkpoint_bytes=sum(v.nbytes for v in sd.values()), repeat=repeat, step=trainer.step_no,
                steps_before_s=before, peak_rss_idle_bytes=idle.peak, machine_used_idle_bytes=idle_machine.peak,
-               cpu_before_s=cpu_before)
+               cpu_before_s=cpu_before, device_step_s=trainer.device_s if accel else None)
     # the save starts from the same file-system state as every other (the previous checkpoint was just removed),
     # outside every timing: written back, caches dropped (root only)
     row["caches_dropped"] = fsutil.settle()
     row["rss_before_bytes"] = sum(rss_parts())
-    inflight, after, after_cpu = [], [], []
+    inflight, after, after_cpu, host = [], [], [], {"inflight": [], "after": [], "inflight_cpu": [], "after_cpu": []}
     stage = "save"
+    limit = opts.wait_timeout_s or wait_limit(row["checkpoint_bytes"])
     try:
         with PeakRSS() as peak, MachineMemory() as machine:
             cpu0 = cpu_seconds()
             t0 = time.perf_counter()
             pending = saver.start(sd, loc, digests)
-            row["blocking_s"] = time.perf_counter() - t0
+            row["call_s"] = row["blocking_s"] = time.perf_counter() - t0
+            trainer.gate, trainer.gate_waited_s = pending.gate, None
             del sd
-            for _ in range(opts.steps_after):
+
+            def one_step():
                 busy = not pending.done()
                 c0 = cpu_seconds()
                 dt = trainer.step()
-                if busy:
-                    inflight.append(dt)
-                else:  # the save is durable: the loop's own time and CPU
-                    after.append(dt)
+                if trainer.gate_waited_s is not None:  # the staging the loop waited for before its update
+                    row["update_wait_s"], trainer.gate_waited_s = trainer.gate_waited_s, None
+                (inflight if busy else after).append(dt)
+                if not busy:  # the save is durable: the loop's own time and CPU
                     after_cpu.append(cpu_seconds() - c0)
+                if accel:
+                    host["inflight" if busy else "after"].append(trainer.last_host_s)
+                    host["inflight_cpu" if busy else "after_cpu"].append(trainer.last_host_cpu_s)
+            if accel:
+                while not pending.done() and time.perf_counter() - t0 < limit:
+                    one_step()
+            for _ in range(opts.steps_after):
+                one_step()
             t1 = time.perf_counter()
-            limit = opts.wait_timeout_s or wait_limit(row["checkpoint_bytes"])
             hung = False
             try:
+                if trainer.gate is not None:  # no step passed it: the staging is waited for here
+                    trainer._pass_gate()
+                    row["update_wait_s"], trainer.gate_waited_s = trainer.gate_waited_s, None
                 row["durable_s"] = pending.wait(max(0.0, limit - (t1 - t0)))
             except TimeoutError:
                 hung = True
@@ -287,6 +472,11 @@ def segment(saver: Saver, trainer: Trainer, loc, repeat: int, opts: TrainingOpti
                 row["stall_s"] = time.perf_counter() - t1
                 row["segment_s"] = time.perf_counter() - t0
                 row["cpu_segment_s"] = cpu_seconds() - cpu0
+        # what the loop was held for: the call, and the wait for the saver's staging before its next update
+        row["blocking_s"] = row["call_s"] + (row.get("update_wait_s") or 0.0)
+        if accel:
+            row.update(host_inflight_s=host["inflight"], host_after_s=host["after"],
+                       host_cpu_inflight_s=host["inflight_cpu"], host_cpu_after_s=host["after_cpu"])
         if hung:
             row.update(steps_inflight_s=inflight, steps_after_s=after, verified=False,
                        error=f"{HUNG}not durable {limit:.0f} s after the call (its writer is still running)")

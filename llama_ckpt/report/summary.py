@@ -320,10 +320,16 @@ class Summary:
         t = report.memory_table(self.registered_rows)
         return t.loc[[n for n in names() if n in t.index]] if not t.empty else t
 
+    def training_loop(self) -> str | None:
+        """The loop the summary ranks the savers in: the accelerator-bound one where the run has it (the loop
+        asynchronous saving is used in), else the CPU-bound one."""
+        loops = train_report.loops(self.training)
+        return "accelerator" if "accelerator" in loops else (loops[0] if loops else None)
+
     def training_ranking(self) -> pd.DataFrame:
-        """For training (07): least blocking time, then time until durable,
+        """For training (07), in :meth:`training_loop`: least blocking time, then time until durable,
         with the loop's slowdown and the extra memory beside them."""
-        return train_report.ranking(self.training)
+        return train_report.ranking(self.training, self.training_loop())
 
     def scaling(self) -> pd.DataFrame:
         """06's sharded rows: checkpoint time and aggregate throughput by ranks."""
@@ -382,8 +388,9 @@ class Summary:
             rank = self.training_ranking()
             if not rank.empty:
                 top = rank.iloc[0]
-                out.append(f"- For training (07): {top['saver']} blocks the loop least, {top['blocking']} per checkpoint "
-                           f"(durable after {top['durable']}, steps in flight {top['slowdown']}).")
+                out.append(f"- For training (07, {train_report.LOOP_TITLES.get(self.training_loop())}): {top['saver']} "
+                           f"blocks the loop least, {top['blocking']} per checkpoint (durable after {top['durable']}, "
+                           f"steps in flight {top['slowdown']}).")
         missing = [n for n in GUIDE_EIGHT if n not in summ]
         if missing:
             out.append(f"- Not measured (or not valid) in this run: {', '.join(missing)}.")

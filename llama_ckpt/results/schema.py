@@ -42,15 +42,23 @@ MEASUREMENT_FIELDS = (
 
 # A checkpoint taken inside the training loop (07-training), one row each.
 TRAINING_FIELDS = (
-    "record", "run_id", "approach", "mode", "blocked_by", "sync_of", "format", "knobs", "model", "weights",
+    "record", "run_id", "approach",
+    # which loop: "accelerator" (the device's work a wait, the host's an in-place update of every tensor) or
+    # "cpu" (forward, backward and AdamW on this machine's cores); the accelerator loop's device seconds per step
+    "loop", "device_step_s",
+    "mode", "blocked_by", "sync_of", "format", "knobs", "model", "weights",
     "n_params",
     "tensor_set",
     "state", "checkpoint_bytes", "repeat", "step",
     # whether the kernel's page and buffer cache was dropped before the save (fsutil.settle: root only)
     "caches_dropped",
-    # seconds: from the call until the loop may step again; from the call until committed (durable);
-    # the loop's wait at the end of the segment for a save still in flight; the segment's wall time
+    # seconds: what the loop was held for (the call, plus the wait for the saver's staging before its next
+    # update); from the call until committed (durable); the loop's wait at the end of the segment for a save
+    # still in flight; the segment's wall time
     "blocking_s", "durable_s", "stall_s", "segment_s",
+    # of the blocking time: the call until it returned; the wait before the loop's next in-place update for a
+    # staging that goes on after the call (DCP's async staging), None where there is none
+    "call_s", "update_wait_s",
     # of the blocking time, the staging copy where the saver makes one itself
     "staging_s",
     # every step's seconds in the segment: before the call (no save in flight), while the save was in
@@ -58,6 +66,9 @@ TRAINING_FIELDS = (
     "steps_before_s", "steps_inflight_s", "steps_after_s",
     # the process's CPU seconds during each step after the save was durable (the loop's own)
     "steps_after_cpu_s",
+    # the accelerator loop: each step's host part (after the device wait), wall and thread CPU seconds, for the
+    # steps that began while the save was in flight and after it was durable
+    "host_inflight_s", "host_after_s", "host_cpu_inflight_s", "host_cpu_after_s",
     # resident memory: the process's just before the call, its peak over the steps before the call (no save
     # in flight) and from the call until durable; the machine's memory in use (every process: a forked
     # writer, pages copied on write, a writer process's copy) over the same two spans

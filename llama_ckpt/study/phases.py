@@ -107,7 +107,7 @@ SHARDED_PROTOCOL = (
 
 CLAIMS_CAP = 12  # the most repeats 08 gives an approach for a claim
 CLAIMS_STEP = 2  # repeats added per round to each approach that leaves a claim undecided
-CLAIMS_BUDGET_S = 240  # repeats beyond MIN_REPEATS: none starts after this long (docs/decisions.md#claims-budget)
+CLAIMS_BUDGET_S = 0  # repeats beyond MIN_REPEATS: none starts after this long (docs/decisions.md#claims-budget)
 CLAIMS_PROTOCOL = (
     "Protocol (`llama_ckpt.suite.kinds.Claims`): every claim of the guide is judged on every row this "
     "run has of the approaches it compares (each configuration is measured once per run and shared by the phases "
@@ -124,17 +124,24 @@ CLAIMS_PROTOCOL = (
     "(durable saves, cold loads, every load verified).")
 
 TRAINING_PROTOCOL = (
-    "Protocol (`llama_ckpt.bench.training`): the preset's LLaMA is trained on the CPU (transformers, AdamW, forward "
-    "and backward on seeded random token batches) and checkpointed by one saver at a time, each taking its "
-    "checkpoints in a row as a run that uses it would (its staging copy kept between them, freed before the next "
-    "saver). Each checkpoint is a segment of the loop: a step with no save in flight, the saver's call at step k (the "
-    "digests of step k's tensors taken just before it, outside every timing), then steps while the save finishes in "
-    "the background, and a wait for it if it is still in flight. **Blocking** is the call's time (until the loop may "
-    "step again), **durable** the time from the call until the checkpoint is committed (every byte fsynced, then "
-    "manifest and marker, by this process: a process killed mid-save leaves no committed checkpoint). The loop "
-    "updates the weights in place meanwhile; each checkpoint is then loaded cold and must match step k's digests "
-    "bit for bit, so one holding later weights, or a mix, fails. `MODEL_PATH` is not used here: the model is built "
-    "from the preset's config.")
+    "Protocol (`llama_ckpt.bench.training`): two training loops, one after the other. In the **accelerator-bound** "
+    "loop a step's device work (forward and backward) is a wait during which the training thread holds neither a "
+    "core nor the interpreter lock, as a thread waiting on a device does (its length: DLIO's LLaMA 7B step scaled by "
+    "the model's parameters), then the host's part: AdamW's update of a slice of every tensor of the state, in "
+    "place. The **CPU-bound** loop trains the preset's LLaMA on this machine's cores (transformers, AdamW, forward "
+    "and backward on seeded random token batches). By default a checkpoint holds the weights and AdamW's state (its "
+    "two moments and step count: what a run needs to resume). Each saver takes its checkpoints in a row as a run that "
+    "uses it would (its staging copy kept between them, freed before the next saver). Each checkpoint is a segment of "
+    "the loop: a step with no save in flight, the saver's call at step k (the digests of step k's tensors taken just "
+    "before it, outside every timing), then steps while the save finishes in the background: the accelerator loop "
+    "steps until it is durable and a few steps more, the CPU loop steps a fixed number of times and then waits for "
+    "it. **Blocking** is what the saver holds the loop for: its call, plus, where its staging goes on after the call "
+    "(DCP's async staging), the wait for it before the loop's next in-place update. **Durable** is the time from "
+    "the call until the checkpoint is committed (every byte fsynced, then manifest and marker, by this process: a "
+    "process killed mid-save leaves no committed checkpoint). The loop updates the state in place meanwhile; each "
+    "checkpoint is then loaded cold and must match step k's digests bit for bit, so one holding later weights, or a "
+    "mix, fails. A checkpoint not durable within a time limit ends its saver's rows with an error and the phase goes "
+    "on. `MODEL_PATH` is not used here: the model is built from the preset's config.")
 
 
 # 4f's sweep: one knob of a base approach at a time, (base, knob, values)
@@ -260,11 +267,13 @@ PHASES: dict[str, Phase] = {p.id: p for p in [
     Phase("07", "07-training", "Checkpoints inside a training loop",
           "How long does a checkpoint stop a training loop, how long until it is durable, and what does the save "
           "cost the steps around it?",
-          "how the save runs: synchronously; DCP's async_save from a thread or its writer process; TensorStore's own "
-          "asynchrony (writes copied, committed in the background); a staging copy, then torch.save or safetensors "
-          "in a thread or a forked process; a fork() snapshot written by the child",
+          "how the save runs: synchronously; DCP's async_save from a thread (staged before the call returns, or by "
+          "its stager's thread) or its writer process; TensorStore's own asynchrony (writes copied, committed in the "
+          "background); a staging copy, then torch.save or safetensors in a thread or a forked process; a fork() "
+          "snapshot written by the child; in an accelerator-bound loop and a CPU-bound one",
           "blocking time, time until durable, step time with and without a save in flight (slowdown), the "
-          "checkpoint's cost to the loop and its share of the wall time, extra peak memory, cold load time",
+          "checkpoint's cost to the loop, the effective training time ratio at a stated interval and the shortest "
+          "interval at which checkpoints cost at most 1% and 5% of a run, extra peak memory, cold load time",
           TRAINING, about=TRAINING_PROTOCOL, listing=", ".join(f"`{n}`" for n in SAVERS)),
     Phase("08", "08-claims", "The guide's claims, decided",
           "Which of the guide's claims hold in this run, by a stated statistical rule, with enough repeats to "

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .. import fsutil
 from ..bench import cluster, measure, training
-from ..bench.savers import SAVERS
+from ..bench.savers import CPU_SAVERS, SAVERS
 from ..errors import UserError
 from ..formats.base import Format
 from ..model import PUBLISHED_DTYPE, ModelSource, PresetModel, get_model, model_name
@@ -239,33 +239,48 @@ class Sharded(Kind):
 
 
 class Training(Kind):
-    """Every saver of ``bench.savers.SAVERS`` checkpointing a training loop
-    ``repeats`` times, one saver at a time."""
+    """Savers of ``bench.savers.SAVERS`` checkpointing training loops
+    ``repeats`` times, one loop and one saver at a time: every saver in the
+    accelerator-bound loop, ``cpu_savers`` in the CPU-bound one."""
 
-    own = {"optimizer": False, "steps_after": training.STEPS_AFTER}
+    own = {"optimizer": True, "steps_after": training.STEPS_AFTER, "loops": ",".join(training.LOOPS),
+           "cpu_savers": ",".join(CPU_SAVERS), "device_s": None}
     reads_model_path = False
+
+    def plan(self) -> dict[str, list]:
+        """Loop -> its savers, from the parameters (a bad name is refused with the known ones)."""
+        loops = [x.strip() for x in str(self.params["loops"]).split(",") if x.strip()]
+        if bad := [x for x in loops if x not in training.LOOPS] or not loops:
+            raise UserError(f"loops: {', '.join(bad) or 'none given'}; the loops: {', '.join(training.LOOPS)}")
+        cpu = [x.strip() for x in str(self.params["cpu_savers"]).split(",") if x.strip()]
+        cpu = list(SAVERS) if cpu == ["all"] else cpu
+        if bad := [x for x in cpu if x not in SAVERS]:
+            raise UserError(f"cpu_savers: no saver {', '.join(bad)}; the savers: {', '.join(SAVERS)}, or all")
+        return {loop: [SAVERS[n] for n in (cpu if loop == "cpu" else SAVERS)] for loop in loops}
 
     def approaches(self) -> list[Format]:
         return list({s.fmt.name: s.fmt for s in SAVERS.values()}.values())
 
     def size(self) -> str:
-        return f"{len(SAVERS)} savers inside a training loop x {self.repeats} checkpoint(s)"
+        return " and ".join(f"{len(ss)} savers in the {loop} loop" for loop, ss in self.plan().items()) \
+            + f", {self.repeats} checkpoint(s) each"
 
     def measure(self) -> PhaseResult:
         source = get_model(self.model or None)
+        plan = self.plan()
         opts = training.TrainingOptions(out=self.rdir, checkpoints=self.rdir / "checkpoints" / self.phase.slug,
                                         results=self.rpath, run_id=self.run_id, repeats=self.repeats,
                                         optimizer=self.params["optimizer"], steps_after=self.params["steps_after"],
-                                        keep=self.keep)
+                                        loops=tuple(plan), device_s=self.params["device_s"], keep=self.keep)
 
         def line(r):
             if r["error"]:
-                return f"  {r['approach']} #{r['repeat']}: ERROR {r['error']}"
-            return (f"  {r['approach']} #{r['repeat']} at step {r['step']}: blocked {r['blocking_s']:.3f} s, "
-                    f"durable {r['durable_s']:.2f} s, {len(r['steps_inflight_s'])} step(s) with it in flight")
+                return f"  {r['loop']}: {r['approach']} #{r['repeat']}: ERROR {r['error']}"
+            return (f"  {r['loop']}: {r['approach']} #{r['repeat']} at step {r['step']}: blocked "
+                    f"{r['blocking_s']:.3f} s, durable {r['durable_s']:.2f} s, {len(r['steps_inflight_s'])} step(s) "
+                    "with it in flight")
         with fsutil.output_lock(self.lock):
-            env, rows = training.run_training(list(SAVERS.values()), source, opts, on_row=lambda r: self.say(line(r)),
-                                              say=self.say)
+            env, rows = training.run_training(plan, source, opts, on_row=lambda r: self.say(line(r)), say=self.say)
         return self.result(rows, env)
 
 
@@ -328,6 +343,9 @@ class Claims(Kind):
                 # repeats is inconclusive by the rule), then ``step`` more a round, within the budget
                 short = any(counts[n] < MIN_REPEATS for n in need)
                 target = min(cap, MIN_REPEATS if short else max(counts[n] for n in need) + step)
+                if target > MIN_REPEATS and budget_s <= 0:
+                    stopped = f"no repeats beyond {MIN_REPEATS}: the time budget for them (CLAIMS_BUDGET_S) is 0"
+                    break
                 if target > MIN_REPEATS and t_beyond is None:
                     t_beyond = time.perf_counter()
                 self.say(f"round {k} on {src.name} ({src.weights} weights): "
