@@ -441,8 +441,8 @@ def interval_chart(rows: list[dict], title: str = ""):
                 continue
             for share in COST_SHARES:
                 _, secs = interval_for(_med(s["cost"]), s["idle_step"], _med(s["background"]), share)
-                recs.append({"loop": LOOP_TITLES.get(loop, loop), "saver": name, "cost at most": f"{share:.0%}",
-                             "seconds": secs})
+                recs.append({"loop": LOOP_TITLES.get(loop, loop), "saver": name,
+                             "cost at most": f"checkpoints cost at most {share:.0%} of the run", "seconds": secs})
     if not recs:
         return charts.empty("no verified checkpoint in this run")
     df = pd.DataFrame.from_records(recs)
@@ -451,18 +451,19 @@ def interval_chart(rows: list[dict], title: str = ""):
     fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 0.4 * n_savers + 1.8), squeeze=False)
     for ax, panel in zip(axes[0], panels):
         sub = df[df["loop"] == panel]
-        order = list(sub[sub["cost at most"] == f"{COST_SHARES[0]:.0%}"].sort_values("seconds")["saver"])
+        order = list(sub.drop_duplicates("saver", keep="first").sort_values("seconds")["saver"])
         sns.barplot(sub, y="saver", x="seconds", hue="cost at most", order=order, ax=ax)
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("a checkpoint every ... seconds of training (log scale)")
         ax.set_ylabel("")
-        ax.set_title(panel, pad=24)
-        ax.legend(title="", loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=2, frameon=False,
-                  labels=[f"checkpoints cost at most {x:.0%} of the run" for x in COST_SHARES])
+        ax.set_title(panel)
+        handles, labels = ax.get_legend_handles_labels()
+        ax.get_legend().remove()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), frameon=False)  # one legend, below
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     return fig
 
 
