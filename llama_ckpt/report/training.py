@@ -56,7 +56,7 @@ def in_loop(rows: list[dict], loop: str | None) -> list[dict]:
         if len(loops(rows)) > 1:
             raise ValueError(f"rows of {len(loops(rows))} loops ({', '.join(loops(rows))}): name the loop")
         return rows
-    return [r for r in rows if loop_of(r) == loop]
+    return [r for r in rows if r.get("record") == "training" and loop_of(r) == loop]
 
 
 def _med(xs):
@@ -222,7 +222,8 @@ def ranking(rows: list[dict], loop: str | None = None) -> pd.DataFrame:
     return pd.DataFrame(recs).set_index("rank") if recs else pd.DataFrame()
 
 
-def findings(rows: list[dict], env: dict | None = None, loop: str | None = None) -> str:
+def findings(rows: list[dict], env: dict | None = None, loop: str | None = None,
+             profile: dict | None = None) -> str:
     summ = per_saver(rows, loop)
     skipped = (env or {}).get("skipped") or {}
     if not summ:
@@ -279,6 +280,9 @@ def findings(rows: list[dict], env: dict | None = None, loop: str | None = None)
             out.append("- Blocking as a share of the saver's own synchronous save: " + ", ".join(
                 f"{n} {v:.1%}" for n, v in shares.items()) + f"; within the {BLOCKING_AIM:.0%} aim: "
                 + (", ".join(met) if met else "none") + ".")
+            copying = [n for n in shares if shares[n] > BLOCKING_AIM and async_ok[n]["staging"]]
+            if copying and (why := _copy_floor(copying, async_ok, summ, profile)):
+                out.append(why)
         cores = (env or {}).get("n_cpus")
         if kind == "accelerator" and s["host_idle"] is not None:
             out.append(_host_line(best, s))
@@ -296,6 +300,11 @@ def findings(rows: list[dict], env: dict | None = None, loop: str | None = None)
                    f"{_med(c['cost']):.3g} s per checkpoint, {_med(c['share']):.1%} of the segment's wall time"
                    + (f"; the fastest synchronous save costs {_med(syncs[f]['cost']):.3g} s "
                       f"({_med(syncs[f]['share']):.1%})" if syncs else "") + ".")
+        every = {n: interval_for(_med(a["cost"]), a["idle_step"], _med(a["background"]), COST_SHARES[0])[1]
+                 for n, a in summ.items() if a["n"] and n not in bad and a["idle_step"]}
+        out.append(f"- The shortest checkpoint interval, in training time, at which each saver costs at most "
+                   f"{COST_SHARES[0]:.0%} of a run: " + ", ".join(
+                       f"{n} {fmt_duration(t)}" for n, t in sorted(every.items(), key=lambda kv: kv[1])) + ".")
         slowed = sorted((n for n in async_ok if async_ok[n]["slowdown"] is not None),
                         key=lambda n: -async_ok[n]["slowdown"])
         if slowed:
@@ -323,6 +332,27 @@ def findings(rows: list[dict], env: dict | None = None, loop: str | None = None)
                        f"the steps: they ran {fk['slowdown']:+.0%} slower while it wrote (a staging copy written by "
                        "a forked process, copy+safetensors-process, forks too, after its copy).")
     return "\n".join(out)
+
+
+def _copy_floor(copying: list[str], async_ok: dict, summ: dict, profile: dict | None) -> str:
+    """Why a saver that copies the state before giving the loop back misses the blocking aim: its copy alone,
+    at the rate it ran, is that share of its synchronous save."""
+    mem = ((profile or {}).get("memory_copy_all_Bps") or {}).get("median")
+    parts = []
+    for n in copying:
+        a = async_ok[n]
+        base = summ.get(a["sync_of"])
+        if not base or not base["n"]:
+            continue
+        copy_s, sync_s = _med(a["staging"]), _med(base["durable"])
+        parts.append(f"{n} copied the state at {a['state_bytes'] / copy_s / 1e9:.3g} GB/s and {a['sync_of']} wrote "
+                     f"it durably at {base['state_bytes'] / sync_s / 1e9:.3g} GB/s: the copy alone is "
+                     f"{copy_s / sync_s:.0%} of that save")
+    if not parts:
+        return ""
+    return (f"- Why a staging copy misses the aim here: it needs a copy {1 / BLOCKING_AIM:.0f} times faster than the "
+            "durable save" + (f" (this machine's memory copy on all cores: {mem / 1e9:.3g} GB/s, the run's machine "
+                              "profile)" if mem else "") + "; " + "; ".join(parts) + ".")
 
 
 def _host_line(name: str, s: dict) -> str:
@@ -355,8 +385,8 @@ def loop_setup(rows: list[dict], env: dict | None) -> str:
                     "backward; the training thread holds no core and no interpreter lock meanwhile), then the host's "
                     f"part: AdamW's update of {env.get('host_slice') or '?'} elements of every tensor of the state, "
                     f"in place. The wait's length is DLIO's LLaMA 7B step ({DLIO_STEP_S:g} s, `computation_time` "
-                    "in its `llama_7b` workload; DLIO is the engine of MLPerf Storage) scaled by this model's parameters; "
-                    "DLIO's step has no host part, so this loop's host part is only what its checkpoints need to "
+                    "in its `llama_7b` workload; DLIO is the engine of MLPerf Storage) scaled by this model's "
+                    "parameters; DLIO's step has no host part, so this loop's host part is only what its checkpoints need to "
                     "mean anything.") if dev is not None else "- **The accelerator-bound loop**."
             if host is not None and steps:
                 line += (f" Measured with no save in flight: a step {_med(steps):.3g} s, its host part "
@@ -405,12 +435,12 @@ def fmt_duration(s: float) -> str:
 
 def why_table(rows: list[dict], loop: str | None = None, profile: dict | None = None) -> pd.DataFrame:
     """Per asynchronous saver, what its blocking and the steps' slowdown come
-    from: the staging copy's rate against this machine's one-thread memory
-    copy (the run's machine profile, where there is one), the writer's CPU
+    from: the staging copy's rate against this machine's memory copy on all
+    cores (the run's machine profile, where there is one), the writer's CPU
     seconds, and the host part of a step with no save and in flight, with
     the training thread's waiting (wall less its own CPU: the interpreter
     lock, or a core)."""
-    mem = ((profile or {}).get("memory_copy_1_Bps") or {}).get("median")
+    mem = ((profile or {}).get("memory_copy_all_Bps") or {}).get("median")
     recs = []
     for name, s in per_saver(rows, loop).items():
         if not s["n"] or s["mode"] == "sync":
