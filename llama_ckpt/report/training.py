@@ -386,8 +386,8 @@ def loop_setup(rows: list[dict], env: dict | None) -> str:
                     f"part: AdamW's update of {env.get('host_slice') or '?'} elements of every tensor of the state, "
                     f"in place. The wait's length is DLIO's LLaMA 7B step ({DLIO_STEP_S:g} s, `computation_time` "
                     "in its `llama_7b` workload; DLIO is the engine of MLPerf Storage) scaled by this model's "
-                    "parameters; DLIO's step has no host part, so this loop's host part is only what its checkpoints need to "
-                    "mean anything.") if dev is not None else "- **The accelerator-bound loop**."
+                    "parameters; DLIO's step has no host part, so this loop's host part is only what its "
+                    "checkpoints need to mean anything.") if dev is not None else "- **The accelerator-bound loop**."
             if host is not None and steps:
                 line += (f" Measured with no save in flight: a step {_med(steps):.3g} s, its host part "
                          f"{host * 1e3:.3g} ms ({host / _med(steps):.0%} of the step).")
