@@ -302,8 +302,9 @@ def test_the_notebooks_parameter_defaults_are_the_packages():
         phases.CLAIMS_CAP, phases.CLAIMS_STEP, phases.CLAIMS_BUDGET_S)
     d = defaults("07-training")  # the notebook's defaults are the code's
     from llama_ckpt.bench.savers import CPU_SAVERS
-    from llama_ckpt.bench.training import LOOPS
+    from llama_ckpt.bench.training import HOST_SLICE, LOOPS
 
-    assert (d["LOOPS"], d["CPU_SAVERS"], d["OPTIMIZER_STATE"]) == (",".join(LOOPS), ",".join(CPU_SAVERS), True)
+    assert (d["LOOPS"], d["CPU_SAVERS"], d["OPTIMIZER_STATE"], d["HOST_SLICE"]) == (
+        ",".join(LOOPS), ",".join(CPU_SAVERS), True, HOST_SLICE)
     d = defaults("4e-ocdbt")
     assert tuple(map(float, d["CLOUD_DELAYS_MS"])) == phases.CLOUD_DELAYS_MS and d["CLOUD_MODEL"] == phases.CLOUD_MODEL

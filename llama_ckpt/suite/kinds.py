@@ -244,7 +244,7 @@ class Training(Kind):
     accelerator-bound loop, ``cpu_savers`` in the CPU-bound one."""
 
     own = {"optimizer": True, "steps_after": training.STEPS_AFTER, "loops": ",".join(training.LOOPS),
-           "cpu_savers": ",".join(CPU_SAVERS), "device_s": None}
+           "cpu_savers": ",".join(CPU_SAVERS), "device_s": None, "host_slice": training.HOST_SLICE}
     reads_model_path = False
 
     def plan(self) -> dict[str, list]:
@@ -271,7 +271,8 @@ class Training(Kind):
         opts = training.TrainingOptions(out=self.rdir, checkpoints=self.rdir / "checkpoints" / self.phase.slug,
                                         results=self.rpath, run_id=self.run_id, repeats=self.repeats,
                                         optimizer=self.params["optimizer"], steps_after=self.params["steps_after"],
-                                        loops=tuple(plan), device_s=self.params["device_s"], keep=self.keep)
+                                        loops=tuple(plan), device_s=self.params["device_s"],
+                                        host_slice=self.params["host_slice"], keep=self.keep)
 
         def line(r):
             if r["error"]:
