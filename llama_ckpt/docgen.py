@@ -253,8 +253,9 @@ def approaches_table() -> str:
 
 
 def savers_table() -> str:
-    return _table(("saver", "mode", "the loop waits for", "what it does"),
-                  ((f"`{s.name}`", s.mode, s.blocked_by, s.description) for s in SAVERS.values()))
+    return _table(("saver", "mode", "the loop waits for", "loops", "what it does"),
+                  ((f"`{s.name}`", s.mode, s.blocked_by, "both" if s.on_accelerator else "CPU-bound only",
+                    s.description) for s in SAVERS.values()))
 
 
 def claims_table() -> str:

@@ -89,8 +89,9 @@ class Pending:
         self.writer_cpu_s: float | None = None  # CPU seconds of the writer, where it is a thread or process of its own
         self.staging_s: float | None = None  # seconds of the staging copy, where the saver makes one itself
         # Where staging goes on after the call (DCP's async staging): what the loop must wait for before it
-        # next updates the state in place; None once nothing is left to wait for.
-        self.gate: Callable[[], None] | None = None
+        # next updates the state in place, called with a timeout in seconds (TimeoutError when it passes); None
+        # where there is nothing to wait for.
+        self.gate: Callable[[float | None], None] | None = None
 
     def done(self) -> bool:
         return self._event.is_set()
@@ -117,6 +118,9 @@ class Saver:
 
     mode = "sync"
     blocked_by = "the whole save"  # what the loop waits for, in words
+    # Whether it can checkpoint a loop whose state is in an accelerator's memory: every saver but a fork()
+    # snapshot, which copies the host's pages only (07's accelerator-bound loop leaves it out).
+    on_accelerator = True
 
     def __init__(self, name: str, description: str, fmt: Format, sync_of: str | None = None):
         self.name, self.description, self.fmt = name, description, fmt
@@ -299,6 +303,7 @@ class ForkSnapshot(Saver):
 
     mode = "fork"
     blocked_by = "fork()"
+    on_accelerator = False  # a device's memory is not in the pages fork() shares: it needs a copy to the host first
 
     def _launch(self, state_dict, staged, pending):
         return _fork_writer(self.fmt, state_dict, staged, pending)
@@ -323,6 +328,22 @@ class TensorStoreAsync(Saver):
 
     def _launch(self, state_dict, staged, pending):
         return self.fmt.write_async(state_dict, staged)
+
+
+def _timed_stager(options):
+    """DCP's ``DefaultStager`` that keeps the seconds of its last staging copy (``last_s``), made in the call
+    or, with async staging, in its own thread."""
+    from torch.distributed.checkpoint.staging import DefaultStager
+
+    class TimedStager(DefaultStager):
+        last_s: float | None = None
+
+        def _stage(self, state_dict, **kwargs):
+            t0 = time.perf_counter()
+            out = super()._stage(state_dict, **kwargs)
+            self.last_s = time.perf_counter() - t0
+            return out
+    return TimedStager(options)
 
 
 class DcpAsync(Saver):
@@ -385,17 +406,17 @@ class DcpAsync(Saver):
 
     def _launch(self, state_dict, staged, pending):
         import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
+        from torch.distributed.checkpoint.staging import StagingOptions
         from torch.distributed.checkpoint.state_dict_saver import AsyncCheckpointerType
 
         if self._stager is None:
             # Staging copies kept from one checkpoint to the next (keyed by the source's storage), in
             # shared memory for the writer process; no pinned memory or non-blocking copies (no
             # accelerator here), staged before async_save returns.
-            self._stager = DefaultStager(StagingOptions(use_pinned_memory=False,
-                                                        use_shared_memory=self.mode == "process",
-                                                        use_async_staging=self.async_staging,
-                                                        use_non_blocking_copy=False))
+            self._stager = _timed_stager(StagingOptions(use_pinned_memory=False,
+                                                       use_shared_memory=self.mode == "process",
+                                                       use_async_staging=self.async_staging,
+                                                       use_non_blocking_copy=False))
         kind = AsyncCheckpointerType.PROCESS if self.mode == "process" else AsyncCheckpointerType.THREAD
         self._staged_bytes = sum(v.nbytes for v in state_dict.values())
         out = dcp.async_save(self.fmt.cast_consuming(state_dict),
@@ -403,8 +424,12 @@ class DcpAsync(Saver):
                                                                  thread_count=self.fmt.threads()),
                              async_checkpointer_type=kind, async_stager=self._stager, no_dist=self.mode == "thread")
         future = getattr(out, "upload_completion", out)
+        stager = self._stager
         if self.async_staging:
             pending.gate = out.staging_completion.result
+            out.staging_completion.add_done_callback(lambda _f: setattr(pending, "staging_s", stager.last_s))
+        else:
+            pending.staging_s = stager.last_s
         return lambda: future.result()
 
 

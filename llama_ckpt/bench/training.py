@@ -13,9 +13,10 @@ its host work AdamW's in-place update of a slice of every tensor.
 Each checkpoint is one *segment*: ``steps_before`` steps with no save in
 flight, the saver's call at step k (digests of the state at step k taken
 just before it, outside every timing), then steps while the save finishes in
-the background: the CPU loop takes ``steps_after`` and then waits for it if
-it is still in flight (``stall_s``); the accelerator loop steps until it is
-durable, then ``steps_after`` more.
+the background, until it is durable (a loop that never waits for its
+checkpoints), then ``steps_after`` more; a save not durable within
+:func:`wait_limit` is hung, and ``stall_s`` is what the loop waited for it
+at the end (none where it was durable in time).
 The loop's time and CPU per step with no save in flight are taken from the
 steps that began after the save was durable: the step before the call
 follows the previous checkpoint's check (a cold load of the whole state,
@@ -58,7 +59,7 @@ from .measure import (DISK_HEADROOM, RunLog, _describe_error, _now, can_drop_cac
 BATCH, SEQ_LEN = 1, 64  # token batch of one step: sequences x tokens
 LEARNING_RATE = 1e-4
 STEPS_BEFORE = 1  # steps with no save in flight before each checkpoint
-STEPS_AFTER = 3  # steps after the call: the save finishes in the background meanwhile
+STEPS_AFTER = 2  # steps after the save is durable (the loop's own steps, with no save in flight)
 # Memory a training run holds: the loop's own 4 copies of the model (weights,
 # gradients, AdamW's two moments), and in copies of the checkpointed state a
 # loaded copy for the check and one transient copy a save makes (safetensors'
@@ -93,14 +94,20 @@ class _Gated:
     def __init__(self):
         self.step_no = 0
         self.gate = None
+        self.gate_deadline: float | None = None  # perf_counter time after which the gate is not waited for
+        self.gate_hung = False  # the gate's deadline passed: the staging did not finish in time
         self.gate_waited_s: float | None = None  # the wait at the last gate passed, until read
 
-    def _pass_gate(self) -> float:
+    def pass_gate(self) -> float:
+        """Wait at the gate (until its deadline), once; the seconds waited. A
+        staging not done by the deadline sets ``gate_hung`` and the loop goes on."""
         if self.gate is None:
             return 0.0
         t0 = time.perf_counter()
         try:
-            self.gate()
+            self.gate(None if self.gate_deadline is None else max(0.0, self.gate_deadline - t0))
+        except TimeoutError:
+            self.gate_hung = True
         finally:
             self.gate = None
             self.gate_waited_s = time.perf_counter() - t0
@@ -133,7 +140,7 @@ class Trainer(_Gated):
         t0 = time.perf_counter()
         loss = self.model(input_ids=x, labels=x).loss
         loss.backward()
-        waited = self._pass_gate()
+        waited = self.pass_gate()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step_no += 1
@@ -193,12 +200,14 @@ class DeviceTrainer(_Gated):
 
     @torch.no_grad()
     def step(self) -> float:
-        """One step; its seconds, less any wait at the gate. ``last_host_s``
-        and ``last_host_cpu_s``: the host part's wall and thread CPU seconds."""
-        t0 = time.perf_counter()
+        """One step; its seconds, less any wait at the gate. ``last_host_s``:
+        the host part's wall seconds, from the moment the device wait was to
+        end (so a late wake-up, such as waiting for the interpreter lock after
+        the sleep, counts in it); ``last_host_cpu_s``: the training thread's
+        CPU seconds in the step (the wait itself takes none)."""
+        t0, c0 = time.perf_counter(), time.thread_time()
         time.sleep(self.device_s)  # forward and backward on the device
-        waited = self._pass_gate()
-        h0, c0 = time.perf_counter(), time.thread_time()
+        waited = self.pass_gate()
         grad = torch.randn(self.host_slice, generator=self.grads)  # this step's gradients, as they arrive
         for k, w in self.weights.items():
             n = min(self.host_slice, w.numel())
@@ -209,9 +218,10 @@ class DeviceTrainer(_Gated):
             v1.mul_(ADAM_BETAS[1]).addcmul_(g, g, value=1 - ADAM_BETAS[1])
             w1.mul_(1 - LEARNING_RATE * ADAM_WEIGHT_DECAY).addcdiv_(m1, v1.sqrt().add_(ADAM_EPS),
                                                                     value=-LEARNING_RATE)
-        self.last_host_s, self.last_host_cpu_s = time.perf_counter() - h0, time.thread_time() - c0
+        end = time.perf_counter()
+        self.last_host_s, self.last_host_cpu_s = end - t0 - self.device_s - waited, time.thread_time() - c0
         self.step_no += 1
-        return time.perf_counter() - t0 - waited
+        return end - t0 - waited
 
     def state_dict(self, optimizer: bool = False) -> dict[str, torch.Tensor]:
         """The weights, and with ``optimizer`` AdamW's state under the same
@@ -291,10 +301,13 @@ def too_big(savers: list[Saver], source: ModelSource, optimizer: bool, loops=("c
 
 
 def _plan(savers, loops) -> dict[str, list[Saver]]:
-    """Which savers each loop measures: one list for every loop, or a list per loop."""
+    """Which savers each loop measures: one list for every loop, or a list per loop. A saver that cannot
+    checkpoint a state in an accelerator's memory (``on_accelerator`` False: a fork() snapshot) is left out of
+    the accelerator-bound loop."""
     plan = savers if isinstance(savers, dict) else {loop: list(savers) for loop in loops}
     if bad := sorted(set(plan) - set(LOOPS)):
         raise UserError(f"no training loop {', '.join(bad)}; the loops: {', '.join(LOOPS)}")
+    plan = {loop: [s for s in plan[loop] if loop != "accelerator" or s.on_accelerator] for loop in plan}
     return {loop: plan[loop] for loop in LOOPS if loop in plan and plan[loop]}
 
 
@@ -346,9 +359,8 @@ def run_training(savers: list[Saver] | dict[str, list[Saver]], source: ModelSour
         for loop, loop_savers in plan.items():
             trainer = _trainer(loop, source, opts, device_s, say)
             say(f"{loop} loop: {len(loop_savers)} savers x {opts.repeats} checkpoint(s), each: "
-                f"{opts.steps_before} step(s), the checkpoint, "
-                + (f"steps until it is durable, then {opts.steps_after} more" if loop == "accelerator"
-                   else f"{opts.steps_after} step(s)") + f"; results -> {opts.results}")
+                f"{opts.steps_before} step(s), the checkpoint, steps until it is durable, then {opts.steps_after} "
+                f"more; results -> {opts.results}")
             for s in loop_savers:
                 if _saver_rows(s, trainer, root / loop, opts, source, run_id, log, say):
                     hung_savers.append(f"{s.name} ({loop})")
@@ -406,11 +418,10 @@ def _saver_rows(s: Saver, trainer, root, opts: TrainingOptions, source, run_id, 
 def segment(saver: Saver, trainer, loc, repeat: int, opts: TrainingOptions, source: ModelSource,
             run_id: str) -> dict:
     """One checkpoint of ``saver`` inside the loop, then its check; a row.
-    The CPU loop steps ``steps_after`` times after the call, then waits for a
-    save still in flight; the accelerator loop steps until the save is
-    durable (or hung), then ``steps_after`` more, as a loop that never waits
-    for its checkpoints would."""
-    accel = trainer.loop == "accelerator"
+    After the call the loop steps until the save is durable, as a loop that
+    never waits for its checkpoints would, then ``steps_after`` steps more;
+    a save not durable within the limit (a staging not done by then, or a
+    writer still writing) is hung."""
     cpu0 = cpu_seconds()
     with PeakRSS() as idle, MachineMemory() as idle_machine:
         before = [trainer.step() for _ in range(opts.steps_before)]
@@ -419,6 +430,7 @@ def segment(saver: Saver, trainer, loc, repeat: int, opts: TrainingOptions, sour
     dtype = saver.fmt.stored_dtype
     exp = expected_digests(sd, {dtype})[dtype]  # step k's digests, before the call and outside every timing
     digests = {k: e.digest for k, e in exp.items()}
+    accel = trainer.loop == "accelerator"
     row = dict(run_id=run_id, approach=saver.name, loop=trainer.loop, mode=saver.mode, blocked_by=saver.blocked_by,
                sync_of=saver.sync_of, format=saver.fmt.name,
                knobs=saver.knobs(), model=source.name, weights=source.weights, n_params=source.n_params,
@@ -433,58 +445,62 @@ def segment(saver: Saver, trainer, loc, repeat: int, opts: TrainingOptions, sour
     inflight, after, after_cpu, host = [], [], [], {"inflight": [], "after": [], "inflight_cpu": [], "after_cpu": []}
     stage = "save"
     limit = opts.wait_timeout_s or wait_limit(row["checkpoint_bytes"])
+
+    def one_step(busy: bool):
+        c0 = cpu_seconds()
+        dt = trainer.step()
+        (inflight if busy else after).append(dt)
+        if not busy:  # the save is durable: the loop's own time and CPU
+            after_cpu.append(cpu_seconds() - c0)
+        if accel:
+            host["inflight" if busy else "after"].append(trainer.last_host_s)
+            host["inflight_cpu" if busy else "after_cpu"].append(trainer.last_host_cpu_s)
+
+    def settled():  # what the segment's time says, whatever ended it
+        if trainer.gate_waited_s is not None:  # the staging the loop waited for before its update
+            row["update_wait_s"], trainer.gate_waited_s = trainer.gate_waited_s, None
+        # what the loop was held for: the call, and the wait for the saver's staging before its next update
+        row["blocking_s"] = row["call_s"] + (row.get("update_wait_s") or 0.0)
+        row.update(steps_inflight_s=inflight, steps_after_s=after, steps_after_cpu_s=after_cpu)
+        if accel:
+            row.update(host_inflight_s=host["inflight"], host_after_s=host["after"],
+                       host_cpu_inflight_s=host["inflight_cpu"], host_cpu_after_s=host["after_cpu"])
     try:
         with PeakRSS() as peak, MachineMemory() as machine:
             cpu0 = cpu_seconds()
             t0 = time.perf_counter()
             pending = saver.start(sd, loc, digests)
-            row["call_s"] = row["blocking_s"] = time.perf_counter() - t0
-            trainer.gate, trainer.gate_waited_s = pending.gate, None
+            row["call_s"] = time.perf_counter() - t0
             del sd
-
-            def one_step():
-                busy = not pending.done()
-                c0 = cpu_seconds()
-                dt = trainer.step()
-                if trainer.gate_waited_s is not None:  # the staging the loop waited for before its update
-                    row["update_wait_s"], trainer.gate_waited_s = trainer.gate_waited_s, None
-                (inflight if busy else after).append(dt)
-                if not busy:  # the save is durable: the loop's own time and CPU
-                    after_cpu.append(cpu_seconds() - c0)
-                if accel:
-                    host["inflight" if busy else "after"].append(trainer.last_host_s)
-                    host["inflight_cpu" if busy else "after_cpu"].append(trainer.last_host_cpu_s)
-            if accel:
-                while not pending.done() and time.perf_counter() - t0 < limit:
-                    one_step()
-            for _ in range(opts.steps_after):
-                one_step()
-            t1 = time.perf_counter()
-            hung = False
+            trainer.gate, trainer.gate_deadline, trainer.gate_hung = pending.gate, t0 + limit, False
+            hung, t1 = False, None
             try:
-                if trainer.gate is not None:  # no step passed it: the staging is waited for here
-                    trainer._pass_gate()
-                    row["update_wait_s"], trainer.gate_waited_s = trainer.gate_waited_s, None
+                while not pending.done() and not trainer.gate_hung and time.perf_counter() - t0 < limit:
+                    one_step(busy=True)
+                if pending.done() and not trainer.gate_hung:
+                    for _ in range(opts.steps_after):
+                        one_step(busy=False)
+                trainer.pass_gate()  # where no step passed it (a save that finished before the first)
+                t1 = time.perf_counter()
+                if trainer.gate_hung:
+                    raise TimeoutError("the staging did not finish")
                 row["durable_s"] = pending.wait(max(0.0, limit - (t1 - t0)))
             except TimeoutError:
                 hung = True
+                t1 = time.perf_counter()
             finally:
-                row["stall_s"] = time.perf_counter() - t1
+                row["stall_s"] = time.perf_counter() - t1 if t1 is not None else 0.0
                 row["segment_s"] = time.perf_counter() - t0
                 row["cpu_segment_s"] = cpu_seconds() - cpu0
-        # what the loop was held for: the call, and the wait for the saver's staging before its next update
-        row["blocking_s"] = row["call_s"] + (row.get("update_wait_s") or 0.0)
-        if accel:
-            row.update(host_inflight_s=host["inflight"], host_after_s=host["after"],
-                       host_cpu_inflight_s=host["inflight_cpu"], host_cpu_after_s=host["after_cpu"])
+                trainer.gate, trainer.gate_deadline = None, None
+                settled()
         if hung:
-            row.update(steps_inflight_s=inflight, steps_after_s=after, verified=False,
-                       error=f"{HUNG}not durable {limit:.0f} s after the call (its writer is still running)")
+            row.update(verified=False,
+                       error=f"{HUNG}not durable {limit:.0f} s after the call (its "
+                       + ("staging was still copying" if trainer.gate_hung else "writer is still running") + ")")
             return training_row(**row, finished_at=_now())
-        row.update(steps_inflight_s=inflight, steps_after_s=after, steps_after_cpu_s=after_cpu,
-                   peak_rss_bytes=peak.peak,
-                   machine_used_bytes=machine.peak, writer_cpu_s=pending.writer_cpu_s, kept_bytes=saver.kept_bytes(),
-                   staging_s=pending.staging_s)
+        row.update(peak_rss_bytes=peak.peak, machine_used_bytes=machine.peak, writer_cpu_s=pending.writer_cpu_s,
+                   kept_bytes=saver.kept_bytes(), staging_s=pending.staging_s)
         fp = loc.footprint()
         stage = "load"
         cold, _frac = loc.evict()
@@ -499,6 +515,5 @@ def segment(saver: Saver, trainer, loc, repeat: int, opts: TrainingOptions, sour
     except (KeyboardInterrupt, SystemExit):
         raise
     except FAILURES as exc:
-        row.update(steps_inflight_s=inflight, steps_after_s=after, verified=False,
-                   error=f"{stage} failed: {_describe_error(exc, loc)}")
+        row.update(verified=False, error=f"{stage} failed: {_describe_error(exc, loc)}")
     return training_row(**row, finished_at=_now())

@@ -5,7 +5,7 @@ Per saver, over its checkpoints: the medians of the blocking time and the
 time to durable; the step time with no save in flight (the steps that began
 after it was durable) against the steps that began while it was in flight
 (the slowdown); the checkpoint's cost to the loop (blocking,
-plus the in-flight steps' time beyond the no-save median, plus any wait for
+plus the in-flight steps' time beyond as many no-save steps (at the median), plus any wait for
 it at the end of the segment) and that cost's share of the segment's wall
 time; the extra peak memory (the peak from the call until durable over the
 peak of the steps before it, which hold the loop's own gradients), of this
@@ -95,7 +95,9 @@ def per_saver(rows: list[dict], loop: str | None = None) -> dict[str, dict]:
         # the loop's CPU seconds per step with no save in flight, from the same steps as its time
         per_step = _med([c for r in ok for c in r.get("steps_after_cpu_s") or []])
         for r in ok:
-            over = sum(max(0.0, s - idle_med) for s in r["steps_inflight_s"] or [])
+            # the in-flight steps' time beyond as many steps with no save in flight (never below none)
+            steps = r["steps_inflight_s"] or []
+            over = max(0.0, sum(steps) - idle_med * len(steps))
             cost = r["blocking_s"] + (r["stall_s"] or 0.0) + over
             costs.append(cost)
             lost.append(over)
@@ -419,8 +421,9 @@ def cost_table(rows: list[dict], loop: str | None = None, interval: int = INTERV
             continue
         cost, bg = _med(s["cost"]), _med(s["background"])
         train = interval * s["idle_step"]
+        at = cost + max(0.0, bg - train)  # a save still writing at the next checkpoint holds that one back
         rec = {"saver": name, "mode": s["mode"], "cost_s per checkpoint": f"{cost:.3g}",
-               f"ETTR every {interval} steps": f"{train / (train + cost):.2%}"}
+               f"ETTR every {interval} steps": f"{train / (train + at):.2%}"}
         for share in COST_SHARES:
             steps, secs = interval_for(cost, s["idle_step"], bg, share)
             rec[f"interval for {share:.0%}: steps"] = steps

@@ -240,8 +240,9 @@ class Sharded(Kind):
 
 class Training(Kind):
     """Savers of ``bench.savers.SAVERS`` checkpointing training loops
-    ``repeats`` times, one loop and one saver at a time: every saver in the
-    accelerator-bound loop, ``cpu_savers`` in the CPU-bound one."""
+    ``repeats`` times, one loop and one saver at a time: every saver that
+    can checkpoint a device's state in the accelerator-bound loop,
+    ``cpu_savers`` in the CPU-bound one."""
 
     own = {"optimizer": True, "steps_after": training.STEPS_AFTER, "loops": ",".join(training.LOOPS),
            "cpu_savers": ",".join(CPU_SAVERS), "device_s": None, "host_slice": training.HOST_SLICE}
@@ -250,13 +251,15 @@ class Training(Kind):
     def plan(self) -> dict[str, list]:
         """Loop -> its savers, from the parameters (a bad name is refused with the known ones)."""
         loops = [x.strip() for x in str(self.params["loops"]).split(",") if x.strip()]
-        if bad := [x for x in loops if x not in training.LOOPS] or not loops:
+        bad = [x for x in loops if x not in training.LOOPS]
+        if bad or not loops:
             raise UserError(f"loops: {', '.join(bad) or 'none given'}; the loops: {', '.join(training.LOOPS)}")
         cpu = [x.strip() for x in str(self.params["cpu_savers"]).split(",") if x.strip()]
         cpu = list(SAVERS) if cpu == ["all"] else cpu
         if bad := [x for x in cpu if x not in SAVERS]:
             raise UserError(f"cpu_savers: no saver {', '.join(bad)}; the savers: {', '.join(SAVERS)}, or all")
-        return {loop: [SAVERS[n] for n in (cpu if loop == "cpu" else SAVERS)] for loop in loops}
+        every = [n for n, s in SAVERS.items() if s.on_accelerator]  # the accelerator loop: every saver that can
+        return {loop: [SAVERS[n] for n in (cpu if loop == "cpu" else every)] for loop in loops}
 
     def approaches(self) -> list[Format]:
         return list({s.fmt.name: s.fmt for s in SAVERS.values()}.values())
