@@ -128,6 +128,7 @@ def per_saver(rows: list[dict], loop: str | None = None) -> dict[str, dict]:
             # taken inside its call, so a hair under its blocking time: none)
             "background": [max(0.0, r["durable_s"] - r["blocking_s"]) for r in ok],
             "update_wait": [r["update_wait_s"] for r in ok if r.get("update_wait_s") is not None],
+            "device_s": ok[0].get("device_step_s"),
             "call": [r["call_s"] for r in ok if r.get("call_s") is not None],
             "host_idle": _med([h for r in ok for h in r.get("host_after_s") or []]),
             "host_inflight": _med([h for r in ok for h in r.get("host_inflight_s") or []]),
@@ -347,6 +348,14 @@ def _copy_floor(copying: list[str], async_ok: dict, summ: dict, profile: dict | 
         if not base or not base["n"]:
             continue
         copy_s, sync_s = _med(a["staging"]), _med(base["durable"])
+        if a["update_wait"]:  # its copy runs after the call: what holds the loop is the call and the gate
+            parts.append(f"{n} copies after its call ({a['state_bytes'] / copy_s / 1e9:.3g} GB/s), but its call "
+                         f"took {_med(a['call']):.3g} s and the wait for the copy before the update "
+                         f"{_med(a['update_wait']):.3g} s: {_med(a['blocking']) / sync_s:.0%} of {a['sync_of']}'s "
+                         "save" + (f" (the copy takes longer than a step's device time, {a['device_s']:.3g} s, "
+                                   "so the loop reaches its next update before it is done)"
+                                   if a["device_s"] and copy_s > a["device_s"] else ""))
+            continue
         parts.append(f"{n} copied the state at {a['state_bytes'] / copy_s / 1e9:.3g} GB/s and {a['sync_of']} wrote "
                      f"it durably at {base['state_bytes'] / sync_s / 1e9:.3g} GB/s: the copy alone is "
                      f"{copy_s / sync_s:.0%} of that save")
