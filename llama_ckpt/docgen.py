@@ -133,7 +133,9 @@ FIELD_DOCS = {
     "durable_s": "seconds from the call until the checkpoint is committed (durable)",
     "stall_s": "seconds the loop waited at the end of the segment for a save still in flight",
     "segment_s": "the segment's wall time, from the call",
-    "staging_s": "of the blocking time, the staging copy, where the saver makes one itself",
+    "staging_s": "the staging copy's seconds, where the saver makes one itself: part of the blocking time, but "
+                 "for DCP's async staging, whose copy runs after the call (the loop waits only for what is left of "
+                 "it at its next update)",
     "steps_before_s": "each step's seconds before the call (no save in flight)",
     "steps_inflight_s": "each step's seconds for the steps begun while the save was in flight",
     "steps_after_s": "each step's seconds after the save was durable",

@@ -200,7 +200,7 @@ def where_time_goes(rows: list[dict], loop: str | None = None) -> pd.DataFrame:
             continue
         recs.append({"saver": name, "blocked by": s["blocked_by"],
                      "blocking_s": _med(s["blocking"]),
-                     "of it, the staging copy s": f"{_med(s['staging']):.3g}" if s["staging"] else "",
+                     "the staging copy s": f"{_med(s['staging']):.3g}" if s["staging"] else "",
                      "of it, the wait before the update s": f"{_med(s['update_wait']):.3g}" if s["update_wait"]
                      else "",
                      "background_s": _med(s["background"]),

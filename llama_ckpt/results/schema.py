@@ -59,7 +59,7 @@ TRAINING_FIELDS = (
     # of the blocking time: the call until it returned; the wait before the loop's next in-place update for a
     # staging that goes on after the call (DCP's async staging), None where there is none
     "call_s", "update_wait_s",
-    # of the blocking time, the staging copy where the saver makes one itself
+    # the staging copy where the saver makes one itself (of the blocking time, but for DCP's async staging)
     "staging_s",
     # every step's seconds in the segment: before the call (no save in flight), while the save was in
     # flight when the step began, and after it was durable
