@@ -412,7 +412,7 @@ class DcpAsync(Saver):
         if self._stager is None:
             # Staging copies kept from one checkpoint to the next (keyed by the source's storage), in
             # shared memory for the writer process; no pinned memory or non-blocking copies (no
-            # accelerator here), staged before async_save returns.
+            # accelerator here), staged before async_save returns (with async staging: by its own thread after).
             self._stager = _timed_stager(StagingOptions(use_pinned_memory=False,
                                                        use_shared_memory=self.mode == "process",
                                                        use_async_staging=self.async_staging,
