@@ -81,6 +81,11 @@ HOST_SLICE = 1024
 LOOPS = ("accelerator", "cpu")  # the loops 07 measures, in this order
 
 
+def optimizer_key(param: str, part: str) -> str:
+    """A checkpoint's name for AdamW's ``part`` (``exp_avg``, ``exp_avg_sq``, ``step``) of ``param``."""
+    return f"optimizer/{param}/{part}"
+
+
 def wait_limit(state_bytes: int) -> float:
     """Seconds the loop waits for a checkpoint of ``state_bytes`` to be durable."""
     return max(WAIT_MIN_S, state_bytes / WAIT_FLOOR_BPS)
@@ -157,7 +162,7 @@ class Trainer(_Gated):
             for p, st in self.optimizer.state.items():
                 for k, v in st.items():
                     if torch.is_tensor(v):
-                        sd[f"optimizer/{self._names[p]}/{k}"] = v.detach().reshape(-1) if v.dim() == 0 else v.detach()
+                        sd[optimizer_key(self._names[p], k)] = v.detach().reshape(-1) if v.dim() == 0 else v.detach()
         return sd
 
 
@@ -230,8 +235,8 @@ class DeviceTrainer(_Gated):
         if optimizer:
             for k in self.weights:
                 m, v = self.moments[k]
-                sd |= {f"optimizer/{k}/exp_avg": m, f"optimizer/{k}/exp_avg_sq": v,
-                       f"optimizer/{k}/step": self.steps[k]}
+                sd |= {optimizer_key(k, "exp_avg"): m, optimizer_key(k, "exp_avg_sq"): v,
+                       optimizer_key(k, "step"): self.steps[k]}
         return sd
 
 
@@ -276,19 +281,15 @@ def state_specs(source: ModelSource, optimizer: bool) -> list[TensorSpec]:
     few more buffers, which this estimate leaves out)."""
     specs = list(source.specs)
     if optimizer:
-        specs += [TensorSpec(f"optimizer/{s.name}/{k}", s.shape, s.dtype) for s in source.specs
+        specs += [TensorSpec(optimizer_key(s.name, k), s.shape, s.dtype) for s in source.specs
                   for k in ("exp_avg", "exp_avg_sq")]
-        specs += [TensorSpec(f"optimizer/{s.name}/step", (1,), torch.float32) for s in source.specs]
+        specs += [TensorSpec(optimizer_key(s.name, "step"), (1,), torch.float32) for s in source.specs]
     return specs
-
-
-def state_bytes_of(source: ModelSource, optimizer: bool) -> int:
-    return source.nbytes * (3 if optimizer else 1)  # AdamW: two moments the size of the weights
 
 
 def too_big(savers: list[Saver], source: ModelSource, optimizer: bool, loops=("cpu",)) -> str | None:
     """Why training this model here would not fit in memory, or None."""
-    state = state_bytes_of(source, optimizer)
+    state = sum(s.nbytes for s in state_specs(source, optimizer))
     rss = psutil.Process().memory_info().rss
     need = max(memory_needed(savers, source.nbytes, state, rss, loop) for loop in loops)
     have = psutil.virtual_memory().available + rss
@@ -300,7 +301,7 @@ def too_big(savers: list[Saver], source: ModelSource, optimizer: bool, loops=("c
             "available here")
 
 
-def _plan(savers, loops) -> dict[str, list[Saver]]:
+def plan_loops(savers, loops) -> dict[str, list[Saver]]:
     """Which savers each loop measures: one list for every loop, or a list per loop. A saver that cannot
     checkpoint a state in an accelerator's memory (``on_accelerator`` False: a fork() snapshot) is left out of
     the accelerator-bound loop."""
@@ -323,7 +324,7 @@ def run_training(savers: list[Saver] | dict[str, list[Saver]], source: ModelSour
         raise UserError(f"repeats must be at least 1, got {opts.repeats}")
     if not isinstance(source, PresetModel):
         raise UserError("07-training builds its model from a preset (MODEL); MODEL_PATH is not used there")
-    plan = _plan(savers, opts.loops)
+    plan = plan_loops(savers, opts.loops)
     every = list({s.name: s for ss in plan.values() for s in ss}.values())
     run_id = opts.run_id or new_run_id()
     root = LocalDir(opts.checkpoints)

@@ -337,10 +337,16 @@ def findings(rows: list[dict], env: dict | None = None, loop: str | None = None,
     return "\n".join(out)
 
 
+def _memory_copy_Bps(profile: dict | None) -> float | None:
+    """The machine profile's memory copy rate on all cores (a staging copy's yardstick: torch copies with every
+    core), bytes per second; None without a profile."""
+    return ((profile or {}).get("memory_copy_all_Bps") or {}).get("median")
+
+
 def _copy_floor(copying: list[str], async_ok: dict, summ: dict, profile: dict | None) -> str:
     """Why a saver that copies the state before giving the loop back misses the blocking aim: its copy alone,
     at the rate it ran, is that share of its synchronous save."""
-    mem = ((profile or {}).get("memory_copy_all_Bps") or {}).get("median")
+    mem = _memory_copy_Bps(profile)
     parts = []
     for n in copying:
         a = async_ok[n]
@@ -452,7 +458,7 @@ def why_table(rows: list[dict], loop: str | None = None, profile: dict | None = 
     seconds, and the host part of a step with no save and in flight, with
     the training thread's waiting (wall less its own CPU: the interpreter
     lock, or a core)."""
-    mem = ((profile or {}).get("memory_copy_all_Bps") or {}).get("median")
+    mem = _memory_copy_Bps(profile)
     recs = []
     for name, s in per_saver(rows, loop).items():
         if not s["n"] or s["mode"] == "sync":

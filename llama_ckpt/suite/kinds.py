@@ -258,8 +258,9 @@ class Training(Kind):
         cpu = list(SAVERS) if cpu == ["all"] else cpu
         if bad := [x for x in cpu if x not in SAVERS]:
             raise UserError(f"cpu_savers: no saver {', '.join(bad)}; the savers: {', '.join(SAVERS)}, or all")
-        every = [n for n, s in SAVERS.items() if s.on_accelerator]  # the accelerator loop: every saver that can
-        return {loop: [SAVERS[n] for n in (cpu if loop == "cpu" else every)] for loop in loops}
+        # the accelerator loop: every saver that can checkpoint a device's state (plan_loops leaves out the others)
+        return training.plan_loops({loop: [SAVERS[n] for n in (cpu if loop == "cpu" else SAVERS)] for loop in loops},
+                                   loops)
 
     def approaches(self) -> list[Format]:
         return list({s.fmt.name: s.fmt for s in SAVERS.values()}.values())
