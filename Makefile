@@ -13,11 +13,12 @@ S3_DIR ?= $(OUT)/s3## data directory of the local S3 server (make s3-up)
 LAB_IP ?= 127.0.0.1## address make lab listens on (0.0.0.0 to reach it from outside a container)
 LAB_PORT ?= 8888## port of make lab
 RUN_ID ?=## run id, the same id resumes a run; empty: a new one (summary: the latest)
+PREPARE ?= drop-caches,trim## what a run may do to the machine before each save, as root: drop-caches (the whole page cache), trim (fstrim of the checkpoints' disk); none: neither
 SET ?=## phase notebooks' own parameters, space-separated PHASE.NAME=VALUE, e.g. "08.CLAIMS_BUDGET_S=120"
 
 SUITE = $(PY) -m llama_ckpt suite --model $(MODEL) $(if $(MODEL_PATH),--model-path "$(MODEL_PATH)") \
 	--repeats $(REPEATS) --out "$(OUT)" $(if $(RUN_ID),--run-id "$(RUN_ID)") $(if $(filter 1 yes true,$(KEEP)),--keep) \
-	$(foreach s,$(SET),--set '$(s)')
+	--prepare "$(PREPARE)" $(foreach s,$(SET),--set '$(s)')
 PHASES := 00 4a 4b 4c 4d 4e 4f 05 06 07 08
 
 # phase-00 ... phase-08 are not .PHONY: make skips pattern rules for phony targets, and `make phase-4b` then

@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from .bench import cluster, measure
+from .bench import cluster, measure, scaffold
 from .bench.ranks import RankFailed
 from .errors import UserError
 from .model import DEFAULT_PRESET, PRESETS, PUBLISHED_DTYPE, get_model
@@ -60,30 +60,6 @@ def cmd_list(args) -> int:
     print("\nsharded, with --world-size N [--load-world-size M] (any N -> M):")
     print("\n".join(line(n) for n in sharded))
     return 0
-
-
-def _row_line(row: dict) -> str:
-    if row.get("error"):
-        return f"  {row['approach']:<16} #{row['repeat']}  ERROR {row['error']}"
-    cold = {True: "", False: " (warm: eviction not confirmed)", None: " (server cache not evicted)"}[row["load_cold"]]
-    on_s3 = row.get("requests_save") is not None
-    load_reqs = request_total(row["requests_load"]) if row.get("requests_load") is not None else "uncounted"
-    reqs = f"  requests {request_total(row['requests_save'])}/{load_reqs}" if on_s3 else ""
-    line = (f"  {row['approach']:<16} #{row['repeat']}  save {row['save_s']:8.2f} s  load {row['load_s']:8.2f} s"
-            f"{cold}  {row['bytes_on_disk'] / 1e6:10.1f} MB"
-            f"  {row['n_files']:>7} {'objects' if on_s3 else 'files'}{reqs}"
-            f"  peak RSS {row['peak_rss_save_bytes'] / 1e9:.2f}/{row['peak_rss_load_bytes'] / 1e9:.2f} GB"
-            f"  {'verified' if row['verified'] else 'NOT VERIFIED'}"
-            + (f" (max abs err {row['max_abs_err']:.2e})" if row.get("max_abs_err") else ""))
-    if row.get("ranks_save"):
-        ws = ", ".join(f"{r['write_s']:.2f}" for r in row["ranks_save"] if r.get("write_s") is not None)
-        rs = ", ".join(f"{r['read_s']:.2f}" for r in row.get("ranks_load") or [] if r.get("read_s") is not None)
-        agg = row["bytes_on_disk"] / row["save_s"] / 1e6 if row.get("save_s") and row.get("bytes_on_disk") else None
-        nodes = (f" on {row['nodes']} node(s) x {row['ranks_per_node']}" if row.get("launcher") == "torchrun" else "")
-        line += (f"\n    {row['world_size']} -> {row['load_world_size']} ranks{nodes}; per-rank write s [{ws}], "
-                 f"read s [{rs}]"
-                 + (f"; aggregate {agg:.0f} MB/s" if agg else ""))
-    return line
 
 
 def _storage(args) -> Location | None:
@@ -143,10 +119,11 @@ def cmd_run(args) -> int:
                            storage=storage, world_size=world, load_world_size=args.load_world_size or None,
                            group=group, disk_reference=not args.no_reference,
                            disk_cap_Bps=args.disk_cap * 10**6 if args.disk_cap else None,
+                           prepare=scaffold.parse_prepare(args.prepare),
                            **({"sustained": tuple(a.name for a in approaches), "sustained_saves": args.back_to_back}
                               if args.back_to_back else {}))
     with cluster.leading(group) if group is not None else contextlib.nullcontext(cluster.Outcome()) as outcome:
-        env, rows = measure.run(approaches, source, opts, on_row=lambda r: print(_row_line(r), flush=True),
+        env, rows = measure.run(approaches, source, opts, on_row=lambda r: print(scaffold.row_line(r, detail=True), flush=True),
                                 say=lambda s: print(s, flush=True))
         outcome.code = 0 if all(r.get("verified") for r in rows) else 1
     print()
@@ -233,7 +210,7 @@ def cmd_suite(args) -> int:
     try:
         run_id = run_suite(ids, model=args.model, model_path=args.model_path or "", repeats=args.repeats,
                            out_dir=args.out, run_id=args.run_id or "", keep=args.keep, summary=not args.no_summary,
-                           sets=parse_sets(args.set))
+                           sets=parse_sets(args.set), prepare=args.prepare)
     except PhaseFailed as exc:
         print(f"{exc}", file=sys.stderr)
         return 1
@@ -263,6 +240,14 @@ def cmd_verify(args) -> int:
                 print(f"  {line}")
             worst = 1
     return worst
+
+
+def _prepare_option(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--prepare", default=",".join(scaffold.PREPARE), metavar="LIST",
+                   help="what the run may do to the machine outside its own files before each save, as root: "
+                        "drop-caches (write back every dirty page, drop the whole machine's page cache), trim "
+                        "(discard the free space of the checkpoints' file system: fstrim); a comma-separated list, "
+                        f"or none (default: {','.join(scaffold.PREPARE)}). The run says at its start what it does")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -303,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "included: a second state of this machine for the bounds' predictions. Needs root and "
                         "cgroup v1 blkio; it caps every process's I/O to that disk, and the disk's earlier "
                         "throttle is put back when the run ends")
+    _prepare_option(s)
     s.add_argument("--world-size", type=_positive_int, default=None, metavar="N",
                    help="save with N processes over torch.distributed (gloo), each holding a row shard of every "
                         "tensor; the approaches are then the sharded ones (see 'list')")
@@ -326,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "or the latest run with --phases none)")
     s.add_argument("--keep", action="store_true", help="keep each approach's last checkpoint")
     s.add_argument("--no-summary", action="store_true", help="do not execute the summary notebook")
+    _prepare_option(s)
     s.add_argument("--set", action="append", default=[], metavar="PHASE.NAME=VALUE",
                    help="a phase notebook's own parameter, e.g. 08.CLAIMS_BUDGET_S=120 or 4e.CLOUD_DELAYS_MS=[0,5] "
                         "(papermill --help-notebook notebooks/SLUG.ipynb lists them); repeatable")
@@ -346,7 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("compare", help="the comparison table from results files")
     s.add_argument("results", nargs="+", metavar="RESULTS", help="results .jsonl files")
-    s.add_argument("--baseline", default="tensorstore", help="approach the changes are measured against (default: tensorstore)")
+    s.add_argument("--baseline", default=summ.BASELINE,  # the registry's baseline (llama_ckpt.results.text)
+                   help="approach the changes are measured against (default: %(default)s)")
     s.add_argument("--reference", default="pytorch", help="second approach to compare against (default: pytorch)")
     s.set_defaults(func=cmd_compare)
     return p

@@ -256,7 +256,11 @@ def remove(path: Path) -> None:
         path.unlink()
 
 
-LOCK_NAME = ".llama_ckpt.lock"
+# The machine's own state, shared by every run on it: the machine lock and what a disk cap must put back.
+# LLAMA_CKPT_MACHINE_DIR points it elsewhere (the tests: a directory of their own, so that they never wait for, or
+# stop, a benchmark running beside them).
+MACHINE_DIR = Path(os.environ.get("LLAMA_CKPT_MACHINE_DIR", "/tmp/llama_ckpt-machine"))
+LOCK_NAME = "run.lock"
 
 
 def _ancestors() -> set[int]:
@@ -266,30 +270,39 @@ def _ancestors() -> set[int]:
         return set()
 
 
+def _holder(fd: int) -> tuple[int | None, str]:
+    """The pid and the output directory a lock file names."""
+    pid, _, where = os.pread(fd, 4096, 0).decode(errors="replace").partition("\n")
+    try:
+        return int(pid), where.strip()
+    except ValueError:
+        return None, where.strip()
+
+
 @contextlib.contextmanager
-def output_lock(directory: Path):
-    """Hold ``directory``'s lock while a run writes there: a second run on the
-    same directory refuses. A process whose ancestor holds the lock (the
-    suite's notebook kernels) shares it."""
-    directory = Path(directory)
+def machine_lock(what: Path, directory: Path | None = None):
+    """Hold the machine's lock while a run measures (``what``: its output
+    directory, named to a run that finds the lock held): two runs on one
+    machine would measure each other's I/O, and one could lift the other's
+    disk cap, so a second run refuses, naming the first. This process, or
+    one whose ancestor holds the lock (the suite's notebook kernels), shares
+    it. ``directory``: where the lock is (default ``MACHINE_DIR``)."""
+    directory = Path(directory or MACHINE_DIR)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            try:
-                holder = int(os.pread(fd, 32, 0).decode().split()[0])
-            except (ValueError, IndexError):
-                holder = None
-            if holder is not None and holder in _ancestors():
+            holder, where = _holder(fd)
+            if holder is not None and (holder == os.getpid() or holder in _ancestors()):
                 yield
                 return
-            raise UserError(f"{directory} is in use by another run (pid {holder}); "
-                            "wait for it to finish or choose another output directory") from None
+            raise UserError(f"this machine is in use by another run (pid {holder}, writing to {where or 'unknown'}): "
+                            f"two runs at once measure each other's I/O; wait for it to finish (lock: {path})") from None
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        os.pwrite(fd, f"{os.getpid()}\n{Path(what).resolve()}\n".encode(), 0)
         try:
             yield
         finally:

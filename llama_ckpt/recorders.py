@@ -253,3 +253,45 @@ class CpuIO:
                        "storage_read_bytes": io["read_bytes"] - self._io["read_bytes"],
                        "storage_write_bytes": io["write_bytes"] - self._io["write_bytes"]}
         return False
+
+
+# A timed step is marked busy where, beside it, other processes (and the kernel's own threads) took more than this
+# share of the machine's cores, or the hypervisor more than BUSY_STEAL of them (steal): a figure to read with care.
+BUSY_OTHERS, BUSY_STEAL = 0.25, 0.05
+BUSY_MIN_S = 0.05  # below this much CPU time (5 of the kernel's 10 ms ticks) no step is marked: the counters' grain
+
+
+def _machine_ticks() -> tuple[int, int]:
+    """Every core's busy time (user, nice, system, irq, softirq) and steal time so far, in clock ticks
+    (``/proc/stat``'s first line)."""
+    with open("/proc/stat") as f:
+        parts = f.readline().split()
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in parts[1:9])
+    return user + nice + system + irq + softirq, steal
+
+
+class MachineBusy:
+    """How busy the machine was beside this process over a block of code,
+    from outside it: every core's busy CPU time (``/proc/stat``) less this
+    process's and its waited-for children's (``others_cpu_s``: other
+    processes, and the kernel's own threads, the writeback of this process's
+    dirty pages among them), the time the hypervisor gave this machine's
+    virtual cores to something else (``steal_s``), the block's wall time and
+    the machine's cores. ``result`` is a dict; its ``busy`` is True where
+    others took more than ``BUSY_OTHERS`` of the cores' time or steal more
+    than ``BUSY_STEAL`` (at least ``BUSY_MIN_S`` either way)."""
+
+    def __enter__(self):
+        self._ticks, self._own, self._t = _machine_ticks(), cpu_seconds(), time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        (busy, steal), own, wall = _machine_ticks(), cpu_seconds() - self._own, time.perf_counter() - self._t
+        hz, cores = os.sysconf("SC_CLK_TCK"), os.cpu_count() or 1
+        others = max(0.0, (busy - self._ticks[0]) / hz - own)
+        stolen = (steal - self._ticks[1]) / hz
+        marked = (others >= BUSY_MIN_S and others > BUSY_OTHERS * wall * cores) or \
+            (stolen >= BUSY_MIN_S and stolen > BUSY_STEAL * wall * cores)
+        self.result = {"others_cpu_s": round(others, 3), "steal_s": round(stolen, 3), "wall_s": round(wall, 4),
+                       "cores": cores, "busy": marked}
+        return False

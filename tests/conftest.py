@@ -1,5 +1,6 @@
 import atexit
 import os
+import shutil
 import tempfile
 
 # Before llama_ckpt is imported, here and in every process the tests start (notebook kernels, ranks): the suite
@@ -11,7 +12,12 @@ os.environ["LLAMA_CKPT_DROP_CACHES"] = _knob
 # no fstrim before each of the tests' saves (0.1 s each, and the disk's state is not what they check); one test
 # trims on purpose
 os.environ["LLAMA_CKPT_FSTRIM"] = "off"
+# the machine lock and the disk cap's state: a directory of this test process's own (each xdist worker one), so
+# that the tests never wait for, stop, or restore the cap of a benchmark running beside them
+_machine = tempfile.mkdtemp(prefix="llama_ckpt-machine-")
+os.environ["LLAMA_CKPT_MACHINE_DIR"] = _machine
 atexit.register(lambda: os.path.exists(_knob) and os.remove(_knob))
+atexit.register(lambda: shutil.rmtree(_machine, ignore_errors=True))
 
 import pytest
 import torch

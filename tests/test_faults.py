@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from llama_ckpt.bench import faults, measure
+from llama_ckpt import fsutil
+from llama_ckpt.bench import faults, measure, scaffold
 from llama_ckpt.checkpoint import COMMIT, MANIFEST
 from llama_ckpt.formats.tensorstore import TensorStoreZarr
 from llama_ckpt.registry import APPROACHES, names, variant
@@ -110,7 +111,7 @@ def small_tmpfs(tmp_path):
 def test_disk_full_mid_save_is_an_error_row_and_the_partial_files_go(tmp_path, small_tmpfs, monkeypatch):
     # The up-front free-space check would refuse; skip it, as if another
     # process filled the disk after the check.
-    monkeypatch.setattr(measure, "check_disk", lambda *a, **k: {})
+    monkeypatch.setattr(scaffold, "check_disk", lambda *a, **k: {})
     results = tmp_path / "results.jsonl"
     env, rows = measure.run([APPROACHES["tensorstore"], APPROACHES["pytorch"]], get_model("tiny"),
                             measure.Options(out=small_tmpfs, repeats=1, progress=False, disk_reference=False,
@@ -118,7 +119,7 @@ def test_disk_full_mid_save_is_an_error_row_and_the_partial_files_go(tmp_path, s
     full, ok = sorted(rows, key=lambda r: r["approach"] != "tensorstore")
     assert full["error"] and "disk full" in full["error"] and full["verified"] is False
     assert ok["verified"] and ok["error"] is None  # fp16 (0.46 MB) still fits
-    left = [p for p in small_tmpfs.rglob("*") if p.is_file() and p.name != ".llama_ckpt.lock"]
+    left = [p for p in small_tmpfs.rglob("*") if p.is_file()]
     assert left == [], f"partial files left: {left}"
     written = [json.loads(l) for l in results.read_text().splitlines()]
     assert sorted(r.get("approach") for r in written if r["record"] == "measurement") == ["pytorch", "tensorstore"]
@@ -210,18 +211,20 @@ def test_an_all_zero_tensor_round_trips_under_strict_reads(tmp_path, tiny_sd, na
 
 # 7. Two runs on one output directory ------------------------------------------------
 
-def test_a_second_run_on_the_same_directory_refuses(tmp_path):
+def test_a_second_run_on_the_same_machine_refuses_naming_the_first(tmp_path):
     out = tmp_path / "out"
     first = subprocess.Popen([sys.executable, "-m", "llama_ckpt", "run", "--approach", "all", "--model",
                               "tiny", "--repeats", "1", "--out", str(out)], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
     try:
-        lock = out / ".llama_ckpt.lock"
+        lock = fsutil.MACHINE_DIR / fsutil.LOCK_NAME
         deadline = time.time() + 120
         while time.time() < deadline and not (lock.exists() and lock.read_text().strip()):
             time.sleep(0.05)
-        second = cli_here("run", "--approach", "pytorch", "--model", "tiny", "--repeats", "1", "--out", str(out))
-        assert second.returncode == 2 and "in use by another run" in second.stderr
+        second = cli_here("run", "--approach", "pytorch", "--model", "tiny", "--repeats", "1", "--out",
+                          str(tmp_path / "elsewhere"))
+        assert second.returncode == 2 and f"in use by another run (pid {first.pid}, writing to {out.resolve()})" \
+            in second.stderr
         stdout, stderr = first.communicate(timeout=600)
     finally:
         first.kill()

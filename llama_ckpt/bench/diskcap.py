@@ -11,13 +11,19 @@ child cgroup does not hold the kernel's writeback, so it is not used. Where
 the cap cannot be set, the run stops with one line saying why. The values
 the device had before are put back when the block ends: normally, on an
 error, on Ctrl-C or on SIGTERM (turned into an exit while the cap is held).
-A SIGKILL leaves the cap set: ``echo MAJ:MIN 0`` into both throttle files
-lifts it. Why this controller: docs/decisions.md#disk-cap
+A SIGKILL leaves the cap set; so before the cap is written, the values
+found are kept in a state file (``fsutil.MACHINE_DIR``), removed once they
+are back, and the next run on the machine, capped or not, puts them back
+(:func:`restore_left`) where the throttle still holds the killed run's cap.
+Every run reads the throttle of its checkpoints' disk at its start
+(:func:`found`), so a run on a disk capped by someone else says so.
+Why this controller: docs/decisions.md#disk-cap
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import sys
@@ -25,11 +31,17 @@ import threading
 from pathlib import Path
 from typing import Iterator
 
+from .. import fsutil
 from ..errors import UserError
 
 BLKIO = Path("/sys/fs/cgroup/blkio")
 FILES = ("blkio.throttle.read_bps_device", "blkio.throttle.write_bps_device")
 SYS_BLOCK = Path("/sys/dev/block")
+STATE_NAME = "diskcap.json"  # in fsutil.MACHINE_DIR while a cap is set: what to put back
+
+
+def _state(directory: Path | None = None) -> Path:
+    return Path(directory or fsutil.MACHINE_DIR) / STATE_NAME
 
 
 def device_of(path: Path, sys_block: Path | None = None) -> str:
@@ -75,6 +87,10 @@ def capped(path: Path, bps: int, root: Path | None = None, sys_block: Path | Non
     if not all(os.access(f, os.W_OK) for f in files):
         raise UserError(f"cannot cap the disk: {files[0]} is not writable (run as root)")
     before = [_value(f.read_text(), dev) for f in files]
+    state = _state()
+    state.parent.mkdir(parents=True, exist_ok=True)
+    state.write_text(json.dumps({"device": dev, "bps": bps, "before_bps": before, "files": [str(f) for f in files],
+                                 "pid": os.getpid()}))
     with _sigterm_exits():
         try:
             for f in files:
@@ -94,6 +110,54 @@ def capped(path: Path, bps: int, root: Path | None = None, sys_block: Path | Non
             if failed:
                 print(f"warning: the disk cap of {dev} could not be put back ({'; '.join(failed)}); write "
                       f"'{dev} 0' into each file to lift it", file=sys.stderr)
+            else:
+                state.unlink(missing_ok=True)
+
+
+def restore_left(say, directory: Path | None = None) -> dict | None:
+    """Put back the throttle a run killed while capping left (its state file,
+    ``directory``: default ``fsutil.MACHINE_DIR``), where each throttle file
+    still holds that run's cap (one changed since is left as it is), saying
+    what it did; the state file goes either way. Call it holding the machine
+    lock: a live run's cap is then never taken for a leftover. Returns the
+    state found (None: none)."""
+    path = _state(directory)
+    try:
+        left = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        say(f"disk cap: the state file {path} of an earlier run cannot be read ({exc}); removed, nothing put back")
+        path.unlink(missing_ok=True)
+        return None
+    dev, put, kept = left["device"], [], []
+    for f, b in zip(map(Path, left["files"]), left["before_bps"]):
+        try:
+            if _value(f.read_text(), dev) == left["bps"]:
+                f.write_text(f"{dev} {b}\n")
+                put.append(f"{f.name} {b / 1e6:,.0f} MB/s" if b else f"{f.name} none")
+            else:
+                kept.append(f.name)
+        except OSError as exc:
+            kept.append(f"{f.name} ({exc.strerror or exc})")
+    say(f"disk cap: run {left.get('pid')} ended without lifting its cap of {left['bps'] / 1e6:,.0f} MB/s on {dev}; "
+        + (f"put back what it found: {', '.join(put)}" if put else "nothing put back")
+        + (f"; left as it is (no longer that cap): {', '.join(kept)}" if kept else ""))
+    path.unlink(missing_ok=True)
+    return left
+
+
+def found(path: Path, root: Path | None = None, sys_block: Path | None = None) -> dict | None:
+    """The throttle on the disk holding ``path`` now: ``device``, ``read_bps``
+    and ``write_bps`` (0: none); None where it cannot be read (no block
+    device, no cgroup v1 blkio)."""
+    root = root or BLKIO
+    try:
+        dev = device_of(Path(path), sys_block)
+        read, write = (_value((root / f).read_text(), dev) for f in FILES)
+    except (UserError, OSError):
+        return None
+    return {"device": dev, "read_bps": read, "write_bps": write}
 
 
 @contextlib.contextmanager

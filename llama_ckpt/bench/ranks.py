@@ -256,3 +256,66 @@ def launch(job: dict, world: int, timeout: float = RANK_GROUP_TIMEOUT_S) -> list
             rep["exitcode"] = p.exitcode
             reports.append(rep)
         return reports
+
+
+# -- the ranks' reports as one row's fields -------------------------------------------------
+def add_counts(*counts: dict | None) -> dict | None:
+    """Counts of several processes added up (requests, work; None: none counted, such as requests off S3)."""
+    if all(c is None for c in counts):
+        return None
+    out: dict[str, int] = {}
+    for c in counts:
+        for k, v in (c or {}).items():
+            out[k] = out.get(k, 0) + v
+    return out
+
+
+def load_verdict(loads: list[dict]) -> tuple[list[str], str | None]:
+    """The ranks' load errors, and the row's error: a failed load, else rows that did not verify, else None."""
+    errors = [r["error"] for r in loads if r.get("error")]
+    unverified = [f"rank {r['rank']}: {', '.join(r.get('bad', []))}" for r in loads
+                  if not r.get("error") and not r.get("verified")]
+    return errors, (("load failed: " + "; ".join(errors)) if errors else
+                    (f"verification failed: {'; '.join(unverified)}" if unverified else None))
+
+
+SAVE_KEYS = ("rank", "node", "local_rank", "host", "write_s", "checkpoint_s", "bytes", "peak_rss_bytes",
+             "peak_rss_anon_bytes", "peak_rss_file_bytes", "requests", "work")
+LOAD_KEYS = ("rank", "node", "local_rank", "host", "read_s", "checkpoint_s", "bytes", "peak_rss_bytes",
+             "peak_rss_anon_bytes", "peak_rss_file_bytes", "requests", "work",
+             "verified")
+
+
+def topology_fields(reports: list[dict]) -> dict:
+    """Nodes, and ranks on each node, of one job's rank reports."""
+    per_node: dict[int, int] = {}
+    for r in reports:
+        per_node[r.get("node", 0)] = per_node.get(r.get("node", 0), 0) + 1
+    return {"nodes": len(per_node), "ranks_per_node": max(per_node.values()) if per_node else None}
+
+
+def sharded_fields(saves: list[dict], loads: list[dict], fp, cold, frac, req_save, req_load, payload: int,
+                   launcher: str) -> dict:
+    """A sharded row's fields from the ranks' reports: the checkpoint time is
+    the slowest rank's (each rank's own time is in ``ranks_save`` and
+    ``ranks_load``), requests are every rank's plus this process's."""
+    errors, error = load_verdict(loads)
+    topo_save, topo_load = topology_fields(saves), topology_fields(loads)
+    return dict(
+        save_s=max(r["checkpoint_s"] for r in saves),
+        load_s=max((r.get("checkpoint_s") or 0) for r in loads) if not errors else None,
+        load_cold=cold, resident_after_evict=frac, bytes_on_disk=fp.bytes_on_disk,
+        bytes_apparent=fp.bytes_apparent, n_files=fp.n_files, payload_bytes=payload,
+        peak_rss_save_bytes=max(r.get("peak_rss_bytes", 0) for r in saves),
+        peak_rss_load_bytes=max((r.get("peak_rss_bytes") or 0) for r in loads),
+        **{f"peak_rss_{part}_{step}_bytes": max((r.get(f"peak_rss_{part}_bytes") or 0) for r in rs)
+           for part in ("anon", "file") for step, rs in (("save", saves), ("load", loads))},
+        cpu_io_save=add_counts(*(r.get("work") for r in saves)),
+        cpu_io_load=add_counts(*(r.get("work") for r in loads)),
+        requests_save=add_counts(req_save, *(r.get("requests") for r in saves)),
+        requests_load=add_counts(req_load, *(r.get("requests") for r in loads)),
+        launcher=launcher, nodes=topo_save["nodes"], ranks_per_node=topo_save["ranks_per_node"],
+        load_nodes=topo_load["nodes"], load_ranks_per_node=topo_load["ranks_per_node"],
+        ranks_save=[{k: r.get(k) for k in SAVE_KEYS} for r in saves],
+        ranks_load=[{k: r.get(k) for k in LOAD_KEYS} for r in loads],
+        verified=error is None, error=error)

@@ -36,9 +36,8 @@ against the saver's own steps with no save in flight.
 
 from __future__ import annotations
 
-import gc
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -46,15 +45,15 @@ import psutil
 import torch
 
 from .. import fsutil
-from ..digests import check, expected_digests
+from ..digests import expected_digests
 from ..errors import FAILURES, UserError
-from .savers import DcpAsync, Saver, StagedThread
 from ..model import ModelSource, PresetModel, TensorSpec, tensor_set_digest
-from ..recorders import MachineMemory, PeakRSS, cpu_seconds, release_memory, rss_parts
-from ..results import environment_record, training_row
+from ..recorders import MachineBusy, MachineMemory, PeakRSS, cpu_seconds, release_memory, rss_parts
+from ..results import training_row
 from ..store import LocalDir
-from .measure import (DISK_HEADROOM, RunLog, _describe_error, _now, can_drop_caches, new_run_id, remove_stale_saves,
-                      warm_up)
+from . import scaffold
+from .savers import DcpAsync, Saver, StagedThread
+from .scaffold import NOTHING, Prepared, RunLog, describe_error, now
 
 BATCH, SEQ_LEN = 1, 64  # token batch of one step: sequences x tokens
 LEARNING_RATE = 1e-4
@@ -244,13 +243,9 @@ def specs_of(state_dict: dict[str, torch.Tensor]) -> list[TensorSpec]:
     return [TensorSpec(k, tuple(v.shape), v.dtype) for k, v in state_dict.items()]
 
 
-@dataclass
-class TrainingOptions:
-    out: Path  # the run's directory (environment record: its file system)
+@dataclass(kw_only=True)
+class TrainingOptions(scaffold.RunOptions):
     checkpoints: Path  # where the checkpoints go (one at a time, each removed once checked)
-    results: Path  # results file
-    run_id: str = ""
-    repeats: int = 3  # checkpoints per saver
     steps_before: int = STEPS_BEFORE
     steps_after: int = STEPS_AFTER
     optimizer: bool = True  # checkpoint AdamW's state too (what a resumable checkpoint holds); False: weights only
@@ -259,8 +254,8 @@ class TrainingOptions:
     host_slice: int = HOST_SLICE  # elements of every tensor the accelerator loop's step updates on the host
     batch: int = BATCH
     seq_len: int = SEQ_LEN
-    keep: bool = False  # keep each saver's last checkpoint
     wait_timeout_s: float | None = None  # a checkpoint not durable this long after the call is hung (wait_limit)
+    disk_reference: bool = False  # the run's machine profile: read from ``profile`` (or measured) when True
 
 
 def memory_needed(savers: list[Saver], model_bytes: int, state_bytes: int, rss_now: int, loop: str = "cpu") -> int:
@@ -326,10 +321,11 @@ def run_training(savers: list[Saver] | dict[str, list[Saver]], source: ModelSour
         raise UserError("07-training builds its model from a preset (MODEL); MODEL_PATH is not used there")
     plan = plan_loops(savers, opts.loops)
     every = list({s.name: s for ss in plan.values() for s in ss}.values())
-    run_id = opts.run_id or new_run_id()
-    root = LocalDir(opts.checkpoints)
-    fsutil.check_writable(Path(opts.checkpoints).parent)
-    log = RunLog(Path(opts.results), run_id, sum(len(ss) for ss in plan.values()) * opts.repeats, on_row)
+    opts = replace(opts, run_id=opts.run_id or scaffold.new_run_id())
+    ckpts = Path(opts.checkpoints)
+    fsutil.check_writable(ckpts.parent)
+    log = RunLog(opts.results_path(opts.run_id), opts.run_id, sum(len(ss) for ss in plan.values()) * opts.repeats,
+                 on_row)
     device_s = device_step_s(source.n_params) if opts.device_s is None else opts.device_s
     base = dict(model=source.name, weights=source.weights, n_params=source.n_params, repeats=opts.repeats,
                 approaches=[s.name for s in every], loops={loop: [s.name for s in ss] for loop, ss in plan.items()},
@@ -337,44 +333,50 @@ def run_training(savers: list[Saver] | dict[str, list[Saver]], source: ModelSour
                 steps_before=opts.steps_before, steps_after=opts.steps_after,
                 device_step_s=device_s if "accelerator" in plan else None,
                 host_slice=opts.host_slice if "accelerator" in plan else None)
-    why = too_big(every, source, opts.optimizer, tuple(plan))
-    if why:
-        say(f"skipped: {why}")
-        env = environment_record(run_id, Path(opts.out), **base, skipped={"07-training": why})
+    with scaffold.hold_machine(opts, ckpts, say, trims=False) as prepared:  # its saves follow each other: no trim
+        why = too_big(every, source, opts.optimizer, tuple(plan))
+        if why:
+            say(f"skipped: {why}")
+            env = scaffold.environment(opts.run_id, Path(opts.out), prepared, **base, skipped={"07-training": why})
+            log.write(env)
+            log.end(True, skipped=why)
+            return env, []
+        specs = state_specs(source, opts.optimizer)
+        block = fsutil.block_size(ckpts.parent)
+        need = max(s.fmt.estimate_bytes(specs, block) for s in every) * (len(every) * len(plan) if opts.keep else 1)
+        scaffold.check_free(need, ckpts.parent, "the checkpoints")
+        profile = scaffold.run_profile(opts, ckpts, source.nbytes, say)
+        env = scaffold.environment(opts.run_id, Path(opts.out), prepared, profile, **base, n_tensors=len(specs),
+                                   checkpoint_bytes=sum(x.nbytes for x in specs))
         log.write(env)
-        log.end(True, skipped=why)
-        return env, []
-    block = fsutil.block_size(Path(opts.checkpoints).parent)
-    specs = state_specs(source, opts.optimizer)
-    need = max(s.fmt.estimate_bytes(specs, block) for s in every) * (len(every) * len(plan) if opts.keep else 1)
-    free = fsutil.free_bytes(Path(opts.checkpoints).parent)
-    if need + DISK_HEADROOM > free:
-        raise UserError(f"not enough free disk in {Path(opts.checkpoints).parent}: the checkpoints need about "
-                        f"{(need + DISK_HEADROOM) / 1e9:.2f} GB, {free / 1e9:.2f} GB free")
-    env = environment_record(run_id, Path(opts.out), **base, n_tensors=len(specs),
-                             checkpoint_bytes=sum(x.nbytes for x in specs), drop_caches=can_drop_caches(say))
-    log.write(env)
-    remove_stale_saves(root.parent, say)
-    hung_savers: list[str] = []
+        scaffold.remove_stale_saves(LocalDir(ckpts).parent, say)
+        hung = _loops(plan, source, opts, prepared, device_s, log, say)
+    if not opts.keep:
+        LocalDir(ckpts).remove()
+    # a hung writer may still be running, beside every saver measured after it
+    log.end(True, **({"writers_left_running": hung} if hung else {}))
+    return env | {"results_path": str(log.path)}, log.rows
+
+
+def _loops(plan: dict[str, list[Saver]], source: PresetModel, opts: TrainingOptions, prepared: Prepared,
+           device_s: float, log: RunLog, say) -> list[str]:
+    """Each loop of ``plan`` with its savers, one after another; the savers whose writer hung."""
+    root, hung = LocalDir(opts.checkpoints), []
     try:
         for loop, loop_savers in plan.items():
             trainer = _trainer(loop, source, opts, device_s, say)
             say(f"{loop} loop: {len(loop_savers)} savers x {opts.repeats} checkpoint(s), each: "
                 f"{opts.steps_before} step(s), the checkpoint, steps until it is durable, then {opts.steps_after} "
-                f"more; results -> {opts.results}")
+                f"more; results -> {log.path}")
             for s in loop_savers:
-                if _saver_rows(s, trainer, root / loop, opts, source, run_id, log, say):
-                    hung_savers.append(f"{s.name} ({loop})")
+                if _saver_rows(s, trainer, root / loop, opts, source, prepared, log, say):
+                    hung.append(f"{s.name} ({loop})")
             del trainer
             release_memory()
     except KeyboardInterrupt:
         log.end(False, interrupted="KeyboardInterrupt")
         raise
-    if not opts.keep:
-        root.remove()
-    # a hung writer may still be running, beside every saver measured after it
-    log.end(True, **({"writers_left_running": hung_savers} if hung_savers else {}))
-    return env | {"results_path": str(opts.results)}, log.rows
+    return hung
 
 
 def _trainer(loop: str, source: PresetModel, opts: TrainingOptions, device_s: float, say):
@@ -390,19 +392,21 @@ def _trainer(loop: str, source: PresetModel, opts: TrainingOptions, device_s: fl
     return trainer
 
 
-def _saver_rows(s: Saver, trainer, root, opts: TrainingOptions, source, run_id, log, say) -> bool:
+def _saver_rows(s: Saver, trainer, root, opts: TrainingOptions, source, prepared: Prepared, log: RunLog,
+                say) -> bool:
     """One saver's checkpoints in one loop; whether its writer hung."""
-    warm_up(s.name, s.prepare, root / f"warm-up-{s.name}", say)  # DCP's writer process
+    scaffold.warm_up(s.name, s.prepare, root / f"warm-up-{s.name}", say)  # DCP's writer process
     try:
         hung = None
         for r in range(1, opts.repeats + 1):
             loc = root / f"{s.name}-{r}"
             if hung:  # a writer still stuck: no later checkpoint of this saver is measured
-                log.add(training_row(run_id=run_id, approach=s.name, loop=trainer.loop, mode=s.mode, format=s.fmt.name,
-                                     model=source.name, weights=source.weights, repeat=r, verified=False,
-                                     error=f"skipped: checkpoint {hung} of this saver hung", finished_at=_now()))
+                log.add(training_row(run_id=opts.run_id, approach=s.name, loop=trainer.loop, mode=s.mode,
+                                     format=s.fmt.name, model=source.name, weights=source.weights, repeat=r,
+                                     verified=False, error=f"skipped: checkpoint {hung} of this saver hung",
+                                     finished_at=now()))
                 continue
-            row = segment(s, trainer, loc, r, opts, source, run_id)
+            row = segment(s, trainer, loc, r, opts, source, prepared)
             log.add(row)
             if (row["error"] or "").startswith(HUNG):
                 hung = r
@@ -416,105 +420,129 @@ def _saver_rows(s: Saver, trainer, root, opts: TrainingOptions, source, run_id, 
     return hung is not None
 
 
-def segment(saver: Saver, trainer, loc, repeat: int, opts: TrainingOptions, source: ModelSource,
-            run_id: str) -> dict:
-    """One checkpoint of ``saver`` inside the loop, then its check; a row.
-    After the call the loop steps until the save is durable, as a loop that
-    never waits for its checkpoints would, then ``steps_after`` steps more;
-    a save not durable within the limit (a staging not done by then, or a
-    writer still writing) is hung."""
+class _Timeline:
+    """A segment's steps after the call, each timed and filed by whether the
+    save was still in flight when it began (the accelerator loop: its host
+    part too)."""
+
+    def __init__(self, trainer):
+        self.trainer, self.accel = trainer, trainer.loop == "accelerator"
+        self.inflight, self.after, self.after_cpu = [], [], []
+        self.host = {"inflight": [], "after": [], "inflight_cpu": [], "after_cpu": []}
+
+    def step(self, busy: bool) -> None:
+        c0 = cpu_seconds()
+        dt = self.trainer.step()
+        (self.inflight if busy else self.after).append(dt)
+        if not busy:  # the save is durable: the loop's own time and CPU
+            self.after_cpu.append(cpu_seconds() - c0)
+        if self.accel:
+            self.host["inflight" if busy else "after"].append(self.trainer.last_host_s)
+            self.host["inflight_cpu" if busy else "after_cpu"].append(self.trainer.last_host_cpu_s)
+
+    def fields(self) -> dict:
+        out = dict(steps_inflight_s=self.inflight, steps_after_s=self.after, steps_after_cpu_s=self.after_cpu)
+        if self.accel:
+            out.update(host_inflight_s=self.host["inflight"], host_after_s=self.host["after"],
+                       host_cpu_inflight_s=self.host["inflight_cpu"], host_cpu_after_s=self.host["after_cpu"])
+        return out
+
+
+def _before(saver: Saver, trainer, repeat: int, opts: TrainingOptions, source: ModelSource) -> tuple[dict, dict]:
+    """The steps before the call, and the state the checkpoint must hold:
+    the row so far and step k's digests (taken before the call, outside
+    every timing)."""
     cpu0 = cpu_seconds()
     with PeakRSS() as idle, MachineMemory() as idle_machine:
         before = [trainer.step() for _ in range(opts.steps_before)]
     cpu_before = cpu_seconds() - cpu0
     sd = trainer.state_dict(opts.optimizer)
     dtype = saver.fmt.stored_dtype
-    exp = expected_digests(sd, {dtype})[dtype]  # step k's digests, before the call and outside every timing
-    digests = {k: e.digest for k, e in exp.items()}
-    accel = trainer.loop == "accelerator"
-    row = dict(run_id=run_id, approach=saver.name, loop=trainer.loop, mode=saver.mode, blocked_by=saver.blocked_by,
-               sync_of=saver.sync_of, format=saver.fmt.name,
-               knobs=saver.knobs(), model=source.name, weights=source.weights, n_params=source.n_params,
+    exp = expected_digests(sd, {dtype})[dtype]
+    row = dict(run_id=opts.run_id, approach=saver.name, loop=trainer.loop, mode=saver.mode,
+               blocked_by=saver.blocked_by, sync_of=saver.sync_of, format=saver.fmt.name, knobs=saver.knobs(),
+               model=source.name, weights=source.weights, n_params=source.n_params,
                tensor_set=tensor_set_digest(specs_of(sd)), state="model+optimizer" if opts.optimizer else "model",
                checkpoint_bytes=sum(v.nbytes for v in sd.values()), repeat=repeat, step=trainer.step_no,
                steps_before_s=before, peak_rss_idle_bytes=idle.peak, machine_used_idle_bytes=idle_machine.peak,
-               cpu_before_s=cpu_before, device_step_s=trainer.device_s if accel else None)
-    # the save starts from the same file-system state as every other (the previous checkpoint was just removed),
-    # outside every timing: written back, caches dropped (root only)
-    row["caches_dropped"] = fsutil.settle()
-    row["rss_before_bytes"] = sum(rss_parts())
-    inflight, after, after_cpu, host = [], [], [], {"inflight": [], "after": [], "inflight_cpu": [], "after_cpu": []}
-    stage = "save"
-    limit = opts.wait_timeout_s or wait_limit(row["checkpoint_bytes"])
+               cpu_before_s=cpu_before, device_step_s=trainer.device_s if trainer.loop == "accelerator" else None)
+    return row, exp
 
-    def one_step(busy: bool):
-        c0 = cpu_seconds()
-        dt = trainer.step()
-        (inflight if busy else after).append(dt)
-        if not busy:  # the save is durable: the loop's own time and CPU
-            after_cpu.append(cpu_seconds() - c0)
-        if accel:
-            host["inflight" if busy else "after"].append(trainer.last_host_s)
-            host["inflight_cpu" if busy else "after_cpu"].append(trainer.last_host_cpu_s)
 
-    def settled():  # what the segment's time says, whatever ended it
+def _in_flight(saver: Saver, trainer, sd: dict, loc, digests: dict, limit: float, opts: TrainingOptions,
+               row: dict):
+    """The call, then the loop's steps until the save is durable (and
+    ``steps_after`` more); fills ``row``'s times. Returns the pending save,
+    or None where it hung (not durable within ``limit``)."""
+    line = _Timeline(trainer)
+    cpu0 = cpu_seconds()
+    t0 = time.perf_counter()
+    pending = saver.start(sd, loc, digests)
+    row["call_s"] = time.perf_counter() - t0
+    del sd  # the saver holds what it needs
+    trainer.gate, trainer.gate_deadline, trainer.gate_hung = pending.gate, t0 + limit, False
+    hung, t1 = False, None
+    try:
+        while not pending.done() and not trainer.gate_hung and time.perf_counter() - t0 < limit:
+            line.step(busy=True)
+        if pending.done() and not trainer.gate_hung:
+            for _ in range(opts.steps_after):
+                line.step(busy=False)
+        trainer.pass_gate()  # where no step passed it (a save that finished before the first)
+        t1 = time.perf_counter()
+        if trainer.gate_hung:
+            raise TimeoutError("the staging did not finish")
+        row["durable_s"] = pending.wait(max(0.0, limit - (t1 - t0)))
+    except TimeoutError:
+        hung = True
+        t1 = time.perf_counter()
+    finally:  # what the segment's time says, whatever ended it
+        row["stall_s"] = time.perf_counter() - t1 if t1 is not None else 0.0
+        row["segment_s"] = time.perf_counter() - t0
+        row["cpu_segment_s"] = cpu_seconds() - cpu0
+        trainer.gate, trainer.gate_deadline = None, None
         if trainer.gate_waited_s is not None:  # the staging the loop waited for before its update
             row["update_wait_s"], trainer.gate_waited_s = trainer.gate_waited_s, None
         # what the loop was held for: the call, and the wait for the saver's staging before its next update
         row["blocking_s"] = row["call_s"] + (row.get("update_wait_s") or 0.0)
-        row.update(steps_inflight_s=inflight, steps_after_s=after, steps_after_cpu_s=after_cpu)
-        if accel:
-            row.update(host_inflight_s=host["inflight"], host_after_s=host["after"],
-                       host_cpu_inflight_s=host["inflight_cpu"], host_cpu_after_s=host["after_cpu"])
+        row.update(line.fields())
+    return None if hung else pending
+
+
+def segment(saver: Saver, trainer, loc, repeat: int, opts: TrainingOptions, source: ModelSource,
+            prepared: Prepared | None = None) -> dict:
+    """One checkpoint of ``saver`` inside the loop, then its check; a row.
+    After the call the loop steps until the save is durable, as a loop that
+    never waits for its checkpoints would, then ``steps_after`` steps more;
+    a save not durable within the limit (a staging not done by then, or a
+    writer still writing) is hung."""
+    row, exp = _before(saver, trainer, repeat, opts, source)
+    # the save starts from the same file-system state as every other (the previous checkpoint was just removed),
+    # outside every timing: written back, caches dropped (as the run's prepare allows), never trimmed
+    row.update((prepared or NOTHING).start_state(loc, trim=False))
+    row["rss_before_bytes"] = sum(rss_parts())
+    limit = opts.wait_timeout_s or wait_limit(row["checkpoint_bytes"])
+    stage = "save"
     try:
-        with PeakRSS() as peak, MachineMemory() as machine:
-            cpu0 = cpu_seconds()
-            t0 = time.perf_counter()
-            pending = saver.start(sd, loc, digests)
-            row["call_s"] = time.perf_counter() - t0
-            del sd
-            trainer.gate, trainer.gate_deadline, trainer.gate_hung = pending.gate, t0 + limit, False
-            hung, t1 = False, None
-            try:
-                while not pending.done() and not trainer.gate_hung and time.perf_counter() - t0 < limit:
-                    one_step(busy=True)
-                if pending.done() and not trainer.gate_hung:
-                    for _ in range(opts.steps_after):
-                        one_step(busy=False)
-                trainer.pass_gate()  # where no step passed it (a save that finished before the first)
-                t1 = time.perf_counter()
-                if trainer.gate_hung:
-                    raise TimeoutError("the staging did not finish")
-                row["durable_s"] = pending.wait(max(0.0, limit - (t1 - t0)))
-            except TimeoutError:
-                hung = True
-                t1 = time.perf_counter()
-            finally:
-                row["stall_s"] = time.perf_counter() - t1 if t1 is not None else 0.0
-                row["segment_s"] = time.perf_counter() - t0
-                row["cpu_segment_s"] = cpu_seconds() - cpu0
-                trainer.gate, trainer.gate_deadline = None, None
-                settled()
-        if hung:
+        with PeakRSS() as peak, MachineMemory() as machine, MachineBusy() as busy:
+            pending = _in_flight(saver, trainer, trainer.state_dict(opts.optimizer), loc,
+                                 {k: e.digest for k, e in exp.items()}, limit, opts, row)
+        row["busy"] = busy.result
+        if pending is None:
             row.update(verified=False,
                        error=f"{HUNG}not durable {limit:.0f} s after the call (its "
                        + ("staging was still copying" if trainer.gate_hung else "writer is still running") + ")")
-            return training_row(**row, finished_at=_now())
+            return training_row(**row, finished_at=now())
         row.update(peak_rss_bytes=peak.peak, machine_used_bytes=machine.peak, writer_cpu_s=pending.writer_cpu_s,
                    kept_bytes=saver.kept_bytes(), staging_s=pending.staging_s)
         fp = loc.footprint()
         stage = "load"
-        cold, _frac = loc.evict()
-        t0 = time.perf_counter()
-        loaded = saver.load(loc)
-        row["load_s"] = time.perf_counter() - t0
-        verdict = check(loaded, exp)
-        del loaded
-        gc.collect()
-        row.update(load_cold=cold, bytes_on_disk=fp.bytes_on_disk, n_files=fp.n_files, verified=verdict.verified,
-                   error=None if verdict.verified else f"not the weights of step {row['step']}: {verdict.summary()}")
+        loaded = scaffold.timed_load(lambda: saver.load(loc), loc, exp)
+        row.update(load_s=loaded.seconds, load_cold=loaded.cold, bytes_on_disk=fp.bytes_on_disk, n_files=fp.n_files,
+                   verified=loaded.verdict.verified, error=None if loaded.verdict.verified
+                   else f"not the weights of step {row['step']}: {loaded.verdict.summary()}")
     except (KeyboardInterrupt, SystemExit):
         raise
     except FAILURES as exc:
-        row.update(verified=False, error=f"{stage} failed: {_describe_error(exc, loc)}")
-    return training_row(**row, finished_at=_now())
+        row.update(verified=False, error=f"{stage} failed: {describe_error(exc, loc)}")
+    return training_row(**row, finished_at=now())

@@ -15,8 +15,12 @@ MEASUREMENT_FIELDS = (
     "path", "knobs",
     "n_tensors", "n_params", "tensor_set", "stored_dtype", "source_dtype", "repeat",
     # whether the kernel's page and buffer cache was dropped before the save (fsutil.settle: root only), and the
-    # file system's free space discarded (fsutil.trim: root only)
-    "caches_dropped", "free_space_trimmed",
+    # file system's free space discarded (fsutil.trim: root only), as the run's `prepare` allows; the throttle on
+    # the checkpoints' disk while it was measured (the run's cap, or one it found: bench.diskcap), None: none
+    "caches_dropped", "free_space_trimmed", "disk_throttle_Bps",
+    # how busy the machine was beside the timed save and load, from /proc/stat: other processes' and the
+    # kernel's CPU seconds, steal seconds, wall seconds, cores, and whether it counts as busy (recorders.MachineBusy)
+    "busy_save", "busy_load",
     "save_s", "load_s", "load_cold", "resident_after_evict", "load_warm_s",
     "bytes_on_disk", "bytes_apparent", "n_files", "payload_bytes", "by_kind",
     "peak_rss_save_bytes", "peak_rss_load_bytes",
@@ -50,8 +54,9 @@ TRAINING_FIELDS = (
     "n_params",
     "tensor_set",
     "state", "checkpoint_bytes", "repeat", "step",
-    # whether the kernel's page and buffer cache was dropped before the save (fsutil.settle: root only)
-    "caches_dropped",
+    # whether the kernel's page and buffer cache was dropped before the save (fsutil.settle: root only), the
+    # throttle on the disk, and how busy the machine was beside the segment (recorders.MachineBusy)
+    "caches_dropped", "free_space_trimmed", "disk_throttle_Bps", "busy",
     # seconds: what the loop was held for (the call, plus the wait for the saver's staging before its next
     # update); from the call until committed (durable); the loop's wait at the end of the segment for a save
     # still in flight; the segment's wall time
@@ -87,7 +92,9 @@ TRAINING_FIELDS = (
 SUSTAINED_FIELDS = (
     "record", "run_id", "approach", "model", "weights", "phase", "knobs", "n_saves",
     # the disk state the first save starts from (the rounds'); nothing is dropped or trimmed between the saves
-    "free_space_trimmed", "caches_dropped",
+    "free_space_trimmed", "caches_dropped", "disk_throttle_Bps",
+    # how busy the machine was beside the saves (recorders.MachineBusy)
+    "busy",
     # each save's seconds, in order
     "saves_s",
     "bytes_on_disk", "verified", "error", "finished_at",

@@ -16,8 +16,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import fsutil
-from ..bench import cluster, measure, training
+from ..bench import cluster, measure, scaffold, training
+from ..bench.scaffold import row_line
 from ..bench.savers import CPU_SAVERS, SAVERS
 from ..errors import UserError
 from ..formats.base import Format
@@ -54,12 +54,6 @@ class PhaseResult:
         return self.run_dir / "figures"
 
 
-def row_line(r: dict, where: str = "") -> str:
-    """A measured row's progress line: ``  approach #k<where>: save ..., load ...`` or its error."""
-    return (f"  {r['approach']} #{r['repeat']}{where}: "
-            + ("ERROR " + r["error"] if r["error"] else f"save {r['save_s']:.2f} s, load {r['load_s']:.2f} s"))
-
-
 def other_weights(source: ModelSource) -> ModelSource | None:
     """The preset with its other weights (float32 for float16-origin, float16-origin for float32); None for
     real weights (MODEL_PATH)."""
@@ -80,7 +74,7 @@ class Kind:
 
     def __init__(self, phase: Phase, model: str = "", model_path: str = "", repeats: int = 1,
                  out_dir: str | Path = "", run_id: str = "", keep: bool = False, progress: bool | None = None,
-                 say=print, **own):
+                 prepare: str | tuple = scaffold.PREPARE, say=print, **own):
         if unknown := sorted(set(own) - set(self.own)):
             raise UserError(f"phase {phase.id} takes no parameter {', '.join(unknown)}; its own: "
                             f"{', '.join(self.own) or 'none'}")
@@ -91,16 +85,17 @@ class Kind:
         self.phase, self.model, self.model_path, self.repeats = phase, model, model_path, repeats
         self.out_dir, self.keep, self.progress, self.say = out_dir, keep, progress, say
         self.params = {**self.own, **own}
-        self.run_id = run_id or measure.new_run_id()
+        self.prepare = scaffold.parse_prepare(prepare)  # what its runs may do to the machine (scaffold.PREPARE)
+        self.run_id = run_id or scaffold.new_run_id()
         self.rdir = runs.run_dir(out_dir, self.run_id)
         self.rpath = runs.results_path(out_dir, self.run_id, phase.slug)
-        self.lock = Path(out_dir or runs.DEFAULT_OUT)
+        self.out_root = Path(out_dir or runs.DEFAULT_OUT)
 
     # -- what every kind shares
     def options(self, **changes) -> measure.Options:
         """The measurement options of this phase (the one place they are built), with ``changes``."""
         return measure.Options(**{**dict(out=self.rdir, repeats=self.repeats, keep=self.keep, results=self.rpath,
-                                         run_id=self.run_id, progress=self.progress, lock=self.lock,
+                                         run_id=self.run_id, progress=self.progress, prepare=self.prepare,
                                          checkpoints=self.rdir / "checkpoints" / self.phase.slug,
                                          phase=self.phase.slug, profile=self.rdir / runs.PROFILE_FILE), **changes})
 
@@ -149,7 +144,7 @@ class Compare(Kind):
                      f"for the claims {', '.join(map(str, self.phase.claims))} on both kinds of weights")
             _e, other_rows = self._shared([APPROACHES[n] for n in self.phase.both_weights], other, reference=False)
         elif self.phase.both_weights:  # real weights: there is no other kind; the end record says so
-            measure.RunLog(self.rpath, self.run_id, 0, lambda r: None).end(
+            scaffold.RunLog(self.rpath, self.run_id, 0, lambda r: None).end(
                 True, skipped="real weights (MODEL_PATH): one kind only")
         return self.result(runs.in_order(rows, source.name, apps), env,
                            other=runs.in_order(other_rows, other.name, apps) if other is not None else [],
@@ -276,16 +271,9 @@ class Training(Kind):
                                         results=self.rpath, run_id=self.run_id, repeats=self.repeats,
                                         optimizer=self.params["optimizer"], steps_after=self.params["steps_after"],
                                         loops=tuple(plan), device_s=self.params["device_s"],
-                                        host_slice=self.params["host_slice"], keep=self.keep)
-
-        def line(r):
-            if r["error"]:
-                return f"  {r['loop']}: {r['approach']} #{r['repeat']}: ERROR {r['error']}"
-            return (f"  {r['loop']}: {r['approach']} #{r['repeat']} at step {r['step']}: blocked "
-                    f"{r['blocking_s']:.3f} s, durable {r['durable_s']:.2f} s, {len(r['steps_inflight_s'])} step(s) "
-                    "with it in flight")
-        with fsutil.output_lock(self.lock):
-            env, rows = training.run_training(plan, source, opts, on_row=lambda r: self.say(line(r)), say=self.say)
+                                        host_slice=self.params["host_slice"], keep=self.keep, prepare=self.prepare,
+                                        disk_reference=True, profile=self.rdir / runs.PROFILE_FILE)
+        env, rows = training.run_training(plan, source, opts, on_row=lambda r: self.say(row_line(r)), say=self.say)
         return self.result(rows, env)
 
 
@@ -373,7 +361,7 @@ class Claims(Kind):
                 break
         if stopped:
             self.say(f"stopped: {stopped}; the claims still undecided stay inconclusive at their repeats")
-        measure.RunLog(self.rpath, self.run_id, 0, lambda r: None).end(
+        scaffold.RunLog(self.rpath, self.run_id, 0, lambda r: None).end(
             True, claims_final=True, rounds=rounds, stopped=stopped, seconds=round(time.perf_counter() - t0, 1))
         return self._result(rounds, False, stopped)
 
@@ -409,7 +397,7 @@ class Cloud(Kind):
             endpoint = server.endpoint
             self.say(f"started a private SeaweedFS server at {endpoint} (data in {server.data_dir})")
         server_dir = server.data_dir if server else (
-            s3_server.local_server_dir(endpoint, [self.lock / "s3"]) if endpoint else None)
+            s3_server.local_server_dir(endpoint, [self.out_root / "s3"]) if endpoint else None)
         most = max(self.repeats, MIN_REPEATS)
         fewer = {a.name: self.repeats for a in self.approaches() if a.name not in CLOUD_CLAIM.approaches()}
         try:

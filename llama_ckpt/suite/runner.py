@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from .. import fsutil
-from ..bench import measure
+from ..bench import scaffold
 from ..errors import UserError
 from ..model import get_model
 from ..study.phases import PHASES, SUMMARY_SLUG, get_phase
@@ -78,7 +78,7 @@ def execute(slug: str, out_nb: Path, parameters: dict, stream: bool = True) -> N
                           f"{str(exc.evalue).splitlines()[0] if exc.evalue else ''}; executed notebook: {out_nb}") from None
 
 
-COMMON = ("MODEL", "MODEL_PATH", "REPEATS", "OUT_DIR", "RUN_ID", "KEEP_CHECKPOINTS")  # every phase's parameters
+COMMON = ("MODEL", "MODEL_PATH", "REPEATS", "OUT_DIR", "RUN_ID", "KEEP_CHECKPOINTS", "PREPARE")  # every phase's parameters
 
 
 def notebook_parameters(slug: str) -> list[str]:
@@ -114,9 +114,10 @@ def parse_sets(items: list[str]) -> dict[str, dict]:
 
 def run_suite(phase_ids: list[str], model: str = "small", model_path: str = "", repeats: int = 3,
               out_dir: str | Path = DEFAULT_OUT, run_id: str = "", keep: bool = False,
-              summary: bool = True, sets: dict[str, dict] | None = None) -> str:
+              summary: bool = True, sets: dict[str, dict] | None = None, prepare=scaffold.PREPARE) -> str:
     """Run the phases, then the summary; returns the run id. ``sets`` (:func:`parse_sets`) overrides a phase
-    notebook's own parameters."""
+    notebook's own parameters; ``prepare``: what the phases' runs may do to the machine (scaffold.PREPARE)."""
+    prepare = scaffold.parse_prepare(prepare)
     out_dir = Path(out_dir).resolve()
     phases = [get_phase(p) for p in phase_ids]
     if repeats < 1:
@@ -125,7 +126,7 @@ def run_suite(phase_ids: list[str], model: str = "small", model_path: str = "", 
         run_id = latest_run(out_dir)
         if not run_id:
             raise UserError(f"no run in {out_dir / 'runs'}: run the phases first (make run-all)")
-    run_id = run_id or measure.new_run_id()
+    run_id = run_id or scaffold.new_run_id()
     rdir = run_dir(out_dir, run_id)
     if phases:
         fsutil.check_writable(rdir)
@@ -133,23 +134,24 @@ def run_suite(phase_ids: list[str], model: str = "small", model_path: str = "", 
         kinds = [kind_of(p.id, run_id=run_id) for p in phases]
         # with keep, every approach's last checkpoint stays, of the kinds that keep them
         approaches = list({a.name: a for k in kinds if k.keeps or not keep for a in k.approaches()}.values())
-        measure.check_disk(approaches, source, rdir, keep, True)
-    with fsutil.output_lock(out_dir):  # the notebooks' kernels, our children, share it
-        _run_phases(phases, model, model_path, repeats, out_dir, run_id, keep, summary, rdir, sets or {})
+        scaffold.check_disk(approaches, source, rdir, keep, True)
+    with fsutil.machine_lock(out_dir):  # the notebooks' kernels, our children, share it
+        params = dict(MODEL=model, MODEL_PATH=model_path or "", REPEATS=repeats, OUT_DIR=str(out_dir), RUN_ID=run_id,
+                      KEEP_CHECKPOINTS=keep, PREPARE=",".join(prepare) or "none")
+        _run_phases(phases, params, summary, rdir, sets or {})
     return run_id
 
 
-def _run_phases(phases, model, model_path, repeats, out_dir, run_id, keep, summary, rdir, sets):
-    params = dict(MODEL=model, MODEL_PATH=model_path or "", REPEATS=repeats, OUT_DIR=str(out_dir), RUN_ID=run_id,
-                  KEEP_CHECKPOINTS=keep)
+def _run_phases(phases, params: dict, summary: bool, rdir: Path, sets: dict) -> None:
+    out_dir, run_id, model = Path(params["OUT_DIR"]), params["RUN_ID"], params["MODEL_PATH"] or params["MODEL"]
     t_all = time.perf_counter()
     for i, p in enumerate(phases, 1):
         out_nb = rdir / f"{p.slug}.ipynb"
         if phase_complete(out_dir, run_id, p.slug) and notebook_ran_clean(out_nb):
             print(f"[{i}/{len(phases)}] {p.slug}: complete in run {run_id}, skipped", flush=True)
             continue
-        size = kind_of(p.id, repeats=repeats, run_id=run_id).size()
-        print(f"[{i}/{len(phases)}] {p.slug}: {p.title}: {size} on {model_path or model}", flush=True)
+        size = kind_of(p.id, repeats=params["REPEATS"], run_id=run_id).size()
+        print(f"[{i}/{len(phases)}] {p.slug}: {p.title}: {size} on {model}", flush=True)
         t0 = time.perf_counter()
         execute(p.slug, out_nb, {**params, **sets.get(p.slug, {})})
         print(f"[{i}/{len(phases)}] {p.slug}: done in {time.perf_counter() - t0:.0f} s -> {out_nb}", flush=True)

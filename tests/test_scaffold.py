@@ -1,0 +1,199 @@
+"""The run scaffold (bench.scaffold): what a run does to the machine is said, recorded and an option; one run
+per machine; a disk cap a killed run left is put back; a throttle the run did not set is found and recorded in
+every row; how busy the machine was beside each timed step. The cgroup tree is a stand-in: the machine's own
+throttle is never touched by a test."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from llama_ckpt import fsutil
+from llama_ckpt.bench import diskcap, measure, scaffold, training
+from llama_ckpt.bench.savers import SAVERS
+from llama_ckpt.errors import UserError
+from llama_ckpt.model import get_model
+from llama_ckpt.recorders import MachineBusy
+from llama_ckpt.registry import APPROACHES
+
+
+@pytest.fixture
+def machine(tmp_path, monkeypatch):
+    """This test's own machine directory (lock, cap state), a writable stand-in for drop_caches, and lines said
+    about the machine said again (they are said once per process)."""
+    d = tmp_path / "machine"
+    monkeypatch.setattr(fsutil, "MACHINE_DIR", d)
+    knob = tmp_path / "drop_caches"
+    knob.write_text("0")
+    monkeypatch.setattr(fsutil, "DROP_CACHES", knob)
+    monkeypatch.setattr(scaffold, "_said", set())
+    return d
+
+
+@pytest.fixture
+def cgroup(tmp_path, monkeypatch):
+    """A blkio directory with both throttle files and a /sys/dev/block that knows tmp_path's device."""
+    root, block = tmp_path / "blkio", tmp_path / "block"
+    root.mkdir()
+    st = os.stat(tmp_path)
+    dev = f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
+    (block / dev).mkdir(parents=True)
+    for f in diskcap.FILES:
+        (root / f).write_text("")
+    monkeypatch.setattr(diskcap, "BLKIO", root)
+    monkeypatch.setattr(diskcap, "SYS_BLOCK", block)
+    return root, block, dev
+
+
+def _run(tmp_path, name="out", **opts):
+    said = []
+    env, rows = measure.run([APPROACHES["pytorch"]], get_model("tiny"),
+                            measure.Options(out=tmp_path / name, repeats=2, disk_reference=False, progress=False,
+                                            **opts), say=said.append)
+    return env, rows, said
+
+
+def test_a_run_says_once_at_its_start_what_it_does_to_the_machine_and_records_it(tmp_path, machine, monkeypatch):
+    settled = []
+    monkeypatch.setattr(fsutil, "settle", lambda: settled.append(1) or True)
+    env, rows, said = _run(tmp_path)
+    drop = [s for s in said if "drops the page cache of the whole machine" in s]
+    assert len(drop) == 1 and said.index(drop[0]) < next(i for i, s in enumerate(said) if s.startswith("run "))
+    assert env["drop_caches"] is True and [r["caches_dropped"] for r in rows] == [True, True] and len(settled) == 2
+    assert env["disk_cap_Bps"] is None and all(r["disk_throttle_Bps"] is None for r in rows)
+
+
+def test_each_preparation_is_turned_off_by_its_option(tmp_path, machine, monkeypatch):
+    settled, trimmed = [], tmp_path / "trimmed"
+    monkeypatch.setattr(fsutil, "settle", lambda: settled.append(1) or True)
+    fake = tmp_path / "fstrim"  # a stand-in for fstrim(8) that only notes each call
+    fake.write_text(f"#!/bin/sh\necho \"$1\" >> '{trimmed}'\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(fsutil, "FSTRIM", str(fake))
+    root = os.geteuid() == 0  # fsutil.trim trims only as root
+    env, rows, said = _run(tmp_path, "drop-only", prepare=scaffold.parse_prepare("drop-caches"))
+    assert env["trim"] is False and [r["free_space_trimmed"] for r in rows] == [False, False]
+    assert not trimmed.exists() and len(settled) == 2 and not any("fstrim" in s for s in said)
+    env, rows, said = _run(tmp_path, "trim-only", prepare=scaffold.parse_prepare("trim"))
+    assert env["drop_caches"] is False and [r["caches_dropped"] for r in rows] == [False, False] and len(settled) == 2
+    assert env["trim"] is root and [r["free_space_trimmed"] for r in rows] == [root, root]
+    assert trimmed.exists() == root and not any("drop_caches" in s for s in said)
+    env, rows, said = _run(tmp_path, "none", prepare=scaffold.parse_prepare("none"))
+    assert (env["drop_caches"], env["trim"]) == (False, False) and len(settled) == 2
+    assert "this run changes nothing on the machine outside its own files" in " ".join(said)
+    with pytest.raises(UserError, match="no such preparation fsck"):
+        scaffold.parse_prepare("trim,fsck")
+
+
+def test_the_training_loops_drop_the_caches_only_as_asked(tmp_path, machine, monkeypatch):
+    settled = []
+    monkeypatch.setattr(fsutil, "settle", lambda: settled.append(1) or True)
+    for prepare, n in (("none", 0), ("drop-caches,trim", 1)):
+        opts = training.TrainingOptions(out=tmp_path, checkpoints=tmp_path / prepare / "c",
+                                        results=tmp_path / prepare / "r.jsonl", repeats=1, loops=("accelerator",),
+                                        device_s=0.001, prepare=scaffold.parse_prepare(prepare))
+        env, rows = training.run_training([SAVERS["safetensors"]], get_model("tiny"), opts)
+        assert env["drop_caches"] is bool(n) and env["trim"] is False and len(settled) == n
+        assert rows[0]["verified"] and rows[0]["caches_dropped"] is bool(n) and rows[0]["free_space_trimmed"] is False
+        assert rows[0]["busy"]["wall_s"] > 0
+
+
+HOLD = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from llama_ckpt import fsutil
+    with fsutil.machine_lock(Path(sys.argv[1]), Path(sys.argv[2])):
+        print("held", flush=True)
+        time.sleep(60)
+""")
+
+
+def test_one_run_per_machine_whatever_its_output_directory(tmp_path, machine):
+    first = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path / "first"), str(machine)],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert first.stdout.readline().strip() == "held"
+        with pytest.raises(UserError, match=rf"in use by another run \(pid {first.pid}, writing to "
+                                            rf".*first\)"):
+            _run(tmp_path, "second")
+    finally:
+        first.kill()
+        first.wait()
+    assert not (tmp_path / "second" / "results").exists()
+    _env, rows, _said = _run(tmp_path, "third")  # the lock goes with its holder
+    assert all(r["verified"] for r in rows)
+
+
+CAP = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from llama_ckpt.bench import diskcap
+    diskcap.BLKIO, diskcap.SYS_BLOCK = Path(sys.argv[1]), Path(sys.argv[2])
+    with diskcap.capped(Path(sys.argv[3]), 200_000_000):
+        print("capped", flush=True)
+        time.sleep(60)
+""")
+
+
+def test_a_cap_left_by_a_killed_run_is_put_back_by_the_next_run(tmp_path, machine, cgroup):
+    root, block, dev = cgroup
+    (root / diskcap.FILES[1]).write_text(f"{dev} 5000000\n")  # a write throttle someone set before
+    env = dict(os.environ, LLAMA_CKPT_MACHINE_DIR=str(machine))
+    killed = subprocess.Popen([sys.executable, "-c", CAP, str(root), str(block), str(tmp_path)], env=env,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert killed.stdout.readline().strip() == "capped"
+        assert [(root / f).read_text() for f in diskcap.FILES] == [f"{dev} 200000000\n"] * 2
+    finally:
+        killed.send_signal(signal.SIGKILL)
+        killed.wait()
+    assert [(root / f).read_text() for f in diskcap.FILES] == [f"{dev} 200000000\n"] * 2  # a SIGKILL leaves it
+    env, rows, said = _run(tmp_path)  # the next run, not capped
+    assert [(root / f).read_text() for f in diskcap.FILES] == [f"{dev} 0\n", f"{dev} 5000000\n"]
+    assert any(f"run {killed.pid} ended without lifting its cap" in s and "put back" in s for s in said)
+    assert not (machine / diskcap.STATE_NAME).exists()
+    assert env["disk_throttle_found"] == {"device": dev, "read_bps": 0, "write_bps": 5_000_000}
+
+
+def test_a_leftover_cap_changed_since_is_left_as_it_is(tmp_path, machine, cgroup):
+    root, _block, dev = cgroup
+    machine.mkdir()
+    (machine / diskcap.STATE_NAME).write_text(
+        f'{{"device": "{dev}", "bps": 1000, "before_bps": [0, 0], "pid": 1, '
+        f'"files": ["{root / diskcap.FILES[0]}", "{root / diskcap.FILES[1]}"]}}')
+    (root / diskcap.FILES[0]).write_text(f"{dev} 7\n")  # someone else's since
+    said = []
+    diskcap.restore_left(said.append)
+    assert (root / diskcap.FILES[0]).read_text() == f"{dev} 7\n" and "left as it is" in said[0]
+    assert not (machine / diskcap.STATE_NAME).exists()
+
+
+def test_an_uncapped_run_on_a_throttled_disk_says_so_in_every_row(tmp_path, machine, cgroup):
+    root, _block, dev = cgroup
+    (root / diskcap.FILES[1]).write_text(f"{dev} 300000000\n")
+    env, rows, said = _run(tmp_path)
+    assert env["disk_cap_Bps"] is None and env["disk_throttle_found"]["write_bps"] == 300_000_000
+    assert [r["disk_throttle_Bps"] for r in rows] == [300_000_000] * 2
+    assert any("throttled at 300 MB/s by a cap this run did not set" in s for s in said)
+
+
+def test_every_row_says_how_busy_the_machine_was_beside_it(tmp_path, machine):
+    _env, rows, _said = _run(tmp_path)
+    for r in rows:
+        for step in ("busy_save", "busy_load"):
+            b = r[step]
+            assert set(b) == {"others_cpu_s", "steal_s", "wall_s", "cores", "busy"}
+            assert b["others_cpu_s"] >= 0 and b["steal_s"] >= 0 and b["wall_s"] > 0 and b["cores"] >= 1
+    # another process burning a core beside the block is counted as others' CPU and marks it busy
+    spin = subprocess.Popen([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 3: pass"])
+    try:
+        time.sleep(0.3)
+        with MachineBusy() as busy:
+            time.sleep(1.5)
+    finally:
+        spin.wait()
+    assert busy.result["others_cpu_s"] >= 0.5 and busy.result["busy"], busy.result
