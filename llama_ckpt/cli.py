@@ -250,14 +250,12 @@ def _prepare_option(s: argparse.ArgumentParser) -> None:
                         f"or none (default: {','.join(scaffold.PREPARE)}). The run says at its start what it does")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m llama_ckpt",
-                description="Benchmark ways of storing LLaMA-shaped model weights: save, load, size, exactness.")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
+def _list_parser(sub) -> None:
     s = sub.add_parser("list", help="list the approaches, one per line")
     s.set_defaults(func=cmd_list)
 
+
+def _run_parser(sub) -> None:
     s = sub.add_parser("run", help="save and load with each approach, measured and verified")
     s.add_argument("--approach", default="all", help="NAME[,NAME...] or 'all' (default: all); see 'list'")
     s.add_argument("--model", default=None,
@@ -299,6 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="load on M processes instead of N (resharding; default: N)")
     s.set_defaults(func=cmd_run)
 
+
+def _suite_parser(sub) -> None:
     s = sub.add_parser("suite", help="execute the phase notebooks with papermill, then the summary")
     s.add_argument("--phases", default="all", help="all, none (summary only) or IDs: 00,4a,...,4f,05,06,07,08")
     s.add_argument("--model", default=DEFAULT_PRESET,
@@ -318,11 +318,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "(papermill --help-notebook notebooks/SLUG.ipynb lists them); repeatable")
     s.set_defaults(func=cmd_suite)
 
+
+def _verify_parser(sub) -> None:
     s = sub.add_parser("verify", help="check checkpoints against the digests in their manifests")
     s.add_argument("paths", nargs="+", metavar="PATH", help="checkpoint directories, or s3://BUCKET/KEY prefixes")
     s.add_argument("--s3-endpoint", default=None, metavar="URL", help="the S3 endpoint of s3:// paths")
     s.set_defaults(func=cmd_verify)
 
+
+def _load_parser(sub) -> None:
     s = sub.add_parser("load", help="load sharded checkpoints cold on any number of ranks, each checked "
                                     "against the same rows of its source")
     s.add_argument("paths", nargs="+", metavar="PATH", help="checkpoint directories, or s3://BUCKET/KEY prefixes")
@@ -331,12 +335,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--s3-endpoint", default=None, metavar="URL", help="the S3 endpoint of s3:// paths")
     s.set_defaults(func=cmd_load)
 
+
+def _compare_parser(sub) -> None:
     s = sub.add_parser("compare", help="the comparison table from results files")
     s.add_argument("results", nargs="+", metavar="RESULTS", help="results .jsonl files")
     s.add_argument("--baseline", default=summ.BASELINE,  # the registry's baseline (llama_ckpt.results.text)
                    help="approach the changes are measured against (default: %(default)s)")
     s.add_argument("--reference", default="pytorch", help="second approach to compare against (default: pytorch)")
     s.set_defaults(func=cmd_compare)
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m llama_ckpt",
+                description="Benchmark ways of storing LLaMA-shaped model weights: save, load, size, exactness.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _list_parser(sub)
+    _run_parser(sub)
+    _suite_parser(sub)
+    _verify_parser(sub)
+    _load_parser(sub)
+    _compare_parser(sub)
     return p
 
 

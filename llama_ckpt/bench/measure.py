@@ -226,7 +226,7 @@ def _sharded(approach: Format, source: ModelSource, loc: Location, world: int, l
     """A save on ``world`` ranks and a cold load on ``load_world`` ranks, spawned here."""
     job = sharded_job(approach, source, loc)
     staged = loc.stage()
-    with loc.count_requests() as req_save:
+    with loc.count_requests() as req_save, MachineBusy() as busy_save:  # the ranks are children waited for
         saves = ranks.launch(dict(job, staged=staged), world)
     errors = [r["error"] for r in saves if r.get("error")]
     if errors:  # no commit happened: what was staged goes
@@ -234,9 +234,10 @@ def _sharded(approach: Format, source: ModelSource, loc: Location, world: int, l
         return dict(verified=False, ranks_save=saves, error="save failed: " + "; ".join(errors))
     fp = loc.footprint()
     cold, frac = loc.evict()
-    with loc.count_requests() as req_load:
+    with loc.count_requests() as req_load, MachineBusy() as busy_load:
         loads = ranks.launch(dict(job, kind="load"), load_world)
-    return ranks.sharded_fields(saves, loads, fp, cold, frac, req_save, req_load, source.nbytes, launcher="spawn")
+    return ranks.sharded_fields(saves, loads, fp, cold, frac, req_save, req_load, source.nbytes, launcher="spawn") \
+        | {"busy_save": busy_save.result, "busy_load": busy_load.result}
 
 
 def load_sharded(loc: Location, group=None, world: int | None = None) -> dict:
