@@ -19,7 +19,7 @@ __version__ = "0.1.0"
 # other, both reading the catalogues, the verdicts and the run layout from study/ below them.
 # tests/test_layout.py holds the package to it; the docs' layout is generated from it.
 FLOORS = (
-    ("errors",),
+    ("errors", "units"),
     ("fsutil", "model", "recorders", "netdelay"),
     ("digests", "store", "results"),
     ("checkpoint",),

@@ -26,8 +26,10 @@ from .formats.fast_safetensors import FastSafeTensors
 from .formats.runai_streamer import RunaiStreamer
 from .formats.safetensors import SafeTensors
 from .formats.tensorizer import Tensorizer
-from .formats.tensorstore import MiB, TensorStoreZarr, TSKnobs
+from .formats.tensorstore import TensorStoreZarr, TSKnobs
 from .formats.torch_save import TorchSave
+from .results.text import BASELINE
+from .units import GiB, MiB, binary_label
 
 GUIDE, SHARDED = "guide", "sharded"
 VARIANT = "variant"  # a knob value of another approach, registered for its name: not a format of its own
@@ -45,7 +47,7 @@ def _ts(name: str, description: str, tags=(), **changes) -> TensorStoreZarr:
 # commits every 1 GiB staged (bounded memory on large models), data files of at most 64 MiB, concurrency 8
 # (bounds the chunk buffers a load holds); why: docs/decisions.md#ts-best
 TS_BEST = dict(chunk_rule="contiguous", chunk_size=16 * MiB, concurrency=8, use_ocdbt=True, transaction=True,
-               reference_source=True, commit_bytes=1 << 30, target_data_file_size=64 * MiB)
+               reference_source=True, commit_bytes=1 * GiB, target_data_file_size=64 * MiB)
 # sharded TensorStore: row chunks of at most 16 MiB dividing each rank's rows, one transaction per rank
 TS_SHARDED = dict(chunk_rule="contiguous", chunk_size=16 * MiB, concurrency=128, transaction=True,
                   reference_source=True)
@@ -54,7 +56,7 @@ APPROACHES: dict[str, Format] = {a.name: a for a in [
     # -- the user's guide's eight, in its order
     TorchSave("pytorch", "torch.save of the state dict in float16, one .pth file", TorchSave.Knobs("float16"),
               (GUIDE,)),
-    _ts("tensorstore", "baseline: zarr, 64-element chunks, concurrency 1, no compression, float32", (GUIDE,)),
+    _ts(BASELINE, "baseline: zarr, 64-element chunks, concurrency 1, no compression, float32", (GUIDE,)),
     _ts("t5x", "zarr, chunks up to 64 MiB (T5X divisor rule), concurrency 128, gzip, float32", (GUIDE,),
         chunk_rule="t5x", chunk_size=64 * MiB, compression="gzip", concurrency=128),
     _ts("ts+concurrency", "baseline with 128 concurrent operations, all writes in flight", (GUIDE,), concurrency=128),
@@ -142,8 +144,10 @@ def variant(base: str, **changes) -> Format:
 
 
 def _label(v) -> str:
+    """A knob's value as it reads in an approach's name: a whole number of KiB in binary units with no space
+    (``chunk_size=16MiB``, ``64KiB``: part of the name, so spelt as every result row and test knows it)."""
     if isinstance(v, int) and not isinstance(v, bool) and v >= 1024 and v % 1024 == 0:
-        return f"{v >> 20}MiB" if v % (1 << 20) == 0 else f"{v >> 10}KiB"
+        return binary_label(v, sep="")
     return str(v)
 
 
@@ -192,5 +196,5 @@ def approach_of(manifest: dict) -> Format:
         raise UserError(f"checkpoint of unknown approach {name!r} (mechanism {manifest.get('mechanism')!r})")
     fields = {f.name for f in dataclasses.fields(cls.Knobs)}
     tags = (SHARDED,) if "world_size" in manifest else ()
-    return cls(name, "rebuilt from a manifest", cls.Knobs(**{k: v for k, v in manifest["knobs"].items() if k in fields}),
-               tags)
+    knobs = cls.Knobs(**{k: v for k, v in manifest["knobs"].items() if k in fields})
+    return cls(name, "rebuilt from a manifest", knobs, tags)

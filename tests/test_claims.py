@@ -110,7 +110,8 @@ def cloud_rows(delay, ocdbt_factor):
     out = []
     for plain, ocdbt in (("tensorstore", "ts+ocdbt"), ("ts+chunks", "ts+chunks[use_ocdbt=True]")):
         for name, f in ((plain, 1.0), (ocdbt, ocdbt_factor)):
-            for r in rows_for(name, [10 * f, 10.2 * f, 10.5 * f, 10.8 * f, 11 * f], [5 * f, 5.1 * f, 5.2 * f, 5.3 * f, 5.4 * f]):
+            for r in rows_for(name, [10 * f, 10.2 * f, 10.5 * f, 10.8 * f, 11 * f],
+                              [5 * f, 5.1 * f, 5.2 * f, 5.3 * f, 5.4 * f]):
                 r.update(requests_save={"write": 10}, requests_load={"read": 10}, s3_delay_ms=delay)
                 out.append(r)
     return out
@@ -184,7 +185,8 @@ def test_a_size_claim_straddling_its_threshold_is_inconclusive():
 
 
 def test_best_is_inconclusive_when_the_winner_cannot_be_separated_from_the_runner_up():
-    s = sample_sets(rows_for("a", [1, 1.25, 1.5, 1.75, 2]) + rows_for("b", [1.2, 1.4, 1.6, 1.9, 2.2]) + rows_for("c", [5, 5.05, 5.1, 5.15, 5.2]))
+    s = sample_sets(rows_for("a", [1, 1.25, 1.5, 1.75, 2]) + rows_for("b", [1.2, 1.4, 1.6, 1.9, 2.2])
+                    + rows_for("c", [5, 5.05, 5.1, 5.15, 5.2]))
     v, text = Best("a", "save").judge(s)
     assert v == UNSURE and text.endswith("straddles 1 against b")  # c is clearly slower: not named
 

@@ -71,7 +71,8 @@ def test_compare_computes_the_changes(tmp_path):
     for r in HAND_MADE:
         w.write(r)
     table = comparison_table(read_results([p]).measurements)
-    lines = {l.split()[0]: l for l in table.splitlines() if l and l.split()[0] in ("tensorstore", "ts+chunks", "pytorch")}
+    lines = {l.split()[0]: l for l in table.splitlines()
+             if l and l.split()[0] in ("tensorstore", "ts+chunks", "pytorch")}
     assert "-80%" in lines["ts+chunks"] and "-50%" in lines["ts+chunks"] and "+10%" in lines["ts+chunks"]
     assert "-90%*" in lines["pytorch"] and "-80%*" in lines["pytorch"] and "-50%*" in lines["pytorch"]
     assert "float16" in lines["pytorch"]
@@ -256,7 +257,8 @@ def test_a_ranking_says_whether_the_rule_tells_each_approach_from_the_next():
 
     from llama_ckpt.report.summary import _vs_next
 
-    s = {"fast": {"save_s": np.array([1.0, 1.01, 0.99, 1.0, 1.02])}, "slow": {"save_s": np.array([2.0, 2.1, 1.9, 2, 2])},
+    s = {"fast": {"save_s": np.array([1.0, 1.01, 0.99, 1.0, 1.02])},
+         "slow": {"save_s": np.array([2.0, 2.1, 1.9, 2, 2])},
          "close": {"save_s": np.array([1.0, 1.2, 0.8, 1.1, 0.9])}, "few": {"save_s": np.array([1.0, 1.01, 0.99])},
          "small": {"bytes_on_disk": np.array([100.0] * 3)}, "big": {"bytes_on_disk": np.array([2100.0] * 3)}}
     assert _vs_next(s, "fast", "slow", "save_s").endswith(": told apart")
@@ -266,3 +268,21 @@ def test_a_ranking_says_whether_the_rule_tells_each_approach_from_the_next():
     # a few bytes of metadata that vary by repeat: still the medians' difference, not a resampled ratio of 1.00x
     s["tiny"] = {"bytes_on_disk": np.array([2098.0, 2099.0, 2101.0])}
     assert _vs_next(s, "tiny", "big", "bytes_on_disk") == "smaller by 1 B"
+
+
+def test_byte_sizes_have_one_label_and_an_approach_name_keeps_its_spelling():
+    from llama_ckpt.registry import variant
+    from llama_ckpt.report import charts, tables
+    from llama_ckpt.units import KiB, MiB, binary_label
+
+    # the largest binary unit that divides exactly, so a label reads back as the same bytes
+    assert [binary_label(n) for n in (16 * MiB, 64 * KiB, 1536 * KiB, 1000)] == ["16 MiB", "64 KiB", "1536 KiB",
+                                                                                   "1000 B"]
+    # in an approach's name (an id in result rows and tests) without the space
+    assert variant("ts+chunks", chunk_size=16 * MiB).name == "ts+chunks[chunk_size=16MiB]"
+    assert variant("ts+chunks", chunk_size=64 * KiB).name == "ts+chunks[chunk_size=64KiB]"
+    # a table's label and a chart's tick say the same
+    assert tables.knob_label({"chunk_size": MiB, "chunk_rule": "contiguous"}, "chunk_size") == "1 MiB"
+    rows = [row("a", 1, 1.0, 1.0, 600, knobs={"chunk_size": MiB, "chunk_rule": "contiguous"})]
+    df, _ = charts._sweep_frame(rows, "chunk_size", tables.labels(rows, "chunk_size"))
+    assert charts._tick(float(MiB), "bytes", df) == "1 MiB"

@@ -164,3 +164,12 @@ def test_the_claims_phase_budget_bounds_only_the_repeats_beyond_the_rules_minimu
     assert not [rd for rd in res.rounds if rd["round"] > 1]
     assert res.stopped == f"no repeats beyond {MIN_REPEATS}: the time budget for them (CLAIMS_BUDGET_S) is 0"
     assert runs.phase_complete(tmp_path, "b0", "08-claims")
+
+
+def test_the_aims_are_05s_first_comparisons_and_the_summary_reads_them():
+    from llama_ckpt.study.aims import AIM_APPROACHES, FORMAT_AIMS
+
+    p = phases.get_phase("05")
+    assert p.comparisons()[:len(FORMAT_AIMS)] == FORMAT_AIMS  # 05's findings open with them
+    assert set(AIM_APPROACHES) <= {a.name for a in p.approaches()}  # and 05 measures every approach they compare
+    assert AIM_APPROACHES == tuple(dict.fromkeys(n for pair in FORMAT_AIMS for n in pair))

@@ -17,7 +17,6 @@ from ..recorders import Steps
 from . import chunks as chunk_rules
 from .base import DTYPES, Format, RankContext, round_up
 
-MiB = 1 << 20
 # Reads and writes in flight at once for the "all in flight together"
 # approaches are bounded by the bytes they hold: TensorStore copies each source
 # array until its write commits, and holds chunk buffers until a read is

@@ -21,6 +21,7 @@ import seaborn as sns
 
 from ..registry import APPROACHES, GUIDE
 from ..results import is_valid
+from ..units import binary_label
 from .tables import knob_label, knob_value
 
 LOG_SPAN = 20  # max/min of a panel's medians beyond which its axis is logarithmic
@@ -168,7 +169,7 @@ def _tick(x: float, kind: str, df: pd.DataFrame) -> str:
         return f"{x:g}"
     sub = df[df["x"] == x]
     rule = sub["knobs"].iloc[0].get("chunk_rule") if len(sub) else None
-    size = f"{x / 2**20:g} MiB" if x >= 2**20 else f"{x / 2**10:g} KiB" if x >= 1024 else f"{x:g} B"
+    size = binary_label(x)
     if rule == "per_dim":
         n = sub["knobs"].iloc[0]["chunk_size"]
         return f"{n}x{n} ({size})"

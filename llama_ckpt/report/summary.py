@@ -13,10 +13,13 @@ import pandas as pd
 from ..errors import UserError
 from ..registry import names
 from ..results import change, comparison_table, fmt_bytes, is_valid, read_results, summarize
+from ..results.text import BASELINE
+from ..study.aims import AIM_APPROACHES, FORMAT_AIMS
 from ..study.claims import (GUIDE_EIGHT, GUIDE_FIGURES, HOLDS, FAILS, MIN_REPEATS, OTHER_WEIGHTS_CLAIMS, UNSURE,
                              judge_both, judge_cloud, ratio_interval, sample_sets)
 from ..study.phases import COMPARE, PHASES
 from ..study.runs import cloud_rows, latest_run, phase_complete, run_dir, run_results, shared_rows
+from ..units import GiB
 from . import charts as plots
 from . import machine as machine_report
 from . import tables as report
@@ -87,9 +90,9 @@ class Summary:
         lines += [f"- warning: {w}" for w in self.warnings]
         if self.envs:
             e = self.envs[0]
-            lines.append(f"- machine: {e.get('cpu_model')}, {e.get('n_cpus')} CPUs, {e.get('ram_bytes', 0) / 2**30:.0f} GiB; "
-                         f"output on {e.get('out_fs_type')}; torch {e.get('torch')}, tensorstore {e.get('tensorstore')}; "
-                         f"git {e.get('git_commit')}")
+            lines.append(f"- machine: {e.get('cpu_model')}, {e.get('n_cpus')} CPUs, "
+                         f"{e.get('ram_bytes', 0) / GiB:.0f} GiB; output on {e.get('out_fs_type')}; "
+                         f"torch {e.get('torch')}, tensorstore {e.get('tensorstore')}; git {e.get('git_commit')}")
         return "\n".join(lines)
 
     def eight_way_table(self) -> pd.DataFrame:
@@ -176,19 +179,19 @@ class Summary:
                                                            "vertical-align": "top"})
 
     def guide_table(self) -> pd.DataFrame:
-        """The guide's figures and ours, as changes against tensorstore."""
+        """The guide's figures and ours, as changes against the baseline (``tensorstore``)."""
         summ = summarize(self.guide_rows)
-        base = summ.get("tensorstore")
+        base = summ.get(BASELINE)
         recs = []
         for n in GUIDE_EIGHT:
             rec = {"approach": n, "dtype": summ[n]["stored_dtype"] if n in summ else None}
             for metric, key, g in (("save", "save_s", "save_s"), ("load", "load_s", "load_s"),
                                    ("size", "bytes_on_disk", "size_gb")):
-                rec[f"{metric}: guide %"] = change(GUIDE_FIGURES[g][n], GUIDE_FIGURES[g]["tensorstore"])
+                rec[f"{metric}: guide %"] = change(GUIDE_FIGURES[g][n], GUIDE_FIGURES[g][BASELINE])
                 rec[f"{metric}: ours %"] = (change(summ[n][key].median, base[key].median)
                                             if n in summ and base else None)
             recs.append(rec)
-        return pd.DataFrame(recs).set_index("approach") if recs else pd.DataFrame() if recs else pd.DataFrame()
+        return pd.DataFrame(recs).set_index("approach") if recs else pd.DataFrame()
 
     @property
     def registered_rows(self) -> list[dict]:
@@ -219,8 +222,8 @@ class Summary:
     def bounds(self) -> pd.DataFrame:
         """Every registered approach's save and load against the shortest time
         its counted work can take on this machine, and the limit that sets it."""
-        return machine_report.bounds_table(self.registered_rows, self.machine(),
-                                           [n for n in names() if any(r["approach"] == n for r in self.registered_rows)])
+        measured = {r["approach"] for r in self.registered_rows}
+        return machine_report.bounds_table(self.registered_rows, self.machine(), [n for n in names() if n in measured])
 
     def answer(self) -> str:
         """What to pick for each job on this machine, first: the ranking's
@@ -289,14 +292,13 @@ class Summary:
                              "vs_next": _vs_next(samples, n, ranked[rank] if rank < len(ranked) else None, key)})
         return pd.DataFrame(recs).set_index(["job", "rank"]) if recs else pd.DataFrame()
 
-    AIMS = (("ts+best", "pytorch-fp32"), ("ts+best", "safetensors"), ("ts+best16", "pytorch"))
-
     def aim(self) -> pd.DataFrame:
         """The aims: the fastest cold load's throughput over the disk
-        reference's read; ts+best against pytorch-fp32 and safetensors,
-        ts+best16 against pytorch; ratios of medians (below 1 = ts+best
-        faster). From 05-formats' rows, whose repeats were interleaved
-        together (every registered approach's rows where 05 did not run)."""
+        reference's read; the format aims (:data:`llama_ckpt.study.aims.FORMAT_AIMS`:
+        ts+best against pytorch-fp32 and safetensors, ts+best16 against
+        pytorch), ratios of medians (below 1 = ts+best faster). From
+        05-formats' rows, whose repeats were interleaved together (every
+        registered approach's rows where 05 did not run)."""
         summ = summarize(self.by_phase.get("05-formats") or self.registered_rows)
         recs = []
         rates = self.env_rates()
@@ -305,7 +307,7 @@ class Summary:
             recs.append({"ratio": f"fastest cold load ({best}): its bytes/s over the disk's read",
                          "share_of_disk": summ[best]["load_Bps"].median / rates["reference_read_Bps"],
                          "repeats": str(summ[best]["n"])})
-        for a, b in self.AIMS:
+        for a, b in FORMAT_AIMS:
             if a in summ and b in summ:
                 recs.append({"ratio": f"{a} / {b}",
                              "save": summ[a]["save_s"].median / summ[b]["save_s"].median,
@@ -345,8 +347,7 @@ class Summary:
 
     def save_phases(self) -> pd.DataFrame:
         """Where the save time of the aim's approaches goes (the 05 phase's rows)."""
-        names = list(dict.fromkeys(n for pair in self.AIMS for n in pair))
-        return report.save_phases_table(self.by_phase.get("05-formats", []), names)
+        return report.save_phases_table(self.by_phase.get("05-formats", []), list(AIM_APPROACHES))
 
     def findings(self) -> str:
         summ = summarize(self.guide_rows)
@@ -367,8 +368,9 @@ class Summary:
             out.append(f"- {what}: " + " < ".join(f"{n} ({show(summ[n][key].median)})" for n in ranked) + ".")
         if "pytorch" in summ and "ts+float16" in summ:
             p, t = summ["pytorch"], summ["ts+float16"]
-            out.append(f"- Like for like in float16: ts+float16 saves in {t['save_s'].median / p['save_s'].median:.2f}x "
-                       f"and loads in {t['load_s'].median / p['load_s'].median:.2f}x pytorch's time.")
+            out.append(f"- Like for like in float16: ts+float16 saves in "
+                       f"{t['save_s'].median / p['save_s'].median:.2f}x and loads in "
+                       f"{t['load_s'].median / p['load_s'].median:.2f}x pytorch's time.")
         rates = self.env_rates()
         every = summarize(self.registered_rows)
         if rates and every:

@@ -9,8 +9,10 @@ from __future__ import annotations
 import pandas as pd
 
 from ..results import Stat, change, fmt_bytes, is_valid, spread, summarize
+from ..results.text import BASELINE
 from ..store.s3 import request_total
 from ..registry import APPROACHES
+from ..units import binary_label
 from ..study.claims import judge_claims, judge_cloud
 from ..study.phases import CLOUD_LOADER_PAIRS, CLOUD_PAIRS
 
@@ -27,8 +29,7 @@ def knob_label(knobs: dict | None, axis: str | None) -> str:
             return f"{knobs['chunk_size']}/dim"
         if rule == "whole":
             return "whole tensor"
-        n = knobs["chunk_size"]
-        return f"{n >> 20} MiB" if n % (1 << 20) == 0 else f"{n >> 10} KiB" if n % 1024 == 0 else f"{n} B"
+        return binary_label(knobs["chunk_size"])
     v = knobs.get(axis)
     return "none" if v is None else str(v)
 
@@ -80,7 +81,7 @@ def order(rows: list[dict], axis: str | None = None) -> list[str]:
     return sorted(names, key=lambda a: (values[a] is None, values[a] or 0.0))
 
 
-def table(rows: list[dict], baseline: str = "tensorstore", axis: str | None = None) -> pd.DataFrame:
+def table(rows: list[dict], baseline: str = BASELINE, axis: str | None = None) -> pd.DataFrame:
     """One line per approach: medians [min, max] of the repeats, size, files,
     throughput, changes against ``baseline``, compression ratio and the bytes
     beyond the chunk data."""
@@ -335,7 +336,7 @@ def io_findings(rows: list[dict], pairs: tuple[tuple[str, str], ...], best: str 
     return "\n".join(out)
 
 
-def findings(rows: list[dict], phase, baseline: str = "tensorstore", other: list[dict] | None = None) -> str:
+def findings(rows: list[dict], phase, baseline: str = BASELINE, other: list[dict] | None = None) -> str:
     """Markdown findings of one phase (a :class:`llama_ckpt.study.phases.Phase`),
     computed from its rows (and ``other``: its rows on the preset's other weights)."""
     pairs, axis, claims = phase.comparisons(baseline), phase.axis, phase.claims
@@ -427,8 +428,8 @@ def cloud_findings(rows: list[dict]) -> str:
             if (d, a) in t.index and (d, b) in t.index:
                 x, y = t.loc[(d, a)], t.loc[(d, b)]
                 lines.append(f"- +{d:g} ms, cold load from S3: `{a}` ({x['read_by']}, {x['kvstore']}) in "
-                             f"{x['load_s']:.3g} s against `{b}` ({y['read_by']}, {y['kvstore']}) in {y['load_s']:.3g} s: "
-                             f"{x['load_s'] / y['load_s']:.2f}x.")
+                             f"{x['load_s']:.3g} s against `{b}` ({y['read_by']}, {y['kvstore']}) in "
+                             f"{y['load_s']:.3g} s: {x['load_s'] / y['load_s']:.2f}x.")
     if len(delays) > 1:
         lo, hi = delays[0], delays[-1]
         for name in dict.fromkeys(n for _, n in t.index):

@@ -24,14 +24,9 @@ import seaborn as sns
 
 from ..bench.training import DLIO_STEP_S
 from ..results import Stat, fmt_bytes, fmt_stat
+from ..study.aims import AIM_CHECKPOINTS, BLOCKING_AIM, SLOWDOWN_AIM, SLOWDOWN_AIMS
 from . import charts
 
-BLOCKING_AIM = 0.05  # the best async saver blocks for at most this share of its synchronous save
-# and the steps run at most this much slower while it finishes: in the accelerator-bound loop (issue 29's aim),
-# and in the CPU-bound loop (the aim it was first measured against)
-SLOWDOWN_AIMS = {"accelerator": 0.05, "cpu": 0.10}
-SLOWDOWN_AIM = SLOWDOWN_AIMS["cpu"]
-AIM_CHECKPOINTS = 5  # the aims are judged on medians of at least this many checkpoints per saver
 IDLE_SAMPLES = 3  # steps after a save was durable below which the steps before the call join the baseline
 # The checkpoint interval at which the effective training time ratio is stated: TorchTitan's default
 # (pytorch/torchtitan, torchtitan/config: Checkpoint.interval = 500 steps).

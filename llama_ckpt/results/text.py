@@ -5,8 +5,14 @@ from __future__ import annotations
 
 import math
 
+from ..units import fmt_bytes  # noqa: F401  (the tables' size format; the package reads it from results)
 from .schema import is_valid
 from .stats import Stat, change, check_comparable, summarize
+
+# The approach every change is measured against by default: TensorStore as the user's guide configures it first
+# (the registry's ``tensorstore``). The one spelling of its name: the registry, the phases, the claims, the
+# tables and the CLI read it from here, the lowest floor that all of them can import.
+BASELINE = "tensorstore"
 
 
 def reference_line(env: dict) -> str:
@@ -45,22 +51,14 @@ def _fmt_pct(p: float | None) -> str:
     return "-" if p is None else f"{p:+.0f}%"
 
 
-def fmt_bytes(n: float | None) -> str:
-    if n is None:
-        return "-"
-    for unit, div in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if abs(n) >= div:
-            return f"{n / div:.2f} {unit}"
-    return f"{n:.0f} B"
-
-
 def render(header: list[str], body: list[list[str]]) -> str:
     widths = [max(len(str(x)) for x in col) for col in zip(header, *body)]
-    line = lambda cells: "  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+    line = lambda cells: "  ".join(str(c).rjust(w) if i else str(c).ljust(w)  # noqa: E731
+                                   for i, (c, w) in enumerate(zip(cells, widths)))
     return "\n".join([line(header), line(["-" * w for w in widths])] + [line(b) for b in body])
 
 
-def comparison_table(rows: list[dict], baseline: str = "tensorstore", reference: str = "pytorch",
+def comparison_table(rows: list[dict], baseline: str = BASELINE, reference: str = "pytorch",
                      order: list[str] | None = None) -> str:
     """The comparison table of one run's rows, as text, its approaches in
     ``order`` (default: as they first appear in the rows)."""
@@ -71,14 +69,16 @@ def comparison_table(rows: list[dict], baseline: str = "tensorstore", reference:
     if not summ:
         return "(no valid measurements)"
     base, ref = summ.get(baseline), summ.get(reference)
-    header = ["approach", "dtype", "save s", "load s (cold)" if all(s["load_cold"] for s in summ.values()) else "load s",
+    cold = all(s["load_cold"] for s in summ.values())
+    header = ["approach", "dtype", "save s", "load s (cold)" if cold else "load s",
               "size", "files", "save MB/s", "load MB/s",
               f"save vs {baseline}", f"load vs {baseline}", f"size vs {baseline}",
               f"save vs {reference}", f"load vs {reference}", f"size vs {reference}"]
     body = []
     for name, s in summ.items():
         med = lambda st: st.median if st else None
-        cells = [name, s["stored_dtype"] + ("" if s["load_cold"] else " (cache?)" if s["load_cold"] is None else " (warm!)"),
+        warm = "" if s["load_cold"] else " (cache?)" if s["load_cold"] is None else " (warm!)"
+        cells = [name, s["stored_dtype"] + warm,
                  fmt_stat(s["save_s"]), fmt_stat(s["load_s"]), fmt_bytes(med(s["bytes_on_disk"])),
                  f"{med(s['n_files']):.0f}", f"{med(s['save_Bps']) / 1e6:.0f}", f"{med(s['load_Bps']) / 1e6:.0f}"]
         for other in (base, ref):

@@ -16,9 +16,10 @@ from ..bench.savers import SAVERS
 from ..errors import UserError
 from ..formats.base import Format
 from ..registry import APPROACHES, FORMAT_BASELINES, GUIDE, formats_phase, names, sweep
+from ..results.text import BASELINE
+from ..units import KiB, MiB
+from .aims import FORMAT_AIMS
 from .claims import MIN_REPEATS
-
-MiB, KiB = 1 << 20, 1 << 10
 
 # what runs a phase: one class each in llama_ckpt.suite.kinds
 COMPARE, SHARDED, TRAINING, CLAIMS, CLOUD = "compare", "sharded", "training", "claims", "cloud"
@@ -80,7 +81,7 @@ class Phase:
                 f"**Metrics.** {self.metrics}\n\n**Approaches.** {apps}\n\n{self.about or PROTOCOL}"
                 + (SWEEP_NOTE.format(n=self.sweep_repeats) if self.sweep and self.sweep_repeats else ""))
 
-    def comparisons(self, baseline: str = "tensorstore") -> tuple[tuple[str, str], ...]:
+    def comparisons(self, baseline: str = BASELINE) -> tuple[tuple[str, str], ...]:
         return self.pairs or tuple((g, baseline) for g in self.guide if g != baseline)
 
 
@@ -128,13 +129,15 @@ TRAINING_PROTOCOL = (
     "loop a step's device work (forward and backward) is a wait during which the training thread holds neither a "
     "core nor the interpreter lock, as a thread waiting on a device does (its length: DLIO's LLaMA 7B step scaled by "
     "the model's parameters), then the host's part: AdamW's update of a slice of every tensor of the state, in "
-    "place; every saver but the fork() snapshot, which cannot copy a device's memory. The **CPU-bound** loop trains the preset's LLaMA on this machine's cores (transformers, AdamW, forward "
+    "place; every saver but the fork() snapshot, which cannot copy a device's memory. The **CPU-bound** loop "
+    "trains the preset's LLaMA on this machine's cores (transformers, AdamW, forward "
     "and backward on seeded random token batches). By default a checkpoint holds the weights and AdamW's state (its "
     "two moments and step count: what a run needs to resume). Each saver takes its checkpoints in a row as a run that "
     "uses it would (its staging copy kept between them, freed before the next saver). Each checkpoint is a segment of "
     "the loop: a step with no save in flight, the saver's call at step k (the digests of step k's tensors taken just "
     "before it, outside every timing), then steps while the save finishes in the background, until it is durable "
-    "(a loop that never waits for its checkpoints), and a few steps more. **Blocking** is what the saver holds the loop for: its call, plus, where its staging goes on after the call "
+    "(a loop that never waits for its checkpoints), and a few steps more. **Blocking** is what the saver holds "
+    "the loop for: its call, plus, where its staging goes on after the call "
     "(DCP's async staging), the wait for it before the loop's next in-place update. **Durable** is the time from "
     "the call until the checkpoint is committed (every byte fsynced, then manifest and marker, by this process: a "
     "process killed mid-save leaves no committed checkpoint). The loop updates the state in place meanwhile; each "
@@ -175,7 +178,7 @@ SWEEP_REPEATS = 1
 CLOUD_DELAYS_MS = (0.0, 20.0)  # added round trip: loopback, and a bucket in a nearby cloud region
 CLOUD_BUCKET = "llama-ckpt"
 CLOUD_MODEL = "tiny"
-CLOUD_PAIRS = (("ts+ocdbt", "tensorstore"), ("ts+chunks[use_ocdbt=True]", "ts+chunks"),
+CLOUD_PAIRS = (("ts+ocdbt", BASELINE), ("ts+chunks[use_ocdbt=True]", "ts+chunks"),
                ("ts+best", "ts+best[use_ocdbt=False]"))  # (OCDBT, the same on plain zarr objects)
 # cold loads from S3 by a library's own client against TensorStore's OCDBT and boto3: (a, b)
 CLOUD_LOADER_PAIRS = (("runai-streamer", "safetensors"), ("runai-streamer", "ts+best"), ("ts+best", "safetensors"))
@@ -191,67 +194,71 @@ PHASES: dict[str, Phase] = {p.id: p for p in [
           "How do torch.save, the TensorStore baseline and T5X's configuration compare?",
           "none: the three reference points, plus the same-dtype partners pytorch-fp32 (of tensorstore) and "
           "ts+float16 (of pytorch)", "save and cold-load time, size on disk, file count, peak memory", COMPARE,
-          ("pytorch", "tensorstore", "t5x", "pytorch-fp32", "ts+float16"),
-          pairs=(("pytorch", "tensorstore"), ("t5x", "tensorstore"), ("pytorch-fp32", "tensorstore"),
+          ("pytorch", BASELINE, "t5x", "pytorch-fp32", "ts+float16"),
+          pairs=(("pytorch", BASELINE), ("t5x", BASELINE), ("pytorch-fp32", BASELINE),
                  ("pytorch", "ts+float16"))),
     Phase("4a", "4a-concurrency", "Concurrency",
           "Does parallelism help? TensorStore with 128 concurrent file operations against one at a time.",
           "file_io_concurrency (1 -> 128; all writes in flight together above 1)",
           "save and load time against the baseline; the sweep 1, 4, 16, 64, 128",
-          COMPARE, ("tensorstore", "ts+concurrency"),
-          (("tensorstore", "concurrency", (1, 4, 16, 64, 128)),), "concurrency", (2,),
+          COMPARE, (BASELINE, "ts+concurrency"),
+          ((BASELINE, "concurrency", (1, 4, 16, 64, 128)),), "concurrency", (2,),
           sweep_repeats=SWEEP_REPEATS),
     Phase("4b", "4b-chunks", "Chunk size",
           "Do large chunks help? 1 MiB chunks against 64 elements per dimension.",
           "chunk shape (64 per dimension -> whole rows up to 1 MiB)",
           "save, load, size and file count; the sweep 64/dim, 64 KiB, 1 MiB, 16 MiB, 64 MiB, whole tensor",
-          COMPARE, ("tensorstore", "ts+chunks"),
-          (("tensorstore", None, ()), ("ts+chunks", "chunk_size", (64 * KiB, 1 * MiB, 16 * MiB, 64 * MiB)),
+          COMPARE, (BASELINE, "ts+chunks"),
+          ((BASELINE, None, ()), ("ts+chunks", "chunk_size", (64 * KiB, 1 * MiB, 16 * MiB, 64 * MiB)),
            ("ts+chunks", "chunk_rule", ("whole",))), "chunk_size", (1,), sweep_repeats=SWEEP_REPEATS),
     Phase("4c", "4c-compression", "Compression",
           "Is compression worth it? gzip against no compressor, and other codecs at 1 MiB chunks.",
           "compressor (none -> gzip)",
           "save and load time, compression ratio overall and by tensor kind",
-          COMPARE, ("tensorstore", "ts+compression"),
+          COMPARE, (BASELINE, "ts+compression"),
           (("ts+chunks", "compression", (None, "gzip", "gzip:9", "zstd", "blosc-lz4")),), "compression", (3,),
-          n_runs=2, both_weights=("tensorstore", "ts+compression"), sweep_repeats=SWEEP_REPEATS),
+          n_runs=2, both_weights=(BASELINE, "ts+compression"), sweep_repeats=SWEEP_REPEATS),
     Phase("4d", "4d-float16", "Smaller dtype",
           "Does a smaller dtype help? float16 against float32, plus bfloat16.",
           "stored dtype (float32 -> float16; bfloat16 as a sweep point)",
           "save and load time, size, and the precision cost by tensor kind: max abs/rel error, overflow to inf, "
           "flush to zero",
-          COMPARE, ("tensorstore", "ts+float16"),
-          (("tensorstore", "dtype", ("float32", "float16", "bfloat16")),), "dtype", (4,),
-          n_runs=2, both_weights=("tensorstore", "ts+float16"), sweep_repeats=SWEEP_REPEATS),
+          COMPARE, (BASELINE, "ts+float16"),
+          ((BASELINE, "dtype", ("float32", "float16", "bfloat16")),), "dtype", (4,),
+          n_runs=2, both_weights=(BASELINE, "ts+float16"), sweep_repeats=SWEEP_REPEATS),
     Phase("4e", "4e-ocdbt", "OCDBT",
           "Is OCDBT better than the plain file driver?",
           "kvstore (file -> OCDBT over file)",
           "save and load time, size, files created, bytes beyond the chunk data (metadata); on S3: objects, requests "
           "and time at two round-trip delays",
-          COMPARE, ("tensorstore", "ts+ocdbt"),
+          COMPARE, (BASELINE, "ts+ocdbt"),
           (("ts+chunks", "use_ocdbt", (False, True)),), "use_ocdbt", (5,), sweep_repeats=SWEEP_REPEATS),
     Phase("4f", "4f-io", "I/O knobs",
           "Which I/O settings bring TensorStore and the fast loaders closest to the disk? ts+best is the TensorStore "
           "configuration this sweep measures fastest.",
           "one I/O knob at a time: TensorStore's file locking, fsync as it writes or one fsync pass after, read mode "
-          "(pread, O_DIRECT, mmap), OCDBT data file size, copy threads, I/O concurrency, commits in batches; the Run:ai "
-          "streamer's concurrency, CPU buffer limit and chunk size; fastsafetensors' threads; tensorizer's readers",
+          "(pread, O_DIRECT, mmap), OCDBT data file size, copy threads, I/O concurrency, commits in batches; the "
+          "Run:ai streamer's concurrency, CPU buffer limit and chunk size; fastsafetensors' threads; tensorizer's "
+          "readers",
           "save and cold-load time against each knob's base approach, share of the disk reference, peak memory",
           COMPARE, IO_BASES, IO_POINTS, pairs=IO_PAIRS, sweep_repeats=SWEEP_REPEATS),
     Phase("05", "05-formats", "Formats in use today",
           "What do teams use today, and can a TensorStore configuration beat torch.save?",
           "format: torch.save, safetensors, torch.distributed.checkpoint, zarr3 shards, and ts+best (OCDBT with "
-          "64 MiB data files, 16 MiB chunks, one transaction committed every 1 GiB, concurrency 8, no source copy); and the loaders teams deploy (the "
-          "Run:ai Model Streamer and fastsafetensors on a safetensors file, tensorizer, torch.load with mmap)",
+          "64 MiB data files, 16 MiB chunks, one transaction committed every 1 GiB, concurrency 8, no source copy); "
+          "and the loaders teams deploy (the Run:ai Model Streamer and fastsafetensors on a safetensors file, "
+          "tensorizer, torch.load with mmap)",
           "save and cold-load time as ratios in this run, throughput as a share of the disk reference, size, files; "
           "each approach's bound and predicted time from the machine profile; four approaches also saved back to "
           "back against their isolated saves",
-          COMPARE, FORMATS_PHASE, listing="every single-process format in the registry that is neither one of the guide's "
-          f"eight nor a variant of another (`python -m llama_ckpt list`), against {' and '.join(f'`{n}`' for n in FORMAT_BASELINES)}",
-          pairs=(("ts+best", "pytorch-fp32"), ("ts+best", "safetensors"), ("ts+best16", "pytorch"),
-                 ("ts+best", "ts+chunks"), ("safetensors", "pytorch-fp32"), ("dcp", "pytorch-fp32"),
-                 ("ts+zarr3", "ts+chunks"), ("runai-streamer", "safetensors"), ("fastsafetensors", "safetensors"),
-                 ("tensorizer", "pytorch-fp32"), ("pytorch-fp32-mmap", "pytorch-fp32")),
+          COMPARE, FORMATS_PHASE,
+          listing="every single-process format in the registry that is neither one of the guide's eight nor a "
+          "variant of another (`python -m llama_ckpt list`), against "
+          + " and ".join(f"`{n}`" for n in FORMAT_BASELINES),
+          pairs=FORMAT_AIMS + (  # the aims first, then the formats and loaders against their partners
+              ("ts+best", "ts+chunks"), ("safetensors", "pytorch-fp32"), ("dcp", "pytorch-fp32"),
+              ("ts+zarr3", "ts+chunks"), ("runai-streamer", "safetensors"), ("fastsafetensors", "safetensors"),
+              ("tensorizer", "pytorch-fp32"), ("pytorch-fp32-mmap", "pytorch-fp32")),
           sustained=("pytorch-fp32", "safetensors", "dcp", "ts+best")),
     Phase("06", "06-distributed", "Sharded across processes",
           "How do sharded checkpoints scale when many processes write one checkpoint together, and can they be "
@@ -288,7 +295,7 @@ PHASES: dict[str, Phase] = {p.id: p for p in [
 CLOUD_SECTION = Phase(
     "4e-cloud", "4e-ocdbt", "OCDBT on S3", "Is OCDBT better than plain zarr objects for cloud storage?",
     "kvstore on S3 (zarr objects -> OCDBT) at added round-trip delays", "objects, requests, save and cold-load time",
-    CLOUD, ("tensorstore", "ts+ocdbt"),
+    CLOUD, (BASELINE, "ts+ocdbt"),
     (("ts+chunks", "use_ocdbt", (False, True)), ("ts+best", "use_ocdbt", (False, True)), ("safetensors", None, ()),
      ("runai-streamer", None, ())), claims=(9,),
     n_runs=len(CLOUD_DELAYS_MS))
