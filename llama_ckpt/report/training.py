@@ -75,63 +75,93 @@ def per_saver(rows: list[dict], loop: str | None = None) -> dict[str, dict]:
     for name in dict.fromkeys(r["approach"] for r in rows):
         mine = [r for r in rows if r["approach"] == name]
         ok = valid(mine)
-        if not ok:
-            out[name] = {"n": 0, "n_rows": len(mine), "mode": mine[0].get("mode"), "sync_of": mine[0].get("sync_of"),
-                         "error": next((r["error"] for r in mine if r.get("error")), "no verified checkpoint")}
-            continue
-        # no save in flight: the steps after it was durable; the step before the call (it follows the
-        # previous checkpoint's cold load and check) only where too few steps came after
-        idle = [s for r in ok for s in r["steps_after_s"] or []]
-        if len(idle) < IDLE_SAMPLES:
-            idle += [s for r in ok for s in r["steps_before_s"] or []]
-        inflight = [s for r in ok for s in r["steps_inflight_s"] or []]
-        idle_med = _med(idle)
-        costs, lost, shares, extra, machine, extra_cpu = [], [], [], [], [], []
-        # the loop's CPU seconds per step with no save in flight, from the same steps as its time
-        per_step = _med([c for r in ok for c in r.get("steps_after_cpu_s") or []])
-        for r in ok:
-            # the in-flight steps' time beyond as many steps with no save in flight (never below none)
-            steps = r["steps_inflight_s"] or []
-            over = max(0.0, sum(steps) - idle_med * len(steps))
-            cost = r["blocking_s"] + (r["stall_s"] or 0.0) + over
-            costs.append(cost)
-            lost.append(over)
-            wall = sum(r["steps_before_s"] or []) + r["segment_s"]
-            shares.append(cost / wall if wall else None)
-            if r.get("peak_rss_bytes") and r.get("peak_rss_idle_bytes"):
-                extra.append(max(0, r["peak_rss_bytes"] - r["peak_rss_idle_bytes"]))
-            if r.get("machine_used_bytes") and r.get("machine_used_idle_bytes"):
-                machine.append(max(0, r["machine_used_bytes"] - r["machine_used_idle_bytes"]))
-            if r.get("cpu_segment_s") is not None and per_step is not None:
-                n_steps = len((r["steps_inflight_s"] or []) + (r["steps_after_s"] or []))
-                extra_cpu.append(r["cpu_segment_s"] - per_step * n_steps)
-        out[name] = {
-            "n": len(ok), "n_rows": len(mine), "mode": ok[0]["mode"], "sync_of": ok[0]["sync_of"],
-            "format": ok[0]["format"], "state_bytes": ok[0]["checkpoint_bytes"],
-            "blocked_by": ok[0].get("blocked_by") or ok[0]["mode"],
-            "blocking": [r["blocking_s"] for r in ok], "durable": [r["durable_s"] for r in ok],
-            "stall": [r["stall_s"] for r in ok], "load": [r["load_s"] for r in ok],
-            "idle_step": idle_med, "inflight_step": _med(inflight), "n_inflight": len(inflight),
-            "slowdown": (_med(inflight) / idle_med - 1) if inflight and idle_med else None,
-            "rss_before": _med([r.get("rss_before_bytes") for r in ok]),
-            "staging": [r["staging_s"] for r in ok if r.get("staging_s") is not None],
-            "kept": [r["kept_bytes"] for r in ok if r.get("kept_bytes") is not None],
-            "cost": costs, "lost": lost, "share": shares, "extra_rss": extra, "extra_machine": machine,
-            "extra_cpu": extra_cpu,
-            "writer_cpu": [r["writer_cpu_s"] for r in ok if r.get("writer_cpu_s") is not None],
-            # the background's seconds after the loop was given back (a sync save's durable time is
-            # taken inside its call, so a hair under its blocking time: none)
-            "background": [max(0.0, r["durable_s"] - r["blocking_s"]) for r in ok],
-            "update_wait": [r["update_wait_s"] for r in ok if r.get("update_wait_s") is not None],
-            "device_s": ok[0].get("device_step_s"),
-            "call": [r["call_s"] for r in ok if r.get("call_s") is not None],
-            "host_idle": _med([h for r in ok for h in r.get("host_after_s") or []]),
-            "host_inflight": _med([h for r in ok for h in r.get("host_inflight_s") or []]),
-            "host_cpu_idle": _med([h for r in ok for h in r.get("host_cpu_after_s") or []]),
-            "host_cpu_inflight": _med([h for r in ok for h in r.get("host_cpu_inflight_s") or []]),
-            "error": next((r["error"] for r in mine if r.get("error")), None),
-        }
+        out[name] = _saver_figures(mine, ok) if ok else _no_verified(mine)
     return out
+
+
+def _first_error(mine: list[dict]) -> str | None:
+    return next((r["error"] for r in mine if r.get("error")), None)
+
+
+def _no_verified(mine: list[dict]) -> dict:
+    """A saver with no verified checkpoint: how many it took, and the first error."""
+    return {"n": 0, "n_rows": len(mine), "mode": mine[0].get("mode"), "sync_of": mine[0].get("sync_of"),
+            "error": _first_error(mine) or "no verified checkpoint"}
+
+
+def _idle_steps(ok: list[dict]) -> list[float]:
+    """The steps with no save in flight: those after it was durable; the step before the call (it follows the
+    previous checkpoint's cold load and check) only where too few steps came after."""
+    idle = [s for r in ok for s in r["steps_after_s"] or []]
+    if len(idle) < IDLE_SAMPLES:
+        idle += [s for r in ok for s in r["steps_before_s"] or []]
+    return idle
+
+
+def _per_checkpoint(ok: list[dict], idle_step: float | None) -> dict[str, list]:
+    """Per verified checkpoint: its cost to the loop (blocking, stall, and the in-flight steps' time beyond as
+    many steps with no save in flight, never below none: ``lost``), that cost's share of the segment's wall time,
+    and the extra memory (process, machine) and CPU seconds it took."""
+    out: dict[str, list] = {k: [] for k in ("cost", "lost", "share", "extra_rss", "extra_machine", "extra_cpu")}
+    # the loop's CPU seconds per step with no save in flight, from the same steps as its time
+    per_step = _med([c for r in ok for c in r.get("steps_after_cpu_s") or []])
+    for r in ok:
+        steps = r["steps_inflight_s"] or []
+        over = max(0.0, sum(steps) - idle_step * len(steps))
+        cost = r["blocking_s"] + (r["stall_s"] or 0.0) + over
+        wall = sum(r["steps_before_s"] or []) + r["segment_s"]
+        out["cost"].append(cost)
+        out["lost"].append(over)
+        out["share"].append(cost / wall if wall else None)
+        if r.get("peak_rss_bytes") and r.get("peak_rss_idle_bytes"):
+            out["extra_rss"].append(max(0, r["peak_rss_bytes"] - r["peak_rss_idle_bytes"]))
+        if r.get("machine_used_bytes") and r.get("machine_used_idle_bytes"):
+            out["extra_machine"].append(max(0, r["machine_used_bytes"] - r["machine_used_idle_bytes"]))
+        if r.get("cpu_segment_s") is not None and per_step is not None:
+            n_steps = len((r["steps_inflight_s"] or []) + (r["steps_after_s"] or []))
+            out["extra_cpu"].append(r["cpu_segment_s"] - per_step * n_steps)
+    return out
+
+
+def _recorded(ok: list[dict], key: str) -> list:
+    """``key`` of the checkpoints that recorded it."""
+    return [r[key] for r in ok if r.get(key) is not None]
+
+
+def _pooled_median(ok: list[dict], key: str) -> float | None:
+    """The median of every checkpoint's samples of ``key`` (a list per row) together."""
+    return _med([x for r in ok for x in r.get(key) or []])
+
+
+def _saver_figures(mine: list[dict], ok: list[dict]) -> dict:
+    """A saver's figures over its verified checkpoints ``ok`` (``mine``: all its rows)."""
+    idle_step = _med(_idle_steps(ok))
+    inflight = [s for r in ok for s in r["steps_inflight_s"] or []]
+    first = ok[0]
+    return {
+        "n": len(ok), "n_rows": len(mine), "mode": first["mode"], "sync_of": first["sync_of"],
+        "format": first["format"], "state_bytes": first["checkpoint_bytes"],
+        "blocked_by": first.get("blocked_by") or first["mode"],
+        "blocking": [r["blocking_s"] for r in ok], "durable": [r["durable_s"] for r in ok],
+        "stall": [r["stall_s"] for r in ok], "load": [r["load_s"] for r in ok],
+        "idle_step": idle_step, "inflight_step": _med(inflight), "n_inflight": len(inflight),
+        "slowdown": (_med(inflight) / idle_step - 1) if inflight and idle_step else None,
+        "rss_before": _med([r.get("rss_before_bytes") for r in ok]),
+        "staging": _recorded(ok, "staging_s"), "kept": _recorded(ok, "kept_bytes"),
+        **_per_checkpoint(ok, idle_step),
+        "writer_cpu": _recorded(ok, "writer_cpu_s"),
+        # the background's seconds after the loop was given back (a sync save's durable time is
+        # taken inside its call, so a hair under its blocking time: none)
+        "background": [max(0.0, r["durable_s"] - r["blocking_s"]) for r in ok],
+        "update_wait": _recorded(ok, "update_wait_s"),
+        "device_s": first.get("device_step_s"),
+        "call": _recorded(ok, "call_s"),
+        "host_idle": _pooled_median(ok, "host_after_s"),
+        "host_inflight": _pooled_median(ok, "host_inflight_s"),
+        "host_cpu_idle": _pooled_median(ok, "host_cpu_after_s"),
+        "host_cpu_inflight": _pooled_median(ok, "host_cpu_inflight_s"),
+        "error": _first_error(mine),
+    }
 
 
 def _mem(xs: list, state_bytes: int) -> str:
@@ -222,114 +252,164 @@ def ranking(rows: list[dict], loop: str | None = None) -> pd.DataFrame:
 
 def findings(rows: list[dict], env: dict | None = None, loop: str | None = None,
              profile: dict | None = None) -> str:
+    """07's findings in ``loop`` (``None``: the rows are one loop's): whether every checkpoint held its step's
+    weights, the fastest synchronous save, and the asynchronous savers against the aims
+    (:mod:`llama_ckpt.study.aims`), their cost to the loop and what slows its steps."""
     summ = per_saver(rows, loop)
-    skipped = (env or {}).get("skipped") or {}
     if not summ:
-        return ("No checkpoint was taken in this run" + (f" in {LOOP_TITLES.get(loop, loop)}" if loop else "")
-                + (f": {'; '.join(skipped.values())}." if skipped else "."))
+        return _nothing_taken(loop, (env or {}).get("skipped") or {})
     kind = loop or (loops(rows) or ["cpu"])[0]
-    slow_aim = SLOWDOWN_AIMS.get(kind, SLOWDOWN_AIM)
-    out = []
     bad = {n: s for n, s in summ.items() if s["n"] < s["n_rows"]}
-    n_all = sum(s["n_rows"] for s in summ.values())
-    if bad:
-        out.append("**Not every checkpoint holds the weights of its step**: " + "; ".join(
-            f"{n}: {s['n_rows'] - s['n']} of {s['n_rows']} ({s['error']})" for n, s in bad.items()) + ".")
-    else:
-        out.append(f"All {n_all} checkpoints verified bit for bit against the digests of the step they were taken "
-                   "at, although the loop went on updating the weights in place while the asynchronous ones wrote.")
     async_ok = {n: s for n, s in summ.items() if s["mode"] != "sync" and s["n"] and n not in bad}
     syncs = {n: s for n, s in summ.items() if s["mode"] == "sync" and s["n"]}
-    if syncs:
-        f = min(syncs, key=lambda n: _med(syncs[n]["durable"]))
-        out.append(f"- Fastest synchronous save: {f}, {_med(syncs[f]['durable']):.3g} s (the loop waits all of it).")
+    fastest = min(syncs, key=lambda n: _med(syncs[n]["durable"])) if syncs else None
+    out = [_verified_line(summ, bad)]
+    if fastest is not None:
+        out.append(f"- Fastest synchronous save: {fastest}, {_med(syncs[fastest]['durable']):.3g} s (the loop "
+                   "waits all of it).")
     if async_ok:
-        best = min(async_ok, key=lambda n: _med(async_ok[n]["blocking"]))
-        s = async_ok[best]
-        vs = _versus_sync(s, summ)
-        line = (f"- Least blocking: {best} ({s['mode']}), {_med(s['blocking']):.3g} s, durable after "
-                f"{_med(s['durable']):.3g} s")
-        if vs is not None:
-            sync_s = _med(summ[s["sync_of"]]["durable"])
-            line += (f"; that is {vs:.1%} of its synchronous save ({s['sync_of']}, {sync_s:.3g} s): "
-                     + ("within" if vs <= BLOCKING_AIM else "**not** within") + f" the {BLOCKING_AIM:.0%} aim")
-        if s["slowdown"] is not None:
-            line += (f". Steps that began while it was in flight took {s['inflight_step']:.3g} s against "
-                     f"{s['idle_step']:.3g} s with no save ({s['slowdown']:+.0%}, {s['n_inflight']} steps): "
-                     + ("within" if s["slowdown"] <= slow_aim else "**not** within")
-                     + f" the {slow_aim:.0%} aim")
-        else:
-            line += ". No step began while it was in flight"
-        if s["n"] < AIM_CHECKPOINTS:
-            line += (f" (medians of {s['n']} checkpoint(s); the aims ask for at least {AIM_CHECKPOINTS}: "
-                     "provisional)")
-        out.append(line + ".")
-        over = _med(s["lost"])
-        where = (f"- Where {best}'s time goes: the loop waits for {s['blocked_by']} "
-                 f"({_med(s['blocking']):.3g} s); the background then works {_med(s['background']):.3g} s, "
-                 "during which "
-                 f"the steps lost {over:.3g} s in all")
-        out.append(where + ".")
-        shares = {n: _versus_sync(a, summ) for n, a in async_ok.items()}
-        shares = {n: v for n, v in sorted(shares.items(), key=lambda kv: kv[1] if kv[1] is not None else 9)
-                  if v is not None}
-        if shares:
-            met = [n for n, v in shares.items() if v <= BLOCKING_AIM]
-            out.append("- Blocking as a share of the saver's own synchronous save: " + ", ".join(
-                f"{n} {v:.1%}" for n, v in shares.items()) + f"; within the {BLOCKING_AIM:.0%} aim: "
-                + (", ".join(met) if met else "none") + ".")
-            copying = [n for n in shares if shares[n] > BLOCKING_AIM and async_ok[n]["staging"]]
-            if copying and (why := _copy_floor(copying, async_ok, summ, profile)):
-                out.append(why)
-        cores = (env or {}).get("n_cpus")
-        if kind == "accelerator" and s["host_idle"] is not None:
-            out.append(_host_line(best, s))
-        if kind == "cpu" and s["extra_cpu"] and cores:
-            lost = _med(s["lost"])
-            out.append(f"- Why the steps slow down: the loop keeps all {cores} cores busy, and {best}'s checkpoint "
-                       f"added {_med(s['extra_cpu']):.3g} CPU seconds to its segment, "
-                       f"{_med(s['extra_cpu']) / cores:.3g} s "
-                       f"of all {cores} cores' time"
-                       + (f" (the writer itself {_med(s['writer_cpu']):.3g} CPU seconds)" if s["writer_cpu"] else "")
-                       + f"; the steps in flight lost {lost:.3g} s.")
-        cheapest = min(async_ok, key=lambda n: _med(async_ok[n]["cost"]))
-        c = async_ok[cheapest]
-        out.append(f"- Least cost to the loop (blocking + in-flight steps' extra time + waiting): {cheapest}, "
-                   f"{_med(c['cost']):.3g} s per checkpoint, {_med(c['share']):.1%} of the segment's wall time"
-                   + (f"; the fastest synchronous save costs {_med(syncs[f]['cost']):.3g} s "
-                      f"({_med(syncs[f]['share']):.1%})" if syncs else "") + ".")
-        every = {n: interval_for(_med(a["cost"]), a["idle_step"], _med(a["background"]), COST_SHARES[0])[1]
-                 for n, a in summ.items() if a["n"] and n not in bad and a["idle_step"]}
-        out.append(f"- The shortest checkpoint interval, in training time, at which each saver costs at most "
-                   f"{COST_SHARES[0]:.0%} of a run: " + ", ".join(
-                       f"{n} {fmt_duration(t)}" for n, t in sorted(every.items(), key=lambda kv: kv[1])) + ".")
-        slowed = sorted((n for n in async_ok if async_ok[n]["slowdown"] is not None),
-                        key=lambda n: -async_ok[n]["slowdown"])
-        if slowed:
-            out.append("- Slowdown of the steps while a save is in flight: " + ", ".join(
-                f"{n} {async_ok[n]['slowdown']:+.0%}" for n in slowed) + "." + (
-                f" In this loop the steps use this machine's {cores or 'few'} cores: a writer's serialisation and "
-                "copies take CPU from the steps, whatever runs it." if kind == "cpu" else
-                " In this loop a step's device part holds no core and no lock; what slows a step is its host part "
-                "waiting, for the interpreter lock or a core (see the table of the host part)."))
-        pairs = [(t, p) for t, p in (("copy+safetensors-thread", "copy+safetensors-process"),
-                                     ("dcp-async", "dcp-async-process"))
-                 if t in async_ok and p in async_ok and async_ok[t]["slowdown"] is not None
-                 and async_ok[p]["slowdown"] is not None]
-        if pairs:
-            out.append("- The same writer in a thread of the loop's process or in a process of its own (the thread "
-                       "shares the loop's interpreter lock and allocator, the process its cores only): " + "; ".join(
-                           f"{t} {async_ok[t]['slowdown']:+.0%} against {p} {async_ok[p]['slowdown']:+.0%} slower "
-                           f"steps, blocking {_med(async_ok[t]['blocking']):.3g} s against "
-                           f"{_med(async_ok[p]['blocking']):.3g} s" for t, p in pairs) + ".")
-        fk = async_ok.get("fork+safetensors")
-        if fk and fk["slowdown"] is not None and kind == "cpu":
-            out.append(f"- fork() blocks for {_med(fk['blocking']):.3g} s, copying the page tables of a "
-                       f"{fmt_bytes(fk['rss_before'])} process; the child then shares every page with the loop, so "
-                       f"the kernel copies each page the optimizer updates while the child is still writing, inside "
-                       f"the steps: they ran {fk['slowdown']:+.0%} slower while it wrote (a staging copy written by "
-                       "a forked process, copy+safetensors-process, forks too, after its copy).")
+        out += _async_lines(summ, async_ok, bad, fastest, kind, (env or {}).get("n_cpus"), profile)
     return "\n".join(out)
+
+
+def _nothing_taken(loop: str | None, skipped: dict) -> str:
+    return ("No checkpoint was taken in this run" + (f" in {LOOP_TITLES.get(loop, loop)}" if loop else "")
+            + (f": {'; '.join(skipped.values())}." if skipped else "."))
+
+
+def _verified_line(summ: dict, bad: dict) -> str:
+    """Every checkpoint held the weights of its step, or which did not."""
+    if bad:
+        return "**Not every checkpoint holds the weights of its step**: " + "; ".join(
+            f"{n}: {s['n_rows'] - s['n']} of {s['n_rows']} ({s['error']})" for n, s in bad.items()) + "."
+    n_all = sum(s["n_rows"] for s in summ.values())
+    return (f"All {n_all} checkpoints verified bit for bit against the digests of the step they were taken "
+            "at, although the loop went on updating the weights in place while the asynchronous ones wrote.")
+
+
+def _async_lines(summ: dict, async_ok: dict, bad: dict, fastest: str | None, kind: str, cores: int | None,
+                 profile: dict | None) -> list[str]:
+    """The asynchronous savers' findings: the least blocking one against the aims and where its time goes, every
+    saver's blocking against its synchronous save, why the steps slow down, the cost to the loop and the
+    intervals it allows, and the slowdowns side by side."""
+    best = min(async_ok, key=lambda n: _med(async_ok[n]["blocking"]))
+    s = async_ok[best]
+    out = [_least_blocking_line(best, s, summ, SLOWDOWN_AIMS.get(kind, SLOWDOWN_AIM)),
+           f"- Where {best}'s time goes: the loop waits for {s['blocked_by']} ({_med(s['blocking']):.3g} s); the "
+           f"background then works {_med(s['background']):.3g} s, during which the steps lost "
+           f"{_med(s['lost']):.3g} s in all."]
+    out += _blocking_share_lines(async_ok, summ, profile)
+    if kind == "accelerator" and s["host_idle"] is not None:
+        out.append(_host_line(best, s))
+    if kind == "cpu" and s["extra_cpu"] and cores:
+        out.append(_cpu_line(best, s, cores))
+    out.append(_least_cost_line(async_ok, summ.get(fastest)))
+    out.append(_interval_line(summ, bad))
+    out += _slowdown_lines(async_ok, kind, cores)
+    return out
+
+
+def _least_blocking_line(best: str, s: dict, summ: dict, slow_aim: float) -> str:
+    """The least blocking saver: its blocking against its synchronous save and the steps' slowdown against
+    their aims, provisional on fewer than :data:`AIM_CHECKPOINTS` checkpoints."""
+    vs = _versus_sync(s, summ)
+    line = (f"- Least blocking: {best} ({s['mode']}), {_med(s['blocking']):.3g} s, durable after "
+            f"{_med(s['durable']):.3g} s")
+    if vs is not None:
+        sync_s = _med(summ[s["sync_of"]]["durable"])
+        line += (f"; that is {vs:.1%} of its synchronous save ({s['sync_of']}, {sync_s:.3g} s): "
+                 + ("within" if vs <= BLOCKING_AIM else "**not** within") + f" the {BLOCKING_AIM:.0%} aim")
+    if s["slowdown"] is not None:
+        line += (f". Steps that began while it was in flight took {s['inflight_step']:.3g} s against "
+                 f"{s['idle_step']:.3g} s with no save ({s['slowdown']:+.0%}, {s['n_inflight']} steps): "
+                 + ("within" if s["slowdown"] <= slow_aim else "**not** within")
+                 + f" the {slow_aim:.0%} aim")
+    else:
+        line += ". No step began while it was in flight"
+    if s["n"] < AIM_CHECKPOINTS:
+        line += (f" (medians of {s['n']} checkpoint(s); the aims ask for at least {AIM_CHECKPOINTS}: "
+                 "provisional)")
+    return line + "."
+
+
+def _blocking_share_lines(async_ok: dict, summ: dict, profile: dict | None) -> list[str]:
+    """Every asynchronous saver's blocking as a share of its synchronous save, which meet the aim, and why a
+    staging copy misses it."""
+    shares = {n: _versus_sync(a, summ) for n, a in async_ok.items()}
+    shares = {n: v for n, v in sorted(shares.items(), key=lambda kv: kv[1] if kv[1] is not None else 9)
+              if v is not None}
+    if not shares:
+        return []
+    met = [n for n, v in shares.items() if v <= BLOCKING_AIM]
+    out = ["- Blocking as a share of the saver's own synchronous save: " + ", ".join(
+        f"{n} {v:.1%}" for n, v in shares.items()) + f"; within the {BLOCKING_AIM:.0%} aim: "
+        + (", ".join(met) if met else "none") + "."]
+    copying = [n for n in shares if shares[n] > BLOCKING_AIM and async_ok[n]["staging"]]
+    if copying and (why := _copy_floor(copying, async_ok, summ, profile)):
+        out.append(why)
+    return out
+
+
+def _cpu_line(best: str, s: dict, cores: int) -> str:
+    """The CPU-bound loop: the CPU seconds ``best``'s checkpoint added beside the steps' loss."""
+    return (f"- Why the steps slow down: the loop keeps all {cores} cores busy, and {best}'s checkpoint "
+            f"added {_med(s['extra_cpu']):.3g} CPU seconds to its segment, "
+            f"{_med(s['extra_cpu']) / cores:.3g} s "
+            f"of all {cores} cores' time"
+            + (f" (the writer itself {_med(s['writer_cpu']):.3g} CPU seconds)" if s["writer_cpu"] else "")
+            + f"; the steps in flight lost {_med(s['lost']):.3g} s.")
+
+
+def _least_cost_line(async_ok: dict, fastest_sync: dict | None) -> str:
+    """The asynchronous saver that costs the loop least, beside the fastest synchronous save's cost."""
+    cheapest = min(async_ok, key=lambda n: _med(async_ok[n]["cost"]))
+    c = async_ok[cheapest]
+    return (f"- Least cost to the loop (blocking + in-flight steps' extra time + waiting): {cheapest}, "
+            f"{_med(c['cost']):.3g} s per checkpoint, {_med(c['share']):.1%} of the segment's wall time"
+            + (f"; the fastest synchronous save costs {_med(fastest_sync['cost']):.3g} s "
+               f"({_med(fastest_sync['share']):.1%})" if fastest_sync else "") + ".")
+
+
+def _interval_line(summ: dict, bad: dict) -> str:
+    """Each saver's shortest checkpoint interval at which it costs at most ``COST_SHARES[0]`` of a run."""
+    every = {n: interval_for(_med(a["cost"]), a["idle_step"], _med(a["background"]), COST_SHARES[0])[1]
+             for n, a in summ.items() if a["n"] and n not in bad and a["idle_step"]}
+    return (f"- The shortest checkpoint interval, in training time, at which each saver costs at most "
+            f"{COST_SHARES[0]:.0%} of a run: " + ", ".join(
+                f"{n} {fmt_duration(t)}" for n, t in sorted(every.items(), key=lambda kv: kv[1])) + ".")
+
+
+def _slowdown_lines(async_ok: dict, kind: str, cores: int | None) -> list[str]:
+    """The steps' slowdown under each asynchronous saver, the same writer in a thread against a process, and
+    (in the CPU-bound loop) what a fork() costs the steps."""
+    out = []
+    slowed = sorted((n for n in async_ok if async_ok[n]["slowdown"] is not None),
+                    key=lambda n: -async_ok[n]["slowdown"])
+    if slowed:
+        out.append("- Slowdown of the steps while a save is in flight: " + ", ".join(
+            f"{n} {async_ok[n]['slowdown']:+.0%}" for n in slowed) + "." + (
+            f" In this loop the steps use this machine's {cores or 'few'} cores: a writer's serialisation and "
+            "copies take CPU from the steps, whatever runs it." if kind == "cpu" else
+            " In this loop a step's device part holds no core and no lock; what slows a step is its host part "
+            "waiting, for the interpreter lock or a core (see the table of the host part)."))
+    pairs = [(t, p) for t, p in (("copy+safetensors-thread", "copy+safetensors-process"),
+                                 ("dcp-async", "dcp-async-process"))
+             if t in async_ok and p in async_ok and async_ok[t]["slowdown"] is not None
+             and async_ok[p]["slowdown"] is not None]
+    if pairs:
+        out.append("- The same writer in a thread of the loop's process or in a process of its own (the thread "
+                   "shares the loop's interpreter lock and allocator, the process its cores only): " + "; ".join(
+                       f"{t} {async_ok[t]['slowdown']:+.0%} against {p} {async_ok[p]['slowdown']:+.0%} slower "
+                       f"steps, blocking {_med(async_ok[t]['blocking']):.3g} s against "
+                       f"{_med(async_ok[p]['blocking']):.3g} s" for t, p in pairs) + ".")
+    fk = async_ok.get("fork+safetensors")
+    if fk and fk["slowdown"] is not None and kind == "cpu":
+        out.append(f"- fork() blocks for {_med(fk['blocking']):.3g} s, copying the page tables of a "
+                   f"{fmt_bytes(fk['rss_before'])} process; the child then shares every page with the loop, so "
+                   f"the kernel copies each page the optimizer updates while the child is still writing, inside "
+                   f"the steps: they ran {fk['slowdown']:+.0%} slower while it wrote (a staging copy written by "
+                   "a forked process, copy+safetensors-process, forks too, after its copy).")
+    return out
 
 
 def _memory_copy_Bps(profile: dict | None) -> float | None:
