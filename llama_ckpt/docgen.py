@@ -9,8 +9,10 @@ README.md and ``docs/*.md`` hold regions
 whose body is :data:`REGIONS` ``[NAME]()``: the approaches (from the
 registry), the model presets, the training loop's savers, the phases (from the phase
 catalogue), the guide's claims, their rule and its settings, the Makefile's
-targets and options (the lines ``make help`` reads) and the fields of a
-result row (from :mod:`llama_ckpt.results`, with the descriptions below). ``python -m llama_ckpt.docgen`` rewrites every
+targets and options (the lines ``make help`` reads), the fields of a
+result row (from :mod:`llama_ckpt.results`, with the descriptions below) and
+the machine profile's fields and settings (from its record,
+:mod:`llama_ckpt.results.profile`, and the comments of its constants). ``python -m llama_ckpt.docgen`` rewrites every
 region; ``--check`` rewrites nothing and exits 1 naming each stale file
 (``tests/test_docs.py`` runs it).
 """
@@ -25,12 +27,15 @@ from pathlib import Path
 from typing import Callable
 
 from . import FLOORS
+from .bench import machine, probes
 from .bench.savers import SAVERS  # the training loop's savers
 from .model import DEFAULT_PRESET, PRESETS, PresetModel
 from .registry import APPROACHES, GUIDE, SHARDED, names
 from .results import MEASUREMENT_FIELDS, SUSTAINED_FIELDS, TRAINING_FIELDS, fmt_bytes
+from .results.profile import field_docs
 from .study.claims import CLAIMS, CLOUD_CLAIM, CONFIDENCE, MIN_REPEATS, N_BOOT, RATIO_TOLERANCE, RULE
 from .study.phases import CLAIMS_BUDGET_S, CLAIMS_CAP, CLAIMS_STEP, PHASES  # the phase catalogue
+from .units import binary_label
 
 REPO = Path(__file__).resolve().parent.parent
 MAKEFILE = REPO / "Makefile"
@@ -64,6 +69,14 @@ FIELD_DOCS = {
     "free_space_trimmed": "whether the file system's free space was discarded (`fstrim`) before the save, so that "
                           "every save writes into space in the same state (root only; None on S3 and in a "
                           "launched job)",
+    "disk_throttle_Bps": "the throttle on the checkpoints' disk while the row was measured, bytes per second (the "
+                         "run's `--disk-cap`, or one the run found set: `bench.diskcap`); null: none",
+    "busy_save": "how busy the machine was beside the timed save, from `/proc/stat`: other processes' and the "
+                 "kernel's CPU seconds (`others_cpu_s`), steal seconds, wall seconds, cores, and `busy`: true where "
+                 "others or steal took more than their share of the cores (`recorders.MachineBusy`)",
+    "busy_load": "the same, beside the timed load",
+    "busy": "how busy the machine was beside a training row's segment, or a sustained record's saves (as "
+            "`busy_save` is beside a save)",
     "save_s": "seconds from the call until the bytes are durable; sharded: from the barrier that starts every rank "
               "to the commit",
     "load_s": "seconds of the (cold) load until every tensor is in memory; sharded: the slowest rank's",
@@ -320,6 +333,50 @@ def modules_table() -> str:
     return _table(("floor", "module", "what it is"), rows)
 
 
+# the settings of the machine profile and its storage reference, as docs/protocol.md lists them
+PROFILE_SETTINGS = ((machine, ("PROFILE_SAMPLES", "PROFILE_MAX_BYTES", "DURABLE_FRESH", "DURABLE_FREED", "MEMORY_BYTES",
+                               "SMALL_FILES", "SMALL_FILE_BYTES", "CODEC_BYTES", "CODECS")),
+                    (probes, ("REFERENCE_SAMPLES", "REFERENCE_BLOCK", "REFERENCE_THREADS")))
+
+
+def constant_doc(module, name: str) -> str:
+    """The comment of ``name = ...`` in ``module``'s source: the one on its line, else the lines just above it."""
+    lines = Path(module.__file__).read_text().splitlines()
+    at = next((i for i, line in enumerate(lines) if line.startswith(f"{name} = ")), None)
+    if at is None:
+        raise LookupError(f"{module.__name__}.{name}: no such constant")
+    if "  # " in lines[at]:
+        doc = lines[at].split("  # ", 1)[1].strip()
+    else:
+        above = []
+        while at > 0 and lines[at - 1].startswith("#"):
+            at -= 1
+            above.insert(0, lines[at].lstrip("#").strip())
+        doc = " ".join(above).rstrip(".")
+    if not doc:
+        raise LookupError(f"{module.__name__}.{name}: say what it is in a comment on its line or above it")
+    return doc[0].lower() + doc[1:]
+
+
+def _setting(name: str, value) -> str:
+    if isinstance(value, tuple):
+        return ", ".join(f"`{v}`" for v in value)
+    return binary_label(value) if name.endswith(("_BYTES", "_BLOCK")) else str(value)
+
+
+def profile_settings() -> str:
+    """The machine profile's constants (``bench/machine.py``, ``bench/probes.py``): value and comment."""
+    return _table(("setting", "value", "meaning"),
+                  ((f"`{n}`", _setting(n, getattr(m, n)), constant_doc(m, n)) for m, names in PROFILE_SETTINGS
+                   for n in names))
+
+
+def profile_fields() -> str:
+    """The machine profile record's fields (:class:`llama_ckpt.results.profile.MachineProfile`)."""
+    return _table(("field", "type", "unit", "what it is"),
+                  ((f"`{n}`", f"`{kind}`", unit, what) for n, kind, unit, what in field_docs()))
+
+
 REGIONS: dict[str, Callable[[], str]] = {
     "floors": floors_block,
     "modules": modules_table,
@@ -337,6 +394,8 @@ REGIONS: dict[str, Callable[[], str]] = {
     "measurement-fields": lambda: _fields(MEASUREMENT_FIELDS, {}),
     "training-fields": lambda: _fields(TRAINING_FIELDS, TRAINING_DOCS),
     "sustained-fields": lambda: _fields(SUSTAINED_FIELDS, SUSTAINED_DOCS),
+    "profile-fields": profile_fields,
+    "profile-settings": profile_settings,
 }
 
 

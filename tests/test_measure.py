@@ -19,7 +19,7 @@ from llama_ckpt.registry import APPROACHES, names, resolve
 from llama_ckpt.model import KeptSource, ModelSource, get_model
 from llama_ckpt.report import tables
 from llama_ckpt.errors import UserError
-from llama_ckpt.results import MEASUREMENT_FIELDS, above, read_results
+from llama_ckpt.results import MEASUREMENT_FIELDS, MachineProfile, above, read_results
 
 
 @pytest.fixture(scope="module")
@@ -84,30 +84,33 @@ def test_every_compression_setting_of_the_suite_is_profiled():
 
 def test_the_machine_is_profiled_before_the_measurements_and_leaves_nothing_behind(tiny_run):
     out, env, _ = tiny_run
-    m = env["machine"]
-    assert (m["cores"], m["bytes"], m["reference"]["reference_bytes"]) == (
+    m = MachineProfile.of_env(env)
+    assert m.to_dict() == env["machine"]  # the environment holds the record's JSON, every key
+    assert (m.cores, m.bytes, m.reference["reference_bytes"]) == (
         env["cpu_affinity"], get_model("tiny").nbytes, env["reference_bytes"])
-    assert m["fs_type"] == env["out_fs_type"] and m["thp"] in ("always", "madvise", "never", None)
-    assert len(m["durable_sequence_Bps"]) == machine.DURABLE_FRESH + machine.DURABLE_FREED
-    for key in ("durable_fresh_Bps", "durable_freed_Bps", "buffered_write_Bps", "memory_copy_1_Bps",
-                "memory_copy_all_Bps", "fresh_memory_Bps", "small_files_per_s",
-                *(("codecs_Bps", c) for c in machine.CODECS)):
-        st = m[key[0]][key[1]] if isinstance(key, tuple) else m[key]
-        assert st["median"] > 0 and st["median"] == statistics.median(st["samples"]) and st["spread_pct"] >= 0, key
-    assert len(m["durable_fresh_Bps"]["samples"]) == machine.DURABLE_FRESH
-    assert set(m["codecs_Bps"]) == set(machine.CODECS)
+    assert m.fs_type == env["out_fs_type"] and m.thp in ("always", "madvise", "never", None)
+    assert len(m.durable_sequence_Bps) == machine.DURABLE_FRESH + machine.DURABLE_FREED
+    rates = [(name, st) for name, _unit, _what, st in m.rates()] + list(m.codecs_Bps.items())
+    assert {n for n, _ in rates} >= {"durable_fresh_Bps", "durable_freed_Bps", "buffered_write_Bps",
+                                     "memory_copy_1_Bps", "memory_copy_all_Bps", "fresh_memory_Bps",
+                                     "small_files_per_s", *machine.CODECS}
+    for name, st in rates:
+        assert st.median > 0 and st.median == statistics.median(st.samples) and st.spread_pct >= 0, name
+    assert len(m.durable_fresh_Bps.samples) == machine.DURABLE_FRESH
+    assert set(m.codecs_Bps) == set(machine.CODECS)
+    assert m.write_Bps() and m.read_Bps() and m.write_source()
     assert not list(out.rglob("machine-profile-*")) and not list(out.rglob("*.bin"))
 
 
 def test_a_runs_phases_share_its_machine_profile(tmp_path, monkeypatch):
     shared = tmp_path / "profile.json"
     got = machine.shared_profile(shared, tmp_path, 1 << 20)
-    assert json.loads(shared.read_text()) == json.loads(json.dumps(got))
+    assert isinstance(got, MachineProfile) and json.loads(shared.read_text()) == got.to_dict()
     monkeypatch.setattr(machine, "profile", lambda *a, **k: pytest.fail("measured again"))
-    assert machine.shared_profile(shared, tmp_path, 1 << 20)["profile_s"] == got["profile_s"]
+    assert machine.shared_profile(shared, tmp_path, 1 << 20) == got
     monkeypatch.undo()
     # a phase on another model's bytes measures its own
-    assert machine.shared_profile(shared, tmp_path, 2 << 20)["bytes"] == 2 << 20
+    assert machine.shared_profile(shared, tmp_path, 2 << 20).bytes == 2 << 20
 
 
 def test_peak_rss_is_recorded(tiny_run):

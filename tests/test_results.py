@@ -152,13 +152,15 @@ def test_a_comparison_says_when_its_sides_rest_on_different_repeats():
     assert "ts+best[x=1] beat ts+best by" in found and "ts+best[x=1] was measured once." in found, found
 
 
-def _profile(**rates):
-    st = lambda x: {"median": x, "spread_pct": 0.0, "samples": [x, x, x]}
+def _profile(reference=None, **rates):
+    from llama_ckpt.results import MachineProfile, Rate
+
     base = dict(durable_fresh_Bps=500e6, durable_freed_Bps=1000e6, buffered_write_Bps=2000e6, fresh_memory_Bps=2000e6,
                 small_files_per_s=1000.0)
     base.update(rates)
-    return {"cores": 2, **{k: st(v) for k, v in base.items()}, "codecs_Bps": {"gzip:9": st(30e6), "zstd": st(400e6)},
-            "reference": {"reference_write_Bps": 800e6, "reference_read_Bps": 1000e6}}
+    return MachineProfile(cores=2, **{k: Rate.of([v] * 3) for k, v in base.items()},
+                          codecs_Bps={"gzip:9": Rate.of([30e6] * 3), "zstd": Rate.of([400e6] * 3)},
+                          reference=reference or {"reference_write_Bps": 800e6, "reference_read_Bps": 1000e6})
 
 
 def _work_row(approach="a", save_s=2.0, load_s=1.0, **work):
@@ -200,7 +202,7 @@ def test_the_disk_read_limit_takes_the_fastest_cold_read_the_reference_saw():
 
     prof = _profile()
     assert bounds.best_read(prof) == 1000e6  # no samples kept: the median way's rate
-    prof["reference"].update(reference_bytes=1e9, reference_samples=[
+    prof.reference.update(reference_bytes=1e9, reference_samples=[
         {"read_stream_s": 1.0, "read_parallel_s": 0.8}, {"read_stream_s": 0.5, "read_parallel_s": 0.9},
         {"read_stream_s": 0.1, "read_parallel_s": 0.1, "read_cold": False}])  # from the page cache: not the disk
     assert bounds.best_read(prof) == pytest.approx(2e9)
@@ -218,8 +220,8 @@ def test_the_prediction_adds_a_saves_storage_and_cpu_and_spreads_a_loads_reads_a
     # ... until the CPU work is larger: (1 + 3) / 2
     assert bounds.predict(_work_row(user_s=2.9), "load", prof) == pytest.approx(2.0)
     # the same work on a machine whose disk is capped at a quarter: the disk's term grows, the CPU's does not
-    capped = _profile(durable_fresh_Bps=250e6, durable_freed_Bps=250e6)
-    capped["reference"] = {"reference_write_Bps": 250e6, "reference_read_Bps": 250e6}
+    capped = _profile(durable_fresh_Bps=250e6, durable_freed_Bps=250e6,
+                      reference={"reference_write_Bps": 250e6, "reference_read_Bps": 250e6})
     assert bounds.predict(_work_row(), "save", capped) == pytest.approx(4.0 + 0.003 + 0.1)
     assert bounds.predict(_work_row(user_s=2.9), "load", capped) == pytest.approx(4.0)
     assert bounds.predict(_work_row(), "save", {}) is None

@@ -37,10 +37,8 @@ import contextlib
 import json
 import mmap
 import os
-import statistics
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
 
@@ -50,27 +48,22 @@ import torch
 from .. import fsutil
 from ..formats.tensorstore import compressor as zarr_compressor
 from ..model import TensorSpec, seeded_tensor
+from ..results.profile import MachineProfile, Rate
 from ..store import LocalDir
 from .probes import REFERENCE_BLOCK, reference
 
 PROFILE_SAMPLES = 3  # each unit cost measured this many times
 PROFILE_MAX_BYTES = 1 << 30  # the durable writes' size: the model's bytes, at most this
 DURABLE_FRESH = 4  # durable writes back to back, each to a new file
-DURABLE_FREED = 3  # ... then each after the previous one was removed
+DURABLE_FREED = 3  # durable writes after those, each after the previous file was removed
 MEMORY_BYTES = 256 << 20  # buffers of the memory copy and fill (at most; a small model's bytes, at least 64 MiB)
 SMALL_FILES = 500  # small files written and fsynced per sample (50 for a model under 64 MiB)
-SMALL_FILE_BYTES = 4096
+SMALL_FILE_BYTES = 4096  # each small file's bytes
 CODEC_BYTES = 8 << 20  # weights compressed per codec sample (at most; a small model's bytes, at least 4 MiB)
 # The compression settings the suite's approaches and sweeps use (`compression` knob of the TensorStore formats;
 # a test keeps this in step with the registry and the phase catalogue)
 CODECS = ("gzip", "gzip:9", "zstd", "blosc-lz4")
 PAGE = mmap.PAGESIZE
-
-
-def _median_spread(xs: list[float]) -> dict:
-    """A unit cost's samples, their median, and their spread ((max - min) / median, in percent)."""
-    med = statistics.median(xs)
-    return {"median": med, "spread_pct": (max(xs) - min(xs)) / med * 100 if med else None, "samples": xs}
 
 
 def _write(path: Path, nbytes: int, block: bytes) -> tuple[float, float]:
@@ -233,9 +226,10 @@ def mount_options(path: Path) -> str | None:
     return None
 
 
-def profile(where: Path, nbytes: int, say=lambda s: None) -> dict:
+def profile(where: Path, nbytes: int, say=lambda s: None) -> MachineProfile:
     """The machine profile, measured in a scratch directory under ``where``
-    (removed after); ``nbytes``: the model's bytes."""
+    (removed after); ``nbytes``: the model's bytes. Each field's unit and
+    meaning: :class:`llama_ckpt.results.profile.MachineProfile`."""
     where = Path(where)
     scratch = where / f"machine-profile-{uuid.uuid4().hex[:8]}"
     scratch.mkdir(parents=True)
@@ -252,38 +246,37 @@ def profile(where: Path, nbytes: int, say=lambda s: None) -> dict:
                      "thp": thp_mode(), "bytes": size, "samples": PROFILE_SAMPLES, "memory_sample_bytes": mem,
                      "small_files": n_small, "codec_sample_bytes": codec_bytes}
         writes = durable_writes(scratch, size)
-        out["durable_fresh_Bps"] = _median_spread(writes["fresh_Bps"])
-        out["durable_freed_Bps"] = _median_spread(writes["freed_Bps"])
-        out["durable_sequence_Bps"] = writes["fresh_Bps"] + writes["freed_Bps"]
+        out.update(durable_fresh_Bps=Rate.of(writes["fresh_Bps"]), durable_freed_Bps=Rate.of(writes["freed_Bps"]),
+                   durable_sequence_Bps=tuple(writes["fresh_Bps"] + writes["freed_Bps"]))
         out["reference"] = reference(size, LocalDir(scratch / "reference"))
-        out["buffered_write_Bps"] = _median_spread([buffered_write(scratch, size) for _ in range(PROFILE_SAMPLES)])
-        out["memory_copy_1_Bps"] = _median_spread([memory_copy(1, mem) for _ in range(PROFILE_SAMPLES)])
-        out["memory_copy_all_Bps"] = _median_spread([memory_copy(out["cores"], mem) for _ in range(PROFILE_SAMPLES)])
-        out["fresh_memory_Bps"] = _median_spread([fresh_memory(False, mem) for _ in range(PROFILE_SAMPLES)])
+        sample = lambda fn, *args: Rate.of(fn(*args) for _ in range(PROFILE_SAMPLES))
+        out["buffered_write_Bps"] = sample(buffered_write, scratch, size)
+        out["memory_copy_1_Bps"] = sample(memory_copy, 1, mem)
+        out["memory_copy_all_Bps"] = sample(memory_copy, out["cores"], mem)
+        out["fresh_memory_Bps"] = sample(fresh_memory, False, mem)
         huge = [fresh_memory(True, mem) for _ in range(PROFILE_SAMPLES)]
-        out["fresh_memory_huge_Bps"] = None if None in huge else _median_spread(huge)
-        out["small_files_per_s"] = _median_spread([small_files(scratch, n_small) for _ in range(PROFILE_SAMPLES)])
+        out["fresh_memory_huge_Bps"] = None if None in huge else Rate.of(huge)
+        out["small_files_per_s"] = sample(small_files, scratch, n_small)
         data = _weights(codec_bytes)
-        out["codecs_Bps"] = {name: _median_spread([codec(name, data) for _ in range(PROFILE_SAMPLES)])
-                             for name in CODECS}
+        out["codecs_Bps"] = {name: sample(codec, name, data) for name in CODECS}
     finally:
         fsutil.remove(scratch)
-    out["profile_s"] = time.perf_counter() - t0
-    return out
+    return MachineProfile(**out, profile_s=time.perf_counter() - t0)
 
 
-def shared_profile(path: Path | None, where: Path, nbytes: int, say=lambda s: None) -> dict:
-    """The run's profile: read from ``path`` when an earlier phase of the run
-    measured it for as many bytes, else measured now (and written there)."""
-    if path is not None and Path(path).is_file():
-        got = json.loads(Path(path).read_text())
-        if got.get("bytes") == min(nbytes, PROFILE_MAX_BYTES):
-            say(f"machine profile: measured earlier in this run ({path})")
-            return got
+def shared_profile(path: Path | None, where: Path, nbytes: int, say=lambda s: None) -> MachineProfile:
+    """The run's profile: read from ``path`` (its JSON,
+    :meth:`~llama_ckpt.results.profile.MachineProfile.to_dict`) when an
+    earlier phase of the run measured it for as many bytes, else measured
+    now (and written there)."""
+    got = MachineProfile.read(path) if path is not None else None
+    if got is not None and got.bytes == min(nbytes, PROFILE_MAX_BYTES):
+        say(f"machine profile: measured earlier in this run ({path})")
+        return got
     got = profile(where, nbytes, say)
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(path).with_name(Path(path).name + f".tmp-{uuid.uuid4().hex[:8]}")
-        tmp.write_text(json.dumps(got))
+        tmp.write_text(json.dumps(got.to_dict()))
         os.replace(tmp, path)
     return got

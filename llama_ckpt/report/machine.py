@@ -9,60 +9,69 @@ import statistics
 import pandas as pd
 
 from ..results import bounds, fmt_bytes
+from ..results.profile import MachineProfile, Rate, as_profile, disk_rates, rate_fields
 
-# (key in the profile, what it is, unit, divisor)
-RATES = (
-    ("durable_fresh_Bps", "durable write, each file to new space", "MB/s", 1e6),
-    ("durable_freed_Bps", "durable write, each after the last file was removed", "MB/s", 1e6),
-    ("buffered_write_Bps", "one thread's write into the page cache (no fsync)", "MB/s", 1e6),
-    ("memory_copy_1_Bps", "memory copy, one thread", "MB/s", 1e6),
-    ("memory_copy_all_Bps", "memory copy, every core", "MB/s", 1e6),
-    ("fresh_memory_Bps", "filling fresh memory, 4 KiB pages", "MB/s", 1e6),
-    ("fresh_memory_huge_Bps", "filling fresh memory, transparent huge pages", "MB/s", 1e6),
-    ("small_files_per_s", "4 KiB files created, written and fsynced", "files/s", 1),
-)
+DISPLAY = {"B/s": ("MB/s", 1e6), "files/s": ("files/s", 1)}  # a rate's unit -> (the tables' unit, divisor)
+# (field of the profile, what it is, the tables' unit, divisor): every single rate of the record
+RATES = tuple((name, what, *DISPLAY[unit]) for name, unit, what in rate_fields())
 
 
-def machine_table(profile: dict | None) -> pd.DataFrame:
+def machine_table(profile: MachineProfile | dict | None) -> pd.DataFrame:
     """One line per unit cost of ``profile``: median, spread ((max - min) /
     median, %), the samples in the order measured; then the disk reference's
     best write and read. Empty where the run has no profile (on S3, or
     ``--no-reference``)."""
-    if not profile:
+    prof = as_profile(profile)
+    if prof is None:
         return pd.DataFrame()
-    rate = lambda what, unit, div, st: {"measure": what, "unit": unit, "median": st["median"] / div,
-                                        "spread_%": st["spread_pct"],
-                                        "samples": ", ".join(f"{x / div:,.0f}" for x in st["samples"])}
-    recs = [rate(what, unit, div, profile[key]) for key, what, unit, div in RATES if profile.get(key)]
-    recs += [rate(f"compression {name}, one core (TensorStore's codec)", "MB/s", 1e6, st)
-             for name, st in (profile.get("codecs_Bps") or {}).items()]
-    ref = profile.get("reference") or {}
-    for op in ("write", "read"):
-        if ref.get(f"reference_{op}_Bps"):
-            way = "stream" if ref[f"reference_{op}_way"] == "one stream" else "parallel"
-            samples = [s[f"{op}_{way}_s"] for s in ref.get("reference_samples", []) if f"{op}_{way}_s" in s]
-            recs.append({"measure": f"disk reference, {'durable write' if op == 'write' else 'cold read'} "
-                                    f"({ref[f'reference_{op}_way']})",
-                         "unit": "MB/s", "median": ref[f"reference_{op}_Bps"] / 1e6,
-                         "spread_%": (max(samples) - min(samples)) / ref[f"reference_{op}_s"] * 100
-                         if samples else None,
-                         "samples": ", ".join(f"{ref['reference_bytes'] / x / 1e6:,.0f}" for x in samples)})
+
+    def rate(what: str, unit: str, st: Rate) -> dict:
+        shown, div = DISPLAY[unit]
+        return {"measure": what.replace("`", ""), "unit": shown, "median": st.median / div, "spread_%": st.spread_pct,
+                "samples": ", ".join(f"{x / div:,.0f}" for x in st.samples)}
+
+    recs = [rate(what, unit, st) for _name, unit, what, st in prof.rates()]
+    recs += [rate(f"compression {name}, one core (TensorStore's codec)", "B/s", st)
+             for name, st in (prof.codecs_Bps or {}).items()]
+    recs += [rate(f"disk reference, {'durable write' if op == 'write' else 'cold read'} ({way})", "B/s", st)
+             for op, (way, st) in prof.reference_rates().items()]
     return pd.DataFrame(recs).set_index("measure")
 
 
-def machine_line(profile: dict | None) -> str:
-    """The machine in one line: cores, memory, file system and its mount options, huge pages, the profile's size."""
-    if not profile:
+def machine_line(profile: MachineProfile | dict | None) -> str:
+    """The machine in one line: cores, memory, file system and its mount options, huge pages, the profile's size,
+    and the disk's rates the bounds and the share-of-disk columns read."""
+    p = as_profile(profile)
+    if p is None:
         return ("no machine profile in this run (checkpoints on S3, `--no-reference`, or results written before "
                 "the suite profiled its machine)")
-    seq = ", ".join(f"{x / 1e6:,.0f}" for x in profile.get("durable_sequence_Bps", []))
-    return (f"{profile['cores']} cores, {profile['memory_bytes'] / 2**30:.0f} GiB memory; {profile['fs_type']} on "
-            f"{profile['fs_device']} ({profile['mount_options']}); transparent huge pages: {profile['thp']}. "
-            f"Durable writes of {fmt_bytes(profile['bytes'])} back to back, in order (MB/s): {seq}. "
-            f"Measured in {profile['profile_s']:.0f} s, each unit cost {profile['samples']} times.")
+    seq = ", ".join(f"{x / 1e6:,.0f}" for x in p.durable_sequence_Bps or ())
+    return (f"{p.cores} cores, {(p.memory_bytes or 0) / 2**30:.0f} GiB memory; {p.fs_type} on "
+            f"{p.fs_device} ({p.mount_options}); transparent huge pages: {p.thp}. "
+            f"Durable writes of {fmt_bytes(p.bytes)} back to back, in order (MB/s): {seq}. "
+            f"Measured in {p.profile_s or 0:.0f} s, each unit cost {p.samples} times. "
+            + _rates_line(p.write_Bps(), p.read_Bps(), p.write_source(), "disk"))
 
 
-def bounds_table(rows: list[dict], profile: dict | None, approaches: list[str] | None = None) -> pd.DataFrame:
+def disk_line(env: dict | None) -> str:
+    """The disk's rates of a run (its environment record's,
+    :func:`llama_ckpt.results.profile.disk_rates`) in one line: what the
+    shares of the disk and the bounds set the approaches against."""
+    write, read = disk_rates(env)
+    prof = MachineProfile.of_env(env)
+    kind = "disk" if prof else (env or {}).get("reference_kind", "storage")
+    return _rates_line(write, read, prof.write_source() if prof else f"the {kind} reference's median", kind)
+
+
+def _rates_line(write: float | None, read: float | None, source: str | None, kind: str) -> str:
+    if not write or not read:
+        return "No disk rates in this run (no machine profile and no storage reference)."
+    return (f"The disk's rates (the shares of the disk and the bounds): write {write / 1e6:,.0f} MB/s ({source}), "
+            f"read {read / 1e6:,.0f} MB/s (the fastest confirmed-cold read of the {kind} reference).")
+
+
+def bounds_table(rows: list[dict], profile: MachineProfile | dict | None,
+                 approaches: list[str] | None = None) -> pd.DataFrame:
     """Per approach (``approaches``' order, default every one with valid rows),
     for save and for load: the median time, the shortest time its counted
     work can take on this machine (``bound_s``, :mod:`llama_ckpt.results.bounds`),
@@ -70,7 +79,8 @@ def bounds_table(rows: list[dict], profile: dict | None, approaches: list[str] |
     as fast as this machine allows), the predicted time (``predicted_s``,
     :func:`llama_ckpt.results.bounds.predict`) and the time over it
     (``x_predicted``)."""
-    if not profile:
+    profile = as_profile(profile)
+    if profile is None:
         return pd.DataFrame()
     by: dict[str, list[dict]] = {}
     for r in rows:
@@ -110,7 +120,8 @@ def limits_legend() -> str:
             + "\n".join(f"- **{k}**: {v}" for k, v in bounds.LIMITS.items()))
 
 
-def bounds_findings(rows: list[dict], profile: dict | None, approaches: list[str] | None = None) -> str:
+def bounds_findings(rows: list[dict], profile: MachineProfile | dict | None,
+                    approaches: list[str] | None = None) -> str:
     """What the bounds say, as Markdown: per job (save, load), which limit
     binds the fastest approaches and how close they come to it, and which
     approaches spend most of their time beyond their bound."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pandas as pd
 
 from ..results import Stat, change, fmt_bytes, is_valid, spread, summarize
+from ..results.profile import disk_rates
 from ..results.text import BASELINE
 from ..store.s3 import request_total
 from ..registry import APPROACHES
@@ -200,10 +201,10 @@ def claim_lines(rows: list[dict], numbers: tuple[int, ...]) -> list[str]:
 
 def disk_share(rows: list[dict], env: dict | None) -> pd.DataFrame:
     """Each approach's throughput (checkpoint bytes per second) as a share of
-    the disk reference measured in the same run."""
+    the disk's rates measured in the same run (``env``'s,
+    :func:`llama_ckpt.results.profile.disk_rates`: the rates the bounds use)."""
     summ = summarize(rows)
-    w = (env or {}).get("reference_write_Bps")
-    r = (env or {}).get("reference_read_Bps")
+    w, r = disk_rates(env)
     recs = [{"approach": n, "dtype": s["stored_dtype"], "save_MB/s": s["save_Bps"].median / 1e6,
              "save_share_of_disk": s["save_Bps"].median / w if w else None,
              "load_MB/s": s["load_Bps"].median / 1e6, "load_share_of_disk": s["load_Bps"].median / r if r else None}
@@ -279,11 +280,12 @@ def syscalls_table(profiles: list[dict | None]) -> pd.DataFrame:
 def io_table(rows: list[dict], pairs: tuple[tuple[str, str], ...], env: dict | None = None) -> pd.DataFrame:
     """4f's sweep: one line per point, grouped by its base approach, with the
     knob it changes, medians [min, max], its time as a multiple of the base's
-    (below 1 = faster), and throughput as a share of the disk reference."""
+    (below 1 = faster), and throughput as a share of the disk's rates
+    (:func:`llama_ckpt.results.profile.disk_rates`)."""
     summ = summarize(rows)
     base_of = dict(pairs)
     bases = list(dict.fromkeys(b for _a, b in pairs))
-    w, r = (env or {}).get("reference_write_Bps"), (env or {}).get("reference_read_Bps")
+    w, r = disk_rates(env)
     recs = []
     for b in bases:
         for n in [b] + [a for a, bb in pairs if bb == b]:

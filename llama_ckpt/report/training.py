@@ -24,6 +24,7 @@ import seaborn as sns
 
 from ..bench.training import DLIO_STEP_S
 from ..results import Stat, fmt_bytes, fmt_stat
+from ..results.profile import MachineProfile, as_profile
 from ..study.aims import AIM_CHECKPOINTS, BLOCKING_AIM, SLOWDOWN_AIM, SLOWDOWN_AIMS
 from . import charts
 
@@ -412,10 +413,11 @@ def _slowdown_lines(async_ok: dict, kind: str, cores: int | None) -> list[str]:
     return out
 
 
-def _memory_copy_Bps(profile: dict | None) -> float | None:
+def _memory_copy_Bps(profile: MachineProfile | dict | None) -> float | None:
     """The machine profile's memory copy rate on all cores (a staging copy's yardstick: torch copies with every
     core), bytes per second; None without a profile."""
-    return ((profile or {}).get("memory_copy_all_Bps") or {}).get("median")
+    prof = as_profile(profile)
+    return prof.memory_copy_Bps() if prof else None
 
 
 def _copy_floor(copying: list[str], async_ok: dict, summ: dict, profile: dict | None) -> str:

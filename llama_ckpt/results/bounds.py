@@ -33,15 +33,19 @@ from __future__ import annotations
 
 import statistics
 
+from .profile import MachineProfile, as_profile, median
+
 PAGE = 4096
 PREDICTION_TOLERANCE = 0.25  # a prediction holds when the measured median is within this share of it
 
 # limit -> what it counts, for the tables' legend
 LIMITS = {
     "disk write": "bytes that went to storage, at the best median durable write rate the profile saw (to new space, "
-                  "to freed space, or the disk reference's)",
+                  "to freed space, or the disk reference's: the disk's write rate, `MachineProfile.write_Bps`, the "
+                  "share-of-disk columns' too)",
     "disk read": "bytes that came from storage, at the fastest cold read the disk reference saw (any sample, in "
-                 "one stream or by its threads)",
+                 "one stream or by its threads: the disk's read rate, `MachineProfile.read_Bps`, the share-of-disk "
+                 "columns' too)",
     "page-cache copy": "bytes through write calls, at one thread's page-cache write rate times the threads the save "
                        "writes with (`write_streams`, at most the cores; the cores where not known)",
     "fresh memory": "minor page faults x 4 KiB, at the fresh-memory fill rate times the cores",
@@ -51,61 +55,47 @@ LIMITS = {
 }
 
 
-def _rate(profile: dict, key: str) -> float | None:
-    st = profile.get(key)
-    return st["median"] if st else None
+Profile = MachineProfile | dict | None  # the record, or its JSON dict (callers that still hold the dict)
 
 
-def best_read(profile: dict) -> float | None:
-    """The fastest cold read of the profile's disk reference, bytes per second: its best sample of either way
-    whose eviction was confirmed (its median way where the samples are not kept)."""
-    ref = profile.get("reference") or {}
-    times = [s[k] for s in ref.get("reference_samples") or [] if s.get("read_cold", True)
-             for k in ("read_stream_s", "read_parallel_s") if s.get(k)]
-    if times and ref.get("reference_bytes"):
-        return ref["reference_bytes"] / min(times)
-    return ref.get("reference_read_Bps")
-
-
-def _codec_rate(row: dict, profile: dict) -> float | None:
-    """The profile's one-core rate of the row's compression setting; None: none, or one not profiled."""
-    comp = (row.get("knobs") or {}).get("compression")
-    st = (profile.get("codecs_Bps") or {}).get(comp) if comp else None
-    return st["median"] if st else None
+def best_read(profile: Profile) -> float | None:
+    """The fastest cold read of the profile's disk reference, bytes per second
+    (:meth:`MachineProfile.read_Bps <llama_ckpt.results.profile.MachineProfile.read_Bps>`)."""
+    prof = as_profile(profile)
+    return prof.read_Bps() if prof else None
 
 
 # the counted work a bound needs: rows written before the suite counted it get none
 NEEDS = {"save": ("storage_write_bytes", "minor_faults"), "load": ("storage_read_bytes", "minor_faults")}
 
 
-def limits(row: dict, step: str, profile: dict) -> dict[str, float]:
+def limits(row: dict, step: str, profile: Profile) -> dict[str, float]:
     """Seconds each limit needs for ``row``'s counted ``step`` (save, load) work
     on the machine of ``profile``; limits whose work or rate is unknown are left out."""
     work = row.get(f"cpu_io_{step}") or {}
-    if not profile or any(work.get(k) is None for k in NEEDS[step]):
+    prof = as_profile(profile)
+    if prof is None or any(work.get(k) is None for k in NEEDS[step]):
         return {}
-    cores = profile["cores"]
-    ref = profile.get("reference") or {}
+    cores = prof.cores
     out: dict[str, float] = {}
     if step == "save":
-        best = max([x for x in [_rate(profile, "durable_fresh_Bps"), _rate(profile, "durable_freed_Bps"),
-                                ref.get("reference_write_Bps")] if x] or [0])
+        best = prof.write_Bps()
         if best:
             out["disk write"] = work["storage_write_bytes"] / best
-        copy = _rate(profile, "buffered_write_Bps")
+        copy = median(prof.buffered_write_Bps)
         if copy:
             out["page-cache copy"] = work["write_bytes"] / (copy * min(cores, row.get("write_streams") or cores))
-        files = _rate(profile, "small_files_per_s")
+        files = median(prof.small_files_per_s)
         if files and row.get("n_files"):
             out["files"] = row["n_files"] / files
-        codec = _codec_rate(row, profile)
+        codec = prof.codec_Bps((row.get("knobs") or {}).get("compression"))
         if codec and row.get("payload_bytes"):
             out["compression"] = row["payload_bytes"] / (codec * cores)
     else:
-        read = best_read(profile)
+        read = prof.read_Bps()
         if read:
             out["disk read"] = work["storage_read_bytes"] / read
-    fresh = _rate(profile, "fresh_memory_Bps")
+    fresh = median(prof.fresh_memory_Bps)
     if fresh:
         out["fresh memory"] = work["minor_faults"] * PAGE / (fresh * cores)
     out["CPU"] = (work["user_s"] + work["sys_s"]) / cores
@@ -119,12 +109,12 @@ def _bound(lim: dict[str, float]) -> tuple[float | None, str | None]:
     return lim[name], name
 
 
-def bound(row: dict, step: str, profile: dict) -> tuple[float | None, str | None]:
+def bound(row: dict, step: str, profile: Profile) -> tuple[float | None, str | None]:
     """(the shortest time ``row``'s ``step`` work can take, the limit that sets it); (None, None) where unknown."""
     return _bound(limits(row, step, profile))
 
 
-def predict(row: dict, step: str, profile: dict) -> float | None:
+def predict(row: dict, step: str, profile: Profile) -> float | None:
     """The predicted seconds of ``row``'s ``step`` work on ``profile``'s machine
     (see the module's text; None where a limit it needs is unknown)::
 
@@ -133,13 +123,13 @@ def predict(row: dict, step: str, profile: dict) -> float | None:
 
     Why this form: docs/decisions.md#prediction-model
     """
-    return _predict(limits(row, step, profile), step, profile)
+    return _predict(limits(row, step, profile), step, as_profile(profile))
 
 
-def _predict(lim: dict[str, float], step: str, profile: dict) -> float | None:
+def _predict(lim: dict[str, float], step: str, profile: MachineProfile | None) -> float | None:
     if "CPU" not in lim:
         return None
-    cores = profile["cores"]
+    cores = profile.cores
     if step == "save":
         if "disk write" not in lim:
             return None
@@ -149,11 +139,12 @@ def _predict(lim: dict[str, float], step: str, profile: dict) -> float | None:
     return max(lim["disk read"], (lim["disk read"] + lim["CPU"] * cores) / cores)
 
 
-def approach_bounds(rows: list[dict], step: str, profile: dict) -> dict | None:
+def approach_bounds(rows: list[dict], step: str, profile: Profile) -> dict | None:
     """One approach's rows: the median measured time, the median bound, the
     limit that binds most often (ties: the larger median), the median share
     (time / bound), every limit's median seconds, the median prediction and
     the measured median over it (``x_predicted``)."""
+    profile = as_profile(profile)
     each = [(r[f"{step}_s"], limits(r, step, profile)) for r in rows if r.get(f"{step}_s") and r.get("verified")]
     got = [(t, *_bound(lim), lim, _predict(lim, step, profile)) for t, lim in each]
     got = [g for g in got if g[1]]
