@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from llama_ckpt import fsutil
-from llama_ckpt.bench import machine, measure, probes
+from llama_ckpt.bench import machine, measure, probes, scaffold
 from llama_ckpt.formats.torch_save import TorchSave
 from llama_ckpt.recorders import PeakRSS, settled_objects
 from llama_ckpt.registry import APPROACHES, names, resolve
@@ -271,7 +271,7 @@ def test_a_failing_approach_becomes_an_error_row_and_the_others_run(tmp_path):
 
 def test_disk_estimate_bounds_the_real_footprint(tiny_run, tmp_path):
     _, _, rows = tiny_run
-    need = measure.disk_needed(resolve("all"), get_model("tiny"), tmp_path, reference_too=False)
+    need = scaffold.disk_needed(resolve("all"), get_model("tiny"), tmp_path, reference_too=False)
     for r in rows:
         assert r["bytes_on_disk"] <= need[r["approach"]], r["approach"]
 
@@ -356,7 +356,7 @@ def test_every_save_starts_from_dropped_caches_where_the_kernel_lets_it(tiny_run
     assert fsutil.settle() is True and knob.read_text() == "1"
     monkeypatch.setattr(fsutil, "DROP_CACHES", tmp_path / "absent" / "drop_caches")
     assert fsutil.settle() is False
-    monkeypatch.setitem(measure._said, "no drop", False)
+    monkeypatch.setattr(scaffold, "_said", set())
     said = []
     for run in ("a", "b"):  # a suite run calls measure.run per phase and round: the message comes once
         env, rows = measure.run([APPROACHES["pytorch"]], get_model("tiny"),
@@ -369,7 +369,7 @@ def test_every_save_starts_from_dropped_caches_where_the_kernel_lets_it(tiny_run
 
 def test_the_free_space_is_discarded_before_every_save_where_it_can_be(tmp_path, monkeypatch):
     # the tests turn fstrim off (conftest); on: as root with fstrim installed the run and every row say it happened
-    monkeypatch.setitem(measure._said, "no trim", False)
+    monkeypatch.setattr(scaffold, "_said", set())
     said = []
     env, rows = measure.run([APPROACHES["pytorch"]], get_model("tiny"),
                             measure.Options(out=tmp_path / "off", repeats=1, disk_reference=False), say=said.append)

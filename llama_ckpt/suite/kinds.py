@@ -220,7 +220,7 @@ class Sharded(Kind):
         procs = cluster.torchrun(nodes, per_node, [
             "run", "--approach", ",".join(a.name for a in self.approaches()), "--model", source.name,
             "--repeats", str(self._once()), "--out", str(self.rdir), "--results", str(self.rpath),
-            "--run-id", self.run_id, "--no-reference"])
+            "--run-id", self.run_id, "--no-reference", "--prepare", ",".join(self.prepare) or "none"])
         for line in (ln for p in procs for ln in p.stdout.splitlines() if ln.startswith("  ")):
             self.say(line)  # rank 0's row lines (the other ranks print nothing)
         after = read_results([self.rpath])
