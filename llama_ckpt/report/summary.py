@@ -12,7 +12,7 @@ import pandas as pd
 
 from ..errors import UserError
 from ..registry import names
-from ..results import change, comparison_table, fmt_bytes, is_valid, read_results, summarize
+from ..results import MachineProfile, change, comparison_table, disk_rates, fmt_bytes, is_valid, read_results, summarize
 from ..results.text import BASELINE
 from ..study.aims import AIM_APPROACHES, FORMAT_AIMS
 from ..study.claims import (GUIDE_EIGHT, GUIDE_FIGURES, HOLDS, FAILS, MIN_REPEATS, OTHER_WEIGHTS_CLAIMS, UNSURE,
@@ -215,9 +215,9 @@ class Summary:
         plots.save(fig, run_dir(self.out_dir, self.run_id) / "figures" / "all-approaches.png")
         return fig
 
-    def machine(self) -> dict | None:
+    def machine(self) -> MachineProfile | None:
         """The run's machine profile (measured by its first phase, shared by every phase of the run)."""
-        return next((e["machine"] for e in self.envs if e.get("machine")), None)
+        return next((MachineProfile.of_env(e) for e in self.envs if e.get("machine")), None)
 
     def bounds(self) -> pd.DataFrame:
         """Every registered approach's save and load against the shortest time
@@ -263,11 +263,11 @@ class Summary:
         return machine_report.bounds_findings(self.registered_rows, self.machine())
 
     def env_rates(self) -> dict:
-        e = self.env()
-        if not e.get("reference_bytes") or not e.get("reference_write_s"):
-            return {}
-        return {"reference_write_Bps": e["reference_bytes"] / e["reference_write_s"],
-                "reference_read_Bps": e["reference_bytes"] / e["reference_read_s"]}
+        """The disk's rates every share of the disk reads (``results.profile.disk_rates``: the run's profile's,
+        else the storage reference's)."""
+        prof = self.machine()
+        w, r = (prof.write_Bps(), prof.read_Bps()) if prof is not None else disk_rates(self.env())
+        return {"reference_write_Bps": w, "reference_read_Bps": r} if w and r else {}
 
     def ranking(self, top: int = 5) -> pd.DataFrame:
         """The best registered approaches for three jobs: fastest save, fastest
@@ -281,8 +281,8 @@ class Summary:
                  "load_s": ("load_Bps", rates.get("reference_read_Bps"))}
         samples = sample_sets(self.registered_rows)
         recs = []
-        for job, (names, key, unit) in jobs.items():
-            ranked = sorted(names, key=lambda n: summ[n][key].median)
+        for job, (contenders, key, unit) in jobs.items():
+            ranked = sorted(contenders, key=lambda n: summ[n][key].median)
             for rank, n in enumerate(ranked[:top], 1):
                 v = summ[n][key].median
                 rate, ref = share.get(key, (None, None))
