@@ -70,7 +70,8 @@ def _cast_stats(src: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, fl
     return cast, max_abs, max_rel, n_overflow, n_flushed
 
 
-def expected_digests(state_dict: dict[str, torch.Tensor], dtypes: set[torch.dtype]) -> dict[torch.dtype, dict[str, Expected]]:
+def expected_digests(state_dict: dict[str, torch.Tensor],
+                     dtypes: set[torch.dtype]) -> dict[torch.dtype, dict[str, Expected]]:
     """For each dtype, each tensor's digest after casting the source to it."""
     def one(item):
         name, t = item

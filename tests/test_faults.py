@@ -7,14 +7,13 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
 from llama_ckpt import fsutil
 from llama_ckpt.bench import faults, measure, scaffold
-from llama_ckpt.checkpoint import COMMIT, MANIFEST
+from llama_ckpt.checkpoint import COMMIT
 from llama_ckpt.formats.tensorstore import TensorStoreZarr
 from llama_ckpt.registry import APPROACHES, names, variant
 from llama_ckpt.store import TMP_TAG
@@ -253,6 +252,7 @@ def test_compare_names_a_corrupt_line_and_uses_the_rest(tmp_path):
 
 def test_an_interrupted_run_is_flagged_by_compare(tmp_path):
     r = cli("run", "--approach", "pytorch", "--model", "tiny", "--repeats", "1", "--out", str(tmp_path))
+    assert r.returncode == 0, r.stderr
     (results,) = (tmp_path / "results").glob("*.jsonl")
     lines = results.read_text().splitlines()
     results.write_text("\n".join(l for l in lines if '"record": "end"' not in l) + "\n")  # as after SIGKILL

@@ -23,7 +23,8 @@ from llama_ckpt.store import LocalDir
 from llama_ckpt.study.phases import IO_BASES, IO_POINTS, PHASES, sweep_approaches
 
 
-SWEEP = [(b, APPROACHES[b]) for b in IO_BASES] + [(b, a) for b, k, vs in IO_POINTS for a in sweep_approaches(((b, k, vs),))]
+SWEEP = [(b, APPROACHES[b]) for b in IO_BASES] + [(b, a) for b, k, vs in IO_POINTS
+                                                  for a in sweep_approaches(((b, k, vs),))]
 
 
 @pytest.mark.parametrize("base, point", SWEEP, ids=lambda x: getattr(x, "name", x))

@@ -118,7 +118,8 @@ def test_no_in_function_import_of_the_packages_own_modules():
         for fn in ast.walk(tree):
             if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 for node in ast.walk(fn):
-                    if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("llama_ckpt")):
+                    if isinstance(node, ast.ImportFrom) and (node.level
+                                                             or (node.module or "").startswith("llama_ckpt")):
                         found.append(f"{mod}:{node.lineno}")
     assert not found, found
 

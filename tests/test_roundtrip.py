@@ -182,7 +182,8 @@ def test_knobs_are_frozen_and_validated():  # noqa: D103
 def test_every_approach_stores_the_dtype_its_knobs_say():
     for a in APPROACHES.values():
         assert str(a.stored_dtype) == f"torch.{a.k.dtype}", a.name
-    assert APPROACHES["ts+best16"].stored_dtype == torch.float16 and APPROACHES["ts+bfloat16"].stored_dtype == torch.bfloat16
+    assert APPROACHES["ts+best16"].stored_dtype == torch.float16
+    assert APPROACHES["ts+bfloat16"].stored_dtype == torch.bfloat16
 
 
 def test_safetensors_file_has_every_tensor_in_float32(saved, tiny_sd):

@@ -336,7 +336,8 @@ def test_the_interval_at_which_checkpoints_cost_a_share_of_the_run():
 
 def test_model_path_is_refused_for_training(tmp_path):
     with pytest.raises(UserError, match="MODEL_PATH is not used"):
-        training.run_training([], object(), training.TrainingOptions(out=tmp_path, checkpoints=tmp_path / "c", results=tmp_path / "r"))
+        training.run_training([], object(), training.TrainingOptions(out=tmp_path, checkpoints=tmp_path / "c",
+                                                                     results=tmp_path / "r"))
 
 
 def _row(name, mode, blocking, durable, before, inflight, after, sync_of=None, verified=True):

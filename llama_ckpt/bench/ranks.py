@@ -203,7 +203,8 @@ def worker(rank: int, job: dict) -> None:
         dist.barrier()
         dist.destroy_process_group()
     except BaseException as exc:  # noqa: BLE001 - reported, then the rank exits non-zero
-        report["error"] = str(exc) if isinstance(exc, RankFailed) else f"rank {rank} failed: {type(exc).__name__}: {exc}"
+        report["error"] = (str(exc) if isinstance(exc, RankFailed)
+                           else f"rank {rank} failed: {type(exc).__name__}: {exc}")
         report["traceback"] = traceback.format_exc()[-2000:]
         out.write_text(json.dumps(report))
         sys.exit(1)

@@ -65,7 +65,7 @@ def _stderr_to(path):
         os.close(saved)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Hooks:
     """Points in the background work where tests can step in (pause, or be
     killed): ``started`` before the first byte is written, ``written`` once
@@ -73,6 +73,9 @@ class Hooks:
 
     started: Callable[[], None] = _nothing
     written: Callable[[], None] = _nothing
+
+
+NO_HOOKS = Hooks()  # a save nothing steps into
 
 
 class Pending:
@@ -148,7 +151,7 @@ class Saver:
         return checkpoint.load(self.fmt, loc)
 
     def start(self, state_dict: dict[str, torch.Tensor], loc: Location, digests: dict[str, str],
-              hooks: Hooks = Hooks()) -> Pending:
+              hooks: Hooks = NO_HOOKS) -> Pending:
         """Begin a checkpoint of ``state_dict`` (whose tensors the caller may
         change once this returns) at ``loc``; ``digests`` are its tensors'
         SHA-256 in the stored dtype, taken at this step, for the manifest."""

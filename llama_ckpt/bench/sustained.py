@@ -43,7 +43,7 @@ def measure_sustained(approach: Format, source: ModelSource, expected: dict, roo
         sd = source.materialize()
         release_memory()
         with MachineBusy() as busy:
-            for k, loc in enumerate(locs):
+            for k, loc in enumerate(locs):  # noqa: B007 - k: the checkpoint an error row names
                 t0 = time.perf_counter()
                 approach.save(dict(sd), loc, digests=digests)  # a save empties the dict it is given, not the tensors
                 saves.append(time.perf_counter() - t0)
@@ -53,7 +53,7 @@ def measure_sustained(approach: Format, source: ModelSource, expected: dict, roo
         on_disk = sum(loc.footprint().bytes_on_disk for loc in locs)
         stage = "verify"
         for k, loc in enumerate(locs):
-            verdict = scaffold.checked(lambda: approach.load(loc), exp)
+            verdict = scaffold.checked(lambda at=loc: approach.load(at), exp)
             if not verdict.verified:
                 return sustained_row(**base, saves_s=saves, bytes_on_disk=on_disk, verified=False,
                                      error=f"checkpoint {k + 1} of {n}: verification failed: {verdict.summary()}",

@@ -152,8 +152,8 @@ def bounds_findings(rows: list[dict], profile: MachineProfile | dict | None,
                           + ", ".join(f"`{n}` {x:.2f}x" for n, x in off.items()) if len(off) else "") + ".")
         far = col[col[f"{step}_x_bound"].astype(float) >= 3].sort_values(f"{step}_x_bound", ascending=False)
         if not far.empty:
-            out.append(f"  At 3x their bound or more (time that no counted limit explains: waiting, or limits taken "
-                       f"one after another): " + ", ".join(f"`{n}` {x:.1f}x" for n, x in
+            out.append("  At 3x their bound or more (time that no counted limit explains: waiting, or limits taken "
+                       "one after another): " + ", ".join(f"`{n}` {x:.1f}x" for n, x in
                                                            far[f"{step}_x_bound"].astype(float).items()) + ".")
     return "\n".join(out)
 

@@ -174,7 +174,7 @@ def sweep_sentence(rows: list[dict], axis: str, fewer: set[str] = frozenset()) -
         best = min(summ, key=lambda n: summ[n][key].median)
         worst = max(summ, key=lambda n: summ[n][key].median)
         unit = (lambda v: fmt_bytes(v)) if key == "bytes_on_disk" else (lambda v: f"{v:.3g} s")
-        at = lambda n: unit(summ[n][key].median) + (
+        at = lambda n, unit=unit, key=key: unit(summ[n][key].median) + (
             f", {summ[n]['n']} repeat" + ("s" if summ[n]["n"] > 1 else "") if n in fewer and summ[n]["n"] < least
             else "")
         if summ[best][key].median == summ[worst][key].median:
@@ -283,7 +283,6 @@ def io_table(rows: list[dict], pairs: tuple[tuple[str, str], ...], env: dict | N
     (below 1 = faster), and throughput as a share of the disk's rates
     (:func:`llama_ckpt.results.profile.disk_rates`)."""
     summ = summarize(rows)
-    base_of = dict(pairs)
     bases = list(dict.fromkeys(b for _a, b in pairs))
     w, r = disk_rates(env)
     recs = []
@@ -519,7 +518,7 @@ def scaling_findings(rows: list[dict], cores: int | None = None) -> str:
                 parts.append(f"{nodes} nodes x {w // nodes} ranks ({r['launcher']}): checkpoint {r['save_s']:.3g} s, "
                              f"load {r['load_s']:.3g} s ({r['save_MB/s']:.0f} / {r['load_MB/s']:.0f} MB/s aggregate, "
                              f"{r['save_MB/s_per_node']:.0f} / {r['load_MB/s_per_node']:.0f} per node{vs})")
-        for (nodes, w, lw), r in sub.iterrows():
+        for (_nodes, w, lw), r in sub.iterrows():
             if w != lw:
                 parts.append(f"saved by {w}, loaded by {lw}: load {r['load_s']:.3g} s, verified")
         if parts:
