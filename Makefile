@@ -13,7 +13,7 @@ S3_DIR ?= $(OUT)/s3## data directory of the local S3 server (make s3-up)
 LAB_IP ?= 127.0.0.1## address make lab listens on (0.0.0.0 to reach it from outside a container)
 LAB_PORT ?= 8888## port of make lab
 RUN_ID ?=## run id, the same id resumes a run; empty: a new one (summary: the latest)
-PREPARE ?= drop-caches,trim## what a run may do to the machine before each save, as root: drop-caches (the whole page cache), trim (fstrim of the checkpoints' disk); none: neither
+PREPARE ?= drop-caches## what a run may do to the machine before each save, as root: drop-caches (the whole page cache), trim (fstrim of the checkpoints' disk), both comma-separated, or none
 SET ?=## phase notebooks' own parameters, space-separated PHASE.NAME=VALUE, e.g. "08.CLAIMS_BUDGET_S=120"
 
 SUITE = $(PY) -m llama_ckpt suite --model $(MODEL) $(if $(MODEL_PATH),--model-path "$(MODEL_PATH)") \
@@ -55,7 +55,8 @@ report: setup ## render the executed notebooks of a run to HTML beside them
 lab: setup ## JupyterLab on notebooks/ at http://LAB_IP:LAB_PORT/lab (the URL with its token is printed)
 	$(VENV)/bin/jupyter lab --no-browser --ip=$(LAB_IP) --port=$(LAB_PORT) $(if $(filter 0,$(shell id -u)),--allow-root) notebooks/
 
-test: setup ## run the tests (tiny model; two workers, the notebooks' smoke run first)
+test: setup ## lint (ruff), then run the tests (tiny model; two workers, the notebooks' smoke run first)
+	$(PY) -m ruff check llama_ckpt tests
 	$(PY) -m pytest -q -n 2 --dist loadfile tests/test_notebooks.py tests
 
 s3-up: setup ## start a local S3 server (SeaweedFS) on loopback; prints its endpoint

@@ -21,9 +21,9 @@ from .model import DEFAULT_PRESET, PRESETS, PUBLISHED_DTYPE, get_model
 from .registry import APPROACHES, names, resolve
 from .report import machine as machine_report
 from .results import comparison_table, group_by_run, incomplete_runs, read_results, reference_line
+from .results.text import BASELINE
 from .store.server import local_server_dir
 from .store import Location, Target, at
-from .store.s3 import request_total
 from .report import summary as summ
 from .study.phases import PHASES
 from .suite.runner import PhaseFailed, parse_sets, run_suite
@@ -123,7 +123,8 @@ def cmd_run(args) -> int:
                            **({"sustained": tuple(a.name for a in approaches), "sustained_saves": args.back_to_back}
                               if args.back_to_back else {}))
     with cluster.leading(group) if group is not None else contextlib.nullcontext(cluster.Outcome()) as outcome:
-        env, rows = measure.run(approaches, source, opts, on_row=lambda r: print(scaffold.row_line(r, detail=True), flush=True),
+        env, rows = measure.run(approaches, source, opts,
+                                on_row=lambda r: print(scaffold.row_line(r, detail=True), flush=True),
                                 say=lambda s: print(s, flush=True))
         outcome.code = 0 if all(r.get("verified") for r in rows) else 1
     print()
@@ -243,11 +244,12 @@ def cmd_verify(args) -> int:
 
 
 def _prepare_option(s: argparse.ArgumentParser) -> None:
-    s.add_argument("--prepare", default=",".join(scaffold.PREPARE), metavar="LIST",
+    s.add_argument("--prepare", default=",".join(scaffold.DEFAULT_PREPARE), metavar="LIST",
                    help="what the run may do to the machine outside its own files before each save, as root: "
                         "drop-caches (write back every dirty page, drop the whole machine's page cache), trim "
                         "(discard the free space of the checkpoints' file system: fstrim); a comma-separated list, "
-                        f"or none (default: {','.join(scaffold.PREPARE)}). The run says at its start what it does")
+                        f"or none (default: {','.join(scaffold.DEFAULT_PREPARE)}). The run says at its start what it "
+                        "does")
 
 
 def _list_parser(sub) -> None:
@@ -265,10 +267,13 @@ def _run_parser(sub) -> None:
                    help="a local Hugging Face model folder (config.json + safetensors/.bin) instead of a preset")
     s.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
                    help=f"output directory for checkpoints and results (default: {DEFAULT_OUT})")
-    s.add_argument("--repeats", type=_positive_int, default=3, metavar="N", help="timed save+load cycles per approach (default: 3)")
-    s.add_argument("--results", default=None, metavar="FILE", help="results file to append to (default: OUT/results/RUN_ID.jsonl)")
+    s.add_argument("--repeats", type=_positive_int, default=3, metavar="N",
+                   help="timed save+load cycles per approach (default: 3)")
+    s.add_argument("--results", default=None, metavar="FILE",
+                   help="results file to append to (default: OUT/results/RUN_ID.jsonl)")
     s.add_argument("--run-id", default=None, help="run id recorded in every row (default: the start time)")
-    s.add_argument("--keep", action="store_true", help="keep each approach's last checkpoint (default: delete once measured)")
+    s.add_argument("--keep", action="store_true",
+                   help="keep each approach's last checkpoint (default: delete once measured)")
     s.add_argument("--warm", action="store_true", help="also time a warm load from the page cache")
     s.add_argument("--seed", type=int, default=0, help="seed of the preset's random weights (default: 0)")
     s.add_argument("--storage", default=None, metavar="s3://BUCKET/PREFIX",
@@ -339,7 +344,7 @@ def _load_parser(sub) -> None:
 def _compare_parser(sub) -> None:
     s = sub.add_parser("compare", help="the comparison table from results files")
     s.add_argument("results", nargs="+", metavar="RESULTS", help="results .jsonl files")
-    s.add_argument("--baseline", default=summ.BASELINE,  # the registry's baseline (llama_ckpt.results.text)
+    s.add_argument("--baseline", default=BASELINE,
                    help="approach the changes are measured against (default: %(default)s)")
     s.add_argument("--reference", default="pytorch", help="second approach to compare against (default: pytorch)")
     s.set_defaults(func=cmd_compare)

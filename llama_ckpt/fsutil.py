@@ -300,7 +300,8 @@ def machine_lock(what: Path, directory: Path | None = None):
                 yield
                 return
             raise UserError(f"this machine is in use by another run (pid {holder}, writing to {where or 'unknown'}): "
-                            f"two runs at once measure each other's I/O; wait for it to finish (lock: {path})") from None
+                            "two runs at once measure each other's I/O; wait for it to finish "
+                            f"(lock: {path})") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n{Path(what).resolve()}\n".encode(), 0)
         try:

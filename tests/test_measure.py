@@ -372,13 +372,15 @@ def test_the_free_space_is_discarded_before_every_save_where_it_can_be(tmp_path,
     monkeypatch.setattr(scaffold, "_said", set())
     said = []
     env, rows = measure.run([APPROACHES["pytorch"]], get_model("tiny"),
-                            measure.Options(out=tmp_path / "off", repeats=1, disk_reference=False), say=said.append)
+                            measure.Options(out=tmp_path / "off", repeats=1, disk_reference=False,
+                                            prepare=scaffold.PREPARE), say=said.append)
     assert env["trim"] is False and rows[0]["free_space_trimmed"] is False
     assert sum("cannot be discarded" in s for s in said) == 1
     monkeypatch.setattr(fsutil, "FSTRIM", "fstrim")
     can = os.geteuid() == 0 and shutil.which("fstrim") is not None and fsutil.trim(tmp_path)
     env, rows = measure.run([APPROACHES["pytorch"]], get_model("tiny"),
-                            measure.Options(out=tmp_path / "on", repeats=2, disk_reference=False), say=said.append)
+                            measure.Options(out=tmp_path / "on", repeats=2, disk_reference=False,
+                                            prepare=scaffold.PREPARE), say=said.append)
     assert env["trim"] is can and [r["free_space_trimmed"] for r in rows] == [can, can]
     assert fsutil.trim(tmp_path / "no" / "such" / "dir") is can  # the nearest mount point is trimmed
 

@@ -246,7 +246,7 @@ def test_help_notebook_lists_the_parameters(slug):
     r = CliRunner().invoke(papermill, ["--help-notebook", str(NOTEBOOKS / f"{slug}.ipynb")])  # what the CLI prints
     assert r.exit_code == 0, r.output
     names = ["OUT_DIR", "RUN_ID"] + ([] if slug == SUMMARY_SLUG else
-                                     ["MODEL", "MODEL_PATH", "REPEATS", "KEEP_CHECKPOINTS"])
+                                     ["MODEL", "MODEL_PATH", "REPEATS", "KEEP_CHECKPOINTS", "PREPARE"])
     for n in names:
         assert f"  {n}: " in r.output, (n, r.output)
     assert "Unable to parse" not in r.output

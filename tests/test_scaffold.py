@@ -197,3 +197,16 @@ def test_every_row_says_how_busy_the_machine_was_beside_it(tmp_path, machine):
     finally:
         spin.wait()
     assert busy.result["others_cpu_s"] >= 0.5 and busy.result["busy"], busy.result
+
+
+def test_the_notebooks_default_to_the_runs_preparation():
+    import nbformat
+
+    from llama_ckpt.study.phases import PHASES
+    from llama_ckpt.suite.runner import NOTEBOOKS
+
+    want = f'PREPARE: str = "{",".join(scaffold.DEFAULT_PREPARE)}"'
+    for p in PHASES.values():
+        cell = next(c for c in nbformat.read(NOTEBOOKS / f"{p.slug}.ipynb", as_version=4).cells
+                    if "parameters" in c.metadata.get("tags", []))
+        assert any(line.startswith(want + "  # ") for line in cell.source.splitlines()), p.slug

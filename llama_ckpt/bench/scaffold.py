@@ -59,6 +59,7 @@ RANK_OVERHEAD = 500 << 20  # a rank's interpreter, torch and TensorStore, measur
 # "drop-caches": write back what is dirty and drop the page cache of the whole machine (root only);
 # "trim": discard the free space of the checkpoints' file system (fstrim, root only).
 PREPARE = ("drop-caches", "trim")
+DEFAULT_PREPARE = ("drop-caches",)  # why: docs/decisions.md#prepare
 
 
 def new_run_id() -> str:
@@ -93,7 +94,7 @@ class RunOptions:
     progress: bool | None = None  # tqdm bars; default: only on a terminal
     disk_reference: bool = True  # profile the machine (on a local disk; on S3: the storage reference) first
     profile: Path | None = None  # the run's machine profile, shared by its phases: read if there, else written
-    prepare: tuple[str, ...] = PREPARE  # what the run may do to the machine before each save (PREPARE)
+    prepare: tuple[str, ...] = DEFAULT_PREPARE  # what the run may do to the machine before each save (PREPARE)
     disk_cap_Bps: int | None = None  # the checkpoints' disk capped at this rate for the run and its profile
 
     def results_path(self, run_id: str) -> Path:
@@ -174,8 +175,8 @@ def _can_drop(wanted: bool, say) -> bool:
         return False
     if os.access(fsutil.DROP_CACHES, os.W_OK):
         return True
-    say_once(say, f"caches: {fsutil.DROP_CACHES} is not writable (not root), so saves do not start from dropped caches: "
-        "on ext4 without a journal, saving many files soon after removing others is slower (fsutil.settle)")
+    say_once(say, f"caches: {fsutil.DROP_CACHES} is not writable (not root), so saves do not start from dropped "
+        "caches: on ext4 without a journal, saving many files soon after removing others is slower (fsutil.settle)")
     return False
 
 

@@ -74,7 +74,7 @@ class Kind:
 
     def __init__(self, phase: Phase, model: str = "", model_path: str = "", repeats: int = 1,
                  out_dir: str | Path = "", run_id: str = "", keep: bool = False, progress: bool | None = None,
-                 prepare: str | tuple = scaffold.PREPARE, say=print, **own):
+                 prepare: str | tuple = scaffold.DEFAULT_PREPARE, say=print, **own):
         if unknown := sorted(set(own) - set(self.own)):
             raise UserError(f"phase {phase.id} takes no parameter {', '.join(unknown)}; its own: "
                             f"{', '.join(self.own) or 'none'}")

@@ -74,11 +74,13 @@ def execute(slug: str, out_nb: Path, parameters: dict, stream: bool = True) -> N
                                 stdout_file=sys.stdout if stream else None, stderr_file=sys.stderr if stream else None,
                                 kernel_manager_class=_ipc_kernel_manager(Path(sockets) / "kernel"))
     except pm.PapermillExecutionError as exc:
-        raise PhaseFailed(f"phase {slug} failed in cell {exc.exec_count}: {exc.ename}: "
-                          f"{str(exc.evalue).splitlines()[0] if exc.evalue else ''}; executed notebook: {out_nb}") from None
+        first = str(exc.evalue).splitlines()[0] if exc.evalue else ""
+        raise PhaseFailed(f"phase {slug} failed in cell {exc.exec_count}: {exc.ename}: {first}; "
+                          f"executed notebook: {out_nb}") from None
 
 
-COMMON = ("MODEL", "MODEL_PATH", "REPEATS", "OUT_DIR", "RUN_ID", "KEEP_CHECKPOINTS", "PREPARE")  # every phase's parameters
+# every phase's parameters
+COMMON = ("MODEL", "MODEL_PATH", "REPEATS", "OUT_DIR", "RUN_ID", "KEEP_CHECKPOINTS", "PREPARE")
 
 
 def notebook_parameters(slug: str) -> list[str]:
@@ -114,7 +116,8 @@ def parse_sets(items: list[str]) -> dict[str, dict]:
 
 def run_suite(phase_ids: list[str], model: str = "small", model_path: str = "", repeats: int = 3,
               out_dir: str | Path = DEFAULT_OUT, run_id: str = "", keep: bool = False,
-              summary: bool = True, sets: dict[str, dict] | None = None, prepare=scaffold.PREPARE) -> str:
+              summary: bool = True, sets: dict[str, dict] | None = None,
+              prepare=scaffold.DEFAULT_PREPARE) -> str:
     """Run the phases, then the summary; returns the run id. ``sets`` (:func:`parse_sets`) overrides a phase
     notebook's own parameters; ``prepare``: what the phases' runs may do to the machine (scaffold.PREPARE)."""
     prepare = scaffold.parse_prepare(prepare)
