@@ -210,3 +210,18 @@ def test_the_notebooks_default_to_the_runs_preparation():
         cell = next(c for c in nbformat.read(NOTEBOOKS / f"{p.slug}.ipynb", as_version=4).cells
                     if "parameters" in c.metadata.get("tags", []))
         assert any(line.startswith(want + "  # ") for line in cell.source.splitlines()), p.slug
+
+
+def test_the_comparison_table_marks_rows_measured_beside_other_work_or_on_a_throttled_disk():
+    from llama_ckpt.results import comparison_table, measurement_row
+
+    def row(repeat, busy_load, throttle=None):
+        return measurement_row(approach="pytorch", repeat=repeat, model="tiny", tensor_set="t",
+                               stored_dtype="float16", save_s=1.0, load_s=1.0, bytes_on_disk=10, bytes_apparent=10,
+                               n_files=1, verified=True, load_cold=True, payload_bytes=10,
+                               busy_save={"busy": False}, busy_load={"busy": busy_load}, disk_throttle_Bps=throttle)
+    quiet = comparison_table([row(1, False), row(2, False)])
+    assert "other work" not in quiet and "throttled" not in quiet
+    marked = comparison_table([row(1, False), row(2, True, 300_000_000)])
+    assert "1 of 2 rows, read them with care: pytorch #2 (load)" in marked
+    assert "throttled at 300 MB/s" in marked

@@ -58,6 +58,24 @@ def render(header: list[str], body: list[list[str]]) -> str:
     return "\n".join([line(header), line(["-" * w for w in widths])] + [line(b) for b in body])
 
 
+def machine_notes(rows: list[dict]) -> list[str]:
+    """What the machine was doing while the rows were measured, where it was not idle and free: the rows
+    measured while other work took a share of the cores (``busy_save``/``busy_load``: recorders.MachineBusy),
+    and a throttle on the checkpoints' disk (``disk_throttle_Bps``)."""
+    measured = [r for r in rows if r.get("record") == "measurement"]
+    steps = {id(r): [s for s in ("save", "load") if (r.get(f"busy_{s}") or {}).get("busy")] for r in measured}
+    busy = [f"{r['approach']} #{r.get('repeat')} ({', '.join(steps[id(r)])})" for r in measured if steps[id(r)]]
+    out = []
+    if busy:
+        out.append(f"measured while other work took more than a quarter of the cores: {len(busy)} of {len(measured)} "
+                   f"rows, read them with care: {', '.join(busy)}")
+    throttled = sorted({r["disk_throttle_Bps"] for r in measured if r.get("disk_throttle_Bps")})
+    if throttled:
+        out.append(f"the checkpoints' disk was throttled at {', '.join(f'{t / 1e6:,.0f}' for t in throttled)} MB/s "
+                   "(read and write) while these rows were measured")
+    return out
+
+
 def comparison_table(rows: list[dict], baseline: str = BASELINE, reference: str = "pytorch",
                      order: list[str] | None = None) -> str:
     """The comparison table of one run's rows, as text, its approaches in
@@ -107,6 +125,7 @@ def comparison_table(rows: list[dict], baseline: str = BASELINE, reference: str 
                      "size = bytes stored, files = objects, from listing the bucket.")
     notes.append("save/load s: median [min-max] of the repeats; MB/s: checkpoint bytes / time; "
                  "changes: median against median, negative = faster/smaller.")
+    notes += machine_notes(rows)
     invalid = [r for r in rows if r.get("record") == "measurement" and not is_valid(r)]
     for r in invalid:
         notes.append(f"not counted: {r['approach']} repeat {r.get('repeat')}: "
