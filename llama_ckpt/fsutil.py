@@ -263,7 +263,17 @@ MACHINE_DIR = Path(os.environ.get("LLAMA_CKPT_MACHINE_DIR", "/tmp/llama_ckpt-mac
 LOCK_NAME = "run.lock"
 
 
-def _ancestors() -> set[int]:
+def shared_dir(directory: Path) -> Path:
+    """``directory``, made where missing, writable by every user of the machine (sticky, as /tmp): its files are
+    the machine's, whoever ran first."""
+    if not directory.is_dir():
+        directory.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(OSError):
+            directory.chmod(0o1777)
+    return directory
+
+
+def ancestors() -> set[int]:
     try:
         return {p.pid for p in psutil.Process().parents()}
     except psutil.Error:
@@ -287,16 +297,20 @@ def machine_lock(what: Path, directory: Path | None = None):
     disk cap, so a second run refuses, naming the first. This process, or
     one whose ancestor holds the lock (the suite's notebook kernels), shares
     it. ``directory``: where the lock is (default ``MACHINE_DIR``)."""
-    directory = Path(directory or MACHINE_DIR)
-    directory.mkdir(parents=True, exist_ok=True)
+    directory = shared_dir(Path(directory or MACHINE_DIR))
     path = directory / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as exc:
+        raise UserError(f"cannot take the machine's lock {path}: {exc.strerror or exc}") from None
+    with contextlib.suppress(OSError):
+        os.fchmod(fd, 0o666)  # every user's runs take the same lock (only its creator can change its mode)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder, where = _holder(fd)
-            if holder is not None and (holder == os.getpid() or holder in _ancestors()):
+            if holder is not None and (holder == os.getpid() or holder in ancestors()):
                 yield
                 return
             raise UserError(f"this machine is in use by another run (pid {holder}, writing to {where or 'unknown'}): "

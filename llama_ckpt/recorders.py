@@ -255,9 +255,10 @@ class CpuIO:
         return False
 
 
-# A timed step is marked busy where, beside it, other processes (and the kernel's own threads) took more than this
-# share of the machine's cores, or the hypervisor more than BUSY_STEAL of them (steal): a figure to read with care.
-BUSY_OTHERS, BUSY_STEAL = 0.25, 0.05
+# A timed step is marked busy where, beside it, other processes (and the kernel's own threads) took more than
+# BUSY_CORES of a core on average, or the hypervisor more than BUSY_STEAL of the cores' time (steal): a figure to
+# read with care. Counted in cores, not as a share of them: one competing process matters as much on 16 cores as on 2.
+BUSY_CORES, BUSY_STEAL = 0.5, 0.05
 BUSY_MIN_S = 0.05  # below this much CPU time (5 of the kernel's 10 ms ticks) no step is marked: the counters' grain
 
 
@@ -270,27 +271,46 @@ def _machine_ticks() -> tuple[int, int]:
     return user + nice + system + irq + softirq, steal
 
 
+def _descendants_cpu() -> dict[int, float]:
+    """CPU seconds so far of each live process this one started (and those they started), by pid."""
+    import psutil
+
+    out = {}
+    for p in psutil.Process().children(recursive=True):
+        try:
+            t = p.cpu_times()
+            out[p.pid] = t.user + t.system
+        except psutil.Error:  # gone meanwhile
+            pass
+    return out
+
+
 class MachineBusy:
-    """How busy the machine was beside this process over a block of code,
-    from outside it: every core's busy CPU time (``/proc/stat``) less this
-    process's and its waited-for children's (``others_cpu_s``: other
-    processes, and the kernel's own threads, the writeback of this process's
-    dirty pages among them), the time the hypervisor gave this machine's
-    virtual cores to something else (``steal_s``), the block's wall time and
-    the machine's cores. ``result`` is a dict; its ``busy`` is True where
-    others took more than ``BUSY_OTHERS`` of the cores' time or steal more
-    than ``BUSY_STEAL`` (at least ``BUSY_MIN_S`` either way)."""
+    """How busy the machine was beside this run over a block of code, from
+    outside it: every core's busy CPU time (``/proc/stat``) less this
+    process's, its children's it waited for, and its live descendants' (a
+    writer process, a local S3 server): ``others_cpu_s``, other processes
+    and the kernel's own threads (the writeback of this run's dirty pages
+    among them); the time the hypervisor gave this machine's virtual cores
+    to something else (``steal_s``); the block's wall time and the
+    machine's cores. ``result`` is a dict; its ``busy`` is True where others
+    took more than ``BUSY_CORES`` of a core on average or steal more than
+    ``BUSY_STEAL`` of the cores' time (at least ``BUSY_MIN_S`` either way)."""
 
     def __enter__(self):
+        self._kids = _descendants_cpu()
         self._ticks, self._own, self._t = _machine_ticks(), cpu_seconds(), time.perf_counter()
         return self
 
     def __exit__(self, *exc):
         (busy, steal), own, wall = _machine_ticks(), cpu_seconds() - self._own, time.perf_counter() - self._t
+        kids = _descendants_cpu()
+        # a live descendant's CPU in the block; one gone since was waited for (in cpu_seconds) or is not ours
+        own += sum(c - self._kids.get(pid, 0.0) for pid, c in kids.items())
         hz, cores = os.sysconf("SC_CLK_TCK"), os.cpu_count() or 1
         others = max(0.0, (busy - self._ticks[0]) / hz - own)
         stolen = (steal - self._ticks[1]) / hz
-        marked = (others >= BUSY_MIN_S and others > BUSY_OTHERS * wall * cores) or \
+        marked = (others >= BUSY_MIN_S and others > BUSY_CORES * wall) or \
             (stolen >= BUSY_MIN_S and stolen > BUSY_STEAL * wall * cores)
         self.result = {"others_cpu_s": round(others, 3), "steal_s": round(stolen, 3), "wall_s": round(wall, 4),
                        "cores": cores, "busy": marked}

@@ -31,6 +31,8 @@ import threading
 from pathlib import Path
 from typing import Iterator
 
+import psutil
+
 from .. import fsutil
 from ..errors import UserError
 
@@ -87,8 +89,7 @@ def capped(path: Path, bps: int, root: Path | None = None, sys_block: Path | Non
     if not all(os.access(f, os.W_OK) for f in files):
         raise UserError(f"cannot cap the disk: {files[0]} is not writable (run as root)")
     before = [_value(f.read_text(), dev) for f in files]
-    state = _state()
-    state.parent.mkdir(parents=True, exist_ok=True)
+    state = fsutil.shared_dir(fsutil.MACHINE_DIR) / STATE_NAME
     state.write_text(json.dumps({"device": dev, "bps": bps, "before_bps": before, "files": [str(f) for f in files],
                                  "pid": os.getpid()}))
     with _sigterm_exits():
@@ -118,19 +119,23 @@ def restore_left(say, directory: Path | None = None) -> dict | None:
     """Put back the throttle a run killed while capping left (its state file,
     ``directory``: default ``fsutil.MACHINE_DIR``), where each throttle file
     still holds that run's cap (one changed since is left as it is), saying
-    what it did; the state file goes either way. Call it holding the machine
-    lock: a live run's cap is then never taken for a leftover. Returns the
-    state found (None: none)."""
+    what it did. The state file goes once nothing is left to put back; one
+    written by this process or a live ancestor (a run whose children share
+    its machine lock) is that run's own cap, and is left alone. Call it
+    holding the machine lock. Returns the state found (None: none, or a live
+    run's)."""
     path = _state(directory)
     try:
         left = json.loads(path.read_text())
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:
-        say(f"disk cap: the state file {path} of an earlier run cannot be read ({exc}); removed, nothing put back")
-        path.unlink(missing_ok=True)
+        say(f"disk cap: the state file {path} of an earlier run cannot be read ({exc}); nothing put back")
+        _forget(path, say)
         return None
-    dev, put, kept = left["device"], [], []
+    if left.get("pid") == os.getpid() or (left.get("pid") in fsutil.ancestors() and psutil.pid_exists(left["pid"])):
+        return None  # the cap of the run this one is part of
+    dev, put, kept, failed = left["device"], [], [], []
     for f, b in zip(map(Path, left["files"]), left["before_bps"]):
         try:
             if _value(f.read_text(), dev) == left["bps"]:
@@ -139,12 +144,21 @@ def restore_left(say, directory: Path | None = None) -> dict | None:
             else:
                 kept.append(f.name)
         except OSError as exc:
-            kept.append(f"{f.name} ({exc.strerror or exc})")
+            failed.append(f"{f.name} ({exc.strerror or exc})")
     say(f"disk cap: run {left.get('pid')} ended without lifting its cap of {left['bps'] / 1e6:,.0f} MB/s on {dev}; "
         + (f"put back what it found: {', '.join(put)}" if put else "nothing put back")
-        + (f"; left as it is (no longer that cap): {', '.join(kept)}" if kept else ""))
-    path.unlink(missing_ok=True)
+        + (f"; left as it is (no longer that cap): {', '.join(kept)}" if kept else "")
+        + (f"; could not put back (kept for the next run): {', '.join(failed)}" if failed else ""))
+    if not failed:
+        _forget(path, say)
     return left
+
+
+def _forget(path: Path, say) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:
+        say(f"disk cap: the state file {path} cannot be removed ({exc.strerror or exc})")
 
 
 def found(path: Path, root: Path | None = None, sys_block: Path | None = None) -> dict | None:

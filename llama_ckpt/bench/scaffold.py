@@ -75,6 +75,8 @@ def parse_prepare(text: str | tuple | list) -> tuple[str, ...]:
     items = [x.strip() for x in (text.split(",") if isinstance(text, str) else text) if x.strip()]
     if items == ["none"]:
         return ()
+    if "none" in items:
+        raise UserError(f"--prepare: none means nothing, so it stands alone; got {','.join(items)}")
     if bad := [x for x in items if x not in PREPARE]:
         raise UserError(f"--prepare: no such preparation {', '.join(bad)}; the preparations: "
                         f"{', '.join(PREPARE)}, or none")
@@ -107,7 +109,7 @@ class Prepared:
     """What this run does to the machine, decided at its start."""
 
     drop_caches: bool  # before each save: dirty pages written back, the whole machine's page cache dropped
-    trim: bool | None  # ... the free space of the checkpoints' file system discarded (None: not a local disk)
+    trim: bool | None  # ... the free space of its file system discarded (None: not a local disk, or a job of ranks)
     disk_cap_Bps: int | None  # the checkpoints' disk capped by this run at this rate
     throttle: dict | None  # the disk's throttle found at the start, before this run's cap (diskcap.found)
     launched: Any = None  # a launched job (cluster.Group): the drop is done on every node
@@ -131,7 +133,8 @@ class Prepared:
         too, where the run trims) and return the row's record of it."""
         here = loc.local_file() if self.launched is None else None
         trimmed = (fsutil.trim(here.parent) if self.trim and trim else False) if here is not None else None
-        if not self.drop_caches:
+        if not self.drop_caches:  # what is dirty is written back all the same: the save's fsync is its own
+            os.sync()
             dropped = False
         else:
             dropped = cluster.settle(self.launched) if self.launched is not None else fsutil.settle()
@@ -208,8 +211,8 @@ def hold_machine(opts: RunOptions, checkpoints: Path | None, say: Callable[[str]
         diskcap.restore_left(say)
         throttle = diskcap.found(checkpoints) if checkpoints is not None else None
         prepared = Prepared(drop_caches=_can_drop("drop-caches" in opts.prepare, say),
-                            trim=_can_trim(trims and "trim" in opts.prepare and launched is None, checkpoints, say)
-                            if checkpoints is not None else None,
+                            trim=_can_trim(trims and "trim" in opts.prepare, checkpoints, say)
+                            if checkpoints is not None and launched is None else None,
                             disk_cap_Bps=opts.disk_cap_Bps, throttle=throttle, launched=launched)
         capping = diskcap.capped(checkpoints, opts.disk_cap_Bps) if opts.disk_cap_Bps else contextlib.nullcontext()
         with capping:

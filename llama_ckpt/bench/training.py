@@ -324,16 +324,11 @@ def run_training(savers: list[Saver] | dict[str, list[Saver]], source: ModelSour
     opts = replace(opts, run_id=opts.run_id or scaffold.new_run_id())
     ckpts = Path(opts.checkpoints)
     fsutil.check_writable(ckpts.parent)
-    log = RunLog(opts.results_path(opts.run_id), opts.run_id, sum(len(ss) for ss in plan.values()) * opts.repeats,
-                 on_row)
     device_s = device_step_s(source.n_params) if opts.device_s is None else opts.device_s
-    base = dict(model=source.name, weights=source.weights, n_params=source.n_params, repeats=opts.repeats,
-                approaches=[s.name for s in every], loops={loop: [s.name for s in ss] for loop, ss in plan.items()},
-                state="model+optimizer" if opts.optimizer else "model", batch=opts.batch, seq_len=opts.seq_len,
-                steps_before=opts.steps_before, steps_after=opts.steps_after,
-                device_step_s=device_s if "accelerator" in plan else None,
-                host_slice=opts.host_slice if "accelerator" in plan else None)
     with scaffold.hold_machine(opts, ckpts, say, trims=False) as prepared:  # its saves follow each other: no trim
+        log = RunLog(opts.results_path(opts.run_id), opts.run_id,
+                     sum(len(ss) for ss in plan.values()) * opts.repeats, on_row)
+        base = _described(plan, every, source, opts, device_s)
         why = too_big(every, source, opts.optimizer, tuple(plan))
         if why:
             say(f"skipped: {why}")
@@ -342,20 +337,40 @@ def run_training(savers: list[Saver] | dict[str, list[Saver]], source: ModelSour
             log.end(True, skipped=why)
             return env, []
         specs = state_specs(source, opts.optimizer)
-        block = fsutil.block_size(ckpts.parent)
-        need = max(s.fmt.estimate_bytes(specs, block) for s in every) * (len(every) * len(plan) if opts.keep else 1)
-        scaffold.check_free(need, ckpts.parent, "the checkpoints")
+        _check_disk(every, len(plan), specs, source, opts)
         profile = scaffold.run_profile(opts, ckpts, source.nbytes, say)
         env = scaffold.environment(opts.run_id, Path(opts.out), prepared, profile, **base, n_tensors=len(specs),
                                    checkpoint_bytes=sum(x.nbytes for x in specs))
         log.write(env)
         scaffold.remove_stale_saves(LocalDir(ckpts).parent, say)
         hung = _loops(plan, source, opts, prepared, device_s, log, say)
-    if not opts.keep:
-        LocalDir(ckpts).remove()
-    # a hung writer may still be running, beside every saver measured after it
-    log.end(True, **({"writers_left_running": hung} if hung else {}))
+        if not opts.keep:
+            LocalDir(ckpts).remove()
+        # a hung writer may still be running, beside every saver measured after it
+        log.end(True, **({"writers_left_running": hung} if hung else {}))
     return env | {"results_path": str(log.path)}, log.rows
+
+
+def _described(plan: dict[str, list[Saver]], every: list[Saver], source: ModelSource, opts: TrainingOptions,
+               device_s: float) -> dict:
+    """What the run measures, for its environment record."""
+    return dict(model=source.name, weights=source.weights, n_params=source.n_params, repeats=opts.repeats,
+                approaches=[s.name for s in every], loops={loop: [s.name for s in ss] for loop, ss in plan.items()},
+                state="model+optimizer" if opts.optimizer else "model", batch=opts.batch, seq_len=opts.seq_len,
+                steps_before=opts.steps_before, steps_after=opts.steps_after,
+                device_step_s=device_s if "accelerator" in plan else None,
+                host_slice=opts.host_slice if "accelerator" in plan else None)
+
+
+def _check_disk(every: list[Saver], n_loops: int, specs: list[TensorSpec], source: ModelSource,
+                opts: TrainingOptions) -> None:
+    """Room for the largest checkpoint (with ``keep``: every saver's last in every loop), and for the machine
+    profile's files where the run may measure it, each at its own time."""
+    where = Path(opts.checkpoints).parent
+    block = fsutil.block_size(where)
+    need = max(s.fmt.estimate_bytes(specs, block) for s in every) * (len(every) * n_loops if opts.keep else 1)
+    profile = scaffold.disk_needed([], source, where, opts.disk_reference).get("disk reference", 0)
+    scaffold.check_free(max(need, profile), where, "the checkpoints" if need >= profile else "the machine profile")
 
 
 def _loops(plan: dict[str, list[Saver]], source: PresetModel, opts: TrainingOptions, prepared: Prepared,
