@@ -10,7 +10,7 @@ import time
 import pytest
 
 from llama_ckpt.bench import cluster
-from llama_ckpt.bench.measure import add_counts
+from llama_ckpt.bench.ranks import add_counts
 
 from .helpers import assert_one_line_error, cli_here
 from .test_distributed import _rank1_data_file
