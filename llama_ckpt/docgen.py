@@ -71,9 +71,10 @@ FIELD_DOCS = {
                           "launched job)",
     "disk_throttle_Bps": "the throttle on the checkpoints' disk while the row was measured, bytes per second (the "
                          "run's `--disk-cap`, or one the run found set: `bench.diskcap`); null: none",
-    "busy_save": "how busy the machine was beside the timed save, from `/proc/stat`: other processes' and the "
-                 "kernel's CPU seconds (`others_cpu_s`), steal seconds, wall seconds, cores, and `busy`: true where "
-                 "others or steal took more than their share of the cores (`recorders.MachineBusy`)",
+    "busy_save": "how busy the machine was beside the timed save, from `/proc/stat`: the CPU seconds of other "
+                 "processes and the kernel's threads, not this run's own (`others_cpu_s`), steal seconds, wall "
+                 "seconds, cores, and `busy`: true where others took more than half a core on average or steal "
+                 "more than 5% of the cores' time (`recorders.MachineBusy`); null on a torchrun job",
     "busy_load": "the same, beside the timed load",
     "busy": "how busy the machine was beside a training row's segment, or a sustained record's saves (as "
             "`busy_save` is beside a save)",
