@@ -101,8 +101,12 @@ FIELD_DOCS = {
     "save_phases": "seconds per step of the save: cast, serialise + write, fsync; for TensorStore open, stage, "
                    "commit or wait for writes; the suite's manifest and marker",
     "cpu_io_save": "the timed save's work, every thread of the process: CPU seconds (user, system), minor and major "
-                   "page faults, read/write system calls with their bytes, bytes written to and read from storage",
+                   "page faults, read/write system calls with their bytes, bytes written to and read from storage, "
+                   "fsync/fdatasync calls made through Python's `os` module",
     "cpu_io_load": "the same, of the timed load",
+    "fsyncs_save": "the save's fsync/fdatasync calls: those made through Python's `os` module (counted) plus those "
+                   "the format's native code makes by the library's stated policy (`Format.native_fsyncs`; "
+                   "None where it does not say, as for OCDBT)",
     "storage": "`local`, or the `s3://` target",
     "s3_delay_ms": "the round trip added in front of the S3 endpoint (`--s3-delay-ms`)",
     "requests_save": "S3 requests of the save, by kind",
@@ -336,7 +340,8 @@ def modules_table() -> str:
 
 # the settings of the machine profile and its storage reference, as docs/protocol.md lists them
 PROFILE_SETTINGS = ((machine, ("PROFILE_SAMPLES", "PROFILE_MAX_BYTES", "DURABLE_FRESH", "DURABLE_FREED", "MEMORY_BYTES",
-                               "SMALL_FILES", "SMALL_FILE_BYTES", "CODEC_BYTES", "CODECS")),
+                               "SMALL_FILES", "SMALL_FILE_BYTES", "CODEC_BYTES", "CODECS",
+                               "PAGECACHE_SHARE", "DIRECT_BLOCK")),
                     (probes, ("REFERENCE_SAMPLES", "REFERENCE_BLOCK", "REFERENCE_THREADS")))
 
 

@@ -220,14 +220,43 @@ def _proc_io() -> dict[str, int]:
     return out
 
 
+_SYNCS = {"calls": 0}  # fsync/fdatasync calls made through Python's os module since the counter was installed
+_SYNCS_LOCK = threading.Lock()
+
+
+def count_syncs() -> None:
+    """Count every ``os.fsync`` and ``os.fdatasync`` call of this process from now on (each wrapped once, for
+    the rest of the process; code that bound the function before, or native code, is not counted)."""
+    for name in ("fsync", "fdatasync"):
+        real = getattr(os, name, None)
+        if real is None or getattr(real, "counted", False):
+            continue
+
+        def counted(fd, _real=real):
+            with _SYNCS_LOCK:
+                _SYNCS["calls"] += 1
+            return _real(fd)
+
+        counted.counted = True
+        counted.__doc__ = real.__doc__
+        setattr(os, name, counted)
+
+
+def sync_calls() -> int:
+    """fsync/fdatasync calls made through Python's os module so far (since :func:`count_syncs`)."""
+    return _SYNCS["calls"]
+
+
 class CpuIO:
     """The work of this process, all its threads, over a block of code:
     CPU seconds (user, system), page faults (minor: a page mapped without a
     read, such as fresh memory; major: a page read from storage), read/write
     system calls with their bytes (``/proc/self/io``: ``syscr``, ``rchar``,
-    ``syscw``, ``wchar``) and the bytes that went to and came from storage
+    ``syscw``, ``wchar``), the bytes that went to and came from storage
     (``read_bytes``, ``write_bytes``: what the page cache did not absorb,
-    including memory-mapped reads). ``result`` is the difference as a dict."""
+    including memory-mapped reads) and the fsync/fdatasync calls made through
+    Python's os module (``fsync_calls``; a format's native code's are its
+    ``native_fsyncs``). ``result`` is the difference as a dict."""
 
     def __init__(self, sampler: "PeakRSS | None" = None):
         self.sampler = sampler  # a PeakRSS running around this block: its own reads are left out
@@ -236,6 +265,8 @@ class CpuIO:
         return (self.sampler.reads, self.sampler.read_bytes) if self.sampler is not None else (0, 0)
 
     def __enter__(self):
+        count_syncs()
+        self._syncs = sync_calls()
         self._t, self._io, self._own0 = resource.getrusage(resource.RUSAGE_SELF), _proc_io(), self._own()
         return self
 
@@ -251,7 +282,8 @@ class CpuIO:
                        "minor_faults": t.ru_minflt - self._t.ru_minflt,
                        "major_faults": t.ru_majflt - self._t.ru_majflt,
                        "storage_read_bytes": io["read_bytes"] - self._io["read_bytes"],
-                       "storage_write_bytes": io["write_bytes"] - self._io["write_bytes"]}
+                       "storage_write_bytes": io["write_bytes"] - self._io["write_bytes"],
+                       "fsync_calls": sync_calls() - self._syncs}
         return False
 
 

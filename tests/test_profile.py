@@ -26,14 +26,16 @@ def _rate(x: float) -> dict:
 
 def _profile_dict() -> dict:
     """A profile's JSON as bench.machine.profile writes it, every key."""
-    return {"cores": 4, "memory_bytes": 16 << 30, "fs_type": "ext4", "fs_device": "/dev/sda1",
+    return {"cores": 4, "memory_bytes": 16 << 30, "page_bytes": 4096, "fs_type": "ext4", "fs_device": "/dev/sda1",
             "mount_options": "rw,relatime", "thp": "madvise", "bytes": 1 << 30, "samples": 3,
             "memory_sample_bytes": 256 << 20, "small_files": 500, "codec_sample_bytes": 8 << 20,
             "durable_fresh_Bps": _rate(700e6), "durable_freed_Bps": _rate(900e6),
             "durable_sequence_Bps": [690e6, 700e6, 710e6, 720e6, 880e6, 900e6, 920e6], "reference": REF,
-            "buffered_write_Bps": _rate(2e9), "memory_copy_1_Bps": _rate(5e9), "memory_copy_all_Bps": _rate(20e9),
+            "pagecache_bytes": 1 << 30, "buffered_write_Bps": _rate(2e9), "direct_write_Bps": _rate(650e6),
+            "direct_read_Bps": _rate(950e6), "memory_copy_1_Bps": _rate(5e9), "memory_copy_all_Bps": _rate(20e9),
             "fresh_memory_Bps": _rate(3e9), "fresh_memory_huge_Bps": None, "small_files_per_s": _rate(800.0),
-            "codecs_Bps": {"gzip": _rate(50e6), "zstd": _rate(400e6)}, "profile_s": 31.5}
+            "file_creates_per_s": _rate(20000.0), "fsyncs_per_s": _rate(900.0),
+            "codecs_Bps": {"gzip": _rate(50e6), "zstd": _rate(400e6)}, "not_measured": None, "profile_s": 31.5}
 
 
 def test_the_record_reads_and_writes_the_profiles_json_keys_unchanged():

@@ -14,12 +14,18 @@ every sample, so its spread shows:
 - the storage reference (:func:`llama_ckpt.bench.probes.reference`): one
   file written and read cold in one stream and by several threads;
 - one thread's buffered write into the page cache (no fsync: the copy a
-  single-stream writer makes before its fsync);
+  single-stream writer makes before its fsync), at the checkpoint's full
+  size where memory allows (``pagecache_bytes``), so the kernel's dirty-page
+  throttling is in it;
+- the disk's direct I/O (``O_DIRECT``: no page cache) write, fsynced, and
+  read, one stream (None on a file system that refuses it, such as tmpfs);
 - memory copies between buffers already faulted in, on one thread and on
   every core;
 - filling fresh memory (page faults on 4 KiB pages; and with transparent huge
   pages where the kernel offers them on request);
-- small files (4 KiB) created, written and fsynced one after another;
+- small files (4 KiB) created, written and fsynced one after another; and
+  apart: the files created and written, then each fsynced (a file's create
+  and an fsync's cost each on its own);
 - every codec an approach or a sweep of the suite compresses with
   (``CODECS``: gzip at levels 1 and 9, zstd, blosc-lz4), one core, through
   TensorStore's zarr codecs as the approaches configure them, on
@@ -55,6 +61,7 @@ from .probes import REFERENCE_BLOCK, reference
 PROFILE_SAMPLES = 3  # each unit cost measured this many times
 PROFILE_MAX_BYTES = 1 << 30  # the durable writes' size: the model's bytes, at most this
 DURABLE_FRESH = 4  # durable writes back to back, each to a new file
+PAGECACHE_SHARE = 0.4  # the page-cache write's size: the model's bytes, at most this share of the available memory
 DURABLE_FREED = 3  # durable writes after those, each after the previous file was removed
 MEMORY_BYTES = 256 << 20  # buffers of the memory copy and fill (at most; a small model's bytes, at least 64 MiB)
 SMALL_FILES = 500  # small files written and fsynced per sample (50 for a model under 64 MiB)
@@ -127,6 +134,48 @@ def buffered_write(where: Path, nbytes: int) -> float:
         fsutil.remove(path)
 
 
+def _aligned(nbytes: int) -> mmap.mmap:
+    """A page-aligned buffer of ``nbytes`` (anonymous memory), filled with random bytes, for ``O_DIRECT``."""
+    buf = mmap.mmap(-1, nbytes)
+    buf.write(os.urandom(min(nbytes, REFERENCE_BLOCK)) * (nbytes // min(nbytes, REFERENCE_BLOCK)))
+    return buf
+
+
+DIRECT_BLOCK = 16 << 20  # bytes per O_DIRECT call
+
+
+def direct_io(where: Path, nbytes: int) -> tuple[float, float]:
+    """``nbytes`` (rounded down to whole blocks of ``DIRECT_BLOCK``, at least one) written to a new file with
+    ``O_DIRECT`` and fsynced, then read back with ``O_DIRECT``, one stream: (write, read) bytes per second.
+    OSError where the file system refuses direct I/O (tmpfs)."""
+    n = max(1, nbytes // DIRECT_BLOCK)
+    path = where / f"direct-{uuid.uuid4().hex[:8]}.bin"
+    buf = _aligned(DIRECT_BLOCK)
+    try:
+        t0 = time.perf_counter()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DIRECT, 0o644)
+        try:
+            for i in range(n):
+                os.pwrite(fd, buf, i * DIRECT_BLOCK)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        fsutil.fsync_path(path.parent)
+        wrote = time.perf_counter() - t0
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+        try:
+            t0 = time.perf_counter()
+            for i in range(n):
+                os.preadv(fd, [buf], i * DIRECT_BLOCK)
+            read = time.perf_counter() - t0
+        finally:
+            os.close(fd)
+        return n * DIRECT_BLOCK / wrote, n * DIRECT_BLOCK / read
+    finally:
+        buf.close()
+        fsutil.remove(path)
+
+
 def memory_copy(threads: int, nbytes: int = MEMORY_BYTES) -> float:
     """Bytes per second copied between two buffers already in memory, on ``threads`` threads."""
     src, dst = torch.ones(nbytes // 4), torch.zeros(nbytes // 4)
@@ -177,6 +226,30 @@ def small_files(where: Path, n: int = SMALL_FILES) -> float:
         fsutil.fsync_path(d)
         return n / (time.perf_counter() - t0)
     finally:
+        fsutil.remove(d)
+
+
+def files_apart(where: Path, n: int = SMALL_FILES) -> tuple[float, float]:
+    """Small files created and written one after another (no fsync), then each fsynced, in one directory:
+    (files created per second, fsyncs per second)."""
+    d = where / f"apart-{uuid.uuid4().hex[:8]}"
+    d.mkdir()
+    data = os.urandom(SMALL_FILE_BYTES)
+    fds = []
+    try:
+        t0 = time.perf_counter()
+        for i in range(n):
+            fds.append(os.open(d / str(i), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644))
+            os.write(fds[-1], data)
+        created = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for fd in fds:
+            os.fsync(fd)
+        synced = time.perf_counter() - t0
+        return n / created, n / synced
+    finally:
+        for fd in fds:
+            os.close(fd)
         fsutil.remove(d)
 
 
@@ -239,9 +312,11 @@ def profile(where: Path, nbytes: int, say=lambda s: None) -> MachineProfile:
     say(f"machine profile: disk, page cache, memory, small files and codecs ({size / 1e9:.2f} GB writes, "
         f"{PROFILE_SAMPLES} samples each)")
     t0 = time.perf_counter()
+    not_measured: dict[str, str] = {}
     try:
         fs = fsutil.filesystem_of(where)
-        out: dict = {"cores": len(os.sched_getaffinity(0)), "memory_bytes": psutil.virtual_memory().total,
+        out: dict = {"cores": len(os.sched_getaffinity(0)), "page_bytes": PAGE,
+                     "memory_bytes": psutil.virtual_memory().total,
                      "fs_type": fs["fstype"], "fs_device": fs["device"], "mount_options": mount_options(where),
                      "thp": thp_mode(), "bytes": size, "samples": PROFILE_SAMPLES, "memory_sample_bytes": mem,
                      "small_files": n_small, "codec_sample_bytes": codec_bytes}
@@ -250,18 +325,36 @@ def profile(where: Path, nbytes: int, say=lambda s: None) -> MachineProfile:
                    durable_sequence_Bps=tuple(writes["fresh_Bps"] + writes["freed_Bps"]))
         out["reference"] = reference(size, LocalDir(scratch / "reference"))
         sample = lambda fn, *args: Rate.of(fn(*args) for _ in range(PROFILE_SAMPLES))
-        out["buffered_write_Bps"] = sample(buffered_write, scratch, size)
+        full = min(nbytes, int(psutil.virtual_memory().available * PAGECACHE_SHARE))
+        out["pagecache_bytes"] = full
+        out["buffered_write_Bps"] = sample(buffered_write, scratch, full)
+        out.update(_direct(scratch, size, not_measured))
         out["memory_copy_1_Bps"] = sample(memory_copy, 1, mem)
         out["memory_copy_all_Bps"] = sample(memory_copy, out["cores"], mem)
         out["fresh_memory_Bps"] = sample(fresh_memory, False, mem)
         huge = [fresh_memory(True, mem) for _ in range(PROFILE_SAMPLES)]
         out["fresh_memory_huge_Bps"] = None if None in huge else Rate.of(huge)
         out["small_files_per_s"] = sample(small_files, scratch, n_small)
+        apart = [files_apart(scratch, n_small) for _ in range(PROFILE_SAMPLES)]
+        out["file_creates_per_s"] = Rate.of(a[0] for a in apart)
+        out["fsyncs_per_s"] = Rate.of(a[1] for a in apart)
         data = _weights(codec_bytes)
         out["codecs_Bps"] = {name: sample(codec, name, data) for name in CODECS}
     finally:
         fsutil.remove(scratch)
-    return MachineProfile(**out, profile_s=time.perf_counter() - t0)
+    return MachineProfile(**out, not_measured=not_measured or None, profile_s=time.perf_counter() - t0)
+
+
+def _direct(where: Path, nbytes: int, not_measured: dict[str, str]) -> dict:
+    """The direct-I/O write and read rates as the profile's fields; where the file system refuses direct I/O,
+    none, and why in ``not_measured``."""
+    try:
+        got = [direct_io(where, nbytes) for _ in range(PROFILE_SAMPLES)]
+    except OSError as exc:
+        why = f"direct I/O refused on {fsutil.filesystem_of(where)['fstype']}: {exc.strerror or exc}"
+        not_measured.update(direct_write_Bps=why, direct_read_Bps=why)
+        return {}
+    return {"direct_write_Bps": Rate.of(g[0] for g in got), "direct_read_Bps": Rate.of(g[1] for g in got)}
 
 
 def shared_profile(path: Path | None, where: Path, nbytes: int, say=lambda s: None) -> MachineProfile:

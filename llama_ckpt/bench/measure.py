@@ -206,6 +206,7 @@ def _single(approach: Format, source: ModelSource, expected: dict, loc: Location
     return dict(**saved, load_s=cold.seconds, load_cold=cold.cold, resident_after_evict=cold.resident,
                 load_warm_s=warm_s, bytes_on_disk=fp.bytes_on_disk, bytes_apparent=fp.bytes_apparent,
                 n_files=fp.n_files, payload_bytes=sum(approach.payload_bytes(sp) for sp in source.specs),
+                fsyncs_save=_fsyncs(approach, loc, saved["cpu_io_save"], fp.n_files),
                 by_kind=by_kind, peak_rss_load_bytes=cold.rss.peak, rss_before_load_bytes=cold.rss.base,
                 peak_rss_anon_load_bytes=cold.rss.peak_anon, peak_rss_file_load_bytes=cold.rss.peak_file,
                 requests_load=None if approach.own_s3_client else cold.requests,
@@ -213,6 +214,12 @@ def _single(approach: Format, source: ModelSource, expected: dict, loc: Location
                 verified=verdict.verified, max_abs_err=verdict.max_abs_err, max_rel_err=verdict.max_rel_err,
                 n_overflow=verdict.n_overflow, n_flushed=verdict.n_flushed,
                 error=None if verdict.verified else f"verification failed: {verdict.summary()}")
+
+
+def _fsyncs(approach: Format, loc: Location, work: dict, n_files: int) -> int | None:
+    """The save's fsync calls: Python's, counted, plus the format's native ones on local storage (its policy)."""
+    native = approach.native_fsyncs(n_files) if loc.row_fields()["storage"] == "local" else 0
+    return None if native is None else work["fsync_calls"] + native
 
 
 def sharded_job(approach: Format, source: ModelSource, loc: Location) -> dict:

@@ -139,6 +139,13 @@ class Format:
         most (the bounds' page-cache copy: results.bounds); None: not known."""
         return None
 
+    def native_fsyncs(self, n_files: int) -> int | None:
+        """The fsync calls a local save of ``n_files`` files (the suite's own
+        among them) makes in native code, which the suite's count of Python's
+        calls (``CpuIO``'s ``fsync_calls``) cannot see, by the library's
+        stated policy; None where the policy does not say how many."""
+        return 0
+
     def cast_consuming(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The state dict in the stored dtype, emptying ``state_dict`` as it
         goes so each source tensor is released once cast (a no-op cast keeps

@@ -12,6 +12,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ..checkpoint import COMMIT, MANIFEST
 from ..errors import FAILURES
 from ..recorders import Steps
 from . import chunks as chunk_rules
@@ -26,6 +27,7 @@ INFLIGHT_BYTES = 1 << 30
 # already loaded (why: docs/decisions.md#inflight-bytes).
 READ_INFLIGHT_BYTES = 512 << 20
 MAX_CHUNK = 1 << 32  # a chunk is held in memory whole: more than 4 GiB (or 2^32 per dimension) is a mistake
+SUITE_FILES = (MANIFEST, COMMIT)  # the files every checkpoint of the suite holds besides the format's
 OCDBT_MANIFEST = "manifest.ocdbt"  # the OCDBT database's root file, beside its data files under d/
 
 
@@ -172,6 +174,14 @@ class TensorStoreZarr(Format):
 
     def write_streams(self) -> int:
         return self.k.concurrency  # file I/O operations in flight at once (file_io_concurrency)
+
+    def native_fsyncs(self, n_files: int) -> int | None:
+        """With ``file_io_sync``, TensorStore's file kvstore fsyncs each file it writes and then its directory
+        entry: two calls per file besides the suite's own (checked with strace: tests/test_work.py). OCDBT
+        rewrites its manifest and data files as it commits, in a number of calls its policy does not state."""
+        if not self.k.file_io_sync:
+            return 0
+        return None if self.k.use_ocdbt else 2 * max(0, n_files - len(SUITE_FILES))
 
     def context(self, loc, coordinator: str | None = None):
         import tensorstore as ts

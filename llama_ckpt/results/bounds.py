@@ -35,7 +35,7 @@ import statistics
 
 from .profile import MachineProfile, as_profile, median
 
-PAGE = 4096
+PAGE = 4096  # a minor fault's bytes for a profile that did not record its machine's page size (before it did)
 PREDICTION_TOLERANCE = 0.25  # a prediction holds when the measured median is within this share of it
 
 # limit -> what it counts, for the tables' legend
@@ -48,7 +48,8 @@ LIMITS = {
                  "columns' too)",
     "page-cache copy": "bytes through write calls, at one thread's page-cache write rate times the threads the save "
                        "writes with (`write_streams`, at most the cores; the cores where not known)",
-    "fresh memory": "minor page faults x 4 KiB, at the fresh-memory fill rate times the cores",
+    "fresh memory": "minor page faults x the machine's page size (`MachineProfile.page_bytes`), at the fresh-memory "
+                    "fill rate times the cores",
     "files": "files created, at the small-file create + write + fsync rate",
     "CPU": "user + system CPU seconds over the cores",
     "compression": "bytes compressed, at the codec's one-core rate times the cores",
@@ -97,7 +98,7 @@ def limits(row: dict, step: str, profile: Profile) -> dict[str, float]:
             out["disk read"] = work["storage_read_bytes"] / read
     fresh = median(prof.fresh_memory_Bps)
     if fresh:
-        out["fresh memory"] = work["minor_faults"] * PAGE / (fresh * cores)
+        out["fresh memory"] = work["minor_faults"] * (prof.page_bytes or PAGE) / (fresh * cores)
     out["CPU"] = (work["user_s"] + work["sys_s"]) / cores
     return out
 

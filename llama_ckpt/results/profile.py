@@ -73,6 +73,7 @@ class MachineProfile:
 
     cores: int | None = _f("cores", "cores this process may run on (its CPU affinity)")
     memory_bytes: int | None = _f("bytes", "the machine's memory")
+    page_bytes: int | None = _f("bytes", "the size of a memory page (`mmap.PAGESIZE`): a minor fault's bytes")
     fs_type: str | None = _f("-", "the file system of the output directory (ext4, xfs, ...)")
     fs_device: str | None = _f("-", "the device it is on")
     mount_options: str | None = _f("-", "its mount options (`/proc/mounts`)")
@@ -92,7 +93,12 @@ class MachineProfile:
     reference: dict | None = _f("-", "the storage reference: one file written durably and read cold, in one "
                                         "stream and by `REFERENCE_THREADS` threads, `REFERENCE_SAMPLES` times "
                                         "(its `reference_*` keys, every sample kept)")
+    pagecache_bytes: int | None = _f("bytes", "the size of each page-cache write: the model's bytes, at most "
+                                              "`PAGECACHE_SHARE` of the memory available")
     buffered_write_Bps: Rate | None = _f("B/s", "one thread's write into the page cache (no fsync)", RATE)
+    direct_write_Bps: Rate | None = _f("B/s", "direct I/O (`O_DIRECT`) write of `bytes` in `DIRECT_BLOCK` calls, "
+                                              "fsynced, one stream", RATE)
+    direct_read_Bps: Rate | None = _f("B/s", "direct I/O (`O_DIRECT`) read of the same file, one stream", RATE)
     memory_copy_1_Bps: Rate | None = _f("B/s", "memory copy, one thread", RATE)
     memory_copy_all_Bps: Rate | None = _f("B/s", "memory copy, every core", RATE)
     fresh_memory_Bps: Rate | None = _f("B/s", "filling fresh memory, 4 KiB pages, one thread", RATE)
@@ -100,8 +106,12 @@ class MachineProfile:
                                             RATE)
     small_files_per_s: Rate | None = _f("files/s", "small files (`SMALL_FILE_BYTES` each) created, written and "
                                                    "fsynced one after another", RATE)
+    file_creates_per_s: Rate | None = _f("files/s", "small files created and written one after another, no "
+                                                    "fsync", RATE)
+    fsyncs_per_s: Rate | None = _f("fsyncs/s", "those files then fsynced one after another", RATE)
     codecs_Bps: dict[str, Rate] | None = _f("B/s", "per compression setting of the suite (`CODECS`): "
                                                    "TensorStore's zarr codec compressing on one core", RATES)
+    not_measured: dict | None = _f("-", "field -> why it was not measured (a file system refusing direct I/O)")
     profile_s: float | None = _f("s", "how long the profile took")
 
     # -- JSON ---------------------------------------------------------------------------------------------------

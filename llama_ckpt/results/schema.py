@@ -32,6 +32,9 @@ MEASUREMENT_FIELDS = (
     "save_phases",
     # CPU seconds (user, system) and read/write system calls with their bytes, of the timed save and load
     "cpu_io_save", "cpu_io_load",
+    # the save's fsync/fdatasync calls: Python's counted, plus the format's native ones by its stated policy
+    # (None where the policy does not say)
+    "fsyncs_save",
     # how many threads the save writes with, at most (the format's own figure; the bounds' page-cache copy)
     "write_streams",
     "storage", "s3_delay_ms", "requests_save", "requests_load",
