@@ -1,4 +1,4 @@
-"""``python -m llama_ckpt``: list, run, suite, load, verify, compare.
+"""``python -m llama_ckpt``: list, run, suite, load, verify, compare, profile, predict.
 
 Under ``torchrun`` (see :mod:`llama_ckpt.bench.cluster`) ``run`` and
 ``load`` run as one rank of the launched job.
@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
+import json
 import os
 import sys
 from pathlib import Path
@@ -349,6 +351,72 @@ def _compare_parser(sub) -> None:
     s.add_argument("--reference", default="pytorch", help="second approach to compare against (default: pytorch)")
     s.set_defaults(func=cmd_compare)
 
+def cmd_profile(args) -> int:
+    from .bench.machine import profile
+
+    where = Path(args.dir)
+    if not where.is_dir():
+        raise UserError(f"--dir {where}: no such directory")
+    out = Path(args.out)
+    if not out.parent.is_dir():
+        raise UserError(f"--out {out}: no such directory {out.parent}")
+    got = profile(where, get_model(args.model).nbytes, print)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(got.to_dict(), indent=1))
+    os.replace(tmp, out)
+    for name, why in (got.not_measured or {}).items():
+        print(f"not measured: {name}: {why}")
+    print(f"machine profile of {where} ({got.fs_type}, {got.cores} cores) in {got.profile_s:.0f} s -> {out}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .results import work
+    from .results.profile import MachineProfile
+
+    cards, _measured_on = work.read_cards([Path(p) for p in args.cards])
+    if not cards:
+        raise UserError(f"no cost cards in {', '.join(args.cards)}: no verified single-process row counted its work")
+    prof_path = Path(args.profile)
+    try:
+        prof = MachineProfile.read(prof_path)
+    except (ValueError, TypeError) as exc:
+        raise UserError(f"--profile {prof_path}: not a machine profile ({exc})") from None
+    if prof is None:
+        raise UserError(f"--profile {prof_path}: no such file")
+    source = get_model(args.model) if args.model else None
+    preds = [work.predict(c, prof, work.payload_of(source, c) if source else c.payload_bytes) for c in cards]
+    if args.json:
+        print(json.dumps([dataclasses.asdict(p) for p in preds if p], indent=1))
+        return 0
+    print(work.prediction_text(cards, preds))
+    return 0
+
+
+def _profile_parser(sub) -> None:
+    s = sub.add_parser("profile", help="measure this machine's profile (disk, page cache, memory, files, codecs) "
+                                       "and write it as JSON")
+    s.add_argument("--out", required=True, metavar="FILE", help="the profile's JSON file")
+    s.add_argument("--dir", default=".", metavar="DIR",
+                   help="the directory (its file system) to measure; scratch files there are removed after "
+                        "(default: the current directory)")
+    s.add_argument("--model", default=DEFAULT_PRESET, choices=list(PRESETS),
+                   help="the model whose bytes size the writes (at most PROFILE_MAX_BYTES; default: %(default)s)")
+    s.set_defaults(func=cmd_profile)
+
+
+def _predict_parser(sub) -> None:
+    s = sub.add_parser("predict", help="each approach's save and load predicted from cost cards and a machine "
+                                       "profile (docs/decisions.md#work-model)")
+    s.add_argument("--cards", nargs="+", required=True, metavar="RESULTS",
+                   help="a cost-card file (cost-cards.json of a run) or results .jsonl files to make them from")
+    s.add_argument("--profile", required=True, metavar="FILE", help="the target machine's profile (`profile --out`)")
+    s.add_argument("--model", default=None, choices=list(PRESETS),
+                   help="the model to predict for (default: the size each card was measured on)")
+    s.add_argument("--json", action="store_true", help="print the predictions as JSON")
+    s.set_defaults(func=cmd_predict)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m llama_ckpt",
                 description="Benchmark ways of storing LLaMA-shaped model weights: save, load, size, exactness.")
@@ -359,6 +427,8 @@ def build_parser() -> argparse.ArgumentParser:
     _verify_parser(sub)
     _load_parser(sub)
     _compare_parser(sub)
+    _profile_parser(sub)
+    _predict_parser(sub)
     return p
 
 

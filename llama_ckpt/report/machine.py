@@ -11,7 +11,8 @@ import pandas as pd
 from ..results import bounds, fmt_bytes
 from ..results.profile import MachineProfile, Rate, as_profile, disk_rates, rate_fields
 
-DISPLAY = {"B/s": ("MB/s", 1e6), "files/s": ("files/s", 1), "fsyncs/s": ("fsyncs/s", 1)}  # a rate's unit -> (the tables' unit, divisor)
+# a rate's unit -> (the tables' unit, divisor)
+DISPLAY = {"B/s": ("MB/s", 1e6), "files/s": ("files/s", 1), "fsyncs/s": ("fsyncs/s", 1)}
 # (field of the profile, what it is, the tables' unit, divisor): every single rate of the record
 RATES = tuple((name, what, *DISPLAY[unit]) for name, unit, what in rate_fields())
 

@@ -1,0 +1,114 @@
+"""Each approach's counted work (fsyncs among it), its cost card, and the model that predicts a time from a card,
+a profile and a size alone (docs/decisions.md#work-model), through the `profile` and `predict` commands."""
+
+import json
+import os
+
+import pytest
+
+from llama_ckpt.bench import probes
+from llama_ckpt.recorders import CpuIO
+from llama_ckpt.registry import APPROACHES
+from llama_ckpt.results import MachineProfile, measurement_row
+from llama_ckpt.results import work
+from tests.helpers import assert_one_line_error, cli_here
+
+
+def test_cpuio_counts_the_fsyncs_made_through_python(tmp_path):
+    path = tmp_path / "f"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT)
+    try:
+        with CpuIO() as outside:
+            with CpuIO() as inside:
+                os.write(fd, b"x")
+                for _ in range(3):
+                    os.fsync(fd)
+            os.fdatasync(fd)
+    finally:
+        os.close(fd)
+    assert inside.result["fsync_calls"] == 3 and outside.result["fsync_calls"] == 4
+
+
+@pytest.mark.parametrize("name", ["tensorstore"])
+def test_a_formats_native_fsyncs_are_what_strace_counts(name, tiny_sd, tmp_path):
+    """The save's fsyncs as the rows count them (Python's + the format's stated policy) against strace's count
+    of every fsync of the same save in a child process."""
+    traced = probes.syscall_profile(name, "tiny", tmp_path)
+    if traced is None or traced.get("error"):
+        pytest.skip(f"strace cannot trace here: {traced and traced.get('error')}")
+    fmt = APPROACHES[name]
+    ckpt = tmp_path / "ckpt"
+    with CpuIO() as c:
+        fmt.save({k: v.clone() for k, v in tiny_sd.items()}, str(ckpt))
+    n_files = sum(len(f) for _, _, f in os.walk(ckpt))
+    assert c.result["fsync_calls"] == traced["fsync_calls"] - fmt.native_fsyncs(n_files)
+    assert fmt.native_fsyncs(n_files) > c.result["fsync_calls"]  # TensorStore's native calls are most of them
+
+
+def _rate(x):
+    return {"median": x, "spread_pct": 0.0, "samples": [x]}
+
+
+def _profile(cores, disk_write, disk_read=1e9):
+    return MachineProfile.from_dict({
+        "cores": cores, "page_bytes": 4096, "buffered_write_Bps": _rate(2e9), "fresh_memory_Bps": _rate(4096e6),
+        "durable_freed_Bps": _rate(disk_write), "file_creates_per_s": _rate(1e4), "fsyncs_per_s": _rate(1e3),
+        "reference": {"reference_read_Bps": disk_read}})
+
+
+def _row(save_s=2.0, load_s=1.5):
+    return measurement_row(
+        run_id="r", approach="fmt", model="m", repeat=1, verified=True, payload_bytes=10**9, n_files=10,
+        stored_dtype="float32", write_streams=1, save_s=save_s, load_s=load_s, fsyncs_save=20,
+        cpu_io_save={"user_s": 0.4, "sys_s": 0.6, "write_bytes": 10**9, "read_bytes": 0, "minor_faults": 10**5,
+                     "storage_write_bytes": 10**9, "storage_read_bytes": 0},
+        cpu_io_load={"user_s": 0.3, "sys_s": 0.2, "write_bytes": 0, "read_bytes": 10**9, "minor_faults": 0,
+                     "storage_read_bytes": 10**9, "storage_write_bytes": 0})
+
+
+def test_a_prediction_is_the_frozen_form_from_a_card_file_and_a_profile_file_alone(tmp_path):
+    """The card state: 4 cores, the disk at 1 GB/s; the target: one core, the disk at 0.5 GB/s, twice the bytes.
+    Worked by hand from docs/decisions.md#work-model."""
+    cards = work.cards([_row(), _row(save_s=2.2), _row(save_s=1.8)], _profile(4, 1e9))
+    assert [(c.approach, c.step) for c in cards] == [("fmt", "save"), ("fmt", "load")]
+    save = cards[0]
+    # per 1e9 bytes: copy 0.5 s, faults 0.1 s (1e5 x 4096 B at 4.096 GB/s), own CPU 1.0 - 0.6 = 0.4 s
+    assert save.own_cpu_per_B * 1e9 == pytest.approx(0.4)
+    # waiting = 2.0 - disk 1.0 - files 0.001 - fsyncs 0.02; parallel = CPU 1.0 s over it
+    assert save.parallel == pytest.approx(1.0 / 0.979)
+    path = tmp_path / "cost-cards.json"
+    work.write_cards(path, cards, _profile(4, 1e9), "r")
+    target = tmp_path / "target.json"
+    target.write_text(json.dumps(_profile(1, 5e8).to_dict()))
+    r = cli_here("predict", "--cards", str(path), "--profile", str(target), "--json")
+    assert r.returncode == 0, r.stderr
+    got = {p["step"]: p for p in json.loads(r.stdout)}
+    # save on one core: CPU (0.5 + 0.1 + 0.4) / 1, disk 1e9 / 5e8, files 10 / 1e4, fsyncs 20 / 1e3
+    assert got["save"]["seconds"] == pytest.approx(1.0 + 2.0 + 0.001 + 0.02)
+    assert got["save"]["binding"] == "disk"
+    # load: parallel = 0.5 / (1.5 - 1.0) = 1; copy 0.5, own 0.0; disk 1e9 / 1e9
+    assert got["load"]["seconds"] == pytest.approx(0.5 + 1.0)
+    text = cli_here("predict", "--cards", str(path), "--profile", str(target))
+    assert text.returncode == 0 and "fmt" in text.stdout and "own CPU s" in text.stdout
+
+
+def test_a_card_takes_nothing_from_the_state_it_predicts():
+    """The check of another state predicts from the cards alone: its rows change only the measured column."""
+    cards = work.cards([_row()], _profile(4, 1e9))
+    slow, fast = [_row(save_s=9.0, load_s=9.0)], [_row(save_s=0.1, load_s=0.1)]
+    a, b = work.check(cards, slow, _profile(1, 5e8)), work.check(cards, fast, _profile(1, 5e8))
+    assert [x["predicted_s"] for x in a] == [x["predicted_s"] for x in b]
+    assert a[0]["error"] == pytest.approx(9.0 / a[0]["predicted_s"] - 1)
+
+
+def test_profile_writes_a_profile_and_predict_rejects_bad_input(tmp_path):
+    out = tmp_path / "p.json"
+    r = cli_here("profile", "--out", str(out), "--dir", str(tmp_path), "--model", "tiny")
+    assert r.returncode == 0, r.stderr
+    prof = MachineProfile.read(out)
+    assert prof.cores >= 1 and prof.page_bytes and prof.fsyncs_per_s.median > 0 and prof.file_creates_per_s
+    assert not [p for p in tmp_path.iterdir() if p.name != "p.json"]  # its scratch files removed
+    assert_one_line_error(cli_here("profile", "--out", str(out), "--dir", str(tmp_path / "no")), "no such directory")
+    assert_one_line_error(cli_here("predict", "--cards", str(tmp_path / "none.json"), "--profile", str(out)),
+                          "no such file")
+    assert_one_line_error(cli_here("predict", "--cards", str(out), "--profile", str(out)), "not a cost-card file")
