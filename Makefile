@@ -19,11 +19,11 @@ SET ?=## phase notebooks' own parameters, space-separated PHASE.NAME=VALUE, e.g.
 SUITE = $(PY) -m llama_ckpt suite --model $(MODEL) $(if $(MODEL_PATH),--model-path "$(MODEL_PATH)") \
 	--repeats $(REPEATS) --out "$(OUT)" $(if $(RUN_ID),--run-id "$(RUN_ID)") $(if $(filter 1 yes true,$(KEEP)),--keep) \
 	--prepare "$(PREPARE)" $(foreach s,$(SET),--set '$(s)')
-PHASES := 00 4a 4b 4c 4d 4e 4f 05 06 07 08
+PHASES := 00 4a 4b 4c 4d 4e 4f 05 06 07 08 09
 
 # phase-00 ... phase-08 are not .PHONY: make skips pattern rules for phony targets, and `make phase-4b` then
 # did nothing ("Nothing to be done")
-.PHONY: help setup run-all test summary report lab clean s3-up s3-down
+.PHONY: help setup run-all work-checks test summary report lab clean s3-up s3-down
 
 help: ## list the targets and options
 	@echo "targets:"
@@ -42,7 +42,10 @@ setup: $(VENV)/.installed ## create .venv and install the pinned requirements
 run-all: setup ## every phase notebook, then the summary; prints the 8-way table
 	$(SUITE) --phases all
 
-phase-%: setup ## one phase: make phase-00, phase-4a ... phase-4f, phase-05 ... phase-08
+work-checks: setup ## the work model checked in all four states (one core, no disk, a slower disk, OpenLLaMA-3B) on every approach of 05; renders 09's notebook
+	$(SUITE) --phases 09 --no-summary --set 09.STATES=all --set 09.APPROACHES=05
+
+phase-%: setup ## one phase: make phase-00, phase-4a ... phase-4f, phase-05 ... phase-09
 	$(SUITE) --phases $* --no-summary
 
 summary: setup ## rebuild the summary from the results already there

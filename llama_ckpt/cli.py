@@ -16,13 +16,15 @@ import os
 import sys
 from pathlib import Path
 
-from .bench import cluster, measure, scaffold
+from .bench import cluster, machine, measure, scaffold
 from .bench.ranks import RankFailed
 from .errors import UserError
 from .model import DEFAULT_PRESET, PRESETS, PUBLISHED_DTYPE, get_model
 from .registry import APPROACHES, names, resolve
 from .report import machine as machine_report
 from .results import comparison_table, group_by_run, incomplete_runs, read_results, reference_line
+from .results import work
+from .results.profile import MachineProfile
 from .results.text import BASELINE
 from .store.server import local_server_dir
 from .store import Location, Target, at
@@ -88,7 +90,22 @@ def _launched_world(args) -> int | None:
     return world
 
 
+def _on_cpus(n: int, argv: list[str]) -> None:
+    """Run this command again on the first ``n`` CPUs this process may use (its affinity, which every thread of
+    the new process inherits, as ``taskset`` does), unless it already runs on exactly those."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if n > len(cpus):
+        raise UserError(f"--cpus {n}: this process may run on {len(cpus)} CPU(s) only ({cpus})")
+    if len(cpus) == n:
+        return
+    os.sched_setaffinity(0, cpus[:n])
+    sys.stdout.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "llama_ckpt", *argv])
+
+
 def cmd_run(args) -> int:
+    if args.cpus:
+        _on_cpus(args.cpus, args.argv)
     if args.load_world_size and not args.world_size and not cluster.launched():
         raise UserError("--load-world-size needs --world-size")
     launched_world = _launched_world(args)
@@ -294,6 +311,9 @@ def _run_parser(sub) -> None:
                         "cgroup v1 blkio; it caps every process's I/O to that disk, and the disk's earlier "
                         "throttle is put back when the run ends")
     _prepare_option(s)
+    s.add_argument("--cpus", type=_positive_int, default=None, metavar="N",
+                   help="run on the first N CPUs this process may use (its CPU affinity, as taskset sets it; the "
+                        "machine profile's cores follow it): a state of this machine with fewer cores")
     s.add_argument("--world-size", type=_positive_int, default=None, metavar="N",
                    help="save with N processes over torch.distributed (gloo), each holding a row shard of every "
                         "tensor; the approaches are then the sharded ones (see 'list')")
@@ -307,7 +327,7 @@ def _run_parser(sub) -> None:
 
 def _suite_parser(sub) -> None:
     s = sub.add_parser("suite", help="execute the phase notebooks with papermill, then the summary")
-    s.add_argument("--phases", default="all", help="all, none (summary only) or IDs: 00,4a,...,4f,05,06,07,08")
+    s.add_argument("--phases", default="all", help="all, none (summary only) or IDs: 00,4a,...,4f,05,06,07,08,09")
     s.add_argument("--model", default=DEFAULT_PRESET,
                    help=f"model preset: {', '.join(PRESETS)} ({PUBLISHED_DTYPE}-origin weights; PRESET:float32: full "
                         "mantissas)")
@@ -352,15 +372,13 @@ def _compare_parser(sub) -> None:
     s.set_defaults(func=cmd_compare)
 
 def cmd_profile(args) -> int:
-    from .bench.machine import profile
-
     where = Path(args.dir)
     if not where.is_dir():
         raise UserError(f"--dir {where}: no such directory")
     out = Path(args.out)
     if not out.parent.is_dir():
         raise UserError(f"--out {out}: no such directory {out.parent}")
-    got = profile(where, get_model(args.model).nbytes, print)
+    got = machine.profile(where, get_model(args.model).nbytes, print)
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(json.dumps(got.to_dict(), indent=1))
     os.replace(tmp, out)
@@ -371,9 +389,6 @@ def cmd_profile(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from .results import work
-    from .results.profile import MachineProfile
-
     cards, _measured_on = work.read_cards([Path(p) for p in args.cards])
     if not cards:
         raise UserError(f"no cost cards in {', '.join(args.cards)}: no verified single-process row counted its work")
@@ -435,6 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return args.func(args)
     except UserError as exc:

@@ -109,6 +109,8 @@ FIELD_DOCS = {
                    "None where it does not say, as for OCDBT)",
     "storage": "`local`, or the `s3://` target",
     "s3_delay_ms": "the round trip added in front of the S3 endpoint (`--s3-delay-ms`)",
+    "medium": "what holds the checkpoint: `disk`; `memory` (a file system in memory, such as tmpfs: its loads are "
+              "from memory, never cold, and `load_cold` is None); `object store` (S3)",
     "requests_save": "S3 requests of the save, by kind",
     "requests_load": "S3 requests of the load, by kind (empty where the loader's own client makes them)",
     "world_size": "ranks that saved (sharded)",

@@ -247,6 +247,14 @@ def filesystem_of(path: Path) -> dict:
     return best
 
 
+MEMORY_FS = ("tmpfs", "ramfs")  # file systems whose files live in memory: no disk under them
+
+
+def in_memory(path: Path) -> bool:
+    """Whether ``path`` is on a file system held in memory (:data:`MEMORY_FS`): a load from it is never cold."""
+    return filesystem_of(path)["fstype"] in MEMORY_FS
+
+
 def remove(path: Path) -> None:
     """Remove a file or a directory tree if it exists."""
     path = Path(path)

@@ -97,6 +97,10 @@ APPROACHES: dict[str, Format] = {a.name: a for a in [
               "overlapping files and copy out their rows", TorchSave.Knobs("float32"), (SHARDED,)),
 ]}
 
+# a loader of another approach's file -> that approach: its save is the same call writing the same file, so a
+# ranking of saves (or of sizes) counts it once, under that name, and ranks the loader among loads only
+SAVES_AS = {"runai-streamer": "safetensors", "fastsafetensors": "safetensors", "pytorch-fp32-mmap": "pytorch-fp32"}
+
 
 def _formats(approaches) -> dict[str, type[Format]]:
     """MECHANISM -> format class, for :func:`approach_of`; two classes may not share one."""

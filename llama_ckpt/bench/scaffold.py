@@ -267,19 +267,22 @@ def check_memory(source: ModelSource, world: int, on_this_node: int | None = Non
                         f"{psutil.virtual_memory().available / 1e9:.1f} GB available")
 
 
-def memory_skips(approaches: list[Format], source: ModelSource, held: int = 0) -> dict[str, str]:
+def memory_skips(approaches: list[Format], source: ModelSource, held: int = 0,
+                 checkpoint: dict[str, int] | None = None) -> dict[str, str]:
     """The approaches whose estimated peak (``Format.peak_estimate``, on top
     of this process's own memory now and ``held`` bytes more it will hold
-    beside the save) exceeds the memory available, each with the reason:
-    skipped up front rather than killed by the kernel mid-save."""
+    beside the save, and, where the checkpoints live in memory, the
+    approach's own ``checkpoint`` bytes) exceeds the memory available, each
+    with the reason: skipped up front rather than killed by the kernel mid-save."""
     available = psutil.virtual_memory().available + psutil.Process().memory_info().rss
     base = psutil.Process().memory_info().rss + held
     out = {}
     for a in approaches:
-        need = a.peak_estimate(source.nbytes) + base
+        need = a.peak_estimate(source.nbytes) + base + (checkpoint or {}).get(a.name, 0)
         if need > available:
             out[a.name] = (f"its estimated peak memory, {need / 1e9:.1f} GB ({need / source.nbytes:.2f}x the "
-                           f"{source.nbytes / 1e9:.1f} GB model with this process), exceeds the "
+                           f"{source.nbytes / 1e9:.1f} GB model with this process"
+                           f"{' and its checkpoint, held in memory' if checkpoint else ''}), exceeds the "
                            f"{available / 1e9:.1f} GB this machine has available")
     return out
 
@@ -302,7 +305,8 @@ def admit(approaches: list[Format], source: ModelSource, root: Location, keep: b
         need = check_disk(approaches, source, root.local_file(), keep, reference_too)
     skipped = storage_skips
     if not approaches[0].sharded:
-        too_big = memory_skips(approaches, source)
+        in_memory = root.local_file() is not None and fsutil.in_memory(root.local_file())
+        too_big = memory_skips(approaches, source, checkpoint=need if in_memory else None)
         for name, why in too_big.items():
             say(f"skipped {name}: {why}")
         if too_big:
@@ -375,7 +379,8 @@ def row_line(r: dict, where: str = "", detail: bool = False) -> str:
 
 
 def _measured(r: dict) -> str:
-    cold = {True: "", False: " (warm: eviction not confirmed)", None: " (server cache not evicted)"}[r["load_cold"]]
+    cold = " (from memory)" if r.get("medium") == "memory" else \
+        {True: "", False: " (warm: eviction not confirmed)", None: " (server cache not evicted)"}[r["load_cold"]]
     on_s3 = r.get("requests_save") is not None
     load_reqs = request_total(r["requests_load"]) if r.get("requests_load") is not None else "uncounted"
     reqs = f"  requests {request_total(r['requests_save'])}/{load_reqs}" if on_s3 else ""
@@ -461,9 +466,11 @@ def checked(load: Callable[[], dict], expected: dict):
 def timed_load(load: Callable[[], dict], loc: Location, expected: dict, cold: bool = True) -> Loaded:
     """``load()`` of the checkpoint at ``loc`` timed until every tensor is in
     memory (with ``cold``: after the checkpoint was evicted from the caches
-    and the eviction checked), with its peak memory, counted work, requests
-    and how busy the machine was; then, outside the timer, every tensor
-    checked against ``expected``."""
+    and the eviction checked; on a file system held in memory there is
+    nothing to evict and the load is from memory: ``cold`` None), with its
+    peak memory, counted work, requests and how busy the machine was; then,
+    outside the timer, every tensor checked against ``expected``."""
+    cold = cold and loc.row_fields().get("medium") != "memory"
     was_cold, frac = loc.evict() if cold else (None, None)
     with PeakRSS() as rss, CpuIO(rss) as work, MachineBusy() as busy, loc.count_requests() as req:
         t0 = time.perf_counter()

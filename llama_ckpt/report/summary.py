@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import UserError
-from ..registry import names
+from ..registry import SAVES_AS, names
 from ..results import MachineProfile, change, comparison_table, disk_rates, fmt_bytes, is_valid, read_results, summarize
 from ..results.text import BASELINE
 from ..study.aims import AIM_APPROACHES, FORMAT_AIMS
@@ -271,10 +271,13 @@ class Summary:
 
     def ranking(self, top: int = 5) -> pd.DataFrame:
         """The best registered approaches for three jobs: fastest save, fastest
-        cold load, smallest on disk without loss (bit-exact to the source)."""
+        cold load, smallest on disk without loss (bit-exact to the source). A
+        loader of another approach's file (``registry.SAVES_AS``) is ranked
+        among loads only: its save and its file are that approach's."""
         summ = summarize(self.registered_rows)
-        lossless = [n for n, st in summ.items() if st["max_abs_err"] == 0]
-        jobs = {"fastest save": (list(summ), "save_s", "s"), "fastest cold load": (list(summ), "load_s", "s"),
+        savers = [n for n in summ if n not in SAVES_AS]
+        lossless = [n for n in savers if summ[n]["max_abs_err"] == 0]
+        jobs = {"fastest save": (savers, "save_s", "s"), "fastest cold load": (list(summ), "load_s", "s"),
                 "smallest without loss": (lossless, "bytes_on_disk", "B")}
         rates = self.env_rates()
         share = {"save_s": ("save_Bps", rates.get("reference_write_Bps")),

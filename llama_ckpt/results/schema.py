@@ -37,7 +37,7 @@ MEASUREMENT_FIELDS = (
     "fsyncs_save",
     # how many threads the save writes with, at most (the format's own figure; the bounds' page-cache copy)
     "write_streams",
-    "storage", "s3_delay_ms", "requests_save", "requests_load",
+    "storage", "s3_delay_ms", "medium", "requests_save", "requests_load",
     "world_size", "load_world_size", "ranks_save", "ranks_load",
     # sharded: who started the ranks ("spawn": this suite on one host;
     # "torchrun": a launcher, any number of nodes) and the jobs' topology

@@ -88,14 +88,16 @@ def comparison_table(rows: list[dict], baseline: str = BASELINE, reference: str 
         return "(no valid measurements)"
     base, ref = summ.get(baseline), summ.get(reference)
     cold = all(s["load_cold"] for s in summ.values())
-    header = ["approach", "dtype", "save s", "load s (cold)" if cold else "load s",
+    memory = all(r.get("medium") == "memory" for r in rows)
+    load = "load s (cold)" if cold else "load s (from memory)" if memory else "load s"
+    header = ["approach", "dtype", "save s", load,
               "size", "files", "save MB/s", "load MB/s",
               f"save vs {baseline}", f"load vs {baseline}", f"size vs {baseline}",
               f"save vs {reference}", f"load vs {reference}", f"size vs {reference}"]
     body = []
     for name, s in summ.items():
         med = lambda st: st.median if st else None
-        warm = "" if s["load_cold"] else " (cache?)" if s["load_cold"] is None else " (warm!)"
+        warm = "" if s["load_cold"] or memory else " (cache?)" if s["load_cold"] is None else " (warm!)"
         cells = [name, s["stored_dtype"] + warm,
                  fmt_stat(s["save_s"]), fmt_stat(s["load_s"]), fmt_bytes(med(s["bytes_on_disk"])),
                  f"{med(s['n_files']):.0f}", f"{med(s['save_Bps']) / 1e6:.0f}", f"{med(s['load_Bps']) / 1e6:.0f}"]
@@ -116,7 +118,9 @@ def comparison_table(rows: list[dict], baseline: str = BASELINE, reference: str 
     if len(by_dtype) > 1:
         notes.append("* the two sides store different dtypes ("
                      + "; ".join(f"{d}: {', '.join(ns)}" for d, ns in by_dtype.items()) + "): not like for like.")
-    if any(s["load_cold"] is None for s in summ.values()):
+    if memory:
+        notes.append("from memory: the checkpoints were on a file system held in memory (tmpfs): no load is cold.")
+    elif any(s["load_cold"] is None for s in summ.values()):
         notes.append("(cache?): loads from an S3 server whose files this run could not evict (one it did not "
                      "start): its page cache may have served them.")
     on_s3 = [r for r in rows if r.get("requests_save") is not None]

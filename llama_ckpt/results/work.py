@@ -15,10 +15,15 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from ..errors import UserError
+from ..fsutil import MEMORY_FS
+from .bounds import PAGE, PREDICTION_TOLERANCE
+from .files import read_results
 from .profile import MachineProfile, as_profile, median
 from .schema import is_valid
+from .text import render
 
 STEPS = ("save", "load")
+TOLERANCE = PREDICTION_TOLERANCE  # a prediction holds where the measured median is within this share of it
 # the model's parts, in the order the charts stack them -> what each is
 PARTS = {
     "disk": "bytes that reached (save) or came from (load) storage, at the disk's rate",
@@ -58,15 +63,16 @@ class Card:
 
 
 def _page(profile: MachineProfile) -> int:
-    from .bounds import PAGE
-
     return profile.page_bytes or PAGE
 
 
 def disk_Bps(profile: MachineProfile, step: str) -> float | None:
     """The model's disk rate for ``step``: a save's, the median durable write after a removal (the state a
     repeat saves in; the best durable write where that was not measured); a load's, the disk reference's median
-    cold read."""
+    cold read. On a file system held in memory (tmpfs) there is no disk: infinite (its writes and reads are the
+    page-cache copies the CPU term counts)."""
+    if profile.fs_type in MEMORY_FS:
+        return math.inf
     if step == "save":
         return median(profile.durable_freed_Bps) or profile.write_Bps()
     return (profile.reference or {}).get("reference_read_Bps") or profile.read_Bps()
@@ -188,8 +194,6 @@ def write_cards(path: Path, got: list[Card], profile: MachineProfile | dict, run
 def read_cards(paths: list[Path]) -> tuple[list[Card], MachineProfile | None]:
     """Cards from a cards file (:func:`write_cards`), or made from results files (their rows and the machine
     profile of their environment record): (cards, the machine they were measured on)."""
-    from .files import read_results
-
     paths = [Path(p) for p in paths]
     for p in paths:
         if not p.is_file():
@@ -247,8 +251,6 @@ def payload_of(source, card: Card) -> int:
 def prediction_text(got: list[Card], preds: list[Prediction | None]) -> str:
     """The predictions as a text table: approach, step, payload, predicted seconds, the binding part and every
     part's seconds (``-``: the profile lacks a rate the model needs)."""
-    from .text import render
-
     body = []
     for c, p in zip(got, preds):
         parts = [f"{p.parts[k]:.3g}" if p and k in p.parts else "-" for k in PARTS]

@@ -75,7 +75,8 @@ class Location:
         raise NotImplementedError
 
     def row_fields(self) -> dict:
-        """What a result row records about the storage: ``storage`` and ``s3_delay_ms``."""
+        """What a result row records about the storage: ``storage``, ``s3_delay_ms`` and ``medium`` (``disk``;
+        ``memory``: a file system held in memory, such as tmpfs, where no load is cold; ``object store``)."""
         raise NotImplementedError
 
     def is_staging(self) -> bool:

@@ -66,7 +66,7 @@ class LocalDir(Location):
         return LocalDir(self.path.parent)
 
     def row_fields(self) -> dict:
-        return {"storage": "local", "s3_delay_ms": None}
+        return {"storage": "local", "s3_delay_ms": None, "medium": "memory" if fsutil.in_memory(self.path) else "disk"}
 
     def exists(self) -> bool:
         return self.path.exists()

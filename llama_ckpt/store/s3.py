@@ -183,7 +183,7 @@ class S3Prefix(Location):
         return S3Prefix(self.target, self.key.rsplit("/", 1)[0] if "/" in self.key else "")
 
     def row_fields(self) -> dict:
-        return {"storage": self.target.url, "s3_delay_ms": self.target.delay_ms}
+        return {"storage": self.target.url, "s3_delay_ms": self.target.delay_ms, "medium": "object store"}
 
     def env_fields(self) -> dict:
         return self.row_fields() | {"s3_server_dir": self.target.server_dir}

@@ -18,11 +18,11 @@ from ..formats.base import Format
 from ..registry import APPROACHES, FORMAT_BASELINES, GUIDE, formats_phase, names, sweep
 from ..results.text import BASELINE
 from ..units import KiB, MiB
-from .aims import FORMAT_AIMS
+from .aims import AIM_APPROACHES, FORMAT_AIMS
 from .claims import MIN_REPEATS
 
 # what runs a phase: one class each in llama_ckpt.suite.kinds
-COMPARE, SHARDED, TRAINING, CLAIMS, CLOUD = "compare", "sharded", "training", "claims", "cloud"
+COMPARE, SHARDED, TRAINING, CLAIMS, CLOUD, WORK = "compare", "sharded", "training", "claims", "cloud", "work"
 Sweep = tuple[tuple[str, str | None, tuple], ...]  # (base approach, knob, values); knob None: the base itself
 
 
@@ -91,6 +91,12 @@ PROTOCOL = ("Protocol (`llama_ckpt.bench.measure`): a save is timed until its by
             "is never shown as a result. Each round of repeats runs in its own seeded random order. The machine is "
             "profiled once per run, before its first measurement (disk, page cache, memory, small files, codecs: "
             "`llama_ckpt.bench.machine`).")
+WORK_PROTOCOL = (
+    "The cost cards come from the default state: this run's rows of the approaches (measured by an earlier phase "
+    "and shared, or here). Each other state is a `python -m llama_ckpt run` of its own with the same protocol "
+    "(`llama_ckpt.suite.states`), which measures its own machine profile where its checkpoints go; each "
+    "prediction takes the cards, that profile and the payload, nothing from the rows it predicts (the model's "
+    "form: `docs/decisions.md#work-model`, frozen before it was checked).")
 SWEEP_NOTE = (" The phase's pair (and each base it compares with) gets the run's repeats, interleaved; the sweep's "
               "further points, which no claim judges, {n} repeat(s) each.")
 SHARDED_PROTOCOL = (
@@ -289,6 +295,16 @@ PHASES: dict[str, Phase] = {p.id: p for p in [
           "each claim's verdict, the ratio of medians with its bootstrap interval, the repeats each verdict rests on",
           CLAIMS, done_key="claims_final", about=CLAIMS_PROTOCOL,
           listing=", ".join(f"`{n}`" for n in names(tag="guide")) + " (those a claim needs)"),
+    Phase("09", "09-work-model", "Where the time goes when the disk is not the limit",
+          "Does a model built from each approach's counted work (its cost card) predict its save and load in states "
+          "of the machine the cards were not taken in, and what is fastest when the disk is not the limit?",
+          "the machine's state: one core, no disk (the checkpoints on a tmpfs), a slower disk, another size; the "
+          "cards from the default state only",
+          "per state and approach: the measured median, the prediction from the default state's cards and the "
+          "state's own machine profile, the error and the binding part; the ranking with no disk",
+          WORK, AIM_APPROACHES, about=WORK_PROTOCOL,
+          listing=", ".join(f"`{n}`" for n in AIM_APPROACHES) + " by default (`APPROACHES`: `main`, or `05`: "
+          "every approach of 05)"),
 ]}
 
 # 4e's second section (its notebook's S3 part): the phase's OCDBT question on an object store

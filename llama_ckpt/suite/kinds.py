@@ -28,8 +28,11 @@ from ..store import Target
 from ..store import server as s3_server
 from ..study import runs
 from ..study.claims import CLOUD_CLAIM, MIN_REPEATS, OTHER_WEIGHTS_CLAIMS, undecided
+from ..study.aims import AIM_APPROACHES
 from ..study.phases import (CLAIMS, CLAIMS_BUDGET_S, CLAIMS_CAP, CLAIMS_STEP, CLOUD, CLOUD_BUCKET, CLOUD_DELAYS_MS,
-                            CLOUD_MODEL, COMPARE, DIST_CONFIGS, SHARDED, TORCHRUN_CONFIGS, TRAINING, Phase, get_phase)
+                            CLOUD_MODEL, COMPARE, DIST_CONFIGS, PHASES, SHARDED, TORCHRUN_CONFIGS, TRAINING, WORK,
+                            Phase, get_phase)
+from . import states as machine_states
 
 
 @dataclass
@@ -48,6 +51,7 @@ class PhaseResult:
     endpoint: str = ""  # cloud: the S3 endpoint measured
     server_started: bool = False  # cloud: a private server was started for this and stopped after
     sustained: list[dict] = field(default_factory=list)  # checkpoints saved back to back (``Phase.sustained``)
+    states: dict = field(default_factory=dict)  # work model: state name -> StateResult
 
     @property
     def figures(self) -> Path:
@@ -421,7 +425,61 @@ class Cloud(Kind):
                            server_started=server is not None)
 
 
-KINDS: dict[str, type[Kind]] = {COMPARE: Compare, SHARDED: Sharded, TRAINING: Training, CLAIMS: Claims, CLOUD: Cloud}
+@dataclass
+class StateResult:
+    state: machine_states.State
+    rows: list[dict]  # its rows (none where it was not measured)
+    profile: object  # its machine profile (MachineProfile; None where not measured)
+    why_not: str | None = None  # why it was not measured
+
+
+class WorkModel(Compare):
+    """The approaches in the default state (shared from the run's other phases where they measured them: the
+    cost cards' rows), then each of ``states`` by a run of its own (:mod:`llama_ckpt.suite.states`)."""
+
+    own = {"states": "one-core,no-disk", "approaches": "main"}
+    reads_model_path = False
+
+    def approaches(self) -> list[Format]:
+        which = str(self.params["approaches"])
+        if which not in ("main", "05"):
+            raise UserError(f"approaches: {which!r}; main (the aims' approaches) or 05 (every approach of 05)")
+        return [APPROACHES[n] for n in AIM_APPROACHES] if which == "main" else PHASES["05"].approaches()
+
+    def size(self) -> str:
+        got = machine_states.parse_states(self.params["states"])
+        return (f"{len(self.approaches())} approaches x {self.repeats} repeat(s), then the states: "
+                f"{', '.join(s.name for s in got) or 'none'}")
+
+    def measure(self) -> PhaseResult:
+        source, apps = self.source(), self.approaches()
+        env, rows = self._shared(apps, source)
+        return self.result(runs.in_order(rows, source.name, apps), env, states=self._states())
+
+    def reuse(self, loaded) -> PhaseResult:
+        got = super().reuse(loaded)
+        got.states = self._states()
+        return got
+
+    def _states(self) -> dict[str, StateResult]:
+        """Every asked state: measured now where this run has not finished it."""
+        out = {}
+        prepare = ",".join(self.prepare) or "none"
+        for st in machine_states.parse_states(self.params["states"]):
+            why = None
+            if not machine_states.done(self.rdir, st):
+                names = list(AIM_APPROACHES) if st.name == "size" else [a.name for a in self.approaches()]
+                why = machine_states.measure(st, names, self.model, self.repeats, self.rdir, self.run_id, prepare,
+                                             say=self.say)
+            rows, prof = machine_states.measured(self.rdir, st)
+            out[st.name] = StateResult(st, rows, prof, why)
+            if why:
+                self.say(f"{st.name}: not measured: {why}")
+        return out
+
+
+KINDS: dict[str, type[Kind]] = {COMPARE: Compare, SHARDED: Sharded, TRAINING: Training, CLAIMS: Claims, CLOUD: Cloud,
+                                WORK: WorkModel}
 
 
 def kind_of(phase_id: str, **params) -> Kind:

@@ -1,0 +1,138 @@
+"""The cost cards of a run as tables, where each approach's time goes as a stacked bar, and a check of the work
+model in another state (:mod:`llama_ckpt.results.work`; its form: docs/decisions.md#work-model)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from ..registry import SAVES_AS
+from ..results import is_valid, summarize, work
+from ..results.profile import MachineProfile
+from ..study.claims import sample_sets
+from .charts import empty
+from .summary import _vs_next
+
+CARDS_FILE = "cost-cards.json"  # in the run's directory
+UNEXPLAINED = "not explained"  # the measured time beyond the model's parts
+
+
+def keep_cards(run_dir: Path, rows: list[dict], profile: MachineProfile | None, run_id: str | None) -> list:
+    """The cards of ``rows`` on the run's machine, written to the run's directory (:data:`CARDS_FILE`, beside
+    what an earlier phase kept there: one file per run, the latest phase's cards of an approach win)."""
+    if profile is None:
+        return []
+    got = work.cards(rows, profile)
+    path = Path(run_dir) / CARDS_FILE
+    if path.is_file():
+        before, _ = work.read_cards([path])
+        mine = {(c.approach, c.step) for c in got}
+        got = [c for c in before if (c.approach, c.step) not in mine] + got
+    work.write_cards(path, got, profile, run_id)
+    return [c for c in got if c.approach in {r["approach"] for r in rows}]
+
+
+def card_table(cards: list) -> pd.DataFrame:
+    """One line per approach and step: its work per GB of payload, the cores its CPU work used when it was not
+    waiting (``parallel``), CPU seconds over wall time as measured, and the streams the format declares."""
+    recs = [{"approach": c.approach, "step": c.step, "CPU s/GB": c.cpu_per_B * 1e9,
+             "own CPU s/GB": c.own_cpu_per_B * 1e9, "call GB/GB": c.call_per_B, "fresh memory GB/GB": c.fault_per_B,
+             "storage GB/GB": c.storage_per_B,
+             "files/GB": None if c.files_per_B is None else c.files_per_B * 1e9,
+             "fsyncs/GB": None if c.fsyncs_per_B is None else c.fsyncs_per_B * 1e9,
+             "CPU/wall": c.cpu_over_wall, "parallel": c.parallel, "streams": c.streams, "rows": c.n} for c in cards]
+    return pd.DataFrame.from_records(recs)
+
+
+def parts_table(cards: list, profile: MachineProfile | None, step: str) -> pd.DataFrame:
+    """Per approach, ``step``'s measured median split into the model's parts (seconds, at the payload the card
+    was measured on) and what they do not explain (the measured time beyond their sum, where there is any)."""
+    recs = []
+    for c in cards:
+        p = work.predict(c, profile, c.payload_bytes) if profile and c.step == step else None
+        if p is None:
+            continue
+        measured = c.time_per_B * c.payload_bytes
+        recs.append({"approach": c.approach, **{k: p.parts.get(k, 0.0) for k in work.PARTS},
+                     UNEXPLAINED: max(0.0, measured - p.seconds), "measured s": measured, "model s": p.seconds})
+    return pd.DataFrame.from_records(recs).set_index("approach") if recs else pd.DataFrame()
+
+
+def where_time_goes(cards: list, profile: MachineProfile | None, title: str = ""):
+    """Per approach a horizontal bar of its measured save and load time, stacked by the model's parts."""
+    tables = {step: parts_table(cards, profile, step) for step in work.STEPS}
+    if all(t.empty for t in tables.values()):
+        return empty("no cost card in this run (no machine profile, or no row counted its work)")
+    n = max(len(t) for t in tables.values())
+    fig, axes = plt.subplots(1, 2, figsize=(14, 1.4 + 0.32 * n))
+    for ax, (step, t) in zip(axes, tables.items()):
+        if t.empty:
+            ax.axis("off")
+            continue
+        t = t.sort_values("measured s")
+        t[[*work.PARTS, UNEXPLAINED]].plot.barh(stacked=True, ax=ax, legend=False, width=0.75,
+                                                 colormap="tab10")
+        ax.set_xlabel(f"{step} time (s): the model's parts")
+        ax.set_ylabel("")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=7, frameon=False)
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    return fig
+
+
+def check_table(cards: list, rows: list[dict], profile: MachineProfile | None) -> pd.DataFrame:
+    """The cards' predictions for another state's rows (measured on ``profile``'s machine) beside their
+    measured medians: measured, predicted, error (measured over predicted, less 1), the binding part."""
+    got = work.check(cards, rows, profile) if profile else []
+    df = pd.DataFrame.from_records(got)
+    if df.empty:
+        return df
+    df["within"] = df["error"].abs() <= work.TOLERANCE
+    return df.set_index(["approach", "step"])
+
+
+def check_line(table: pd.DataFrame, state: str) -> str:
+    """How many of a state's predictions hold (within the tolerance), save and load apart."""
+    if table.empty:
+        return f"- **{state}**: not measured."
+    parts = []
+    for step in work.STEPS:
+        t = table[table.index.get_level_values("step") == step]
+        if len(t):
+            misses = ", ".join(f"`{a}` {e:+.0%}" for (a, _s), e in t.loc[~t["within"], "error"].items())
+            parts.append(f"{step} {int(t['within'].sum())} of {len(t)} within {work.TOLERANCE:.0%}"
+                         + (f" (off: {misses})" if misses else ""))
+    return f"- **{state}**: " + "; ".join(parts) + "."
+
+
+def states_findings(cards: list, states: dict) -> tuple[str, dict[str, pd.DataFrame]]:
+    """Per measured state (``PhaseResult.states``): its check table and one line of how many hold; the lines of
+    the states not measured say why."""
+    lines, tables = [], {}
+    for name, st in states.items():
+        if st.why_not or st.profile is None:
+            lines.append(f"- **{name}**: not measured here: {st.why_not or 'no machine profile in its results'}.")
+            continue
+        tables[name] = check_table(cards, st.rows, st.profile)
+        lines.append(check_line(tables[name], name))
+    return "\n".join(lines), tables
+
+
+def ranking(rows: list[dict], top: int = 5) -> pd.DataFrame:
+    """The fastest save and load among ``rows`` (one state) by median, each against the next-ranked by the
+    suite's rule (the claims' bootstrap interval of the ratio of medians: told apart where it lies below 1, on
+    at least ``MIN_REPEATS`` repeats each). Saves count each distinct save once (``registry.SAVES_AS``)."""
+    valid = [r for r in rows if is_valid(r) and not r.get("world_size")]
+    summ, samples = summarize(valid), sample_sets(valid)
+    recs = []
+    for step in work.STEPS:
+        key = f"{step}_s"
+        ranked = sorted((n for n in summ if step == "load" or n not in SAVES_AS), key=lambda n: summ[n][key].median)
+        for rank, n in enumerate(ranked[:top], 1):
+            recs.append({"step": step, "rank": rank, "approach": n, "median_s": summ[n][key].median,
+                         "repeats": summ[n]["n"],
+                         "vs_next": _vs_next(samples, n, ranked[rank] if rank < len(ranked) else None, key)})
+    return pd.DataFrame.from_records(recs).set_index(["step", "rank"]) if recs else pd.DataFrame()
