@@ -309,3 +309,32 @@ def test_the_notebooks_parameter_defaults_are_the_packages():
         ",".join(LOOPS), ",".join(CPU_SAVERS), True, HOST_SLICE)
     d = defaults("4e-ocdbt")
     assert tuple(map(float, d["CLOUD_DELAYS_MS"])) == phases.CLOUD_DELAYS_MS and d["CLOUD_MODEL"] == phases.CLOUD_MODEL
+    d = defaults("09-work-model")
+    from llama_ckpt.suite.kinds import WorkModel
+
+    assert (d["STATES"], d["APPROACHES"]) == (WorkModel.own["states"], WorkModel.own["approaches"])
+
+
+def test_the_work_model_phase_kept_cards_and_checked_its_states(suite_run):
+    """09 in the smoke run: the cost cards kept with the run, the one-core state on one CPU, the no-disk state's
+    loads from memory on a tmpfs, and the notebook's checks and rankings rendered."""
+    from llama_ckpt import fsutil
+    from llama_ckpt.study.aims import AIM_APPROACHES
+    from llama_ckpt.suite import states
+
+    out, _ = suite_run
+    rdir = out / "runs" / RUN
+    cards = json.loads((rdir / "cost-cards.json").read_text())["cards"]
+    assert {(c["approach"], c["step"]) for c in cards} >= {(a, s) for a in AIM_APPROACHES for s in ("save", "load")}
+    one = read_results([states.results_path(rdir, states.STATES["one-core"])])
+    assert one.environments[0]["machine"]["cores"] == 1 and one.ends
+    assert {r["approach"] for r in one.measurements} == set(AIM_APPROACHES)
+    nb = nbformat.read(rdir / "09-work-model.ipynb", as_version=4)
+    text = "".join(str(o.get("data", {})) for c in nb.cells for o in c.get("outputs", []))
+    assert "one-core" in text and "within 25%" in text and "On this machine" in text
+    if fsutil.in_memory(states.MEMORY_ROOT):
+        mem = read_results([states.results_path(rdir, states.STATES["no-disk"])])
+        assert mem.measurements and all(r["medium"] == "memory" and r["load_cold"] is None and r["verified"]
+                                        for r in mem.measurements)
+        assert mem.environments[0]["machine"]["fs_type"] in fsutil.MEMORY_FS
+        assert "No disk" in text and not states.memory_out(RUN).exists()  # its tmpfs directory removed

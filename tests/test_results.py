@@ -257,7 +257,7 @@ def test_the_bounds_findings_name_the_limit_that_binds_the_fastest_and_who_is_fa
 def test_a_ranking_says_whether_the_rule_tells_each_approach_from_the_next():
     import numpy as np
 
-    from llama_ckpt.report.summary import _vs_next
+    from llama_ckpt.report.tables import vs_next as _vs_next
 
     s = {"fast": {"save_s": np.array([1.0, 1.01, 0.99, 1.0, 1.02])},
          "slow": {"save_s": np.array([2.0, 2.1, 1.9, 2, 2])},

@@ -15,34 +15,19 @@ from ..registry import SAVES_AS, names
 from ..results import MachineProfile, change, comparison_table, disk_rates, fmt_bytes, is_valid, read_results, summarize
 from ..results.text import BASELINE
 from ..study.aims import AIM_APPROACHES, FORMAT_AIMS
-from ..study.claims import (GUIDE_EIGHT, GUIDE_FIGURES, HOLDS, FAILS, MIN_REPEATS, OTHER_WEIGHTS_CLAIMS, UNSURE,
-                             judge_both, judge_cloud, ratio_interval, sample_sets)
+from ..study.claims import (GUIDE_EIGHT, GUIDE_FIGURES, HOLDS, FAILS, OTHER_WEIGHTS_CLAIMS, UNSURE,
+                             judge_both, judge_cloud, sample_sets)
 from ..study.phases import COMPARE, PHASES
-from ..study.runs import cloud_rows, latest_run, phase_complete, run_dir, run_results, shared_rows
+from ..results import work
+from ..study.runs import cloud_rows, latest_run, phase_complete, run_dir, run_results, shared_rows, state_results_path
 from ..units import GiB
 from . import charts as plots
 from . import machine as machine_report
 from . import tables as report
 from . import training as train_report
+from . import work as work_report
 
 CHART_NAME = "8way_performance_comparison.png"
-
-
-def _vs_next(samples: dict, a: str, b: str | None, key: str) -> str:
-    """``a``'s median over the next-ranked ``b``'s with the claims' bootstrap interval, and whether the rule
-    tells them apart (the whole interval below 1) on at least ``MIN_REPEATS`` repeats of each."""
-    if b is None:
-        return ""
-    x, y = samples[a][key], samples[b][key]
-    if not len(x) or not len(y) or (y <= 0).any():
-        return ""
-    if "bytes" in key:  # a size: the medians' difference (a few bytes of metadata may vary by repeat)
-        d = float(statistics.median(y) - statistics.median(x))
-        return f"smaller by {fmt_bytes(d)}" if d > 0 else "the same"
-    r, lo, hi = ratio_interval(x, y)
-    told = ("not told apart" if hi >= 1 else "told apart" if min(len(x), len(y)) >= MIN_REPEATS else
-            f"apart, but on fewer than {MIN_REPEATS} repeats")
-    return f"{r:.2f}x [{lo:.2f}-{hi:.2f}]: {told}"
 
 
 @dataclass
@@ -219,6 +204,34 @@ class Summary:
         """The run's machine profile (measured by its first phase, shared by every phase of the run)."""
         return next((MachineProfile.of_env(e) for e in self.envs if e.get("machine")), None)
 
+    def no_disk(self) -> tuple[str, pd.DataFrame]:
+        """What to pick when the disk is not the limit: 09's no-disk state (the checkpoints on a tmpfs, loads from
+        memory), ranked by the suite's rule as :meth:`ranking` ranks this machine's disk; a line saying why there
+        is none where 09 did not measure that state."""
+        path = state_results_path(run_dir(self.out_dir, self.run_id), "no-disk")
+        rows = read_results([path]).measurements if path.is_file() else []
+        if not rows:
+            return ("09-work-model did not measure the no-disk state in this run (`09.STATES`), so there is no "
+                    "ranking without the disk.", pd.DataFrame())
+        rank = work_report.ranking(rows)
+        lines = [f"- **fastest {step}** with no disk: `{rank.loc[step].iloc[0]['approach']}` "
+                 f"({rank.loc[step].iloc[0]['median_s']:.3g} s)"
+                 + (f"; against `{rank.loc[step].iloc[1]['approach']}`: {rank.loc[step].iloc[0]['vs_next']}"
+                    if len(rank.loc[step]) > 1 else "") + "."
+                 for step in ("save", "load") if step in rank.index.get_level_values(0)]
+        return ("**When the disk is not the limit** (09's no-disk state: the checkpoints on a tmpfs, loads from "
+                f"memory; {len({r['approach'] for r in rows})} approaches):\n\n" + "\n".join(lines)), rank
+
+    def cost_cards(self) -> list:
+        """The run's cost cards (``cost-cards.json``, kept by 05 and 09); none where neither ran."""
+        path = run_dir(self.out_dir, self.run_id) / work_report.CARDS_FILE
+        return work.read_cards([path])[0] if path.is_file() else []
+
+    def where_time_goes(self):
+        """Every approach with a cost card, its time split into the work model's parts (05's chart, for the run)."""
+        title = "Where the time goes (the work model's parts; cost cards of 05 and 09)"
+        return work_report.where_time_goes(self.cost_cards(), self.machine(), title=title)
+
     def bounds(self) -> pd.DataFrame:
         """Every registered approach's save and load against the shortest time
         its counted work can take on this machine, and the limit that sets it."""
@@ -249,8 +262,9 @@ class Summary:
                     line += (f"; bound here by **{b[f'{step}_binding']}** (it takes {float(b[f'{step}_x_bound']):.2f}x "
                              "the shortest time its work can take on this machine)")
             lines.append(line + ".")
+        no_disk, rank = self.no_disk()
         return ("**The answer on this machine, from this run** (the tables below back it; \"not told apart\" means "
-                "the runner-up may be as good):\n\n" + "\n".join(lines))
+                "the runner-up may be as good):\n\n" + "\n".join(lines) + ("" if rank.empty else "\n\n" + no_disk))
 
     def back_to_back(self) -> tuple[str, pd.DataFrame]:
         """05's back-to-back saves against the same approaches' isolated saves in 05 (its own rows and those it
@@ -292,7 +306,7 @@ class Summary:
                 recs.append({"job": job, "rank": rank, "approach": n, "dtype": summ[n]["stored_dtype"],
                              "median": fmt_bytes(v) if unit == "B" else f"{v:.3g} s",
                              "share_of_disk": f"{summ[n][rate].median / ref:.0%}" if rate and ref else "",
-                             "vs_next": _vs_next(samples, n, ranked[rank] if rank < len(ranked) else None, key)})
+                             "vs_next": report.vs_next(samples, n, ranked[rank] if rank < len(ranked) else None, key)})
         return pd.DataFrame(recs).set_index(["job", "rank"]) if recs else pd.DataFrame()
 
     def aim(self) -> pd.DataFrame:

@@ -6,6 +6,8 @@ conclusion that the data did not produce.
 
 from __future__ import annotations
 
+import statistics
+
 import pandas as pd
 
 from ..results import Stat, change, fmt_bytes, is_valid, spread, summarize
@@ -14,7 +16,7 @@ from ..results.text import BASELINE
 from ..store.s3 import request_total
 from ..registry import APPROACHES
 from ..units import binary_label
-from ..study.claims import judge_claims, judge_cloud
+from ..study.claims import MIN_REPEATS, judge_claims, judge_cloud, ratio_interval
 from ..study.phases import CLOUD_LOADER_PAIRS, CLOUD_PAIRS
 
 
@@ -530,3 +532,20 @@ def scaling_findings(rows: list[dict], cores: int | None = None) -> str:
         lines.append(f"- This machine has {cores} cores: ranks beyond {cores} share them, so speed-ups there measure "
                      "overlap of I/O waits, not added compute.")
     return "\n".join(lines)
+
+
+def vs_next(samples: dict, a: str, b: str | None, key: str) -> str:
+    """``a``'s median over the next-ranked ``b``'s with the claims' bootstrap interval, and whether the rule
+    tells them apart (the whole interval below 1) on at least ``MIN_REPEATS`` repeats of each."""
+    if b is None:
+        return ""
+    x, y = samples[a][key], samples[b][key]
+    if not len(x) or not len(y) or (y <= 0).any():
+        return ""
+    if "bytes" in key:  # a size: the medians' difference (a few bytes of metadata may vary by repeat)
+        d = float(statistics.median(y) - statistics.median(x))
+        return f"smaller by {fmt_bytes(d)}" if d > 0 else "the same"
+    r, lo, hi = ratio_interval(x, y)
+    told = ("not told apart" if hi >= 1 else "told apart" if min(len(x), len(y)) >= MIN_REPEATS else
+            f"apart, but on fewer than {MIN_REPEATS} repeats")
+    return f"{r:.2f}x [{lo:.2f}-{hi:.2f}]: {told}"

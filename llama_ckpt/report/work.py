@@ -13,7 +13,7 @@ from ..results import is_valid, summarize, work
 from ..results.profile import MachineProfile
 from ..study.claims import sample_sets
 from .charts import empty
-from .summary import _vs_next
+from .tables import vs_next
 
 CARDS_FILE = "cost-cards.json"  # in the run's directory
 UNEXPLAINED = "not explained"  # the measured time beyond the model's parts
@@ -132,7 +132,8 @@ def ranking(rows: list[dict], top: int = 5) -> pd.DataFrame:
         key = f"{step}_s"
         ranked = sorted((n for n in summ if step == "load" or n not in SAVES_AS), key=lambda n: summ[n][key].median)
         for rank, n in enumerate(ranked[:top], 1):
-            recs.append({"step": step, "rank": rank, "approach": n, "median_s": summ[n][key].median,
+            recs.append({"step": step, "rank": rank, "approach": n, "dtype": summ[n]["stored_dtype"],
+                         "median_s": summ[n][key].median,
                          "repeats": summ[n]["n"],
-                         "vs_next": _vs_next(samples, n, ranked[rank] if rank < len(ranked) else None, key)})
+                         "vs_next": vs_next(samples, n, ranked[rank] if rank < len(ranked) else None, key)})
     return pd.DataFrame.from_records(recs).set_index(["step", "rank"]) if recs else pd.DataFrame()

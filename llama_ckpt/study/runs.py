@@ -39,6 +39,14 @@ def results_path(out_dir: str | Path, run_id: str, slug: str) -> Path:
     return run_dir(out_dir, run_id) / "results" / f"{slug}.jsonl"
 
 
+STATES_DIR = "results-states"  # in a run's directory: one results file per state of 09 (suite.states), apart
+
+
+def state_results_path(rdir: str | Path, state: str) -> Path:
+    """The results file of 09's ``state`` (a name of ``suite.states.STATES``) in the run directory ``rdir``."""
+    return Path(rdir) / STATES_DIR / f"{state}.jsonl"
+
+
 def cloud_results_path(out_dir: str | Path, run_id: str, slug: str, delay_ms: float) -> Path:
     # beside, not inside, results/: the summary's local comparisons never mix in S3 rows
     return run_dir(out_dir, run_id) / "results-cloud" / f"{slug}-{delay_ms:g}ms.jsonl"

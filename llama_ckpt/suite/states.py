@@ -21,7 +21,6 @@ from ..results.profile import MachineProfile
 from ..study import runs
 
 ROW_LINE = re.compile(r"^\s+\S+ #\d+: ")  # a `run`'s progress line of one measured row
-STATES_DIR = "results-states"  # in the run's directory: one results file per state
 MEMORY_ROOT = Path("/dev/shm")  # where the no-disk state's checkpoints go (a tmpfs)
 CAP_MBPS = 300  # the slower disk's cap, MB/s
 BIG_MODEL = "open_llama_3b"  # the other size
@@ -60,7 +59,7 @@ def parse_states(text: str) -> list[State]:
 
 
 def results_path(rdir: Path, state: State) -> Path:
-    return Path(rdir) / STATES_DIR / f"{state.name}.jsonl"
+    return runs.state_results_path(rdir, state.name)
 
 
 def memory_out(run_id: str) -> Path:
