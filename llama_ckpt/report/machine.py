@@ -77,9 +77,7 @@ def bounds_table(rows: list[dict], profile: MachineProfile | dict | None,
     for save and for load: the median time, the shortest time its counted
     work can take on this machine (``bound_s``, :mod:`llama_ckpt.results.bounds`),
     the limit that sets it, the time as a multiple of it (``x_bound``: 1 =
-    as fast as this machine allows), the predicted time (``predicted_s``,
-    :func:`llama_ckpt.results.bounds.predict`) and the time over it
-    (``x_predicted``)."""
+    as fast as this machine allows)."""
     profile = as_profile(profile)
     if profile is None:
         return pd.DataFrame()
@@ -93,8 +91,7 @@ def bounds_table(rows: list[dict], profile: MachineProfile | dict | None,
         for step in ("save", "load"):
             b = bounds.approach_bounds(by.get(name, []), step, profile)
             rec.update({f"{step}_s": b and b["time_s"], f"{step}_bound_s": b and b["bound_s"],
-                        f"{step}_binding": b and b["binding"], f"{step}_x_bound": b and b["share"],
-                        f"{step}_predicted_s": b and b["predicted_s"], f"{step}_x_predicted": b and b["x_predicted"]})
+                        f"{step}_binding": b and b["binding"], f"{step}_x_bound": b and b["share"]})
         if rec["save_s"] is not None or rec["load_s"] is not None:
             recs.append(rec)
     return pd.DataFrame(recs).set_index("approach") if recs else pd.DataFrame()
@@ -107,10 +104,6 @@ BOUNDS_COLUMNS = {
                "(median of the repeats)",
     "binding": "the limit that sets the bound",
     "x_bound": "the measured time over the bound, median of the repeats (1 = as fast as this machine allows)",
-    "predicted_s": "a time, not a floor: the same limits combined by one stated model with no fitted constant (a "
-                   "save's storage work, then its CPU work over the cores; a load's reads and CPU work over the cores "
-                   "together, never faster than the disk's read; `llama_ckpt.results.bounds.predict`)",
-    "x_predicted": "the median time over the median prediction (above 1: slower than predicted)",
 }
 
 
@@ -141,16 +134,6 @@ def bounds_findings(rows: list[dict], profile: MachineProfile | dict | None,
                    f"**{b[f'{step}_binding']}** ({b[f'{step}_bound_s']:.3g} s; it takes {b[f'{step}_x_bound']:.2f}x "
                    f"that). Binding limits over the {len(col)} approaches: "
                    + ", ".join(f"{k} {v}" for k, v in counts.items()) + ".")
-        pred = t[f"{step}_x_predicted"].dropna().astype(float)
-        if not pred.empty:
-            near = pred[(pred - 1).abs() <= bounds.PREDICTION_TOLERANCE]
-            off = pred.drop(near.index).sort_values()
-            tol = bounds.PREDICTION_TOLERANCE
-            out.append(f"  Predicted from the profile and the counted work (one model for every approach): "
-                       f"{len(near)} of {len(pred)} within {tol:.0%} of their prediction (measured over predicted "
-                       f"{1 - tol:.2f}x-{1 + tol:.2f}x)"
-                       + (". Off by more (below 1: faster than predicted; above 1: slower): "
-                          + ", ".join(f"`{n}` {x:.2f}x" for n, x in off.items()) if len(off) else "") + ".")
         far = col[col[f"{step}_x_bound"].astype(float) >= 3].sort_values(f"{step}_x_bound", ascending=False)
         if not far.empty:
             out.append("  At 3x their bound or more (time that no counted limit explains: waiting, or limits taken "

@@ -15,18 +15,10 @@ over the bound its **share** (1: as fast as this machine allows; 3: a third
 of the time goes to the binding limit, the rest to waiting, to work no
 limit counts, or to limits taken one after another instead of together).
 
-The **prediction** (:func:`predict`) is a time, not a floor: the same
-limits, combined by one stated model that knows nothing of the format and
-has no constant fitted to any measurement. A save's storage work (its bytes
-at the best durable write rate, then its files one after another) is
-followed by its CPU work spread over the cores. A load's reads and CPU work
-are spread over the cores together, and it cannot beat the disk's read. The
-counted work comes from the timed save or load itself, so the model says
-how the parts combine, not what a save costs before it runs. Its error
-(measured over predicted; above 1: slower than predicted) says how far a
-figure is from what the profile and the counted work say; checked in a
-second state of the machine (``run --disk-cap``: a slower disk, everything
-else the same), it says whether the same model still holds.
+A time prediction is not made here: a row's own counted work says how long
+that row took, not how long another would. The work model
+(:mod:`llama_ckpt.results.work`, docs/decisions.md#work-model) predicts from
+an approach's cost card, taken in one state, for another state or machine.
 """
 
 from __future__ import annotations
@@ -36,7 +28,7 @@ import statistics
 from .profile import MachineProfile, as_profile, median
 
 PAGE = 4096  # a minor fault's bytes for a profile that did not record its machine's page size (before it did)
-PREDICTION_TOLERANCE = 0.25  # a prediction holds when the measured median is within this share of it
+PREDICTION_TOLERANCE = 0.25  # a prediction (results.work) holds when the measured median is within this share of it
 
 # limit -> what it counts, for the tables' legend
 LIMITS = {
@@ -115,39 +107,13 @@ def bound(row: dict, step: str, profile: Profile) -> tuple[float | None, str | N
     return _bound(limits(row, step, profile))
 
 
-def predict(row: dict, step: str, profile: Profile) -> float | None:
-    """The predicted seconds of ``row``'s ``step`` work on ``profile``'s machine
-    (see the module's text; None where a limit it needs is unknown)::
-
-        save: disk write + files + CPU seconds / cores
-        load: max(disk read, (disk read + CPU seconds) / cores)
-
-    Why this form: docs/decisions.md#prediction-model
-    """
-    return _predict(limits(row, step, profile), step, as_profile(profile))
-
-
-def _predict(lim: dict[str, float], step: str, profile: MachineProfile | None) -> float | None:
-    if "CPU" not in lim:
-        return None
-    cores = profile.cores
-    if step == "save":
-        if "disk write" not in lim:
-            return None
-        return lim["disk write"] + lim.get("files", 0.0) + lim["CPU"]
-    if "disk read" not in lim:
-        return None
-    return max(lim["disk read"], (lim["disk read"] + lim["CPU"] * cores) / cores)
-
-
 def approach_bounds(rows: list[dict], step: str, profile: Profile) -> dict | None:
     """One approach's rows: the median measured time, the median bound, the
     limit that binds most often (ties: the larger median), the median share
-    (time / bound), every limit's median seconds, the median prediction and
-    the measured median over it (``x_predicted``)."""
+    (time / bound) and every limit's median seconds."""
     profile = as_profile(profile)
     each = [(r[f"{step}_s"], limits(r, step, profile)) for r in rows if r.get(f"{step}_s") and r.get("verified")]
-    got = [(t, *_bound(lim), lim, _predict(lim, step, profile)) for t, lim in each]
+    got = [(t, *_bound(lim), lim) for t, lim in each]
     got = [g for g in got if g[1]]
     if not got:
         return None
@@ -155,8 +121,6 @@ def approach_bounds(rows: list[dict], step: str, profile: Profile) -> dict | Non
     every = {k: statistics.median(g[3][k] for g in got if k in g[3]) for k in LIMITS if any(k in g[3] for g in got)}
     binding = max(set(names), key=lambda n: (names.count(n), every.get(n, 0)))
     time_s = statistics.median(g[0] for g in got)
-    pred = [g[4] for g in got if g[4]]
-    predicted = statistics.median(pred) if pred else None
     return {"time_s": time_s, "bound_s": statistics.median(g[1] for g in got),
             "binding": binding, "share": statistics.median(g[0] / g[1] for g in got), "limits_s": every,
-            "predicted_s": predicted, "x_predicted": time_s / predicted if predicted else None, "n": len(got)}
+            "n": len(got)}
