@@ -128,7 +128,14 @@ def test_cpu_and_system_calls_of_each_save_and_load_are_recorded(tiny_run):
     for r in rows:
         assert set(r["cpu_io_save"]) == set(r["cpu_io_load"]) == {
             "user_s", "sys_s", "read_calls", "read_bytes", "write_calls", "write_bytes", "minor_faults",
-            "major_faults", "storage_read_bytes", "storage_write_bytes"}
+            "major_faults", "storage_read_bytes", "storage_write_bytes", "fsync_calls"}
+        assert r["cpu_io_load"]["fsync_calls"] == 0  # a load syncs nothing
+    # every save syncs its file (or files) and the suite's manifest and marker through Python; TensorStore's
+    # own fsyncs (native) are added by its policy, OCDBT's are not stated
+    assert by["safetensors"]["fsyncs_save"] == by["safetensors"]["cpu_io_save"]["fsync_calls"] >= 3
+    assert by["ts+best"]["fsyncs_save"] is None
+    ts = by["tensorstore"]
+    assert ts["fsyncs_save"] == ts["cpu_io_save"]["fsync_calls"] + 2 * (ts["n_files"] - 2)
     # written with write calls: every byte of the file passes through them, and reaches storage
     for n in ("pytorch-fp32", "safetensors", "ts+best", "tensorizer"):
         assert by[n]["cpu_io_save"]["write_bytes"] >= by[n]["bytes_apparent"] * 0.99, n
