@@ -16,6 +16,7 @@ import os
 import sys
 from pathlib import Path
 
+from . import fsutil
 from .bench import cluster, machine, measure, scaffold
 from .bench.ranks import RankFailed
 from .errors import UserError
@@ -371,6 +372,7 @@ def _compare_parser(sub) -> None:
     s.add_argument("--reference", default="pytorch", help="second approach to compare against (default: pytorch)")
     s.set_defaults(func=cmd_compare)
 
+
 def cmd_profile(args) -> int:
     where = Path(args.dir)
     if not where.is_dir():
@@ -378,10 +380,14 @@ def cmd_profile(args) -> int:
     out = Path(args.out)
     if not out.parent.is_dir():
         raise UserError(f"--out {out}: no such directory {out.parent}")
-    got = machine.profile(where, get_model(args.model).nbytes, print)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(got.to_dict(), indent=1))
-    os.replace(tmp, out)
+    try:
+        with fsutil.machine_lock(where):  # a profile beside a run would measure it, and it this
+            got = machine.profile(where, get_model(args.model).nbytes, print)
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(json.dumps(got.to_dict(), indent=1))
+        os.replace(tmp, out)
+    except OSError as exc:  # a full disk, a directory it may not write
+        raise UserError(f"profile of {where}: {exc.strerror or exc} ({exc.filename or where})") from None
     for name, why in (got.not_measured or {}).items():
         print(f"not measured: {name}: {why}")
     print(f"machine profile of {where} ({got.fs_type}, {got.cores} cores) in {got.profile_s:.0f} s -> {out}")
@@ -395,7 +401,7 @@ def cmd_predict(args) -> int:
     prof_path = Path(args.profile)
     try:
         prof = MachineProfile.read(prof_path)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, AttributeError) as exc:
         raise UserError(f"--profile {prof_path}: not a machine profile ({exc})") from None
     if prof is None:
         raise UserError(f"--profile {prof_path}: no such file")
