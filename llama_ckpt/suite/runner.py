@@ -153,7 +153,10 @@ def _run_phases(phases, params: dict, summary: bool, rdir: Path, sets: dict) -> 
         if phase_complete(out_dir, run_id, p.slug) and notebook_ran_clean(out_nb):
             print(f"[{i}/{len(phases)}] {p.slug}: complete in run {run_id}, skipped", flush=True)
             continue
-        size = kind_of(p.id, repeats=params["REPEATS"], run_id=run_id).size()
+        kind = kind_of(p.id, repeats=params["REPEATS"], run_id=run_id)
+        # the phase's own parameters set with --set, where the notebook passes them on by their lower-case name
+        own = {k.lower(): v for k, v in sets.get(p.slug, {}).items() if k.lower() in kind.own}
+        size = kind_of(p.id, repeats=params["REPEATS"], run_id=run_id, **own).size() if own else kind.size()
         print(f"[{i}/{len(phases)}] {p.slug}: {p.title}: {size} on {model}", flush=True)
         t0 = time.perf_counter()
         execute(p.slug, out_nb, {**params, **sets.get(p.slug, {})})
