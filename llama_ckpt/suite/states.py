@@ -96,6 +96,7 @@ def measure(state: State, approaches: list[str], model: str, repeats: int, rdir:
     path.parent.mkdir(parents=True, exist_ok=True)
     if aside := runs.set_aside(path):
         say(f"{state.name}: an interrupted try's rows were moved to {aside}")
+    remove_leftovers(run_id)  # a killed try's checkpoints in memory
     cmd = command(state, approaches, model, repeats, rdir, run_id, prepare)
     say(f"{state.name}: {state.what}")
     last = []
@@ -107,8 +108,7 @@ def measure(state: State, approaches: list[str], model: str, repeats: int, rdir:
                     say(f"  [{state.name}] {line.rstrip()}")
         code = proc.returncode
     finally:
-        if state.name == "no-disk":
-            fsutil.remove(memory_out(run_id))
+        remove_leftovers(run_id)
     if code not in (0, 1) or not path.is_file():  # 1: it ran, and some row did not verify (its rows say which)
         return next((x for x in reversed(last) if x), f"exit {code}")
     return None
@@ -130,6 +130,7 @@ def done(rdir: Path, state: State) -> bool:
 
 
 def remove_leftovers(run_id: str) -> None:
-    """The no-disk state's tmpfs directory, where a killed run left it."""
+    """The no-disk state's directory in memory (its checkpoints hold memory until removed), after its run or
+    where a killed try left it."""
     if memory_out(run_id).exists():
         shutil.rmtree(memory_out(run_id), ignore_errors=True)
