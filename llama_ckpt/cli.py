@@ -380,13 +380,16 @@ def cmd_profile(args) -> int:
     out = Path(args.out)
     if not out.parent.is_dir():
         raise UserError(f"--out {out}: no such directory {out.parent}")
+    if out.is_dir():
+        raise UserError(f"--out {out}: a directory; give the profile's file")
+    tmp = out.with_name(out.name + ".tmp")
     try:
         with fsutil.machine_lock(where):  # a profile beside a run would measure it, and it this
             got = machine.profile(where, get_model(args.model).nbytes, print)
-        tmp = out.with_name(out.name + ".tmp")
         tmp.write_text(json.dumps(got.to_dict(), indent=1))
         os.replace(tmp, out)
     except OSError as exc:  # a full disk, a directory it may not write
+        tmp.unlink(missing_ok=True)
         raise UserError(f"profile of {where}: {exc.strerror or exc} ({exc.filename or where})") from None
     for name, why in (got.not_measured or {}).items():
         print(f"not measured: {name}: {why}")
@@ -401,14 +404,26 @@ def cmd_predict(args) -> int:
     prof_path = Path(args.profile)
     try:
         prof = MachineProfile.read(prof_path)
-    except (ValueError, TypeError, AttributeError) as exc:
+    except (ValueError, TypeError, AttributeError, KeyError) as exc:
         raise UserError(f"--profile {prof_path}: not a machine profile ({exc})") from None
     if prof is None:
         raise UserError(f"--profile {prof_path}: no such file")
     source = get_model(args.model) if args.model else None
-    preds = [work.predict(c, prof, work.payload_of(source, c) if source else c.payload_bytes) for c in cards]
+
+    def payload(c) -> int:  # as the approach's rows count it (its edge chunks too), else from the card's dtype
+        if source is None:
+            return c.payload_bytes
+        if c.approach in APPROACHES:
+            return sum(APPROACHES[c.approach].payload_bytes(s) for s in source.specs)
+        return work.payload_of(source, c)
+    preds = [work.predict(c, prof, payload(c)) for c in cards]
+    if not any(preds):
+        raise UserError(f"--profile {prof_path}: it lacks the rates the model needs (the page-cache write, the "
+                        "fresh-memory fill, the disk, a file's create and an fsync): measure it with `profile`")
     if args.json:
-        print(json.dumps([dataclasses.asdict(p) for p in preds if p], indent=1))
+        print(json.dumps([dataclasses.asdict(p) if p else {"approach": c.approach, "step": c.step,
+                                                           "seconds": None, "why": "a rate the model needs"}
+                          for c, p in zip(cards, preds)], indent=1))
         return 0
     print(work.prediction_text(cards, preds))
     return 0

@@ -90,6 +90,15 @@ def test_a_prediction_is_the_frozen_form_from_a_card_file_and_a_profile_file_alo
     assert got["load"]["seconds"] == pytest.approx(0.5 + 1.0)
     text = cli_here("predict", "--cards", str(path), "--profile", str(target))
     assert text.returncode == 0 and "fmt" in text.stdout and "own CPU s" in text.stdout
+    # on 8 cores the CPU work spreads over the cores the card's state saw it use (parallel), not over all 8
+    wide = tmp_path / "wide.json"
+    wide.write_text(json.dumps(_profile(8, 5e8).to_dict()))
+    got = {p["step"]: p for p in json.loads(cli_here("predict", "--cards", str(path), "--profile", str(wide),
+                                                      "--json").stdout)}
+    assert got["save"]["seconds"] == pytest.approx(1.0 / save.parallel + 2.0 + 0.001 + 0.02)
+    # a profile from before the suite measured a file's create and an fsync apart cannot predict a save
+    old = _profile(1, 5e8).to_dict() | {"file_creates_per_s": None, "fsyncs_per_s": None}
+    assert work.predict(save, old, 10**9) is None and work.predict(cards[1], old, 10**9) is not None
 
 
 def test_a_card_takes_nothing_from_the_state_it_predicts():
@@ -112,3 +121,10 @@ def test_profile_writes_a_profile_and_predict_rejects_bad_input(tmp_path):
     assert_one_line_error(cli_here("predict", "--cards", str(tmp_path / "none.json"), "--profile", str(out)),
                           "no such file")
     assert_one_line_error(cli_here("predict", "--cards", str(out), "--profile", str(out)), "not a cost-card file")
+    cards = tmp_path / "cards.json"
+    work.write_cards(cards, work.cards([_row()], _profile(4, 1e9)), _profile(4, 1e9), "r")
+    assert_one_line_error(cli_here("predict", "--cards", str(cards), "--profile", str(cards)), "lacks the rates")
+    broken = json.loads(cards.read_text())
+    del broken["cards"][0]["own_cpu_per_B"]
+    cards.write_text(json.dumps(broken))
+    assert_one_line_error(cli_here("predict", "--cards", str(cards), "--profile", str(out)), "not a cost-card file")

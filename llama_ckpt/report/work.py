@@ -90,6 +90,7 @@ def check_table(cards: list, rows: list[dict], profile: MachineProfile | None) -
     df = pd.DataFrame.from_records(got)
     if df.empty:
         return df
+    df["error"] = pd.to_numeric(df["error"])  # None (no prediction: a rate missing) as NaN, never "within"
     df["within"] = df["error"].abs() <= work.TOLERANCE
     return df.set_index(["approach", "step"])
 

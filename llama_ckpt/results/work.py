@@ -62,15 +62,20 @@ class Card:
         return cls(**{f.name: d.get(f.name) for f in fields(cls)})
 
 
+# the fields a card must have for a prediction
+NEEDED = ("approach", "step", "payload_bytes", "call_per_B", "fault_per_B", "storage_per_B", "own_cpu_per_B",
+          "parallel")
+
+
 def _page(profile: MachineProfile) -> int:
     return profile.page_bytes or PAGE
 
 
 def disk_Bps(profile: MachineProfile, step: str) -> float | None:
     """The model's disk rate for ``step``: a save's, the median durable write after a removal (the state a
-    repeat saves in; the best durable write where that was not measured); a load's, the disk reference's median
-    cold read. On a file system held in memory (tmpfs) there is no disk: infinite (its writes and reads are the
-    page-cache copies the CPU term counts)."""
+    repeat saves in; the best durable write where that was not measured); a load's, the disk reference's read
+    (the median of its faster way, one stream or its threads). On a file system held in memory (tmpfs) there
+    is no disk: infinite (its writes and reads are the page-cache copies the CPU term counts)."""
     if profile.fs_type in MEMORY_FS:
         return math.inf
     if step == "save":
@@ -94,8 +99,10 @@ def _io_seconds(per_B: dict, profile: MachineProfile, step: str) -> dict[str, fl
     out = {"disk": per_B["storage"] / disk}
     if step == "save":
         creates, syncs = median(profile.file_creates_per_s), median(profile.fsyncs_per_s)
-        out["files"] = per_B["files"] / creates if creates and per_B.get("files") else 0.0
-        out["fsyncs"] = per_B["fsyncs"] / syncs if syncs and per_B.get("fsyncs") else 0.0
+        if (per_B.get("files") and not creates) or (per_B.get("fsyncs") and not syncs):
+            return None  # a profile from before the suite measured a file's create and an fsync apart
+        out["files"] = per_B["files"] / creates if per_B.get("files") else 0.0
+        out["fsyncs"] = per_B["fsyncs"] / syncs if per_B.get("fsyncs") else 0.0
     return out
 
 
@@ -122,9 +129,11 @@ def card_of(rows: list[dict], step: str, profile: MachineProfile | dict) -> Card
     """One approach's card for ``step`` from its verified single-process rows measured on ``profile``'s machine;
     None where no row counted its work or the profile lacks a rate the card needs."""
     prof = as_profile(profile)
+    if prof is None:
+        return None
     rows = [r for r in rows if is_valid(r) and not r.get("world_size")]
     got = [g for g in (_row_per_B(r, step, _page(prof)) for r in rows) if g]
-    if not got or prof is None:
+    if not got:
         return None
     per_B = {k: _med([g[k] for g in got]) for k in got[0]}
     if step == "save" and any(g["fsyncs"] is None for g in got):
@@ -169,6 +178,8 @@ def predict(card: Card, profile: MachineProfile | dict, payload_bytes: int) -> P
     """``card``'s step on ``profile``'s machine at ``payload_bytes`` (docs/decisions.md#work-model); None where
     the profile lacks a rate the model needs."""
     prof = as_profile(profile)
+    if prof is None:
+        return None
     per_B = {"call": card.call_per_B, "fault": card.fault_per_B, "storage": card.storage_per_B,
              "files": card.files_per_B, "fsyncs": card.fsyncs_per_B}
     parts, io = _cpu_parts(per_B, prof), _io_seconds(per_B, prof, card.step)
@@ -201,8 +212,11 @@ def read_cards(paths: list[Path]) -> tuple[list[Card], MachineProfile | None]:
     if len(paths) == 1 and paths[0].suffix == ".json":
         try:
             d = json.loads(paths[0].read_text())
-            return [Card.from_dict(c) for c in d["cards"]], MachineProfile.from_dict(d["profile"])
-        except (ValueError, KeyError, TypeError) as exc:
+            got = [Card.from_dict(c) for c in d["cards"]]
+            if bad := [f"{c.approach} {c.step}" for c in got if any(getattr(c, k) is None for k in NEEDED)]:
+                raise ValueError(f"cards without {', '.join(NEEDED)}: {', '.join(bad)}")
+            return got, MachineProfile.from_dict(d["profile"])
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise UserError(f"cards {paths[0]}: not a cost-card file ({exc})") from None
     loaded = read_results(paths)
     prof = next((MachineProfile.of_env(e) for e in loaded.environments if e.get("machine")), None)
@@ -240,7 +254,8 @@ def check(got: list[Card], rows: list[dict], profile: MachineProfile | dict) -> 
 
 def payload_of(source, card: Card) -> int:
     """The payload bytes of model ``source`` (a :class:`~llama_ckpt.model.ModelSource`) stored as ``card``'s
-    approach stores it: every floating tensor in the card's stored dtype, the rest as they are."""
+    approach stores it, as far as the card says: every floating tensor in the card's stored dtype, the rest as
+    they are (a registered approach's own count, ``Format.payload_bytes``, also pads edge chunks: the CLI uses it)."""
     import torch
 
     dtype = getattr(torch, card.stored_dtype or "", None)

@@ -102,10 +102,19 @@ def measure(state: State, approaches: list[str], model: str, repeats: int, rdir:
     last = []
     try:
         with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
-            for line in proc.stdout:
-                last = (last + [line.rstrip()])[-3:]
-                if ROW_LINE.match(line) or line.startswith(("run ", "skipped", "before each", "machine profile")):
-                    say(f"  [{state.name}] {line.rstrip()}")
+            try:
+                for line in proc.stdout:
+                    last = (last + [line.rstrip()])[-3:]
+                    if ROW_LINE.match(line) or line.startswith(("run ", "skipped", "before each", "machine profile")):
+                        say(f"  [{state.name}] {line.rstrip()}")
+            except BaseException:  # interrupted: the state's run stops with it, before its files are removed
+                proc.terminate()
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+                raise
         code = proc.returncode
     finally:
         remove_leftovers(run_id)
