@@ -14,11 +14,13 @@ LAB_IP ?= 127.0.0.1## address make lab listens on (0.0.0.0 to reach it from outs
 LAB_PORT ?= 8888## port of make lab
 RUN_ID ?=## run id, the same id resumes a run; empty: a new one (summary: the latest)
 PREPARE ?= drop-caches## what a run may do to the machine before each save, as root: drop-caches (the whole page cache), trim (fstrim of the checkpoints' disk), both comma-separated, or none
+OTHER_WEIGHTS ?= 0## 1: also the compression and float16 claims on the preset's other weights (4c, 4d, 08)
 SET ?=## phase notebooks' own parameters, space-separated PHASE.NAME=VALUE, e.g. "08.CLAIMS_BUDGET_S=120"
 
 SUITE = $(PY) -m llama_ckpt suite --model $(MODEL) $(if $(MODEL_PATH),--model-path "$(MODEL_PATH)") \
 	--repeats $(REPEATS) --out "$(OUT)" $(if $(RUN_ID),--run-id "$(RUN_ID)") $(if $(filter 1 yes true,$(KEEP)),--keep) \
-	--prepare "$(PREPARE)" $(foreach s,$(SET),--set '$(s)')
+	--prepare "$(PREPARE)" $(foreach s,$(SET),--set '$(s)') \
+	$(if $(filter 1 yes true,$(OTHER_WEIGHTS)),$(foreach p,4c 4d 08,--set $(p).OTHER_WEIGHTS=true))
 PHASES := 00 4a 4b 4c 4d 4e 4f 05 06 07 08 09
 
 # phase-00 ... phase-08 are not .PHONY: make skips pattern rules for phony targets, and `make phase-4b` then
@@ -29,7 +31,7 @@ help: ## list the targets and options
 	@echo "targets:"
 	@grep -E '^[a-zA-Z0-9_%-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  make %-12s %s\n", $$1, $$2}'
 	@echo "options (make TARGET NAME=value):"
-	@grep -E '^[A-Z0-9_]+ \?=.*## ' $(MAKEFILE_LIST) | sed -E 's/ \?= ?([^#]*)## /\t\1\t/' | awk -F'\t' '{printf "  %-10s %s (default: %s)\n", $$1, $$3, ($$2 == "" ? "none" : $$2)}'
+	@grep -E '^[A-Z0-9_]+ \?=.*## ' $(MAKEFILE_LIST) | sed -E 's/ \?= ?([^#]*)## /\t\1\t/' | awk -F'\t' '{printf "  %-14s %s (default: %s)\n", $$1, $$3, ($$2 == "" ? "none" : $$2)}'
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON_SYS) -m venv $(VENV)

@@ -30,12 +30,15 @@ def suite_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("suite")
     # The same run with two of its bounds lower: 4e's cloud section at a shorter added round trip than the
     # default's 20 ms (the same path, less waiting), and 08's rounds capped at one beyond the rule's minimum
-    # (on tiny, timings too short to decide a claim took them to the cap of 12)
+    # (on tiny, timings too short to decide a claim took them to the cap of 12); and two parts the default run
+    # leaves out, cheap on tiny: the other weights of 4c and 4d (08 takes them up from the run's rows) and 09's
+    # one-core state (test_the_other_weights_are_left_out_unless_asked covers the default)
     r = subprocess.run([sys.executable, "-m", "llama_ckpt", "suite", "--model", "tiny", "--repeats", "1",
                         "--out", str(out), "--run-id", RUN, "--set", f"4e.CLOUD_DELAYS_MS={list(SMOKE_DELAYS_MS)}",
                         "--set", f"08.CLAIMS_CAP={SMOKE_CLAIMS_CAP}",
-                        "--set", f"08.CLAIMS_BUDGET_S={SMOKE_CLAIMS_BUDGET_S}"], capture_output=True, text=True,
-                       timeout=1800)
+                        "--set", f"08.CLAIMS_BUDGET_S={SMOKE_CLAIMS_BUDGET_S}",
+                        "--set", "4c.OTHER_WEIGHTS=true", "--set", "4d.OTHER_WEIGHTS=true",
+                        "--set", "09.STATES=one-core,no-disk"], capture_output=True, text=True, timeout=1800)
     return out, r
 
 
@@ -89,6 +92,11 @@ def test_each_phase_wrote_its_result_rows(suite_run, phase):
         every = read_results(sorted((out / "runs" / RUN / "results").glob("*.jsonl"))).measurements
         counts = Counter((r["model"], r["approach"]) for r in every if r["approach"] in GUIDE_EIGHT)
         assert counts and max(counts.values()) <= SMOKE_CLAIMS_CAP
+        # the other weights, measured by 4c and 4d, were judged here too, with repeats to the rule's minimum
+        from llama_ckpt.study.claims import MIN_REPEATS
+
+        assert {r["weights"] for r in loaded.measurements} == {"float16-origin", "float32"}
+        assert all(counts[("tiny:float32", n)] >= MIN_REPEATS for n in ("tensorstore", "ts+compression"))
         assert {r["approach"] for r in loaded.measurements} <= set(GUIDE_EIGHT)
     else:  # every approach of the phase, measured here or shared from a phase before it in the run
         res = run(phase.id, model="tiny", repeats=1, out_dir=out, run_id=RUN, say=lambda s: None)
@@ -307,6 +315,11 @@ def test_the_notebooks_parameter_defaults_are_the_packages():
 
     assert (d["LOOPS"], d["CPU_SAVERS"], d["OPTIMIZER_STATE"], d["HOST_SLICE"]) == (
         ",".join(LOOPS), ",".join(CPU_SAVERS), True, HOST_SLICE)
+    from llama_ckpt.suite.kinds import Claims
+
+    assert defaults("08-claims")["OTHER_WEIGHTS"] is Claims.own["other_weights"] is False
+    for slug in ("4c-compression", "4d-float16"):  # the other weights: off in the default run, like 08's
+        assert defaults(slug)["OTHER_WEIGHTS"] is False
     d = defaults("4e-ocdbt")
     assert tuple(map(float, d["CLOUD_DELAYS_MS"])) == phases.CLOUD_DELAYS_MS and d["CLOUD_MODEL"] == phases.CLOUD_MODEL
     d = defaults("09-work-model")
@@ -338,3 +351,22 @@ def test_the_work_model_phase_kept_cards_and_checked_its_states(suite_run):
                                         for r in mem.measurements)
         assert mem.environments[0]["machine"]["fs_type"] in fsutil.MEMORY_FS
         assert "No disk" in text and not states.memory_out(RUN).exists()  # its tmpfs directory removed
+
+
+def test_the_other_weights_are_left_out_unless_asked(tmp_path):
+    """The default run's cut: 4d measures its pair on the run's weights only, its end record says why there are
+    no rows on the other kind (as its notebook shows), and 08 judges the other kind only when asked or when the
+    run has rows of it. A phase without a pair for both kinds refuses the switch."""
+    from llama_ckpt.errors import UserError
+    from llama_ckpt.report import tables
+    from llama_ckpt.suite.kinds import OTHER_NOT_ASKED, kind_of
+
+    res = run("4d", model="tiny", repeats=1, out_dir=tmp_path, run_id="w", say=lambda s: None)
+    assert res.rows and res.other == [] and {r["weights"] for r in res.rows} == {"float16-origin"}
+    assert tables.other_weights_absent(res) == f"Not measured: {OTHER_NOT_ASKED}."
+    assert phase_complete(tmp_path, "w", "4d-float16")  # both of its end records
+    kinds = lambda **kw: [s.name for s, _n in kind_of("08", model="tiny", out_dir=tmp_path, run_id="w",
+                                                     **kw)._kinds()]
+    assert kinds() == ["tiny"] and kinds(other_weights=True) == ["tiny", "tiny:float32"]
+    with pytest.raises(UserError, match="takes no parameter other_weights"):
+        kind_of("4a", other_weights=True)

@@ -10,7 +10,7 @@ import statistics
 
 import pandas as pd
 
-from ..results import Stat, change, fmt_bytes, is_valid, spread, summarize
+from ..results import Stat, change, fmt_bytes, is_valid, read_results, spread, summarize
 from ..results.profile import disk_rates
 from ..results.text import BASELINE
 from ..store.s3 import request_total
@@ -82,6 +82,13 @@ def order(rows: list[dict], axis: str | None = None) -> list[str]:
     if all(v is None for v in values.values()):
         return names
     return sorted(names, key=lambda a: (values[a] is None, values[a] or 0.0))
+
+
+def other_weights_absent(result) -> str:
+    """Why a phase with a pair on both kinds of weights (4c, 4d) has no rows on the other kind: its end
+    record's ``skipped`` (not asked, or real weights)."""
+    why = next((e["skipped"] for e in read_results([result.results_path]).ends if e.get("skipped")), None)
+    return f"Not measured: {why or 'this run has no rows on the other weights'}."
 
 
 def table(rows: list[dict], baseline: str = BASELINE, axis: str | None = None) -> pd.DataFrame:

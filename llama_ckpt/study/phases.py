@@ -125,9 +125,10 @@ CLAIMS_PROTOCOL = (
     f"threshold with that many repeats. The first round brings every such approach to {MIN_REPEATS} repeats, the "
     "rule's minimum, whatever it costs; the rounds beyond it stop when they have measured for `CLAIMS_BUDGET_S` "
     "seconds (a claim left undecided there reads inconclusive at the repeats it had, and the findings say so). "
-    "The compression and float16 claims (3 and 4) are judged on both kinds of weights: float16-origin (the "
-    "default: the preset's values rounded to float16, as a float32 copy of the published model holds them) and "
-    "full float32 mantissas. Each save and load is timed as in every phase "
+    "The run's weights are float16-origin by default (the preset's values rounded to float16, as a float32 copy "
+    "of the published model holds them); with `OTHER_WEIGHTS` (`make run-all OTHER_WEIGHTS=1`) the compression "
+    "and float16 claims (3 and 4) are also measured and judged on full float32 mantissas. Each save and load is "
+    "timed as in every phase "
     "(durable saves, cold loads, every load verified).")
 
 TRAINING_PROTOCOL = (

@@ -35,6 +35,10 @@ from ..study.phases import (CLAIMS, CLAIMS_BUDGET_S, CLAIMS_CAP, CLAIMS_STEP, CL
 from . import states as machine_states
 
 
+OTHER_NOT_ASKED = ("the other weights were not asked for (`OTHER_WEIGHTS` off: `make run-all OTHER_WEIGHTS=1` "
+                   "measures them; the default run's cut, docs/decisions.md#run-all-time)")
+
+
 @dataclass
 class PhaseResult:
     phase: Phase
@@ -137,19 +141,26 @@ class Kind:
 class Compare(Kind):
     """Approaches compared at the run's repeats (a configuration another phase
     of the run measured is shared, not measured again), the sweep's points,
-    and ``both_weights`` again on the preset's other weights."""
+    and, when asked (``other_weights``), ``both_weights`` again on the
+    preset's other weights."""
+
+    def __init__(self, phase: Phase, **kw):
+        if phase.both_weights:  # only a phase with a pair to measure on both kinds takes the switch
+            self.own = {**self.own, "other_weights": False}
+        super().__init__(phase, **kw)
 
     def measure(self) -> PhaseResult:
         source, apps = self.source(), self.approaches()
         env, rows = self._shared(apps, source)
-        other, other_rows = other_weights(source) if self.phase.both_weights else None, []
+        asked = bool(self.phase.both_weights and self.params["other_weights"])
+        other, other_rows = other_weights(source) if asked else None, []
         if other is not None:
             self.say(f"{', '.join(self.phase.both_weights)} again on the {other.weights} weights ({other.name}), "
                      f"for the claims {', '.join(map(str, self.phase.claims))} on both kinds of weights")
             _e, other_rows = self._shared([APPROACHES[n] for n in self.phase.both_weights], other, reference=False)
-        elif self.phase.both_weights:  # real weights: there is no other kind; the end record says so
+        elif self.phase.both_weights:  # not asked, or real weights (no other kind): the end record says which
             scaffold.RunLog(self.rpath, self.run_id, 0, lambda r: None).end(
-                True, skipped="real weights (MODEL_PATH): one kind only")
+                True, skipped=OTHER_NOT_ASKED if not asked else "real weights (MODEL_PATH): one kind only")
         return self.result(runs.in_order(rows, source.name, apps), env,
                            other=runs.in_order(other_rows, other.name, apps) if other is not None else [],
                            sustained=read_results([self.rpath]).sustained if self.phase.sustained else [])
@@ -287,9 +298,10 @@ class Claims(Kind):
     ``MIN_REPEATS`` (the rule's minimum, never cut short), then ``step`` more
     a round (never beyond ``cap`` of any; none of these starts after
     ``budget_s`` seconds of them), and judge again. Claims 3 and 4 are
-    judged, and given repeats, on both kinds of weights."""
+    judged, and given repeats, on the other kind of weights too where the
+    run has rows on them or ``other_weights`` asks."""
 
-    own = {"cap": CLAIMS_CAP, "step": CLAIMS_STEP, "budget_s": CLAIMS_BUDGET_S}
+    own = {"cap": CLAIMS_CAP, "step": CLAIMS_STEP, "budget_s": CLAIMS_BUDGET_S, "other_weights": False}
     keeps = False
 
     def approaches(self) -> list[Format]:
@@ -299,8 +311,13 @@ class Claims(Kind):
         return "more repeats of what leaves a claim undecided"
 
     def _kinds(self) -> list[tuple[ModelSource, tuple[int, ...] | None]]:
+        """The run's weights, and the preset's other weights when asked (``other_weights``) or when another
+        phase of the run measured rows on them (4c's or 4d's ``other_weights``)."""
         source = self.source()
         other = other_weights(source)
+        if other is not None and not (self.params["other_weights"]
+                                      or runs.guide_rows(self.out_dir, self.run_id, other.name)):
+            other = None
         return [(source, None)] + ([(other, OTHER_WEIGHTS_CLAIMS)] if other is not None else [])
 
     def _result(self, rounds: list[dict], reused: bool, stopped: str | None) -> PhaseResult:
@@ -437,7 +454,7 @@ class WorkModel(Compare):
     """The approaches in the default state (shared from the run's other phases where they measured them: the
     cost cards' rows), then each of ``states`` by a run of its own (:mod:`llama_ckpt.suite.states`)."""
 
-    own = {"states": "one-core,no-disk", "approaches": "main"}
+    own = {"states": "no-disk", "approaches": "main"}
     reads_model_path = False
 
     def approaches(self) -> list[Format]:
