@@ -30,15 +30,15 @@ def suite_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("suite")
     # The same run with two of its bounds lower: 4e's cloud section at a shorter added round trip than the
     # default's 20 ms (the same path, less waiting), and 08's rounds capped at one beyond the rule's minimum
-    # (on tiny, timings too short to decide a claim took them to the cap of 12); and two parts the default run
-    # leaves out, cheap on tiny: the other weights of 4c and 4d (08 takes them up from the run's rows) and 09's
-    # one-core state (test_the_other_weights_are_left_out_unless_asked covers the default)
+    # (on tiny, timings too short to decide a claim took them to the cap of 12); and what the default run leaves
+    # out, cheap on tiny: 4c's and 4d's pairs on the other weights, which 08 takes up from the run's rows (the
+    # default, without them: test_the_other_weights_are_left_out_unless_asked)
     r = subprocess.run([sys.executable, "-m", "llama_ckpt", "suite", "--model", "tiny", "--repeats", "1",
                         "--out", str(out), "--run-id", RUN, "--set", f"4e.CLOUD_DELAYS_MS={list(SMOKE_DELAYS_MS)}",
                         "--set", f"08.CLAIMS_CAP={SMOKE_CLAIMS_CAP}",
                         "--set", f"08.CLAIMS_BUDGET_S={SMOKE_CLAIMS_BUDGET_S}",
-                        "--set", "4c.OTHER_WEIGHTS=true", "--set", "4d.OTHER_WEIGHTS=true",
-                        "--set", "09.STATES=one-core,no-disk"], capture_output=True, text=True, timeout=1800)
+                        "--set", "4c.OTHER_WEIGHTS=true", "--set", "4d.OTHER_WEIGHTS=true"],
+                       capture_output=True, text=True, timeout=1800)
     return out, r
 
 
@@ -313,8 +313,10 @@ def test_the_notebooks_parameter_defaults_are_the_packages():
     from llama_ckpt.bench.savers import CPU_SAVERS
     from llama_ckpt.bench.training import HOST_SLICE, LOOPS
 
-    assert (d["LOOPS"], d["CPU_SAVERS"], d["OPTIMIZER_STATE"], d["HOST_SLICE"]) == (
-        ",".join(LOOPS), ",".join(CPU_SAVERS), True, HOST_SLICE)
+    from llama_ckpt.suite.kinds import Training
+
+    assert (d["LOOPS"], d["CPU_SAVERS"], d["OPTIMIZER_STATE"], d["HOST_SLICE"], d["CHECKPOINTS"]) == (
+        ",".join(LOOPS), ",".join(CPU_SAVERS), True, HOST_SLICE, Training.own["checkpoints"])
     from llama_ckpt.suite.kinds import Claims
 
     assert defaults("08-claims")["OTHER_WEIGHTS"] is Claims.own["other_weights"] is False
@@ -370,3 +372,16 @@ def test_the_other_weights_are_left_out_unless_asked(tmp_path):
     assert kinds() == ["tiny"] and kinds(other_weights=True) == ["tiny", "tiny:float32"]
     with pytest.raises(UserError, match="takes no parameter other_weights"):
         kind_of("4a", other_weights=True)
+
+
+def test_the_training_phase_takes_at_most_its_checkpoints():
+    """07's checkpoints per saver: the run's repeats, at most CHECKPOINTS (the default run's cut); a count under 1
+    is refused in one line."""
+    from llama_ckpt.errors import UserError
+    from llama_ckpt.study.phases import TRAINING_CHECKPOINTS
+    from llama_ckpt.suite.kinds import kind_of
+
+    assert kind_of("07", repeats=5).repeats == TRAINING_CHECKPOINTS < 5
+    assert kind_of("07", repeats=1).repeats == 1 and kind_of("07", repeats=5, checkpoints=5).repeats == 5
+    with pytest.raises(UserError, match="checkpoints must be at least 1, got 0"):
+        kind_of("07", repeats=3, checkpoints=0)

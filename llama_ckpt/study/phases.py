@@ -112,6 +112,9 @@ SHARDED_PROTOCOL = (
     "`python -m llama_ckpt run` of its own; on one machine both \"nodes\" share its cores and disk, so it shows the "
     "launcher's path and overhead, not a second node's bandwidth.")
 
+# 07's checkpoints per saver in each loop: at most this many, fewer where the run's repeats are
+# (docs/decisions.md#run-all-time)
+TRAINING_CHECKPOINTS = 2
 CLAIMS_CAP = 12  # the most repeats 08 gives an approach for a claim
 CLAIMS_STEP = 2  # repeats added per round to each approach that leaves a claim undecided
 CLAIMS_BUDGET_S = 0  # repeats beyond MIN_REPEATS: none starts after this long (docs/decisions.md#claims-budget)

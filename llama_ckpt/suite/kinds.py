@@ -30,8 +30,8 @@ from ..study import runs
 from ..study.claims import CLOUD_CLAIM, MIN_REPEATS, OTHER_WEIGHTS_CLAIMS, undecided
 from ..study.aims import AIM_APPROACHES
 from ..study.phases import (CLAIMS, CLAIMS_BUDGET_S, CLAIMS_CAP, CLAIMS_STEP, CLOUD, CLOUD_BUCKET, CLOUD_DELAYS_MS,
-                            CLOUD_MODEL, COMPARE, DIST_CONFIGS, PHASES, SHARDED, TORCHRUN_CONFIGS, TRAINING, WORK,
-                            Phase, get_phase)
+                            CLOUD_MODEL, COMPARE, DIST_CONFIGS, PHASES, SHARDED, TORCHRUN_CONFIGS, TRAINING,
+                            TRAINING_CHECKPOINTS, WORK, Phase, get_phase)
 from . import states as machine_states
 
 
@@ -250,13 +250,20 @@ class Sharded(Kind):
 
 class Training(Kind):
     """Savers of ``bench.savers.SAVERS`` checkpointing training loops
-    ``repeats`` times, one loop and one saver at a time: every saver that
+    ``repeats`` times (at most ``checkpoints``), one loop and one saver at a time: every saver that
     can checkpoint a device's state in the accelerator-bound loop,
     ``cpu_savers`` in the CPU-bound one."""
 
     own = {"optimizer": True, "steps_after": training.STEPS_AFTER, "loops": ",".join(training.LOOPS),
-           "cpu_savers": ",".join(CPU_SAVERS), "device_s": None, "host_slice": training.HOST_SLICE}
+           "cpu_savers": ",".join(CPU_SAVERS), "device_s": None, "host_slice": training.HOST_SLICE,
+           "checkpoints": TRAINING_CHECKPOINTS}
     reads_model_path = False
+
+    def __init__(self, phase: Phase, **kw):
+        super().__init__(phase, **kw)
+        if int(self.params["checkpoints"]) < 1:
+            raise UserError(f"checkpoints must be at least 1, got {self.params['checkpoints']}")
+        self.repeats = min(self.repeats, int(self.params["checkpoints"]))  # checkpoints per saver in each loop
 
     def plan(self) -> dict[str, list]:
         """Loop -> its savers, from the parameters (a bad name is refused with the known ones)."""
@@ -454,7 +461,7 @@ class WorkModel(Compare):
     """The approaches in the default state (shared from the run's other phases where they measured them: the
     cost cards' rows), then each of ``states`` by a run of its own (:mod:`llama_ckpt.suite.states`)."""
 
-    own = {"states": "no-disk", "approaches": "main"}
+    own = {"states": "one-core,no-disk", "approaches": "main"}
     reads_model_path = False
 
     def approaches(self) -> list[Format]:

@@ -47,7 +47,7 @@ STATES = {s.name: s for s in (
 
 
 def parse_states(text: str) -> list[State]:
-    """``no-disk`` or ``one-core,no-disk`` (or ``all``, or ``none``) -> the states, in the catalogue's order."""
+    """``one-core,no-disk`` (or ``all``, or ``none``) -> the states, in the catalogue's order."""
     names = [x.strip() for x in str(text).split(",") if x.strip()]
     if names == ["all"]:
         return list(STATES.values())
