@@ -50,7 +50,9 @@ TARGET = re.compile(r"^([a-zA-Z0-9_%-]+):.*## (.*)$", re.M)
 # A field without a description, or a description of a field that is gone, fails the generation and the tests.
 FIELD_DOCS = {
     "record": "the kind of record: `measurement` (or `training`, `sustained`); a results file also holds one "
-              "`environment` record and an `end` record",
+              "`environment` record, an `end` record and a `disk_state` record per round (the short reference "
+              "before it: `round`, `model`, `bytes`, `write_s`, `read_s`, `write_Bps`, `read_Bps` (None where its "
+              "read was not confirmed cold), `read_cold`, how it started as a save does, `took_s`, or `error`)",
     "run_id": "the run's id (`RUN_ID`)",
     "approach": "the approach's registry name, or a sweep point's `base[knob=value,...]`",
     "model": "the preset (`small`, `small:float32`, ...) or the model folder",
@@ -107,6 +109,10 @@ FIELD_DOCS = {
     "fsyncs_save": "the save's fsync/fdatasync calls: those made through Python's `os` module (counted) plus those "
                    "the format's native code makes by the library's stated policy (`Format.native_fsyncs`; "
                    "None where it does not say, as for OCDBT)",
+    "disk_state": "the disk's state beside the row's round: the short reference written (durable) and read (cold) "
+                  "before the round from the same start as its saves (`round`, `write_Bps`, `read_Bps`, `bytes`; "
+                  "its record `disk_state` in the results file); the row's bounds take its rates. None on S3, in "
+                  "memory, for sharded rows",
     "storage": "`local`, or the `s3://` target",
     "s3_delay_ms": "the round trip added in front of the S3 endpoint (`--s3-delay-ms`)",
     "medium": "what holds the checkpoint: `disk`; `memory` (a file system in memory, such as tmpfs: its loads are "
@@ -344,7 +350,7 @@ def modules_table() -> str:
 PROFILE_SETTINGS = ((machine, ("PROFILE_SAMPLES", "PROFILE_MAX_BYTES", "DURABLE_FRESH", "DURABLE_FREED", "MEMORY_BYTES",
                                "SMALL_FILES", "SMALL_FILE_BYTES", "CODEC_BYTES", "CODECS",
                                "PAGECACHE_SHARE", "DIRECT_BLOCK")),
-                    (probes, ("REFERENCE_SAMPLES", "REFERENCE_BLOCK", "REFERENCE_THREADS")))
+                    (probes, ("REFERENCE_SAMPLES", "REFERENCE_BLOCK", "REFERENCE_THREADS", "ROUND_REFERENCE_BYTES")))
 
 
 def constant_doc(module, name: str) -> str:

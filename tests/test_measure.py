@@ -19,7 +19,7 @@ from llama_ckpt.registry import APPROACHES, names, resolve
 from llama_ckpt.model import KeptSource, ModelSource, get_model
 from llama_ckpt.report import tables
 from llama_ckpt.errors import UserError
-from llama_ckpt.results import MEASUREMENT_FIELDS, MachineProfile, above, read_results
+from llama_ckpt.results import MEASUREMENT_FIELDS, MachineProfile, Rate, above, read_results
 
 
 @pytest.fixture(scope="module")
@@ -271,7 +271,7 @@ def test_a_failing_approach_becomes_an_error_row_and_the_others_run(tmp_path):
     assert err["error"].startswith("save failed: disk full") and err["verified"] is False
     assert not os.path.exists(err["path"])  # partial checkpoint removed
     assert ok["verified"] and ok["error"] is None
-    written = [json.loads(l) for l in open(env["results_path"])]
+    written = [json.loads(l) for l in open(env["results_path"]) if '"record": "disk_state"' not in l]
     assert [r["record"] for r in written] == ["environment", "measurement", "measurement", "end"]
     assert sorted(r.get("approach") for r in written[1:3]) == ["disk-filler", "tensorstore"]
 
@@ -399,7 +399,8 @@ def test_the_caches_are_dropped_once_before_every_save(tmp_path, monkeypatch):
     monkeypatch.setattr(fsutil, "settle", lambda: events.append("settle") or True)
     _, rows = measure.run([APPROACHES["pytorch"], APPROACHES["pytorch-fp32"]], get_model("tiny"),
                           measure.Options(out=tmp_path, repeats=2, disk_reference=False, progress=False))
-    assert events[events.index("settle"):] == ["settle", "save"] * 4  # before it: first-use warm-ups
+    # before it: first-use warm-ups; each round begins with its disk reference, from a drop of its own
+    assert events[events.index("settle"):] == ["settle", "settle", "save", "settle", "save"] * 2
     assert [r["caches_dropped"] for r in rows] == [True] * 4
 
 
@@ -499,3 +500,84 @@ def test_every_single_process_approach_says_how_many_threads_its_save_writes_wit
     assert all(isinstance(v, int) and v >= 1 for v in got.values()), got
     assert got["pytorch"] == got["safetensors"] == got["tensorstore"] == 1  # one file; TensorStore at concurrency 1
     assert got["ts+concurrency"] == 128 and variant("dcp", thread_count=3).write_streams() == 3
+
+
+def test_a_short_disk_reference_is_taken_before_each_round_from_the_saves_start(tmp_path, monkeypatch):
+    """Issue 36, point 5: before each round a short reference is written (durable) and read back cold from the
+    state a save starts from (the run's drop before it); its record goes to the results file and every row of
+    the round keeps its rates; nothing of it is left behind."""
+    if fsutil.in_memory(tmp_path):
+        pytest.skip("the test's directory is in memory: no disk reference is taken there")
+    starts = []
+    real = measure.Options.start_state
+    monkeypatch.setattr(measure.Options, "start_state", lambda self, loc: starts.append(loc.name) or real(self, loc))
+    a = [APPROACHES["pytorch"], APPROACHES["ts+chunks"]]
+    env, rows = measure.run(a, get_model("tiny"), measure.Options(out=tmp_path, repeats=2, disk_reference=False,
+                                                                  shuffle=False, keep=True))
+    states = read_results([env["results_path"]]).disk_states
+    assert [s["round"] for s in states] == [1, 2] and all(s["run_id"] == env["run_id"] for s in states)
+    assert all(s["model"] == "tiny" and s["read_cold"] is not False for s in states)
+    nbytes = min(probes.ROUND_REFERENCE_BYTES, get_model("tiny").nbytes)
+    assert all(s["bytes"] == nbytes and s["write_Bps"] > 0 and s["read_Bps"] > 0 for s in states)
+    assert all(s["caches_dropped"] is not None and "free_space_trimmed" in s and s["took_s"] > 0 for s in states)
+    # each reference started as a save does, right before its round's first save
+    assert starts == ["disk-state", "pytorch", "ts+chunks", "disk-state", "pytorch", "ts+chunks"]
+    assert [r["disk_state"]["round"] for r in rows] == [1, 1, 2, 2]
+    assert all(r["disk_state"]["write_Bps"] == states[r["disk_state"]["round"] - 1]["write_Bps"] for r in rows)
+    kept = tmp_path / "checkpoints" / env["run_id"]
+    assert sorted(p.name for p in kept.iterdir()) == ["pytorch", "ts+chunks"]  # the reference left nothing
+    # a second call into the same results file (08's rounds) goes on counting its rounds
+    env2, rows2 = measure.run(a[:1], get_model("tiny"), measure.Options(
+        out=tmp_path, repeats=1, disk_reference=False, results=env["results_path"], run_id=env["run_id"]))
+    assert [s["round"] for s in read_results([env["results_path"]]).disk_states] == [1, 2, 3]
+    assert rows2[0]["disk_state"]["round"] == 3
+
+
+def test_a_failed_disk_reference_is_recorded_and_the_round_goes_on(tmp_path, monkeypatch):
+    if fsutil.in_memory(tmp_path):
+        pytest.skip("the test's directory is in memory: no disk reference is taken there")
+
+    def broken(nbytes, loc, start_state):
+        (loc.local_file() or tmp_path).mkdir(parents=True, exist_ok=True)
+        raise OSError(errno.EIO, "Input/output error")
+    monkeypatch.setattr(probes, "round_reference", broken)
+    lines = []
+    env, rows = measure.run([APPROACHES["pytorch"]], get_model("tiny"),
+                            measure.Options(out=tmp_path, repeats=1, disk_reference=False), say=lines.append)
+    (state,) = read_results([env["results_path"]]).disk_states
+    assert "Input/output error" in state["error"] and state["round"] == 1
+    assert rows[0]["verified"] and rows[0]["disk_state"] is None
+    assert any("the disk reference failed" in ln for ln in lines)
+    assert read_results([env["results_path"]]).ends[-1]["complete"]
+
+
+def test_a_rows_disk_bound_takes_its_rounds_reference_and_says_so():
+    from llama_ckpt.report import machine as report_machine
+    from llama_ckpt.results import bounds
+
+    prof = MachineProfile(cores=2, durable_fresh_Bps=Rate.of([300e6] * 3), durable_freed_Bps=Rate.of([1800e6] * 3))
+    work = {"storage_write_bytes": 600e6, "storage_read_bytes": 500e6, "minor_faults": 0, "user_s": 0.1,
+            "sys_s": 0.1}
+    row = {"approach": "x", "save_s": 1.0, "load_s": 1.0, "verified": True, "cpu_io_save": work, "cpu_io_load": work,
+           "disk_state": {"round": 1, "write_Bps": 400e6, "read_Bps": 1000e6, "bytes": 1 << 28}}
+    assert bounds.disk_rate(row, "save", prof) == (400e6, bounds.ROUND)
+    assert bounds.limits(row, "save", prof)["disk write"] == pytest.approx(1.5)
+    assert bounds.limits(row, "load", prof)["disk read"] == pytest.approx(0.5)
+    old = {k: v for k, v in row.items() if k != "disk_state"}  # a row from before: the profile's best, named
+    assert bounds.disk_rate(old, "save", prof) == (1800e6, "durable write to freed space")
+    b = bounds.approach_bounds([row, row, row | {"disk_state": None}], "save", prof)
+    assert b["disk_rate_from"] == bounds.ROUND and b["disk_Bps"] == 400e6 and b["n"] == 3
+    # a load: the faster of the round's one-stream read and the profile's (a loader with threads may beat one)
+    fast = prof.to_dict() | {"reference": {"reference_read_Bps": 2e9, "reference_read_cold": True}}
+    assert bounds.disk_rate(row, "load", fast)[0] == pytest.approx(2e9)
+    # a profile without a read rate: the round's; with neither, no disk limit (and no error)
+    assert bounds.disk_rate(row, "load", prof) == (1000e6, bounds.ROUND)
+    assert bounds.disk_rate(old, "load", prof) == (None, None) and "disk read" not in bounds.limits(old, "load", prof)
+    assert bounds.approach_bounds([old], "load", prof)["disk_Bps"] is None
+    states = [{"phase": "00", "bytes": 1 << 28, "write_Bps": w, "read_Bps": 1e9} for w in (300e6, 600e6, 900e6)]
+    t = report_machine.disk_states_table(states, prof)
+    assert t.loc["00", "rounds"] == 3 and t.loc["00", "write_MBps_median"] == 600
+    assert t.loc["00", "write_x_profile"] == pytest.approx(600 / 1800, abs=0.01)
+    text = report_machine.disk_states_findings(states, prof)
+    assert "300-900 MB/s" in text and "3.00x the lowest" in text and "1,800 MB/s" in text
+    assert "No disk references" in report_machine.disk_states_findings([], prof)

@@ -344,11 +344,15 @@ def test_the_work_model_phase_kept_cards_and_checked_its_states(suite_run):
     one = read_results([states.results_path(rdir, states.STATES["one-core"])])
     assert one.environments[0]["machine"]["cores"] == 1 and one.ends
     assert {r["approach"] for r in one.measurements} == set(AIM_APPROACHES)
+    # the disk beside each of its rounds, from the saves' start (issue 36, point 5); none in memory (below)
+    assert one.disk_states and all(r["disk_state"]["round"] in {s["round"] for s in one.disk_states}
+                                   for r in one.measurements)
     nb = nbformat.read(rdir / "09-work-model.ipynb", as_version=4)
     text = "".join(str(o.get("data", {})) for c in nb.cells for o in c.get("outputs", []))
     assert "one-core" in text and "within 25%" in text and "On this machine" in text
     if fsutil.in_memory(states.MEMORY_ROOT):
         mem = read_results([states.results_path(rdir, states.STATES["no-disk"])])
+        assert not mem.disk_states and all(r["disk_state"] is None for r in mem.measurements)
         assert mem.measurements and all(r["medium"] == "memory" and r["load_cold"] is None and r["verified"]
                                         for r in mem.measurements)
         assert mem.environments[0]["machine"]["fs_type"] in fsutil.MEMORY_FS
@@ -385,3 +389,18 @@ def test_the_training_phase_takes_at_most_its_checkpoints():
     assert kind_of("07", repeats=1).repeats == 1 and kind_of("07", repeats=5, checkpoints=5).repeats == 5
     with pytest.raises(UserError, match="checkpoints must be at least 1, got 0"):
         kind_of("07", repeats=3, checkpoints=0)
+
+
+def test_summary_shows_how_far_the_disk_moved_over_the_run(suite_run):
+    """Every phase on the disk took a short reference before each round (issue 36, point 5): the summary's table
+    has one line per such phase, and its rendered notebook says it."""
+    from llama_ckpt.report import machine, summary
+
+    out, _ = suite_run
+    s = summary.load(out, RUN)
+    t = machine.disk_states_table(s.disk_states, s.machine())
+    assert {"00-baselines", "05-formats"} <= set(t.index) and (t["rounds"] >= 1).all()
+    assert (t["write_MBps_min"] <= t["write_MBps_max"]).all()
+    nb = nbformat.read(out / "runs" / RUN / "99-summary.ipynb", as_version=4)
+    text = "".join(str(o.get("data", {})) for c in nb.cells for o in c.get("outputs", []))
+    assert "The disk beside each round" in text

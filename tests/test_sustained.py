@@ -59,4 +59,5 @@ def test_the_sustained_table_sets_the_saves_in_a_row_against_the_isolated_ones()
     assert "`a`: 3 saves in a row, median 2 s (first 1, last 3, slowest 3) against 1 s alone (median of 2)" in text
     assert "2.00x: slower in a row than alone" in text
     assert "`b`" in text and "1.00x: the isolated figure holds" in text
+    assert "writes to freed space" in text and "to new space" in text  # which disk state each figure is about
     assert sustained_findings([], rows) == "No back-to-back saves in this run."

@@ -128,3 +128,27 @@ def test_profile_writes_a_profile_and_predict_rejects_bad_input(tmp_path):
     del broken["cards"][0]["own_cpu_per_B"]
     cards.write_text(json.dumps(broken))
     assert_one_line_error(cli_here("predict", "--cards", str(cards), "--profile", str(out)), "not a cost-card file")
+
+
+def test_a_check_also_predicts_with_the_disk_beside_the_states_rounds():
+    """Point 5: the same form with the disk's rate of the references beside the predicted state's rounds (each
+    round once), never from the rows' own work; a state without references gets no such column."""
+    cards = work.cards([_row()], _profile(4, 1e9))
+    state = lambda n, w, r: {"round": n, "write_Bps": w, "read_Bps": r, "bytes": 1 << 28}
+    rows = [_row(save_s=3.0) | {"disk_state": state(1, 4e8, 8e8)},
+            _row(save_s=3.2) | {"disk_state": state(1, 4e8, 8e8)},  # the same round: counted once
+            _row(save_s=2.8) | {"disk_state": state(2, 6e8, 6e8)},
+            _row(save_s=2.9) | {"disk_state": state(3, 5e8, 7e8)}]
+    assert work.rounds_disk(rows, "save") == 5e8 and work.rounds_disk(rows, "load") == 7e8
+    got = {c["step"]: c for c in work.check(cards, rows, _profile(1, 1e9))}
+    # save on one core: CPU 1.0, disk 1e9 / 5e8 (the rounds' median, not the profile's 1e9), files, fsyncs
+    assert got["save"]["predicted_rounds_s"] == pytest.approx(1.0 + 2.0 + 0.001 + 0.02)
+    assert got["save"]["predicted_s"] == pytest.approx(1.0 + 1.0 + 0.001 + 0.02)
+    assert got["save"]["error_rounds"] == pytest.approx(2.95 / got["save"]["predicted_rounds_s"] - 1)
+    assert work.check(cards, [_row()], _profile(1, 1e9))[0]["predicted_rounds_s"] is None
+    from llama_ckpt.report import work as report_work
+
+    t = report_work.check_table(cards, rows, _profile(1, 1e9))
+    assert {"predicted_rounds_s", "error_rounds", "within_rounds"} <= set(t.columns)
+    assert "with the rounds' disk" in report_work.check_line(t, "slow-disk")
+    assert "predicted_rounds_s" not in report_work.check_table(cards, [_row()], _profile(1, 1e9)).columns

@@ -51,9 +51,9 @@ from ..formats.base import Format
 from ..model import DRAW, KeptSource, ModelSource, PresetModel, tensor_kind
 from ..recorders import MMAP_THRESHOLD, CpuIO, MachineBusy, PeakRSS, Steps, fix_mmap_threshold, release_memory, \
     settled_objects
-from ..results import measurement_row
+from ..results import measurement_row, read_results
 from ..store import LocalDir, Location, at
-from . import cluster, ranks, scaffold, sustained
+from . import cluster, probes, ranks, scaffold, sustained
 from .probes import REFERENCE_SAMPLES, reference
 from .scaffold import NOTHING, Prepared, RunLog, describe_error, now
 
@@ -368,17 +368,56 @@ def _environment(approaches, source, opts: Options, run_id: str, root: Location,
 
 def _measure_all(todo, source, expected, root: Location, run_id: str, opts: Options, log: RunLog, say) -> int:
     """Every planned (approach, repeat), one checkpoint at a time (with
-    ``keep``, each approach's last stays); returns how many the deadline left
-    unstarted."""
+    ``keep``, each approach's last stays), each round after a short disk
+    reference (:func:`disk_state`) where there is one; returns how many the
+    deadline left unstarted."""
+    # rounds are numbered over the results file: a phase that calls run again (08's rounds) goes on counting
+    state, seen, n = None, set(), len(read_results([log.path]).disk_states) if log.path.exists() else 0
     for i, (a, k) in enumerate(todo):
         if opts.deadline is not None and time.perf_counter() > opts.deadline:
             say(f"time is up: {len(todo) - i} planned measurement(s) not started")
             return len(todo) - i
+        if (state is None or a.name in seen) and disk_states_here(a, root, opts):  # a new round begins
+            n, seen = n + 1, set()
+            state = disk_state(root, source, opts, log, n, run_id, say)
+        seen.add(a.name)
         loc = root / (f"{a.name}-w{opts.world_size}" if a.sharded else a.name)
-        log.add(measure_approach(a, source, expected, loc, k, run_id, opts))
+        row = measure_approach(a, source, expected, loc, k, run_id, opts)
+        log.add(row | {"disk_state": state} if state else row)
         if not (opts.keep and k == opts.repeats_of(a.name)):
             loc.remove()
     return 0
+
+
+def disk_states_here(approach: Format, root: Location, opts: Options) -> bool:
+    """Whether a round's disk reference is taken: single-process saves on a local disk (not on S3, not in
+    memory, not by the ranks of a launched job)."""
+    return (not approach.sharded and opts.group is None and root.local_file() is not None
+            and root.row_fields().get("medium") != "memory")
+
+
+def disk_state(root: Location, source: ModelSource, opts: Options, log: RunLog, n: int, run_id: str,
+               say) -> dict | None:
+    """Round ``n``'s disk reference (:func:`llama_ckpt.bench.probes.round_reference`), from the state every save
+    starts from; its record goes to the results file, and what each row of the round keeps of it is returned.
+    One that fails is a record with its error and the round's rows keep none (their bounds take the profile's)."""
+    nbytes = min(probes.ROUND_REFERENCE_BYTES, source.nbytes)
+    head = {"record": "disk_state", "run_id": run_id, "phase": opts.phase, "model": source.name, "round": n,
+            "at": now()}
+    loc = root / "disk-state"
+    try:
+        ref = probes.round_reference(nbytes, loc, opts.start_state)
+    except FAILURES as exc:
+        error = describe_error(exc, loc)
+        say(f"round {n}: the disk reference failed ({error}); its rows' bounds take the profile's rates")
+        log.write(head | {"bytes": nbytes, "error": error})
+        try:
+            loc.remove()
+        except FAILURES:
+            pass
+        return None
+    log.write(head | ref)
+    return {"round": n, "write_Bps": ref["write_Bps"], "read_Bps": ref["read_Bps"], "bytes": nbytes}
 
 
 def _run(approaches, source, opts: Options, out: Path, on_row, say):

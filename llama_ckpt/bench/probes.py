@@ -122,6 +122,31 @@ def reference_sample(nbytes: int, loc: Location) -> dict:
     return out
 
 
+# The short reference beside each round of saves: at most this many bytes (never more than the model's)
+ROUND_REFERENCE_BYTES = 256 << 20
+
+
+def round_reference(nbytes: int, loc: Location, start_state) -> dict:
+    """The disk's state beside a round of saves: from the same start as a save (``start_state(loc)``: the
+    run's removal, trim and drop), ``nbytes`` written in one stream in 16 MiB blocks and made durable, evicted,
+    and read back cold in one stream; each timed on its own (a read whose eviction was not confirmed gives no
+    read rate). Returns the rates, how it started and what it cost
+    the run (``took_s``: all of it, the start included)."""
+    t0 = time.perf_counter()
+    loc.remove()
+    started = start_state(loc)
+    block = os.urandom(min(REFERENCE_BLOCK, max(nbytes, 1)))
+    try:
+        write_s = _timed(_write_stream, loc, nbytes, block)
+        cold, _frac = loc.evict()
+        read_s = _timed(_read_stream, loc)
+    finally:
+        loc.remove()
+    return {"bytes": nbytes, "write_s": write_s, "read_s": read_s, "write_Bps": nbytes / write_s,
+            "read_Bps": nbytes / read_s if cold else None, "read_cold": cold, **started,
+            "took_s": time.perf_counter() - t0}
+
+
 def _way(name: str) -> str:
     return "one stream" if name == "stream" else f"{REFERENCE_THREADS} threads"
 

@@ -51,7 +51,7 @@ from ..recorders import CpuIO, MachineBusy, PeakRSS
 from ..results import ResultsWriter, environment_record
 from ..store import Location
 from ..store.s3 import request_total
-from . import cluster, diskcap, machine
+from . import cluster, diskcap, machine, probes
 
 DISK_HEADROOM = 256 << 20  # free space left on the output file system beyond the estimate
 RANK_OVERHEAD = 500 << 20  # a rank's interpreter, torch and TensorStore, measured ~0.4 GB here
@@ -247,10 +247,12 @@ def check_disk(approaches: list[Format], source: ModelSource, out: Path, keep: b
     need = disk_needed(approaches, source, out, reference_too)
     if not need:
         return need
-    # Without keep, one checkpoint exists at a time; with it, every approach's last one stays.
-    kept = sum(v for k, v in need.items() if k != "disk reference") if keep else 0
+    # Without keep, one checkpoint exists at a time (the short reference before a round, when none does); with
+    # it, every approach's last one stays, and the reference beside them.
+    ref = -(-min(probes.ROUND_REFERENCE_BYTES, source.nbytes) // fsutil.block_size(out)) * fsutil.block_size(out)
+    kept = sum(v for k, v in need.items() if k != "disk reference") + ref if keep else 0
     biggest = max(need, key=need.get)
-    check_free(max(kept, need[biggest]), out,
+    check_free(max(kept, need[biggest], ref), out,
                "every kept checkpoint" if keep and kept >= need[biggest]
                else f"largest: {biggest} {need[biggest] / 1e9:.2f} GB")
     return need

@@ -67,7 +67,8 @@ def disk_line(env: dict | None) -> str:
 def _rates_line(write: float | None, read: float | None, source: str | None, kind: str) -> str:
     if not write or not read:
         return "No disk rates in this run (no machine profile and no storage reference)."
-    return (f"The disk's rates (the shares of the disk and the bounds): write {write / 1e6:,.0f} MB/s ({source}), "
+    return (f"The disk's rates (the shares of the disk; the bounds of a row without its round's reference, "
+            f"`disk_state`): write {write / 1e6:,.0f} MB/s ({source}), "
             f"read {read / 1e6:,.0f} MB/s (the fastest confirmed-cold read of the {kind} reference).")
 
 
@@ -133,13 +134,90 @@ def bounds_findings(rows: list[dict], profile: MachineProfile | dict | None,
         out.append(f"- **{job}**: the fastest here, `{best}` ({b[f'{step}_s']:.3g} s), is bound by "
                    f"**{b[f'{step}_binding']}** ({b[f'{step}_bound_s']:.3g} s; it takes {b[f'{step}_x_bound']:.2f}x "
                    f"that). Binding limits over the {len(col)} approaches: "
-                   + ", ".join(f"{k} {v}" for k, v in counts.items()) + ".")
+                   + ", ".join(f"{k} {v}" for k, v in counts.items()) + ". " + _disk_rates_taken(rows, step, profile,
+                                                                                                approaches))
         far = col[col[f"{step}_x_bound"].astype(float) >= 3].sort_values(f"{step}_x_bound", ascending=False)
         if not far.empty:
             out.append("  At 3x their bound or more (time that no counted limit explains: waiting, or limits taken "
                        "one after another): " + ", ".join(f"`{n}` {x:.1f}x" for n, x in
                                                            far[f"{step}_x_bound"].astype(float).items()) + ".")
     return "\n".join(out)
+
+
+def _spread(states: list[dict], key: str) -> dict:
+    """The lowest, median and highest of ``key`` over ``states`` in MB/s (None where none has it)."""
+    xs = [s[key] for s in states if s.get(key)]
+    if not xs:
+        return dict.fromkeys(("min", "median", "max"))
+    return {"min": min(xs) / 1e6, "median": statistics.median(xs) / 1e6, "max": max(xs) / 1e6}
+
+
+def disk_states_table(states: list[dict], profile: MachineProfile | dict | None = None) -> pd.DataFrame:
+    """How far the disk moved while the run measured: per phase (in the run's order), the short references taken
+    before its rounds (``disk_state`` records), their durable write and cold read in MB/s (lowest, median,
+    highest), and each median against the run's profile, measured at its start (``x_profile``)."""
+    prof = as_profile(profile)
+    by: dict[str, list[dict]] = {}
+    for s in states:
+        by.setdefault(s.get("phase") or "(run)", []).append(s)
+    recs = []
+    for phase, ss in by.items():
+        w, r = _spread(ss, "write_Bps"), _spread(ss, "read_Bps")
+        recs.append({"phase": phase, "rounds": len(ss), "bytes": fmt_bytes(ss[0]["bytes"]),
+                     **{f"write_MBps_{k}": v for k, v in w.items()}, **{f"read_MBps_{k}": v for k, v in r.items()},
+                     "write_x_profile": (w["median"] * 1e6 / prof.write_Bps()
+                                         if w["median"] and prof and prof.write_Bps() else None),
+                     "read_x_profile": (r["median"] * 1e6 / prof.read_Bps()
+                                        if r["median"] and prof and prof.read_Bps() else None)})
+    if not recs:
+        return pd.DataFrame()
+    t = pd.DataFrame(recs).set_index("phase")
+    num = [c for c in t.columns if c not in ("rounds", "bytes")]
+    t[num] = t[num].apply(pd.to_numeric)
+    return t.round({c: 0 for c in num if "MBps" in c} | {"write_x_profile": 2, "read_x_profile": 2})
+
+
+def disk_states_findings(states: list[dict], profile: MachineProfile | dict | None = None) -> str:
+    """In words: how far the rounds' references moved over the run, and against the profile taken at its start."""
+    if not states:
+        return ("No disk references beside the rounds in this run (checkpoints on S3 or in memory, sharded rows, "
+                "or results written before the suite took them).")
+    prof = as_profile(profile)
+    out = []
+    for op, key, at_start in (("durable write", "write_Bps", prof.write_Bps() if prof else None),
+                              ("cold read", "read_Bps", prof.read_Bps() if prof else None)):
+        xs = [s[key] for s in states if s.get(key)]
+        if not xs:
+            out.append(f"{op}: none measured")
+            continue
+        med = statistics.median(xs)
+        out.append(f"{op} {min(xs) / 1e6:,.0f}-{max(xs) / 1e6:,.0f} MB/s (median {med / 1e6:,.0f}, "
+                   f"highest {max(xs) / min(xs):.2f}x the lowest"
+                   + (f"; the profile at the run's start: {at_start / 1e6:,.0f} MB/s" if at_start else "") + ")")
+    took = sum(s.get("took_s") or 0 for s in states)
+    sizes = sorted({s["bytes"] for s in states})
+    failed = sum(1 for s in states if s.get("error"))
+    return (f"The disk beside each round ({len(states)} short references of "
+            f"{' or '.join(fmt_bytes(b) for b in sizes)}, each from the state the round's saves start from): "
+            + "; ".join(out) + ". Each save's disk bound takes its round's write rate, a load's the faster of its "
+            "round's read and the profile's (`disk_state`); the profile's rates are those of a larger write at "
+            f"the run's start. The references took {took:.0f} s of the run"
+            + (f"; {failed} failed (their rows' bounds take the profile's rates)" if failed else "") + ".")
+
+
+def _disk_rates_taken(rows: list[dict], step: str, profile, approaches: list[str] | None) -> str:
+    """Which disk rate the bounds of ``step`` took, over the rows: the rounds' references or the profile's."""
+    got = [bounds.disk_rate(r, step, profile) for r in rows if r.get(f"{step}_s") and r.get("verified")
+           and (approaches is None or r["approach"] in approaches)]
+    by: dict[str, list[float]] = {}
+    for rate, src in got:
+        if rate:
+            by.setdefault(src, []).append(rate)
+    if not by:
+        return ""
+    return ("The disk rate they took: " + "; ".join(
+        f"{src} for {len(xs)} of {len(got)} rows (median {statistics.median(xs) / 1e6:,.0f} MB/s)"
+        for src, xs in sorted(by.items(), key=lambda kv: -len(kv[1]))) + ".")
 
 
 def sustained_table(records: list[dict], rows: list[dict]) -> pd.DataFrame:
@@ -175,7 +253,11 @@ def sustained_findings(records: list[dict], rows: list[dict], tolerance: float =
     t = sustained_table(records, rows)
     if t.empty:
         return "No back-to-back saves in this run."
-    out = [f"The isolated figure is taken to hold where the median in a row is within ±{tolerance:.0%} of it.", ""]
+    out = [f"The isolated figure is taken to hold where the median in a row is within ±{tolerance:.0%} of it. "
+           "The disk's state each figure is about: an isolated save (`isolated_s`) and the first in a row start "
+           "after the previous checkpoint was removed and the caches dropped (writes to freed space, the state of "
+           "the rounds' references); each later save in a row writes to new space beside the ones before it, kept, "
+           "with nothing between them.", ""]
     for name, r in t.iterrows():
         if "error" in t and isinstance(r.get("error"), str):
             out.append(f"- `{name}`: ERROR {r['error']}")

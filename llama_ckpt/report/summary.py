@@ -43,6 +43,7 @@ class Summary:
     training: list[dict] = field(default_factory=list)  # 07's checkpoints inside the training loop
     other: list[dict] = field(default_factory=list)  # rows on the preset's other weights (claims 3 and 4)
     sustained: list[dict] = field(default_factory=list)  # 05's checkpoints saved back to back
+    disk_states: list[dict] = field(default_factory=list)  # the disk reference beside each round of every phase
 
     @property
     def guide_rows(self) -> list[dict]:
@@ -446,4 +447,5 @@ def load(out_dir: str | Path, run_id: str = "") -> Summary:
             by_phase[p.slug] += [r for rs in shared.values() for r in rs]
     return Summary(Path(out_dir), run_id, rows, loaded.environments, by_phase, complete,
                    loaded.warnings, cloud_rows(out_dir, run_id), loaded.training, other,
-                   [r for r in loaded.sustained if r["model"] == model])
+                   [r for r in loaded.sustained if r["model"] == model],
+                   [s for s in loaded.disk_states if s.get("model") == model])

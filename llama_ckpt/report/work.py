@@ -85,13 +85,20 @@ def where_time_goes(cards: list, profile: MachineProfile | None, title: str = ""
 
 def check_table(cards: list, rows: list[dict], profile: MachineProfile | None) -> pd.DataFrame:
     """The cards' predictions for another state's rows (measured on ``profile``'s machine) beside their
-    measured medians: measured, predicted, error (measured over predicted, less 1), the binding part."""
+    measured medians: measured, predicted, error (measured over predicted, less 1), the binding part; and the
+    same prediction with the disk's rate of the references beside the state's rounds (``predicted_rounds_s``,
+    ``error_rounds``; left out where the state has none)."""
     got = work.check(cards, rows, profile) if profile else []
     df = pd.DataFrame.from_records(got)
     if df.empty:
         return df
     df["error"] = pd.to_numeric(df["error"])  # None (no prediction: a rate missing) as NaN, never "within"
     df["within"] = df["error"].abs() <= work.TOLERANCE
+    df["error_rounds"] = pd.to_numeric(df["error_rounds"])
+    if df["predicted_rounds_s"].isna().all():
+        df = df.drop(columns=["predicted_rounds_s", "error_rounds"])
+    else:
+        df["within_rounds"] = df["error_rounds"].abs() <= work.TOLERANCE
     return df.set_index(["approach", "step"])
 
 
@@ -105,7 +112,9 @@ def check_line(table: pd.DataFrame, state: str) -> str:
         if len(t):
             misses = ", ".join(f"`{a}` {e:+.0%}" for (a, _s), e in t.loc[~t["within"], "error"].items())
             parts.append(f"{step} {int(t['within'].sum())} of {len(t)} within {work.TOLERANCE:.0%}"
-                         + (f" (off: {misses})" if misses else ""))
+                         + (f" (off: {misses})" if misses else "")
+                         + (f"; with the rounds' disk {int(t['within_rounds'].sum())} of "
+                            f"{int(t['error_rounds'].notna().sum())}" if "within_rounds" in t else ""))
     return f"- **{state}**: " + "; ".join(parts) + "."
 
 

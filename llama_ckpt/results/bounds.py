@@ -32,12 +32,14 @@ PREDICTION_TOLERANCE = 0.25  # a prediction (results.work) holds when the measur
 
 # limit -> what it counts, for the tables' legend
 LIMITS = {
-    "disk write": "bytes that went to storage, at the best median durable write rate the profile saw (to new space, "
-                  "to freed space, or the disk reference's: the disk's write rate, `MachineProfile.write_Bps`, the "
-                  "share-of-disk columns' too)",
-    "disk read": "bytes that came from storage, at the fastest cold read the disk reference saw (any sample, in "
-                 "one stream or by its threads: the disk's read rate, `MachineProfile.read_Bps`, the share-of-disk "
-                 "columns' too)",
+    "disk write": "bytes that went to storage, at the durable write rate of the short reference taken before the "
+                  "row's round from the same start as its saves (`disk_state`); for a row without one, the best "
+                  "median durable write rate the profile saw (to new space, to freed space, or the disk "
+                  "reference's: `MachineProfile.write_Bps`, the share-of-disk columns' rate)",
+    "disk read": "bytes that came from storage, at the faster of the fastest cold read the profile's disk "
+                 "reference saw (any sample, in one stream or by its threads: `MachineProfile.read_Bps`, the "
+                 "share-of-disk columns' rate) and the one-stream cold read of the row's round reference "
+                 "(`disk_state`)",
     "page-cache copy": "bytes through write calls, at one thread's page-cache write rate times the threads the save "
                        "writes with (`write_streams`, at most the cores; the cores where not known)",
     "fresh memory": "minor page faults x the machine's page size (`MachineProfile.page_bytes`), at the fresh-memory "
@@ -62,6 +64,28 @@ def best_read(profile: Profile) -> float | None:
 NEEDS = {"save": ("storage_write_bytes", "minor_faults"), "load": ("storage_read_bytes", "minor_faults")}
 
 
+ROUND = "the round's reference"  # disk_rate's name for a rate taken beside the row's round
+
+
+def disk_rate(row: dict, step: str, profile: Profile) -> tuple[float | None, str | None]:
+    """The disk's rate a row's ``step`` is bound by, bytes per second, and where it comes from (None, None where
+    unknown). A save: the durable write of the row's round reference (``disk_state``, :data:`ROUND`: the state
+    its saves start from), else the profile's (:meth:`MachineProfile.write_Bps`, its source named). A load: the
+    faster of the profile's cold read (one stream or threads) and the round's (one stream): a one-stream read
+    alone would put a loader that reads with threads below its bound."""
+    state, prof = row.get("disk_state") or {}, as_profile(profile)
+    if step == "save":
+        if state.get("write_Bps"):
+            return state["write_Bps"], ROUND
+        rate, source = (prof.write_Bps(), prof.write_source()) if prof else (None, None)
+    else:
+        got = {ROUND: state.get("read_Bps"), "disk reference (fastest cold read)": prof.read_Bps() if prof else None}
+        got = {k: v for k, v in got.items() if v}
+        source = max(got, key=got.get) if got else None
+        rate = got.get(source)
+    return (rate, source) if rate else (None, None)
+
+
 def limits(row: dict, step: str, profile: Profile) -> dict[str, float]:
     """Seconds each limit needs for ``row``'s counted ``step`` (save, load) work
     on the machine of ``profile``; limits whose work or rate is unknown are left out."""
@@ -71,10 +95,10 @@ def limits(row: dict, step: str, profile: Profile) -> dict[str, float]:
         return {}
     cores = prof.cores
     out: dict[str, float] = {}
+    disk, _source = disk_rate(row, step, prof)
     if step == "save":
-        best = prof.write_Bps()
-        if best:
-            out["disk write"] = work["storage_write_bytes"] / best
+        if disk:
+            out["disk write"] = work["storage_write_bytes"] / disk
         copy = median(prof.buffered_write_Bps)
         if copy:
             out["page-cache copy"] = work["write_bytes"] / (copy * min(cores, row.get("write_streams") or cores))
@@ -84,10 +108,8 @@ def limits(row: dict, step: str, profile: Profile) -> dict[str, float]:
         codec = prof.codec_Bps((row.get("knobs") or {}).get("compression"))
         if codec and row.get("payload_bytes"):
             out["compression"] = row["payload_bytes"] / (codec * cores)
-    else:
-        read = prof.read_Bps()
-        if read:
-            out["disk read"] = work["storage_read_bytes"] / read
+    elif disk:
+        out["disk read"] = work["storage_read_bytes"] / disk
     fresh = median(prof.fresh_memory_Bps)
     if fresh:
         out["fresh memory"] = work["minor_faults"] * (prof.page_bytes or PAGE) / (fresh * cores)
@@ -121,6 +143,9 @@ def approach_bounds(rows: list[dict], step: str, profile: Profile) -> dict | Non
     every = {k: statistics.median(g[3][k] for g in got if k in g[3]) for k in LIMITS if any(k in g[3] for g in got)}
     binding = max(set(names), key=lambda n: (names.count(n), every.get(n, 0)))
     time_s = statistics.median(g[0] for g in got)
+    rates = [rs for r in rows if r.get(f"{step}_s") and r.get("verified") and (rs := disk_rate(r, step, profile))[0]]
+    sources = [s for _b, s in rates]
     return {"time_s": time_s, "bound_s": statistics.median(g[1] for g in got),
             "binding": binding, "share": statistics.median(g[0] / g[1] for g in got), "limits_s": every,
-            "n": len(got)}
+            "n": len(got), "disk_Bps": statistics.median(b for b, _s in rates) if rates else None,
+            "disk_rate_from": max(set(sources), key=sources.count) if sources else None}

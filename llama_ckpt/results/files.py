@@ -34,6 +34,7 @@ class Loaded:
     ends: list[dict] = field(default_factory=list)
     training: list[dict] = field(default_factory=list)  # 07-training's rows (record "training")
     sustained: list[dict] = field(default_factory=list)  # checkpoints saved back to back (record "sustained")
+    disk_states: list[dict] = field(default_factory=list)  # the disk reference beside each round (record "disk_state")
 
 
 def read_results(paths: Iterable[Path]) -> Loaded:
@@ -65,6 +66,8 @@ def read_results(paths: Iterable[Path]) -> Loaded:
                     out.training.append(row)
                 elif row.get("record") == "sustained":
                     out.sustained.append(row)
+                elif row.get("record") == "disk_state":
+                    out.disk_states.append(row)
                 else:
                     out.warnings.append(f"{p}:{i}: skipped line with unknown record {row.get('record')!r}")
     return out

@@ -18,6 +18,9 @@ MEASUREMENT_FIELDS = (
     # file system's free space discarded (fsutil.trim: root only), as the run's `prepare` allows; the throttle on
     # the checkpoints' disk while it was measured (the run's cap, or one it found: bench.diskcap), None: none
     "caches_dropped", "free_space_trimmed", "disk_throttle_Bps",
+    # the disk's state beside the row's round: the short reference taken before it from the same start (round,
+    # write_Bps, read_Bps, bytes); None where none was taken (S3, memory, sharded, rows from before)
+    "disk_state",
     # how busy the machine was beside the timed save and load, from /proc/stat: other processes' and the
     # kernel's CPU seconds, steal seconds, wall seconds, cores, and whether it counts as busy (recorders.MachineBusy)
     "busy_save", "busy_load",

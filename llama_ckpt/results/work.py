@@ -91,9 +91,10 @@ def _cpu_parts(per_B: dict, profile: MachineProfile) -> tuple[float, float] | No
     return per_B["call"] / copy, per_B["fault"] / fill
 
 
-def _io_seconds(per_B: dict, profile: MachineProfile, step: str) -> dict[str, float] | None:
-    """Seconds per byte of disk, files and fsyncs on ``profile``'s machine."""
-    disk = disk_Bps(profile, step)
+def _io_seconds(per_B: dict, profile: MachineProfile, step: str, disk: float | None = None) -> dict[str, float] | None:
+    """Seconds per byte of disk, files and fsyncs on ``profile``'s machine (the disk at ``disk`` B/s where
+    given: the rounds' references; never on a file system held in memory)."""
+    disk = disk_Bps(profile, step) if disk is None or profile.fs_type in MEMORY_FS else disk
     if not disk:
         return None
     out = {"disk": per_B["storage"] / disk}
@@ -174,15 +175,17 @@ class Prediction:
     binding: str
 
 
-def predict(card: Card, profile: MachineProfile | dict, payload_bytes: int) -> Prediction | None:
+def predict(card: Card, profile: MachineProfile | dict, payload_bytes: int,
+            disk: float | None = None) -> Prediction | None:
     """``card``'s step on ``profile``'s machine at ``payload_bytes`` (docs/decisions.md#work-model); None where
-    the profile lacks a rate the model needs."""
+    the profile lacks a rate the model needs. ``disk``: the disk's rate in B/s to take instead of the
+    profile's (the form unchanged: the references beside the predicted state's rounds, :func:`rounds_disk`)."""
     prof = as_profile(profile)
     if prof is None:
         return None
     per_B = {"call": card.call_per_B, "fault": card.fault_per_B, "storage": card.storage_per_B,
              "files": card.files_per_B, "fsyncs": card.fsyncs_per_B}
-    parts, io = _cpu_parts(per_B, prof), _io_seconds(per_B, prof, card.step)
+    parts, io = _cpu_parts(per_B, prof), _io_seconds(per_B, prof, card.step, disk)
     if parts is None or io is None or not prof.cores:
         return None
     p = min(prof.cores, card.parallel)
@@ -233,10 +236,26 @@ def error(measured: float | None, predicted: float | None) -> float | None:
     return measured / predicted - 1
 
 
+def rounds_disk(rows: list[dict], step: str, profile: MachineProfile | dict | None = None) -> float | None:
+    """The median disk rate of the references taken beside ``rows``' rounds (``disk_state``; a save's durable
+    write, a load's cold read), each round once: separate measurements, nothing from the rows' own work; None
+    where the rows have none. A load takes the faster of it and ``profile``'s read (the references read in one
+    stream; the profile's is the faster of one stream and threads), as the bounds do."""
+    by_round = {(r.get("phase"), r["disk_state"]["round"]): r["disk_state"] for r in rows if r.get("disk_state")}
+    rates = [x for s in by_round.values() if (x := s.get("write_Bps" if step == "save" else "read_Bps"))]
+    if not rates:
+        return None
+    got = statistics.median(rates)
+    prof = as_profile(profile)
+    return max(got, disk_Bps(prof, step) or 0) if step == "load" and prof else got
+
+
 def check(got: list[Card], rows: list[dict], profile: MachineProfile | dict) -> list[dict]:
     """Each card's step predicted for ``rows`` (another state, measured on ``profile``'s machine) at the
     payload those rows measured, beside their measured median: one dict per approach and step with
-    ``measured_s``, ``predicted_s``, ``error`` (:func:`error`), ``binding`` and ``n`` (rows)."""
+    ``measured_s``, ``predicted_s``, ``error`` (:func:`error`), ``binding`` and ``n`` (rows); and the same
+    prediction with the disk's rate of the references beside the state's rounds (:func:`rounds_disk`):
+    ``predicted_rounds_s``, ``error_rounds`` (None where the state has none)."""
     out = []
     for c in got:
         rs = [r for r in rows if r["approach"] == c.approach and is_valid(r) and not r.get("world_size")
@@ -244,11 +263,16 @@ def check(got: list[Card], rows: list[dict], profile: MachineProfile | dict) -> 
         if not rs:
             continue
         measured = statistics.median(r[f"{c.step}_s"] for r in rs)
-        pred = predict(c, profile, int(statistics.median(r["payload_bytes"] for r in rs)))
+        payload = int(statistics.median(r["payload_bytes"] for r in rs))
+        pred = predict(c, profile, payload)
+        disk = rounds_disk([r for r in rows if not r.get("world_size")], c.step, profile)
+        near = predict(c, profile, payload, disk) if disk else None
         out.append({"approach": c.approach, "step": c.step, "n": len(rs), "measured_s": measured,
                     "predicted_s": pred.seconds if pred else None,
                     "error": error(measured, pred.seconds if pred else None),
-                    "binding": pred.binding if pred else None})
+                    "binding": pred.binding if pred else None,
+                    "predicted_rounds_s": near.seconds if near else None,
+                    "error_rounds": error(measured, near.seconds if near else None)})
     return out
 
 
