@@ -19,10 +19,12 @@ RUN = "v1"
 
 @pytest.fixture(scope="module")
 def measured(tmp_path_factory):
-    """00, 4c and 4d on tiny in one run, 2 repeats: 4c and 4d share 00's tensorstore rows."""
+    """00, 4c and 4d on tiny in one run, 2 repeats, 4c and 4d also on the other weights (OTHER_WEIGHTS, off in the
+    default run): 4c and 4d share 00's tensorstore rows."""
     out = tmp_path_factory.mktemp("verdicts")
     said = []
-    results = {p: suite.run(p, model="tiny", repeats=2, out_dir=out, run_id=RUN, say=said.append)
+    results = {p: suite.run(p, model="tiny", repeats=2, out_dir=out, run_id=RUN, say=said.append,
+                            **({} if p == "00" else {"other_weights": True}))
                for p in ("00", "4c", "4d")}
     return out, results, said
 
