@@ -575,8 +575,10 @@ def test_a_rows_disk_bound_takes_its_rounds_reference_and_says_so():
     assert bounds.disk_rate(old, "load", prof) == (None, None) and "disk read" not in bounds.limits(old, "load", prof)
     assert bounds.approach_bounds([old], "load", prof)["disk_Bps"] is None
     states = [{"phase": "00", "bytes": 1 << 28, "write_Bps": w, "read_Bps": 1e9} for w in (300e6, 600e6, 900e6)]
-    t = report_machine.disk_states_table(states, prof)
-    assert t.loc["00", "rounds"] == 3 and t.loc["00", "write_MBps_median"] == 600
+    later = [s | {"phase": "4a", "at": "2026-12-07T12:00:00"} for s in states[:1]]
+    t = report_machine.disk_states_table(later + [s | {"at": "2026-12-07T11:00:00"} for s in states], prof)
+    assert list(t.index) == ["00", "4a"]  # in the order the run measured them
+    assert t.loc["00", "rounds"] == 3 and t.loc["00", "write_MBps"] == "600 [300-900]"
     assert t.loc["00", "write_x_profile"] == pytest.approx(600 / 1800, abs=0.01)
     text = report_machine.disk_states_findings(states, prof)
     assert "300-900 MB/s" in text and "3.00x the lowest" in text and "1,800 MB/s" in text

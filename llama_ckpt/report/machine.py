@@ -144,37 +144,32 @@ def bounds_findings(rows: list[dict], profile: MachineProfile | dict | None,
     return "\n".join(out)
 
 
-def _spread(states: list[dict], key: str) -> dict:
-    """The lowest, median and highest of ``key`` over ``states`` in MB/s (None where none has it)."""
-    xs = [s[key] for s in states if s.get(key)]
+def _spread(states: list[dict], key: str) -> tuple[float | None, str]:
+    """The median of ``key`` over ``states`` in MB/s and "median [lowest-highest]" (None, "-" where none has it)."""
+    xs = [s[key] / 1e6 for s in states if s.get(key)]
     if not xs:
-        return dict.fromkeys(("min", "median", "max"))
-    return {"min": min(xs) / 1e6, "median": statistics.median(xs) / 1e6, "max": max(xs) / 1e6}
+        return None, "-"
+    med = statistics.median(xs)
+    return med, f"{med:,.0f} [{min(xs):,.0f}-{max(xs):,.0f}]"
 
 
 def disk_states_table(states: list[dict], profile: MachineProfile | dict | None = None) -> pd.DataFrame:
-    """How far the disk moved while the run measured: per phase (in the run's order), the short references taken
-    before its rounds (``disk_state`` records), their durable write and cold read in MB/s (lowest, median,
-    highest), and each median against the run's profile, measured at its start (``x_profile``)."""
+    """How far the disk moved while the run measured: per phase (in the order the run measured them), the short
+    references taken before its rounds (``disk_state`` records), their durable write and cold read in MB/s
+    (median [lowest-highest]), and each median against the run's profile, measured at its start
+    (``x_profile``)."""
     prof = as_profile(profile)
     by: dict[str, list[dict]] = {}
-    for s in states:
+    for s in sorted(states, key=lambda s: s.get("at") or ""):
         by.setdefault(s.get("phase") or "(run)", []).append(s)
     recs = []
     for phase, ss in by.items():
-        w, r = _spread(ss, "write_Bps"), _spread(ss, "read_Bps")
-        recs.append({"phase": phase, "rounds": len(ss), "bytes": fmt_bytes(ss[0]["bytes"]),
-                     **{f"write_MBps_{k}": v for k, v in w.items()}, **{f"read_MBps_{k}": v for k, v in r.items()},
-                     "write_x_profile": (w["median"] * 1e6 / prof.write_Bps()
-                                         if w["median"] and prof and prof.write_Bps() else None),
-                     "read_x_profile": (r["median"] * 1e6 / prof.read_Bps()
-                                        if r["median"] and prof and prof.read_Bps() else None)})
-    if not recs:
-        return pd.DataFrame()
-    t = pd.DataFrame(recs).set_index("phase")
-    num = [c for c in t.columns if c not in ("rounds", "bytes")]
-    t[num] = t[num].apply(pd.to_numeric)
-    return t.round({c: 0 for c in num if "MBps" in c} | {"write_x_profile": 2, "read_x_profile": 2})
+        (w, w_text), (r, r_text) = _spread(ss, "write_Bps"), _spread(ss, "read_Bps")
+        pw, pr = (prof.write_Bps(), prof.read_Bps()) if prof else (None, None)
+        recs.append({"phase": phase, "rounds": len(ss), "write_MBps": w_text,
+                     "write_x_profile": round(w * 1e6 / pw, 2) if w and pw else None, "read_MBps": r_text,
+                     "read_x_profile": round(r * 1e6 / pr, 2) if r and pr else None})
+    return pd.DataFrame(recs).set_index("phase") if recs else pd.DataFrame()
 
 
 def disk_states_findings(states: list[dict], profile: MachineProfile | dict | None = None) -> str:

@@ -36,14 +36,18 @@ def keep_cards(run_dir: Path, rows: list[dict], profile: MachineProfile | None, 
 
 def card_table(cards: list) -> pd.DataFrame:
     """One line per approach and step: its work per GB of payload, the cores its CPU work used when it was not
-    waiting (``parallel``), CPU seconds over wall time as measured, and the streams the format declares."""
+    waiting (``parallel``), CPU seconds over wall time as measured, and the streams the format declares; "-"
+    where a figure does not apply (a load's files and fsyncs) or was not counted (an fsync policy not stated)."""
     recs = [{"approach": c.approach, "step": c.step, "CPU s/GB": c.cpu_per_B * 1e9,
              "own CPU s/GB": c.own_cpu_per_B * 1e9, "call GB/GB": c.call_per_B, "fresh memory GB/GB": c.fault_per_B,
              "storage GB/GB": c.storage_per_B,
              "files/GB": None if c.files_per_B is None else c.files_per_B * 1e9,
              "fsyncs/GB": None if c.fsyncs_per_B is None else c.fsyncs_per_B * 1e9,
              "CPU/wall": c.cpu_over_wall, "parallel": c.parallel, "streams": c.streams, "rows": c.n} for c in cards]
-    return pd.DataFrame.from_records(recs)
+    if not recs:
+        return pd.DataFrame()
+    t = pd.DataFrame.from_records(recs).set_index(["approach", "step"]).round(3)
+    return t.astype(object).where(t.notna(), "-")
 
 
 def parts_table(cards: list, profile: MachineProfile | None, step: str) -> pd.DataFrame:
@@ -99,7 +103,8 @@ def check_table(cards: list, rows: list[dict], profile: MachineProfile | None) -
         df = df.drop(columns=["predicted_rounds_s", "error_rounds"])
     else:
         df["within_rounds"] = df["error_rounds"].abs() <= work.TOLERANCE
-    return df.set_index(["approach", "step"])
+    first = ["approach", "step", "n", "measured_s", "predicted_s", "error", "within", "binding"]
+    return df[first + [c for c in df.columns if c not in first]].set_index(["approach", "step"])
 
 
 def check_line(table: pd.DataFrame, state: str) -> str:
