@@ -35,7 +35,8 @@ LIMITS = {
     "disk write": "bytes that went to storage, at the durable write rate of the short reference taken before the "
                   "row's round from the same start as its saves (`disk_state`); for a row without one, the best "
                   "median durable write rate the profile saw (to new space, to freed space, or the disk "
-                  "reference's: `MachineProfile.write_Bps`, the share-of-disk columns' rate)",
+                  "reference's: `MachineProfile.write_Bps`, the share-of-disk columns' rate). The round's is one "
+                  "stream: a save that writes with several may beat it (`x_bound` below 1)",
     "disk read": "bytes that came from storage, at the faster of the fastest cold read the profile's disk "
                  "reference saw (any sample, in one stream or by its threads: `MachineProfile.read_Bps`, the "
                  "share-of-disk columns' rate) and the one-stream cold read of the row's round reference "
