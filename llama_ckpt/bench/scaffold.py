@@ -249,7 +249,8 @@ def check_disk(approaches: list[Format], source: ModelSource, out: Path, keep: b
         return need
     # Without keep, one checkpoint exists at a time (the short reference before a round, when none does); with
     # it, every approach's last one stays, and the reference beside them.
-    ref = -(-min(probes.ROUND_REFERENCE_BYTES, source.nbytes) // fsutil.block_size(out)) * fsutil.block_size(out)
+    block = fsutil.block_size(out)
+    ref = -(-min(probes.ROUND_REFERENCE_BYTES, source.nbytes) // block) * block
     kept = sum(v for k, v in need.items() if k != "disk reference") + ref if keep else 0
     biggest = max(need, key=need.get)
     check_free(max(kept, need[biggest], ref), out,

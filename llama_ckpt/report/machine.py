@@ -144,9 +144,14 @@ def bounds_findings(rows: list[dict], profile: MachineProfile | dict | None,
     return "\n".join(out)
 
 
+def _rates_MBps(states: list[dict], key: str) -> list[float]:
+    """``key`` (a rate in B/s) of every state that has it, in MB/s (a failed reference has none)."""
+    return [s[key] / 1e6 for s in states if s.get(key)]
+
+
 def _spread(states: list[dict], key: str) -> tuple[float | None, str]:
     """The median of ``key`` over ``states`` in MB/s and "median [lowest-highest]" (None, "-" where none has it)."""
-    xs = [s[key] / 1e6 for s in states if s.get(key)]
+    xs = _rates_MBps(states, key)
     if not xs:
         return None, "-"
     med = statistics.median(xs)
@@ -181,12 +186,12 @@ def disk_states_findings(states: list[dict], profile: MachineProfile | dict | No
     out = []
     for op, key, at_start in (("durable write", "write_Bps", prof.write_Bps() if prof else None),
                               ("cold read", "read_Bps", prof.read_Bps() if prof else None)):
-        xs = [s[key] for s in states if s.get(key)]
+        xs = _rates_MBps(states, key)
         if not xs:
             out.append(f"{op}: none measured")
             continue
         med = statistics.median(xs)
-        out.append(f"{op} {min(xs) / 1e6:,.0f}-{max(xs) / 1e6:,.0f} MB/s (median {med / 1e6:,.0f}, "
+        out.append(f"{op} {min(xs):,.0f}-{max(xs):,.0f} MB/s (median {med:,.0f}, "
                    f"highest {max(xs) / min(xs):.2f}x the lowest"
                    + (f"; the profile at the run's start: {at_start / 1e6:,.0f} MB/s" if at_start else "") + ")")
     took = sum(s.get("took_s") or 0 for s in states)

@@ -256,17 +256,18 @@ def check(got: list[Card], rows: list[dict], profile: MachineProfile | dict) -> 
     ``measured_s``, ``predicted_s``, ``error`` (:func:`error`), ``binding`` and ``n`` (rows); and the same
     prediction with the disk's rate of the references beside the state's rounds (:func:`rounds_disk`):
     ``predicted_rounds_s``, ``error_rounds`` (None where the state has none)."""
+    single = [r for r in rows if not r.get("world_size")]
+    disks = {step: rounds_disk(single, step, profile) for step in STEPS}  # the state's, the same for every card
     out = []
     for c in got:
-        rs = [r for r in rows if r["approach"] == c.approach and is_valid(r) and not r.get("world_size")
+        rs = [r for r in single if r["approach"] == c.approach and is_valid(r)
               and r.get(f"{c.step}_s") and r.get("payload_bytes")]
         if not rs:
             continue
         measured = statistics.median(r[f"{c.step}_s"] for r in rs)
         payload = int(statistics.median(r["payload_bytes"] for r in rs))
         pred = predict(c, profile, payload)
-        disk = rounds_disk([r for r in rows if not r.get("world_size")], c.step, profile)
-        near = predict(c, profile, payload, disk) if disk else None
+        near = predict(c, profile, payload, disks[c.step]) if disks[c.step] else None
         out.append({"approach": c.approach, "step": c.step, "n": len(rs), "measured_s": measured,
                     "predicted_s": pred.seconds if pred else None,
                     "error": error(measured, pred.seconds if pred else None),
