@@ -443,7 +443,7 @@ def _profile_parser(sub) -> None:
 
 def _predict_parser(sub) -> None:
     s = sub.add_parser("predict", help="each approach's save and load predicted from cost cards and a machine "
-                                       "profile (docs/decisions.md#work-model)")
+                                       "profile (docs/decisions.md#work-model-2)")
     s.add_argument("--cards", nargs="+", required=True, metavar="RESULTS",
                    help="a cost-card file (cost-cards.json of a run) or results .jsonl files to make them from")
     s.add_argument("--profile", required=True, metavar="FILE", help="the target machine's profile (`profile --out`)")

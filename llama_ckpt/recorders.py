@@ -247,6 +247,21 @@ def sync_calls() -> int:
     return _SYNCS["calls"]
 
 
+def thread_cpu() -> dict[int, float]:
+    """User and system CPU seconds of each thread of this process now, by thread id (``/proc/self/task/*/stat``,
+    in the kernel's clock ticks); a thread that ended while it was read is left out."""
+    tick, out = os.sysconf("SC_CLK_TCK"), {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        rest = stat[stat.rindex(")") + 2:].split()  # the name may hold spaces; fields 14 and 15 are utime, stime
+        out[int(tid)] = (int(rest[11]) + int(rest[12])) / tick
+    return out
+
+
 class CpuIO:
     """The work of this process, all its threads, over a block of code:
     CPU seconds (user, system), page faults (minor: a page mapped without a
@@ -256,7 +271,11 @@ class CpuIO:
     (``read_bytes``, ``write_bytes``: what the page cache did not absorb,
     including memory-mapped reads) and the fsync/fdatasync calls made through
     Python's os module (``fsync_calls``; a format's native code's are its
-    ``native_fsyncs``). ``result`` is the difference as a dict."""
+    ``native_fsyncs``), and the CPU seconds of its busiest thread
+    (``busiest_thread_s``, of the threads alive at its end) with the count of
+    those that used a clock tick or more (``busy_threads``) and the CPU
+    seconds of the threads that ended inside the block (``ended_threads_s``:
+    the total less the others'). ``result`` is the difference as a dict."""
 
     def __init__(self, sampler: "PeakRSS | None" = None):
         self.sampler = sampler  # a PeakRSS running around this block: its own reads are left out
@@ -267,12 +286,15 @@ class CpuIO:
     def __enter__(self):
         count_syncs()
         self._syncs = sync_calls()
+        self._threads = thread_cpu()
         self._t, self._io, self._own0 = resource.getrusage(resource.RUSAGE_SELF), _proc_io(), self._own()
         return self
 
     def __exit__(self, *exc):
         own = self._own()  # before /proc/self/io, so that no sample falls between them uncounted
         t, io = resource.getrusage(resource.RUSAGE_SELF), _proc_io()
+        used = [s - self._threads.get(tid, 0.0) for tid, s in thread_cpu().items()]
+        used = [u for u in used if u > 0]
         own_calls, own_bytes = own[0] - self._own0[0], own[1] - self._own0[1]
         self.result = {"user_s": t.ru_utime - self._t.ru_utime, "sys_s": t.ru_stime - self._t.ru_stime,
                        "read_calls": io["syscr"] - self._io["syscr"] - own_calls,
@@ -283,7 +305,10 @@ class CpuIO:
                        "major_faults": t.ru_majflt - self._t.ru_majflt,
                        "storage_read_bytes": io["read_bytes"] - self._io["read_bytes"],
                        "storage_write_bytes": io["write_bytes"] - self._io["write_bytes"],
-                       "fsync_calls": sync_calls() - self._syncs}
+                       "fsync_calls": sync_calls() - self._syncs,
+                       "busiest_thread_s": max(used, default=0.0), "busy_threads": len(used)}
+        cpu = self.result["user_s"] + self.result["sys_s"]
+        self.result["ended_threads_s"] = max(0.0, cpu - sum(used))  # threads that ended inside the block
         return False
 
 

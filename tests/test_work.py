@@ -56,26 +56,30 @@ def _profile(cores, disk_write, disk_read=1e9):
         "reference": {"reference_read_Bps": disk_read}})
 
 
-def _row(save_s=2.0, load_s=1.5):
+def _row(save_s=1.2, load_s=1.25):
     return measurement_row(
         run_id="r", approach="fmt", model="m", repeat=1, verified=True, payload_bytes=10**9, n_files=10,
         stored_dtype="float32", write_streams=1, save_s=save_s, load_s=load_s, fsyncs_save=20,
         cpu_io_save={"user_s": 0.4, "sys_s": 0.6, "write_bytes": 10**9, "read_bytes": 0, "minor_faults": 10**5,
-                     "storage_write_bytes": 10**9, "storage_read_bytes": 0},
+                     "storage_write_bytes": 10**9, "storage_read_bytes": 0, "busiest_thread_s": 0.5},
         cpu_io_load={"user_s": 0.3, "sys_s": 0.2, "write_bytes": 0, "read_bytes": 10**9, "minor_faults": 0,
-                     "storage_read_bytes": 10**9, "storage_write_bytes": 0})
+                     "storage_read_bytes": 10**9, "storage_write_bytes": 0, "busiest_thread_s": 0.5})
 
 
 def test_a_prediction_is_the_frozen_form_from_a_card_file_and_a_profile_file_alone(tmp_path):
-    """The card state: 4 cores, the disk at 1 GB/s; the target: one core, the disk at 0.5 GB/s, twice the bytes.
-    Worked by hand from docs/decisions.md#work-model."""
-    cards = work.cards([_row(), _row(save_s=2.2), _row(save_s=1.8)], _profile(4, 1e9))
+    """The card state: 4 cores, the disk at 1 GB/s; the target: one core, the disk at 0.5 GB/s.
+    Worked by hand from docs/decisions.md#work-model-2."""
+    cards = work.cards([_row(), _row(save_s=1.3), _row(save_s=1.1)], _profile(4, 1e9))
     assert [(c.approach, c.step) for c in cards] == [("fmt", "save"), ("fmt", "load")]
-    save = cards[0]
+    save, load = cards
     # per 1e9 bytes: copy 0.5 s, faults 0.1 s (1e5 x 4096 B at 4.096 GB/s), own CPU 1.0 - 0.6 = 0.4 s
     assert save.own_cpu_per_B * 1e9 == pytest.approx(0.4)
-    # waiting = 2.0 - disk 1.0 - files 0.001 - fsyncs 0.02; parallel = CPU 1.0 s over it
-    assert save.parallel == pytest.approx(1.0 / 0.979)
+    # parallel: CPU 1.0 s over the busiest thread's 0.5 s, measured (not what the disk left over)
+    assert save.parallel == pytest.approx(2.0) and load.parallel == pytest.approx(1.0)
+    # overlap: CPU 1.0 / 2 + disk 1.0 + files 0.001 + fsyncs 0.02 - time 1.2, over the smaller (CPU 0.5)
+    assert save.overlap == pytest.approx(0.321 / 0.5)
+    # load: CPU 0.5 / 1 + disk 1.0 - time 1.25, over 0.5
+    assert load.overlap == pytest.approx(0.5)
     path = tmp_path / "cost-cards.json"
     work.write_cards(path, cards, _profile(4, 1e9), "r")
     target = tmp_path / "target.json"
@@ -83,22 +87,53 @@ def test_a_prediction_is_the_frozen_form_from_a_card_file_and_a_profile_file_alo
     r = cli_here("predict", "--cards", str(path), "--profile", str(target), "--json")
     assert r.returncode == 0, r.stderr
     got = {p["step"]: p for p in json.loads(r.stdout)}
-    # save on one core: CPU (0.5 + 0.1 + 0.4) / 1, disk 1e9 / 5e8, files 10 / 1e4, fsyncs 20 / 1e3
-    assert got["save"]["seconds"] == pytest.approx(1.0 + 2.0 + 0.001 + 0.02)
+    # save on one core: CPU (0.5 + 0.1 + 0.4) / 1, disk 1e9 / 5e8, the overlap's share of the smaller (CPU)
+    # taken off, files 10 / 1e4, fsyncs 20 / 1e3
+    assert got["save"]["seconds"] == pytest.approx(1.0 + 2.0 - 0.642 * 1.0 + 0.001 + 0.02)
     assert got["save"]["binding"] == "disk"
-    # load: parallel = 0.5 / (1.5 - 1.0) = 1; copy 0.5, own 0.0; disk 1e9 / 1e9
-    assert got["load"]["seconds"] == pytest.approx(0.5 + 1.0)
+    assert got["save"]["parts"]["own CPU"] == pytest.approx(0.4 * (1 - 0.642))  # the smaller one's parts shrink
+    # load: copy 0.5, own 0.0 on one core; disk 1e9 / 1e9; half the smaller taken off
+    assert got["load"]["seconds"] == pytest.approx(0.5 + 1.0 - 0.5 * 0.5)
     text = cli_here("predict", "--cards", str(path), "--profile", str(target))
     assert text.returncode == 0 and "fmt" in text.stdout and "own CPU s" in text.stdout
-    # on 8 cores the CPU work spreads over the cores the card's state saw it use (parallel), not over all 8
+    # on 8 cores the CPU work spreads over the cores it used (parallel 2), not over all 8
     wide = tmp_path / "wide.json"
     wide.write_text(json.dumps(_profile(8, 5e8).to_dict()))
     got = {p["step"]: p for p in json.loads(cli_here("predict", "--cards", str(path), "--profile", str(wide),
                                                       "--json").stdout)}
-    assert got["save"]["seconds"] == pytest.approx(1.0 / save.parallel + 2.0 + 0.001 + 0.02)
+    assert got["save"]["seconds"] == pytest.approx(0.5 + 2.0 - 0.642 * 0.5 + 0.001 + 0.02)
+    # with no disk the overlap takes nothing off: the CPU work alone, over the cores it used
+    memory = _profile(1, 5e8).to_dict() | {"fs_type": "tmpfs"}
+    assert work.predict(load, memory, 10**9).seconds == pytest.approx(0.5)
     # a profile from before the suite measured a file's create and an fsync apart cannot predict a save
     old = _profile(1, 5e8).to_dict() | {"file_creates_per_s": None, "fsyncs_per_s": None}
-    assert work.predict(save, old, 10**9) is None and work.predict(cards[1], old, 10**9) is not None
+    assert work.predict(save, old, 10**9) is None and work.predict(load, old, 10**9) is not None
+
+
+def test_a_steps_parallelism_is_its_cpu_over_its_busiest_threads():
+    """The recorder counts each thread's CPU: two threads spinning together make a parallelism near 2, one
+    thread near 1; a row whose busiest thread used too little CPU to tell is taken as one thread."""
+    import threading
+    import time
+
+    def spin(seconds):
+        end = time.thread_time() + seconds
+        while time.thread_time() < end:
+            pass
+
+    with CpuIO() as one:
+        spin(0.3)
+    with CpuIO() as two:
+        ts = [threading.Thread(target=spin, args=(0.3,)) for _ in range(2)]
+        [t.start() for t in ts]
+        spin(0.3)  # the main thread too: three threads in all
+        [t.join() for t in ts]
+    for c, threads in ((one, 1), (two, 3)):
+        cpu = c.result["user_s"] + c.result["sys_s"]
+        assert c.result["busy_threads"] >= 1
+        assert cpu / c.result["busiest_thread_s"] == pytest.approx(threads, rel=0.35), c.result
+    row = _row() | {"cpu_io_save": _row()["cpu_io_save"] | {"busiest_thread_s": 0.01}}
+    assert work.cards([row], _profile(4, 1e9))[0].parallel == 1.0
 
 
 def test_a_card_takes_nothing_from_the_state_it_predicts():
@@ -141,9 +176,10 @@ def test_a_check_also_predicts_with_the_disk_beside_the_states_rounds():
             _row(save_s=2.9) | {"disk_state": state(3, 5e8, 7e8)}]
     assert work.rounds_disk(rows, "save") == 5e8 and work.rounds_disk(rows, "load") == 7e8
     got = {c["step"]: c for c in work.check(cards, rows, _profile(1, 1e9))}
-    # save on one core: CPU 1.0, disk 1e9 / 5e8 (the rounds' median, not the profile's 1e9), files, fsyncs
-    assert got["save"]["predicted_rounds_s"] == pytest.approx(1.0 + 2.0 + 0.001 + 0.02)
-    assert got["save"]["predicted_s"] == pytest.approx(1.0 + 1.0 + 0.001 + 0.02)
+    # save on one core: CPU 1.0, disk 1e9 / 5e8 (the rounds' median, not the profile's 1e9), the card's overlap
+    # (0.642) of the smaller taken off, files, fsyncs
+    assert got["save"]["predicted_rounds_s"] == pytest.approx(1.0 + 2.0 - 0.642 + 0.001 + 0.02)
+    assert got["save"]["predicted_s"] == pytest.approx(1.0 + 1.0 - 0.642 + 0.001 + 0.02)
     assert got["save"]["error_rounds"] == pytest.approx(2.95 / got["save"]["predicted_rounds_s"] - 1)
     assert work.check(cards, [_row()], _profile(1, 1e9))[0]["predicted_rounds_s"] is None
     from llama_ckpt.report import work as report_work

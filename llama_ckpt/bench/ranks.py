@@ -267,7 +267,7 @@ def add_counts(*counts: dict | None) -> dict | None:
     out: dict[str, int] = {}
     for c in counts:
         for k, v in (c or {}).items():
-            out[k] = out.get(k, 0) + v
+            out[k] = max(out.get(k, 0), v) if k in ("busiest_thread_s", "ended_threads_s") else out.get(k, 0) + v
     return out
 
 

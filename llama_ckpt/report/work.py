@@ -1,5 +1,5 @@
 """The cost cards of a run as tables, where each approach's time goes as a stacked bar, and a check of the work
-model in another state (:mod:`llama_ckpt.results.work`; its form: docs/decisions.md#work-model)."""
+model in another state (:mod:`llama_ckpt.results.work`; its form: docs/decisions.md#work-model-2)."""
 
 from __future__ import annotations
 
@@ -35,15 +35,17 @@ def keep_cards(run_dir: Path, rows: list[dict], profile: MachineProfile | None, 
 
 
 def card_table(cards: list) -> pd.DataFrame:
-    """One line per approach and step: its work per GB of payload, the cores its CPU work used when it was not
-    waiting (``parallel``), CPU seconds over wall time as measured, and the streams the format declares; "-"
+    """One line per approach and step: its work per GB of payload, the cores its CPU work used (``parallel``: its
+    CPU seconds over its busiest thread's), the share of the smaller of its CPU work and its disk time that ran
+    under the other (``overlap``), CPU seconds over wall time as measured, and the streams the format declares; "-"
     where a figure does not apply (a load's files and fsyncs) or was not counted (an fsync policy not stated)."""
     recs = [{"approach": c.approach, "step": c.step, "CPU s/GB": c.cpu_per_B * 1e9,
              "own CPU s/GB": c.own_cpu_per_B * 1e9, "call GB/GB": c.call_per_B, "fresh memory GB/GB": c.fault_per_B,
              "storage GB/GB": c.storage_per_B,
              "files/GB": None if c.files_per_B is None else c.files_per_B * 1e9,
              "fsyncs/GB": None if c.fsyncs_per_B is None else c.fsyncs_per_B * 1e9,
-             "CPU/wall": c.cpu_over_wall, "parallel": c.parallel, "streams": c.streams, "rows": c.n} for c in cards]
+             "CPU/wall": c.cpu_over_wall, "parallel": c.parallel, "overlap": c.overlap, "streams": c.streams,
+             "rows": c.n} for c in cards]
     if not recs:
         return pd.DataFrame()
     t = pd.DataFrame.from_records(recs).set_index(["approach", "step"]).round(3)

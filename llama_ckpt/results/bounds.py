@@ -17,7 +17,7 @@ limit counts, or to limits taken one after another instead of together).
 
 A time prediction is not made here: a row's own counted work says how long
 that row took, not how long another would. The work model
-(:mod:`llama_ckpt.results.work`, docs/decisions.md#work-model) predicts from
+(:mod:`llama_ckpt.results.work`, docs/decisions.md#work-model-2) predicts from
 an approach's cost card, taken in one state, for another state or machine.
 """
 

@@ -1,5 +1,5 @@
 """Each approach's work as a **cost card**, and the model that predicts a save's or load's time from a card, a
-machine profile and a size (docs/decisions.md#work-model: the form, frozen before it was checked).
+machine profile and a size (docs/decisions.md#work-model-2: the form, frozen before it was checked).
 
 A card is one approach's step (``save``, ``load``) as work per byte of checkpoint payload, the median over its
 verified single-process rows in the state the cards were taken in; :func:`predict` takes nothing from the row it
@@ -34,6 +34,8 @@ PARTS = {
     "files": "files created, at the file-create rate",
     "fsyncs": "fsync calls, at the fsync rate",
 }
+HIDDEN = "the part of the smaller of the CPU work and the disk that runs while the other does (the card's overlap)"
+MIN_THREAD_S = 0.05  # a busiest thread below this much CPU (5 of the kernel's 10 ms ticks) tells no parallelism
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,8 @@ class Card:
     files_per_B: float | None  # save: files created
     fsyncs_per_B: float | None  # save: fsync calls (None: the format's native ones unknown)
     own_cpu_per_B: float  # CPU seconds less the page-cache copy and the faults, at the card machine's rates
-    parallel: float  # the cores its CPU work used when not waiting (the one figure the card's state fixes)
+    parallel: float  # the cores its CPU work used: its CPU seconds over its busiest thread's (measured)
+    overlap: float  # the share of the smaller of its CPU work and its disk time run under the other (card state)
     cpu_over_wall: float  # CPU seconds over wall time, as measured (shown)
     streams: int | None  # save: the threads the format declares it writes with
 
@@ -64,7 +67,7 @@ class Card:
 
 # the fields a card must have for a prediction
 NEEDED = ("approach", "step", "payload_bytes", "call_per_B", "fault_per_B", "storage_per_B", "own_cpu_per_B",
-          "parallel")
+          "parallel", "overlap")
 
 
 def _page(profile: MachineProfile) -> int:
@@ -112,8 +115,11 @@ def _row_per_B(row: dict, step: str, page: int) -> dict | None:
     if not size or not t or work.get("user_s") is None:
         return None
     kind = "write" if step == "save" else "read"
-    fsyncs = row.get("fsyncs_save")
-    return {"time": t / size, "cpu": (work["user_s"] + work["sys_s"]) / size,
+    fsyncs, cpu = row.get("fsyncs_save"), work["user_s"] + work["sys_s"]
+    # the threads that ended inside the step count as one (a lower bound on the parallelism)
+    busiest = max(work.get("busiest_thread_s") or 0.0, work.get("ended_threads_s") or 0.0)
+    return {"time": t / size, "cpu": cpu / size,
+            "parallel": cpu / busiest if busiest and busiest >= MIN_THREAD_S else None,
             "call": work[f"{kind}_bytes"] / size, "fault": work["minor_faults"] * page / size,
             "storage": work[f"storage_{kind}_bytes"] / size,
             "files": row["n_files"] / size if step == "save" else None,
@@ -143,16 +149,18 @@ def card_of(rows: list[dict], step: str, profile: MachineProfile | dict) -> Card
     if parts is None or io is None:
         return None
     own = max(0.0, per_B["cpu"] - sum(parts))
-    cores = prof.cores or 1
-    waiting = per_B["time"] - sum(io.values())  # the time not spent on the disk, files and fsyncs
-    parallel = min(cores, max(1.0, per_B["cpu"] / waiting)) if waiting > 0 else float(cores)
+    parallel = min(prof.cores or 1, max(1.0, per_B["parallel"] or 1.0))  # unknown (no thread of 5 ticks): one
+    cpu = (sum(parts) + own) / parallel
+    smaller = min(cpu, io["disk"])
+    overlap = min(1.0, max(0.0, (cpu + sum(io.values()) - per_B["time"]) / smaller)) if smaller > 0 else 0.0
     r0 = rows[0]
     return Card(approach=r0["approach"], step=step, n=len(got),
                 payload_bytes=int(statistics.median(r["payload_bytes"] for r in rows if r.get("payload_bytes"))),
                 stored_dtype=r0.get("stored_dtype"), time_per_B=per_B["time"], cpu_per_B=per_B["cpu"],
                 call_per_B=per_B["call"], fault_per_B=per_B["fault"], storage_per_B=per_B["storage"],
                 files_per_B=per_B["files"], fsyncs_per_B=per_B["fsyncs"], own_cpu_per_B=own, parallel=parallel,
-                cpu_over_wall=per_B["cpu_over_wall"], streams=r0.get("write_streams") if step == "save" else None)
+                overlap=overlap, cpu_over_wall=per_B["cpu_over_wall"],
+                streams=r0.get("write_streams") if step == "save" else None)
 
 
 def cards(rows: list[dict], profile: MachineProfile | dict) -> list[Card]:
@@ -165,7 +173,8 @@ def cards(rows: list[dict], profile: MachineProfile | dict) -> list[Card]:
 
 @dataclass(frozen=True)
 class Prediction:
-    """A predicted time and its parts (:data:`PARTS`, seconds), the largest part the binding one."""
+    """A predicted time and its parts (:data:`PARTS`, seconds, after the overlap is taken off the smaller of the
+    CPU work and the disk; ``hidden``: the seconds it took off), the largest part the binding one."""
 
     approach: str
     step: str
@@ -173,11 +182,12 @@ class Prediction:
     seconds: float
     parts: dict
     binding: str
+    hidden: float = 0.0
 
 
 def predict(card: Card, profile: MachineProfile | dict, payload_bytes: int,
             disk: float | None = None) -> Prediction | None:
-    """``card``'s step on ``profile``'s machine at ``payload_bytes`` (docs/decisions.md#work-model); None where
+    """``card``'s step on ``profile``'s machine at ``payload_bytes`` (docs/decisions.md#work-model-2); None where
     the profile lacks a rate the model needs. ``disk``: the disk's rate in B/s to take instead of the
     profile's (the form unchanged: the references beside the predicted state's rounds, :func:`rounds_disk`)."""
     prof = as_profile(profile)
@@ -189,12 +199,19 @@ def predict(card: Card, profile: MachineProfile | dict, payload_bytes: int,
     if parts is None or io is None or not prof.cores:
         return None
     p = min(prof.cores, card.parallel)
-    got = {"disk": io["disk"], "page-cache copy": parts[0] / p, "memory faults": parts[1] / p,
-           "own CPU": card.own_cpu_per_B / p}
+    cpu = {"page-cache copy": parts[0] / p, "memory faults": parts[1] / p, "own CPU": card.own_cpu_per_B / p}
+    cpu_s, disk_s = sum(cpu.values()) * payload_bytes, io["disk"] * payload_bytes
+    hidden = card.overlap * min(cpu_s, disk_s)  # taken off the smaller of the two
+    if disk_s <= cpu_s:
+        disk_s -= hidden
+        got = {k: v * payload_bytes for k, v in cpu.items()}
+    else:
+        got = {k: v * payload_bytes * (1 - hidden / cpu_s) for k, v in cpu.items()}
+    got = {"disk": disk_s, **got}
     if card.step == "save":
-        got.update(files=io["files"], fsyncs=io["fsyncs"])
-    got = {k: v * payload_bytes for k, v in got.items()}
-    return Prediction(card.approach, card.step, payload_bytes, sum(got.values()), got, max(got, key=got.get))
+        got.update(files=io["files"] * payload_bytes, fsyncs=io["fsyncs"] * payload_bytes)
+    return Prediction(card.approach, card.step, payload_bytes, sum(got.values()), got, max(got, key=got.get),
+                      hidden)
 
 
 # -- files --------------------------------------------------------------------------------------------------------

@@ -96,7 +96,7 @@ WORK_PROTOCOL = (
     "and shared, or here). Each other state is a `python -m llama_ckpt run` of its own with the same protocol "
     "(`llama_ckpt.suite.states`), which measures its own machine profile where its checkpoints go; each "
     "prediction takes the cards, that profile and the payload, nothing from the rows it predicts (the model's "
-    "form: `docs/decisions.md#work-model`, frozen before it was checked).")
+    "form: `docs/decisions.md#work-model-2`, frozen before it was checked).")
 SWEEP_NOTE = (" The phase's pair (and each base it compares with) gets the run's repeats, interleaved; the sweep's "
               "further points, which no claim judges, {n} repeat(s) each.")
 SHARDED_PROTOCOL = (

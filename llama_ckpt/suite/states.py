@@ -1,4 +1,4 @@
-"""The states of this machine the work model is checked in (docs/decisions.md#work-model): each a run of
+"""The states of this machine the work model is checked in (docs/decisions.md#work-model-2): each a run of
 ``python -m llama_ckpt run`` in a process of its own, so that what makes the state (its CPU affinity, a tmpfs
 output, the disk's cap, another model) holds for the whole process and for its machine profile, which every
 such run measures where its checkpoints go. Their results are kept apart from the run's phases
