@@ -60,6 +60,8 @@ def _row(save_s=1.2, load_s=1.25):
     return measurement_row(
         run_id="r", approach="fmt", model="m", repeat=1, verified=True, payload_bytes=10**9, n_files=10,
         stored_dtype="float32", write_streams=1, save_s=save_s, load_s=load_s, fsyncs_save=20,
+        rss_before_save_bytes=15 * 10**8, peak_rss_save_bytes=30 * 10**8,
+        rss_before_load_bytes=12 * 10**8, peak_rss_load_bytes=22 * 10**8,
         cpu_io_save={"user_s": 0.4, "sys_s": 0.6, "write_bytes": 10**9, "read_bytes": 0, "minor_faults": 10**5,
                      "storage_write_bytes": 10**9, "storage_read_bytes": 0, "busiest_thread_s": 0.5},
         cpu_io_load={"user_s": 0.3, "sys_s": 0.2, "write_bytes": 0, "read_bytes": 10**9, "minor_faults": 0,
@@ -76,6 +78,8 @@ def test_a_prediction_is_the_frozen_form_from_a_card_file_and_a_profile_file_alo
     assert save.own_cpu_per_B * 1e9 == pytest.approx(0.4)
     # parallel: CPU 1.0 s over the busiest thread's 0.5 s, measured (not what the disk left over)
     assert save.parallel == pytest.approx(2.0) and load.parallel == pytest.approx(1.0)
+    # held above the step's start at its peak, per byte: the save's staging (1.5 GB), the load's result (1.0 GB)
+    assert save.held_per_B == pytest.approx(1.5) and load.held_per_B == pytest.approx(1.0)
     # overlap: CPU 1.0 / 2 + disk 1.0 + files 0.001 + fsyncs 0.02 - time 1.2, over the smaller (CPU 0.5)
     assert save.overlap == pytest.approx(0.321 / 0.5)
     # load: CPU 0.5 / 1 + disk 1.0 - time 1.25, over 0.5

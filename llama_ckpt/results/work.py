@@ -59,6 +59,7 @@ class Card:
     overlap: float  # the share of the smaller of its CPU work and its disk time run under the other (card state)
     cpu_over_wall: float  # CPU seconds over wall time, as measured (shown)
     streams: int | None  # save: the threads the format declares it writes with
+    held_per_B: float | None = None  # memory held above the step's start at its peak (shown: staging, buffers)
 
     @classmethod
     def from_dict(cls, d: dict) -> Card:
@@ -124,7 +125,9 @@ def _row_per_B(row: dict, step: str, page: int) -> dict | None:
             "storage": work[f"storage_{kind}_bytes"] / size,
             "files": row["n_files"] / size if step == "save" else None,
             "fsyncs": fsyncs / size if step == "save" and fsyncs is not None else None,
-            "cpu_over_wall": (work["user_s"] + work["sys_s"]) / t}
+            "cpu_over_wall": (work["user_s"] + work["sys_s"]) / t,
+            "held": (peak - before) / size if (peak := row.get(f"peak_rss_{step}_bytes")) is not None
+            and (before := row.get(f"rss_before_{step}_bytes")) is not None else None}
 
 
 def _med(xs: list) -> float | None:
@@ -160,7 +163,7 @@ def card_of(rows: list[dict], step: str, profile: MachineProfile | dict) -> Card
                 call_per_B=per_B["call"], fault_per_B=per_B["fault"], storage_per_B=per_B["storage"],
                 files_per_B=per_B["files"], fsyncs_per_B=per_B["fsyncs"], own_cpu_per_B=own, parallel=parallel,
                 overlap=overlap, cpu_over_wall=per_B["cpu_over_wall"],
-                streams=r0.get("write_streams") if step == "save" else None)
+                streams=r0.get("write_streams") if step == "save" else None, held_per_B=per_B["held"])
 
 
 def cards(rows: list[dict], profile: MachineProfile | dict) -> list[Card]:
