@@ -1,4 +1,4 @@
-"""``python -m llama_ckpt``: list, run, suite, load, verify, compare, profile, predict.
+"""``python -m llama_ckpt``: list, run, suite, load, verify, compare, profile, predict, project.
 
 Under ``torchrun`` (see :mod:`llama_ckpt.bench.cluster`) ``run`` and
 ``load`` run as one rank of the launched job.
@@ -24,7 +24,7 @@ from .model import DEFAULT_PRESET, PRESETS, PUBLISHED_DTYPE, get_model
 from .registry import APPROACHES, names, resolve
 from .report import machine as machine_report
 from .results import comparison_table, group_by_run, incomplete_runs, read_results, reference_line
-from .results import work
+from .results import projection, work
 from .results.profile import MachineProfile
 from .results.text import BASELINE
 from .store.server import local_server_dir
@@ -397,35 +397,73 @@ def cmd_profile(args) -> int:
     return 0
 
 
-def cmd_predict(args) -> int:
-    cards, _measured_on = work.read_cards([Path(p) for p in args.cards])
+def _cards_and_profile(card_paths: list[str], profile: str) -> tuple[list, MachineProfile]:
+    cards, _measured_on = work.read_cards([Path(p) for p in card_paths])
     if not cards:
-        raise UserError(f"no cost cards in {', '.join(args.cards)}: no verified single-process row counted its work")
-    prof_path = Path(args.profile)
+        raise UserError(f"no cost cards in {', '.join(card_paths)}: no verified single-process row counted its work")
+    prof_path = Path(profile)
     try:
         prof = MachineProfile.read(prof_path)
     except (ValueError, TypeError, AttributeError, KeyError) as exc:
         raise UserError(f"--profile {prof_path}: not a machine profile ({exc})") from None
     if prof is None:
         raise UserError(f"--profile {prof_path}: no such file")
-    source = get_model(args.model) if args.model else None
+    return cards, prof
 
-    def payload(c) -> int:  # as the approach's rows count it (its edge chunks too), else from the card's dtype
-        if source is None:
-            return c.payload_bytes
-        if c.approach in APPROACHES:
-            return sum(APPROACHES[c.approach].payload_bytes(s) for s in source.specs)
-        return work.payload_of(source, c)
-    preds = [work.predict(c, prof, payload(c)) for c in cards]
+
+def _payload(source, c) -> int:
+    """Model ``source``'s payload as ``c``'s approach's rows count it (its edge chunks too), else from the card's
+    stored dtype."""
+    if c.approach in APPROACHES:
+        return sum(APPROACHES[c.approach].payload_bytes(s) for s in source.specs)
+    return work.payload_of(source, c)
+
+
+def _lacks_rates(profile: str) -> UserError:
+    return UserError(f"--profile {profile}: it lacks the rates the model needs (the page-cache write, the "
+                     "fresh-memory fill, the disk, a file's create and an fsync): measure it with `profile`")
+
+
+def cmd_predict(args) -> int:
+    cards, prof = _cards_and_profile(args.cards, args.profile)
+    source = get_model(args.model) if args.model else None
+    preds = [work.predict(c, prof, _payload(source, c) if source else c.payload_bytes) for c in cards]
     if not any(preds):
-        raise UserError(f"--profile {prof_path}: it lacks the rates the model needs (the page-cache write, the "
-                        "fresh-memory fill, the disk, a file's create and an fsync): measure it with `profile`")
+        raise _lacks_rates(args.profile)
     if args.json:
         print(json.dumps([dataclasses.asdict(p) if p else {"approach": c.approach, "step": c.step,
                                                            "seconds": None, "why": "a rate the model needs"}
                           for c, p in zip(cards, preds)], indent=1))
         return 0
     print(work.prediction_text(cards, preds))
+    return 0
+
+
+def _latest_cards(out: Path) -> str:
+    runs = sorted((out / "runs").glob("*/cost-cards.json")) if (out / "runs").is_dir() else []
+    if not runs:
+        raise UserError(f"no cost cards under {out}/runs (a run's cost-cards.json): give --cards")
+    return str(runs[-1])
+
+
+def cmd_project(args) -> int:
+    cards, prof = _cards_and_profile(args.cards or [_latest_cards(Path(args.out))], args.profile)
+    w = projection.workload(args.workload, get_model)
+    if args.ranks_per_node:
+        w = dataclasses.replace(w, ranks_per_node=args.ranks_per_node)
+    per_rank = None
+    if not w.optimizer:  # a preset's weights, as each approach stores them, split over the ranks
+        source = get_model(args.workload.rpartition(":")[0])
+        per_rank = lambda c: -(-_payload(source, c) // w.ranks)  # noqa: E731
+    got = projection.project(cards, prof, w, per_rank)
+    if not any(p.rank for p in got):
+        raise _lacks_rates(args.profile)
+    if args.json:
+        print(json.dumps({"workload": dataclasses.asdict(w), "nodes": w.nodes, "ranks_per_node": w.on_node,
+                          "measured": projection.MEASURED, "assumed": projection.ASSUMED,
+                          "projections": [projection.as_dict(p) for p in got]}, indent=1))
+        return 0
+    print(projection.text(w, got))
     return 0
 
 
@@ -453,6 +491,23 @@ def _predict_parser(sub) -> None:
     s.set_defaults(func=cmd_predict)
 
 
+def _project_parser(sub) -> None:
+    s = sub.add_parser("project", help="each approach's save and load projected to an MLPerf Storage checkpoint "
+                                       "workload from cost cards and one node's profile (docs/decisions.md#projection)")
+    s.add_argument("--profile", required=True, metavar="FILE", help="one node's profile (`profile --out`)")
+    s.add_argument("--cards", nargs="+", default=None, metavar="RESULTS",
+                   help="a cost-card file or results .jsonl files (default: the latest run's cost-cards.json under "
+                        "--out)")
+    s.add_argument("--workload", required=True, metavar="WORKLOAD",
+                   help=f"one of {', '.join(projection.WORKLOADS)}, or PRESET:RANKS (a model preset's weights on "
+                        "RANKS ranks of one node)")
+    s.add_argument("--ranks-per-node", type=_positive_int, default=None, metavar="N",
+                   help=f"ranks sharing one node (default: {projection.RANKS_PER_NODE}, MLPerf Storage's hosts)")
+    s.add_argument("--out", default="saved_models", metavar="DIR", help="where the runs are (default: %(default)s)")
+    s.add_argument("--json", action="store_true", help="print the projection as JSON")
+    s.set_defaults(func=cmd_project)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m llama_ckpt",
                 description="Benchmark ways of storing LLaMA-shaped model weights: save, load, size, exactness.")
@@ -465,6 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
     _compare_parser(sub)
     _profile_parser(sub)
     _predict_parser(sub)
+    _project_parser(sub)
     return p
 
 

@@ -18,7 +18,7 @@ from ..study.aims import AIM_APPROACHES, FORMAT_AIMS
 from ..study.claims import (GUIDE_EIGHT, GUIDE_FIGURES, HOLDS, FAILS, OTHER_WEIGHTS_CLAIMS, UNSURE,
                              judge_both, judge_cloud, sample_sets)
 from ..study.phases import COMPARE, PHASES
-from ..results import work
+from ..results import projection, work
 from ..study.runs import cloud_rows, latest_run, phase_complete, run_dir, run_results, shared_rows, state_results_path
 from ..units import GiB
 from . import charts as plots
@@ -28,6 +28,8 @@ from . import training as train_report
 from . import work as work_report
 
 CHART_NAME = "8way_performance_comparison.png"
+
+PROJECTED = ("llama3-8b", "llama3-70b")  # the MLPerf Storage workloads the summary projects to (one node; per node)
 
 
 @dataclass
@@ -226,12 +228,45 @@ class Summary:
     def cost_cards(self) -> list:
         """The run's cost cards (``cost-cards.json``, kept by 05 and 09); none where neither ran."""
         path = run_dir(self.out_dir, self.run_id) / work_report.CARDS_FILE
-        return work.read_cards([path])[0] if path.is_file() else []
+        try:
+            return work.read_cards([path])[0] if path.is_file() else []
+        except UserError:  # cards of an older form of the model: made again from the rows of 05, then 09's
+            got = {(c.approach, c.step): c for phase in ("05-formats", "09-work-model")
+                   for c in work.cards(self.by_phase.get(phase, []), self.machine())}
+            return list(got.values())
 
     def where_time_goes(self):
         """Every approach with a cost card, its time split into the work model's parts (05's chart, for the run)."""
         title = "Where the time goes (the work model's parts; cost cards of 05 and 09)"
         return work_report.where_time_goes(self.cost_cards(), self.machine(), title=title)
+
+    def projections(self, workloads: tuple[str, ...] = PROJECTED) -> tuple[str, pd.DataFrame]:
+        """The main approaches projected to MLPerf Storage's checkpoint workloads from the run's cost cards, this
+        machine's profile as one node (docs/decisions.md#projection): a sentence and the table."""
+        cards = [c for c in self.cost_cards() if c.approach in AIM_APPROACHES]
+        t = work_report.projection_table(cards, self.machine(), workloads)
+        if t.empty:
+            return ("No projection: this run kept no cost cards of the main approaches (05 or 09) or measured no "
+                    "machine profile.", t)
+        ws = [projection.WORKLOADS[n] for n in workloads]
+        said = "; ".join(f"`{w.name}`: {w.total_bytes / 2**30:,.0f} GiB on {w.ranks} ranks, {w.nodes} node(s) of "
+                         f"{w.on_node}, the slowest rank writing {w.rank_bytes / 1e9:.1f} GB" for w in ws)
+        text = (f"Projected from this run's cost cards with this machine as one node ({said}). Measured: "
+                + "; ".join(projection.MEASURED) + ". Assumed, not measured: " + "; ".join(projection.ASSUMED)
+                + ". The model these stand on was checked on this machine in 09's states (its size state: "
+                "OpenLLaMA-3B predicted from `small`'s cards); a projection across nodes is not checked here.")
+        return text, t
+
+    def sharded_check(self) -> tuple[str, pd.DataFrame]:
+        """The projection's sharing of a node checked on this machine: 06's sharded saves and loads on 2 and 4
+        ranks against their projection from the same approach's one-rank rows: a sentence and the table."""
+        t = work_report.sharded_check(self.by_phase.get("06-distributed", []), self.machine())
+        if t.empty:
+            return "06 measured no sharded rows on one and several ranks in this run: the sharing is not checked.", t
+        n, ok = len(t), int(t["within"].sum())
+        return (f"**The check across ranks**: {ok} of {n} sharded saves and loads of 06 within 25% of their "
+                "projection from the same approach's one-rank rows (this machine as the node, its ranks sharing "
+                "it; measured over predicted, less 1)."), t
 
     def bounds(self) -> pd.DataFrame:
         """Every registered approach's save and load against the shortest time

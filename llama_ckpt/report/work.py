@@ -8,8 +8,9 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
+from ..errors import UserError
 from ..registry import SAVES_AS
-from ..results import is_valid, summarize, work
+from ..results import is_valid, projection, summarize, work
 from ..results.profile import MachineProfile
 from ..study.claims import sample_sets
 from .charts import empty
@@ -27,7 +28,10 @@ def keep_cards(run_dir: Path, rows: list[dict], profile: MachineProfile | None, 
     got = work.cards(rows, profile)
     path = Path(run_dir) / CARDS_FILE
     if path.is_file():
-        before, _ = work.read_cards([path])
+        try:
+            before, _ = work.read_cards([path])
+        except UserError:  # cards of an older form of the model (a run resumed by newer code): replaced
+            before = []
         mine = {(c.approach, c.step) for c in got}
         got = [c for c in before if (c.approach, c.step) not in mine] + got
     work.write_cards(path, got, profile, run_id)
@@ -156,3 +160,53 @@ def ranking(rows: list[dict], top: int = 5) -> pd.DataFrame:
                          "repeats": summ[n]["n"],
                          "vs_next": vs_next(samples, n, ranked[rank] if rank < len(ranked) else None, key)})
     return pd.DataFrame.from_records(recs).set_index(["step", "rank"]) if recs else pd.DataFrame()
+
+
+def projection_table(cards: list, profile: MachineProfile | None, workloads: tuple[str, ...]) -> pd.DataFrame:
+    """Each card's step projected to each of ``workloads`` (MLPerf Storage's, docs/decisions.md#projection) with
+    ``profile`` as one node: the slowest rank's seconds, the checkpoint's GB/s over them and the binding part,
+    one column group per workload; "-" where the profile lacks a rate the model needs."""
+    if profile is None or not cards:
+        return pd.DataFrame()
+    recs: dict[tuple[str, str], dict] = {}
+    for name in workloads:
+        w = projection.WORKLOADS[name]
+        for p in projection.project(cards, profile, w):
+            rec = recs.setdefault((p.approach, p.step), {})
+            rec[(name, "slowest rank s")] = p.seconds
+            rec[(name, "checkpoint GB/s")] = p.GBps
+            rec[(name, "binding")] = p.rank.binding if p.rank else None
+    t = pd.DataFrame.from_dict(recs, orient="index")
+    t.index.names = ["approach", "step"]
+    t.columns = pd.MultiIndex.from_tuples(t.columns)
+    t = t.round(3)
+    return t.astype(object).where(t.notna(), "-")
+
+
+def sharded_check(rows: list[dict], profile: MachineProfile | None) -> pd.DataFrame:
+    """06's sharded saves and loads on several ranks of this machine projected from the same approach's one-rank
+    rows (their cards) with the projection's sharing of one node (docs/decisions.md#projection), beside the
+    measured median: per approach, ranks and step, ``measured_s``, ``predicted_s``, ``error`` (measured over
+    predicted, less 1), ``within`` (25%) and the binding part. Spawned ranks only (torchrun's are one row)."""
+    spawned = [r for r in rows if is_valid(r) and r.get("launcher") == "spawn" and r.get("world_size")]
+    if profile is None or not spawned:
+        return pd.DataFrame()
+    recs = []
+    for name in sorted({r["approach"] for r in spawned}):
+        mine = [r for r in spawned if r["approach"] == name]
+        one = [{**r, "world_size": None} for r in mine if r["world_size"] == 1 and r.get("load_world_size", 1) == 1]
+        cards = work.cards(one, profile)
+        for ranks in sorted({r["world_size"] for r in mine if r["world_size"] > 1}):
+            at = [r for r in mine if r["world_size"] == ranks and r.get("load_world_size", ranks) == ranks]
+            w = projection.Workload(f"{name}:{ranks}", 0, 1, 1, ranks, 3, optimizer=False, weight_bytes=0,
+                                    ranks_per_node=ranks)
+            for p in projection.project(cards, profile, w, lambda c, n=ranks: -(-c.payload_bytes // n)):
+                got = [r[f"{p.step}_s"] for r in at if r.get(f"{p.step}_s")]
+                if not got or p.rank is None:
+                    continue
+                measured = float(pd.Series(got).median())
+                err = work.error(measured, p.seconds)
+                recs.append({"approach": name, "ranks": ranks, "step": p.step, "n": len(got),
+                             "measured_s": measured, "predicted_s": p.seconds, "error": err,
+                             "within": abs(err) <= work.TOLERANCE, "binding": p.rank.binding})
+    return pd.DataFrame.from_records(recs).set_index(["approach", "ranks", "step"]) if recs else pd.DataFrame()

@@ -236,8 +236,10 @@ def read_cards(paths: list[Path]) -> tuple[list[Card], MachineProfile | None]:
         try:
             d = json.loads(paths[0].read_text())
             got = [Card.from_dict(c) for c in d["cards"]]
-            if bad := [f"{c.approach} {c.step}" for c in got if any(getattr(c, k) is None for k in NEEDED)]:
-                raise ValueError(f"cards without {', '.join(NEEDED)}: {', '.join(bad)}")
+            if missing := sorted({k for c in got for k in NEEDED if getattr(c, k) is None}):
+                bad = sum(any(getattr(c, k) is None for k in NEEDED) for c in got)
+                raise ValueError(f"{bad} of {len(got)} cards without {', '.join(missing)}; cards of an older form "
+                                 "of the model are made again from their run's results .jsonl")
             return got, MachineProfile.from_dict(d["profile"])
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise UserError(f"cards {paths[0]}: not a cost-card file ({exc})") from None

@@ -1,0 +1,191 @@
+"""From this machine to the field's sizes (issue 37): each approach's cost card projected to MLPerf Storage's
+checkpoint workloads by the work model (docs/decisions.md#work-model-2), its form unchanged; what the projection
+adds is how one node's measured rates are shared by the ranks on it and how many bytes each rank writes
+(docs/decisions.md#projection).
+
+A workload is MLPerf Storage's (its DLIO configs, ``configs/dlio/workload/llama3_*.yaml`` of mlcommons/storage:
+the model's dimensions, tensor x pipeline parallelism and ZeRO stage; the rank counts of its rules), or a model of
+the suite's presets on a number of ranks of one node (the weights only, as the suite saves them).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+from ..errors import UserError
+from .profile import MachineProfile, Rate, median
+from .text import render
+from .work import Card, Prediction, predict
+
+RANKS_PER_NODE = 8  # MLPerf Storage's hosts: one rank per accelerator, eight accelerators a host
+MODEL_BYTES, OPTIMIZER_BYTES = 2, 12  # per parameter: fp16 weights; fp32 master weights and Adam's two moments
+
+
+@dataclass(frozen=True)
+class Workload:
+    """A checkpoint written by ``ranks`` processes, ``ranks_per_node`` to a node."""
+
+    name: str
+    params: int
+    tp: int  # tensor parallelism
+    pp: int  # pipeline parallelism
+    ranks: int
+    zero: int  # ZeRO stage: 3 shards everything over every rank; 1 shards the optimizer's state only
+    optimizer: bool = True  # the checkpoint holds the optimizer's state (MLPerf's do; a preset's weights do not)
+    weight_bytes: int = MODEL_BYTES  # bytes per parameter of the weights as stored
+    ranks_per_node: int = RANKS_PER_NODE
+    source: str = ""
+    published_GiB: float | None = None  # the checkpoint's size as MLPerf Storage publishes it (its "GB" are GiB)
+
+    @property
+    def nodes(self) -> int:
+        return math.ceil(self.ranks / self.ranks_per_node)
+
+    @property
+    def on_node(self) -> int:
+        """The ranks that share one node."""
+        return min(self.ranks, self.ranks_per_node)
+
+    @property
+    def total_bytes(self) -> int:
+        return self.params * (self.weight_bytes + (OPTIMIZER_BYTES if self.optimizer else 0))
+
+    @property
+    def rank_bytes(self) -> int:
+        """The bytes of the rank that writes most: under ZeRO 3 every rank writes an even share of everything;
+        under ZeRO 1 every rank its share of the optimizer's state and the first data-parallel replica's ranks
+        their tensor x pipeline share of the weights too (DeepSpeed's layout)."""
+        weights, opt = self.params * self.weight_bytes, self.params * OPTIMIZER_BYTES if self.optimizer else 0
+        if self.zero >= 3:
+            return math.ceil((weights + opt) / self.ranks)
+        return math.ceil(opt / self.ranks + weights / (self.tp * self.pp))
+
+
+def _llama_params(layers: int, hidden: int, ffn: int, heads: int, kv_heads: int, vocab: int) -> int:
+    """Parameters of a LLaMA-shaped model of these dimensions (untied embeddings, RMS norms without bias)."""
+    kv = hidden // heads * kv_heads
+    per_layer = 2 * hidden * hidden + 2 * hidden * kv + 3 * hidden * ffn + 2 * hidden
+    return layers * per_layer + 2 * vocab * hidden + hidden
+
+
+_DLIO = "mlcommons/storage configs/dlio/workload/llama3_{}.yaml; ranks: MLPerf Storage's checkpointing rules"
+WORKLOADS = {
+    "llama3-8b": Workload("llama3-8b", _llama_params(32, 4096, 14336, 32, 8, 128256), 1, 1, 8, 3,
+                          source=_DLIO.format("8b"), published_GiB=105),
+    "llama3-70b": Workload("llama3-70b", _llama_params(80, 8192, 28672, 128, 8, 128256), 8, 1, 64, 3,
+                           source=_DLIO.format("70b"), published_GiB=912),
+    "llama3-405b": Workload("llama3-405b", _llama_params(126, 16384, 53248, 128, 8, 128256), 8, 32, 512, 1,
+                            source=_DLIO.format("405b"), published_GiB=5290),
+    "llama3-1t": Workload("llama3-1t", _llama_params(128, 25872, 98304, 192, 32, 128256), 8, 64, 1024, 1,
+                          source=_DLIO.format("1t"), published_GiB=18000),
+}
+
+
+def workload(spec: str, source_of=None) -> Workload:
+    """An MLPerf workload by name, or ``PRESET:RANKS`` (a model of the suite's, weights only, on ``RANKS`` ranks
+    of one node; ``source_of``: the preset's :class:`~llama_ckpt.model.ModelSource` by name)."""
+    if spec in WORKLOADS:
+        return WORKLOADS[spec]
+    name, _, ranks = spec.rpartition(":")
+    if source_of is None or not ranks.isdigit() or int(ranks) < 1:
+        raise UserError(f"--workload {spec}: not one of {', '.join(WORKLOADS)} or PRESET:RANKS (RANKS >= 1)")
+    src = source_of(name)
+    params = sum(s.numel for s in src.specs)
+    n = int(ranks)
+    return Workload(spec, params, 1, 1, n, 3, optimizer=False, weight_bytes=0, ranks_per_node=n,
+                    source=f"the suite's preset {name}, its weights as each approach stores them")
+
+
+def shared(profile: MachineProfile, ranks: int) -> MachineProfile:
+    """``profile``'s node as one of ``ranks`` ranks running at once sees it: the disk's rates, file creates and
+    fsyncs split evenly; the cores split evenly (a fraction where there are more ranks than cores); the
+    one-thread memory rates (page-cache copy, fresh-memory fill) slowed where the ranks together would copy
+    faster than every core did (``memory_copy_all_Bps``)."""
+    if ranks <= 1:
+        return profile
+
+    def part(rate: Rate | None, by: float) -> Rate | None:
+        return Rate(rate.median / by, rate.spread_pct, tuple(x / by for x in rate.samples)) if rate else None
+
+    one, every = median(profile.memory_copy_1_Bps), median(profile.memory_copy_all_Bps)
+    slow = max(1.0, ranks * one / every) if one and every else float(ranks)
+    ref = dict(profile.reference or {})
+    for k in ("reference_read_Bps", "reference_write_Bps"):
+        if ref.get(k):
+            ref[k] = ref[k] / ranks
+    return replace(profile, cores=(profile.cores or 1) / ranks, reference=ref,
+                   durable_fresh_Bps=part(profile.durable_fresh_Bps, ranks),
+                   durable_freed_Bps=part(profile.durable_freed_Bps, ranks),
+                   file_creates_per_s=part(profile.file_creates_per_s, ranks),
+                   fsyncs_per_s=part(profile.fsyncs_per_s, ranks),
+                   buffered_write_Bps=part(profile.buffered_write_Bps, slow),
+                   fresh_memory_Bps=part(profile.fresh_memory_Bps, slow))
+
+
+@dataclass(frozen=True)
+class Projection:
+    """One approach's step at a workload: the slowest rank's predicted seconds and the checkpoint's size over
+    them (MLPerf Storage's unit)."""
+
+    approach: str
+    step: str
+    workload: str
+    rank_bytes: int
+    total_bytes: int
+    nodes: int
+    rank: Prediction | None
+
+    @property
+    def seconds(self) -> float | None:
+        return self.rank.seconds if self.rank else None
+
+    @property
+    def GBps(self) -> float | None:
+        return self.total_bytes / self.rank.seconds / 1e9 if self.rank and self.rank.seconds else None
+
+
+def project(cards: list[Card], profile: MachineProfile, w: Workload, rank_bytes=None) -> list[Projection]:
+    """Every card's step at workload ``w``, ``profile`` being one node (each node alike, no network between
+    them); ``rank_bytes``: the bytes per rank of a card where the workload's do not apply (a preset's weights
+    as the card's approach stores them)."""
+    node = shared(profile, w.on_node)
+    out = []
+    for c in cards:
+        size = rank_bytes(c) if rank_bytes else w.rank_bytes
+        total = size * w.ranks if rank_bytes else w.total_bytes
+        out.append(Projection(c.approach, c.step, w.name, size, total, w.nodes, predict(c, node, size)))
+    return out
+
+
+# what the projection measured and what it assumed, for the reader of its table
+MEASURED = ("each approach's work per byte (its cost card, this suite's run)",
+            "the node's disk, page cache, memory, cores, file creates and fsyncs (the profile)")
+ASSUMED = ("the ranks of a node share its disk, file creates and fsyncs evenly, and its cores",
+           "the ranks together copy memory no faster than every core did in the profile",
+           "nodes are alike and independent: no shared storage, no network",
+           "the CPU seconds per byte of the card's machine on the target (no CPU-speed yardstick)",
+           "the checkpoint's layout: fp16 weights and fp32 optimizer state (master weights, Adam's two "
+           "moments), sharded by the workload's ZeRO stage")
+
+
+def as_dict(p: Projection) -> dict:
+    """One projection as JSON: the slowest rank's seconds, the checkpoint's GB/s, the binding part and every part."""
+    return {"approach": p.approach, "step": p.step, "workload": p.workload, "rank_bytes": p.rank_bytes,
+            "total_bytes": p.total_bytes, "nodes": p.nodes, "seconds": p.seconds, "GBps": p.GBps,
+            "binding": p.rank.binding if p.rank else None, "parts": p.rank.parts if p.rank else None}
+
+
+def text(w: Workload, got: list[Projection]) -> str:
+    """The projection as the CLI prints it: the workload, one line per approach and step, what was measured and
+    what was assumed."""
+    size = f"{w.total_bytes / 2**30:,.0f} GiB" + (f" (MLPerf Storage publishes {w.published_GiB:,.0f})"
+                                                  if w.published_GiB else "")
+    head = (f"{w.name}: {w.params / 1e9:.1f} B parameters, {size}; {w.ranks} ranks (TP {w.tp} x PP {w.pp}, "
+            f"ZeRO {w.zero}) on {w.nodes} node(s) of {w.on_node}; the slowest rank writes "
+            f"{max(p.rank_bytes for p in got) / 1e9:.2f} GB. Source: {w.source}.")
+    body = [[p.approach, p.step, f"{p.rank_bytes / 1e9:.2f}", f"{p.seconds:.3g}" if p.rank else "-",
+             f"{p.GBps:.3g}" if p.GBps else "-", p.rank.binding if p.rank else "-"] for p in got]
+    table = render(["approach", "step", "GB per rank", "slowest rank s", "checkpoint GB/s", "binding"], body)
+    notes = "\n".join([f"measured: {m}" for m in MEASURED] + [f"assumed: {a}" for a in ASSUMED])
+    return f"{head}\n{table}\n{notes}"
