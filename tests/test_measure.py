@@ -128,8 +128,12 @@ def test_cpu_and_system_calls_of_each_save_and_load_are_recorded(tiny_run):
     for r in rows:
         assert set(r["cpu_io_save"]) == set(r["cpu_io_load"]) == {
             "user_s", "sys_s", "read_calls", "read_bytes", "write_calls", "write_bytes", "minor_faults",
-            "major_faults", "storage_read_bytes", "storage_write_bytes", "fsync_calls"}
+            "major_faults", "storage_read_bytes", "storage_write_bytes", "fsync_calls", "busiest_thread_s",
+            "busy_threads", "ended_threads_s"}
         assert r["cpu_io_load"]["fsync_calls"] == 0  # a load syncs nothing
+        for step in ("save", "load"):  # the busiest thread's CPU is part of the whole process's
+            w = r[f"cpu_io_{step}"]
+            assert 0 <= w["busiest_thread_s"] <= w["user_s"] + w["sys_s"] + 0.02 and w["ended_threads_s"] >= 0
     # every save syncs its file (or files) and the suite's manifest and marker through Python; TensorStore's
     # own fsyncs (native) are added by its policy, OCDBT's are not stated
     assert by["safetensors"]["fsyncs_save"] == by["safetensors"]["cpu_io_save"]["fsync_calls"] >= 3
