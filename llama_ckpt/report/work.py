@@ -209,4 +209,4 @@ def sharded_check(rows: list[dict], profile: MachineProfile | None) -> pd.DataFr
                 recs.append({"approach": name, "ranks": ranks, "step": p.step, "n": len(got),
                              "measured_s": measured, "predicted_s": p.seconds, "error": err,
                              "within": abs(err) <= work.TOLERANCE, "binding": p.rank.binding})
-    return pd.DataFrame.from_records(recs).set_index(["approach", "ranks", "step"]) if recs else pd.DataFrame()
+    return pd.DataFrame.from_records(recs).set_index(["approach", "ranks", "step"]).round(3) if recs else pd.DataFrame()
