@@ -101,7 +101,8 @@ def shared(profile: MachineProfile, ranks: int) -> MachineProfile:
     """``profile``'s node as one of ``ranks`` ranks running at once sees it: the disk's rates, file creates and
     fsyncs split evenly; the cores split evenly (a fraction where there are more ranks than cores); the
     one-thread memory rates (page-cache copy, fresh-memory fill) slowed where the ranks together would copy
-    faster than every core did (``memory_copy_all_Bps``)."""
+    faster than every core did (``memory_copy_all_Bps``; by the ranks' count where the profile has no memory
+    copy)."""
     if ranks <= 1:
         return profile
 

@@ -34,7 +34,6 @@ PARTS = {
     "files": "files created, at the file-create rate",
     "fsyncs": "fsync calls, at the fsync rate",
 }
-HIDDEN = "the part of the smaller of the CPU work and the disk that runs while the other does (the card's overlap)"
 MIN_THREAD_S = 0.05  # a busiest thread below this much CPU (5 of the kernel's 10 ms ticks) tells no parallelism
 
 
