@@ -569,15 +569,17 @@ def test_a_rows_disk_bound_takes_its_rounds_reference_and_says_so():
     assert bounds.limits(row, "load", prof)["disk read"] == pytest.approx(0.5)
     old = {k: v for k, v in row.items() if k != "disk_state"}  # a row from before: the profile's best, named
     assert bounds.disk_rate(old, "save", prof) == (1800e6, "durable write to freed space")
-    b = bounds.approach_bounds([row, row, row | {"disk_state": None}], "save", prof)
-    assert b["disk_rate_from"] == bounds.ROUND and b["disk_Bps"] == 400e6 and b["n"] == 3
+    assert bounds.approach_bounds([row, row, row | {"disk_state": None}], "save", prof)["n"] == 3
+    taken = report_machine._disk_rates_taken([row, row, row | {"disk_state": None}], "save", prof, None)
+    assert "the round's reference for 2 of 3 rows (median 400 MB/s)" in taken  # the bounds' findings say it
+    assert "durable write to freed space for 1 of 3 rows (median 1,800 MB/s)" in taken
     # a load: the faster of the round's one-stream read and the profile's (a loader with threads may beat one)
     fast = prof.to_dict() | {"reference": {"reference_read_Bps": 2e9, "reference_read_cold": True}}
     assert bounds.disk_rate(row, "load", fast)[0] == pytest.approx(2e9)
     # a profile without a read rate: the round's; with neither, no disk limit (and no error)
     assert bounds.disk_rate(row, "load", prof) == (1000e6, bounds.ROUND)
     assert bounds.disk_rate(old, "load", prof) == (None, None) and "disk read" not in bounds.limits(old, "load", prof)
-    assert bounds.approach_bounds([old], "load", prof)["disk_Bps"] is None
+    assert report_machine._disk_rates_taken([old], "load", prof, None) == ""
     states = [{"phase": "00", "bytes": 1 << 28, "write_Bps": w, "read_Bps": 1e9} for w in (300e6, 600e6, 900e6)]
     later = [s | {"phase": "4a", "at": "2026-12-07T12:00:00"} for s in states[:1]]
     t = report_machine.disk_states_table(later + [s | {"at": "2026-12-07T11:00:00"} for s in states], prof)

@@ -144,9 +144,6 @@ def approach_bounds(rows: list[dict], step: str, profile: Profile) -> dict | Non
     every = {k: statistics.median(g[3][k] for g in got if k in g[3]) for k in LIMITS if any(k in g[3] for g in got)}
     binding = max(set(names), key=lambda n: (names.count(n), every.get(n, 0)))
     time_s = statistics.median(g[0] for g in got)
-    rates = [rs for r in rows if r.get(f"{step}_s") and r.get("verified") and (rs := disk_rate(r, step, profile))[0]]
-    sources = [s for _b, s in rates]
     return {"time_s": time_s, "bound_s": statistics.median(g[1] for g in got),
             "binding": binding, "share": statistics.median(g[0] / g[1] for g in got), "limits_s": every,
-            "n": len(got), "disk_Bps": statistics.median(b for b, _s in rates) if rates else None,
-            "disk_rate_from": max(set(sources), key=sources.count) if sources else None}
+            "n": len(got)}
