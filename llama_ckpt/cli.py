@@ -451,11 +451,11 @@ def cmd_project(args) -> int:
     w = projection.workload(args.workload, get_model)
     if args.ranks_per_node:
         w = dataclasses.replace(w, ranks_per_node=args.ranks_per_node)
-    per_rank = None
-    if not w.optimizer:  # a preset's weights, as each approach stores them, split over the ranks
+    payload = None
+    if not w.optimizer:  # a preset's weights, as each approach stores them
         source = get_model(args.workload.rpartition(":")[0])
-        per_rank = lambda c: -(-_payload(source, c) // w.ranks)  # noqa: E731
-    got = projection.project(cards, prof, w, per_rank)
+        payload = lambda c: _payload(source, c)  # noqa: E731
+    got = projection.project(cards, prof, w, payload)
     if not any(p.rank for p in got):
         raise _lacks_rates(args.profile)
     if args.json:

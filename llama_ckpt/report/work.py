@@ -198,9 +198,8 @@ def sharded_check(rows: list[dict], profile: MachineProfile | None) -> pd.DataFr
         cards = work.cards(one, profile)
         for ranks in sorted({r["world_size"] for r in mine if r["world_size"] > 1}):
             at = [r for r in mine if r["world_size"] == ranks and r.get("load_world_size", ranks) == ranks]
-            w = projection.Workload(f"{name}:{ranks}", 0, 1, 1, ranks, 3, optimizer=False, weight_bytes=0,
-                                    ranks_per_node=ranks)
-            for p in projection.project(cards, profile, w, lambda c, n=ranks: -(-c.payload_bytes // n)):
+            w = projection.weights_on(f"{name}:{ranks}", ranks)
+            for p in projection.project(cards, profile, w, lambda c: c.payload_bytes):
                 got = [r[f"{p.step}_s"] for r in at if r.get(f"{p.step}_s")]
                 if not got or p.rank is None:
                     continue

@@ -90,11 +90,15 @@ def workload(spec: str, source_of=None) -> Workload:
     name, _, ranks = spec.rpartition(":")
     if source_of is None or not ranks.isdigit() or int(ranks) < 1:
         raise UserError(f"--workload {spec}: not one of {', '.join(WORKLOADS)} or PRESET:RANKS (RANKS >= 1)")
-    src = source_of(name)
-    params = sum(s.numel for s in src.specs)
-    n = int(ranks)
-    return Workload(spec, params, 1, 1, n, 3, optimizer=False, weight_bytes=0, ranks_per_node=n,
-                    source=f"the suite's preset {name}, its weights as each approach stores them")
+    return weights_on(spec, int(ranks), sum(s.numel for s in source_of(name).specs),
+                      f"the suite's preset {name}, its weights as each approach stores them")
+
+
+def weights_on(name: str, ranks: int, params: int = 0, source: str = "") -> Workload:
+    """A model's weights alone on ``ranks`` ranks of one node, each writing an even share; their bytes are each
+    approach's own (``project``'s ``payload``), not the workload's."""
+    return Workload(name, params, 1, 1, ranks, 3, optimizer=False, weight_bytes=0, ranks_per_node=ranks,
+                    source=source)
 
 
 def shared(profile: MachineProfile, ranks: int) -> MachineProfile:
@@ -146,15 +150,15 @@ class Projection:
         return self.total_bytes / self.rank.seconds / 1e9 if self.rank and self.rank.seconds else None
 
 
-def project(cards: list[Card], profile: MachineProfile, w: Workload, rank_bytes=None) -> list[Projection]:
+def project(cards: list[Card], profile: MachineProfile, w: Workload, payload=None) -> list[Projection]:
     """Every card's step at workload ``w``, ``profile`` being one node (each node alike, no network between
-    them); ``rank_bytes``: the bytes per rank of a card where the workload's do not apply (a preset's weights
-    as the card's approach stores them)."""
+    them); ``payload``: the whole checkpoint's bytes for a card where the workload's do not apply (a model's
+    weights as the card's approach stores them, :func:`weights_on`), split evenly over the ranks."""
     node = shared(profile, w.on_node)
     out = []
     for c in cards:
-        size = rank_bytes(c) if rank_bytes else w.rank_bytes
-        total = size * w.ranks if rank_bytes else w.total_bytes
+        total = payload(c) if payload else w.total_bytes
+        size = -(-total // w.ranks) if payload else w.rank_bytes
         out.append(Projection(c.approach, c.step, w.name, size, total, w.nodes, predict(c, node, size)))
     return out
 
