@@ -123,9 +123,10 @@ def cmd_run(args) -> int:
     if args.model and args.model_path:
         raise UserError("give --model or --model-path, not both")
     if args.back_to_back == 1:
-        raise UserError("--back-to-back needs at least 2 saves in a row")
+        raise UserError("--checkpoint-workload needs at least 2 checkpoints in a row")
     if sharded and args.back_to_back:
-        raise UserError("--back-to-back saves single-process checkpoints in a row; leave it out with --world-size")
+        raise UserError("--checkpoint-workload saves single-process checkpoints in a row; leave it out with "
+                        "--world-size")
     if sharded and args.model_path:
         raise UserError("--world-size needs a model preset (--model): every rank builds its own rows of the "
                         "seeded weights; --model-path is not supported there")
@@ -302,10 +303,12 @@ def _run_parser(sub) -> None:
     s.add_argument("--s3-endpoint", default=None, metavar="URL", help="the S3 endpoint, e.g. what `make s3-up` prints")
     s.add_argument("--s3-delay-ms", type=float, default=0.0, metavar="MS",
                    help="add this round-trip delay between the client and the S3 server (a proxy on loopback)")
-    s.add_argument("--back-to-back", type=_positive_int, default=None, metavar="N",
-                   help="after the rounds, also save each approach N times in a row with nothing between the saves "
-                        "(the sustained rate beside the isolated one; fewer where the disk cannot hold N at once); "
-                        "every checkpoint is verified, then removed")
+    s.add_argument("--checkpoint-workload", "--back-to-back", dest="back_to_back", type=_positive_int, default=None,
+                   metavar="N",
+                   help="after the rounds, MLPerf Storage's checkpoint pattern on each approach: N saves in a row "
+                        "with nothing between them (the sustained rate beside the isolated one; fewer where the disk "
+                        "cannot hold N at once), then the N read back, each after its pages were evicted, every one "
+                        "verified, then removed; reported in MLPerf's unit (a checkpoint's size over its time)")
     s.add_argument("--disk-cap", type=_positive_int, default=None, metavar="MBPS",
                    help="cap the checkpoints' disk at MBPS MB/s (read and write) for the run, machine profile "
                         "included: a second state of this machine for the bounds' predictions. Needs root and "

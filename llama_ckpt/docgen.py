@@ -185,6 +185,9 @@ FIELD_DOCS = {
     # sustained records only
     "n_saves": "checkpoints saved in a row (fewer than asked where the disk cannot hold them together)",
     "saves_s": "each save's seconds, in order, with nothing between them (no cache drop, no trim, no pause)",
+    "loads_s": "each checkpoint's load seconds, in the order saved, after the last save, each after its pages were "
+               "evicted from the caches (MLPerf Storage's reads after a cache drop)",
+    "loads_cold": "whether every load's eviction was confirmed; null where none could be told (from memory)",
 }
 # where a sustained record's field means something else than a measurement row's
 SUSTAINED_DOCS = {
@@ -192,7 +195,8 @@ SUSTAINED_DOCS = {
     "free_space_trimmed": "whether the free space was discarded before the first save (not between the saves)",
     "caches_dropped": "whether the caches were dropped before the first save (not between the saves)",
     "bytes_on_disk": "bytes on disk of all the checkpoints together",
-    "verified": "whether every checkpoint of the row came back bit for bit (each is loaded after the last save)",
+    "verified": "whether every checkpoint of the row came back bit for bit (each is loaded, timed, after the last "
+                "save)",
     "error": "why the record failed (the stage, or which checkpoint did not verify), or null",
 }
 # where a training row's field means something else than a measurement row's

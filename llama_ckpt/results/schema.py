@@ -101,8 +101,9 @@ SUSTAINED_FIELDS = (
     "free_space_trimmed", "caches_dropped", "disk_throttle_Bps",
     # how busy the machine was beside the saves (recorders.MachineBusy)
     "busy",
-    # each save's seconds, in order
-    "saves_s",
+    # each save's seconds, in order; then each load's, in the same order, every one after its checkpoint was
+    # evicted, and whether every eviction was confirmed
+    "saves_s", "loads_s", "loads_cold",
     "bytes_on_disk", "verified", "error", "finished_at",
 )
 

@@ -260,7 +260,8 @@ PHASES: dict[str, Phase] = {p.id: p for p in [
           "tensorizer, torch.load with mmap)",
           "save and cold-load time as ratios in this run, throughput as a share of the disk reference, size, files; "
           "each approach's bound from the machine profile, its cost card and where its time goes; four approaches "
-          "also saved back to back against their isolated saves",
+          "in MLPerf Storage's checkpoint pattern (saved back to back, read back cold) against their isolated "
+          "saves and loads",
           COMPARE, FORMATS_PHASE,
           listing="every single-process format in the registry that is neither one of the guide's eight nor a "
           "variant of another (`python -m llama_ckpt list`), against "
