@@ -66,3 +66,53 @@ def test_project_predicts_the_slowest_rank_from_a_card_file_and_a_profile(tmp_pa
                                    "llama3-9b"), "not one of llama3-8b")
     assert_one_line_error(cli_here("project", "--profile", str(target), "--workload", "llama3-8b", "--out",
                                    str(tmp_path)), "no cost cards")
+
+
+def _savers(mode, blocking, staging=None):
+    """07's figures of one saver, as report.training.per_saver gives them: 2 GB of state."""
+    return {"n": 2, "mode": mode, "sync_of": "fmt", "state_bytes": 2 * 10**9, "blocking": blocking,
+            "staging": staging or []}
+
+
+def test_a_training_projection_blocks_for_the_save_or_for_the_staging_copy_at_the_stated_rate():
+    """docs/decisions.md#projection-training, worked by hand: a synchronous saver holds the loop for its whole
+    projected save; one in the background for the rank's bytes over the device-to-host rate plus the rest of its
+    measured blocking per byte; the interval for 1% is 99 blockings, no shorter than the save's background."""
+    prof = work.as_profile(_profile(16, 2e9).to_dict() | {"memory_copy_1_Bps": _rate(10e9),
+                                                          "memory_copy_all_Bps": _rate(80e9)})
+    cards = work.cards([_row(), _row(save_s=1.3), _row(save_s=1.1)], _profile(4, 1e9))
+    w = projection.WORKLOADS["llama3-8b"]
+    durable = work.predict(cards[0], projection.shared(prof, 8), w.rank_bytes).seconds
+    savers = {"sync": _savers("sync", [3.0, 3.0]),
+              "staged": _savers("thread", [0.5, 0.7], staging=[0.4, 0.4]),  # 0.2 s beyond its staging copy
+              "unstaged": _savers("thread", [0.3, 0.3]),  # no staging record: a copy at 10 GB/s (0.2 s) is taken off
+              "unknown": {**_savers("sync", [1.0]), "sync_of": "other"}}  # no card of its format: left out
+    got = {r["saver"]: r for r in projection.training(savers, cards, prof, w, d2h_Bps=20e9)}
+    assert set(got) == {"sync", "staged", "unstaged"}
+    assert got["sync"]["blocking_s"] == pytest.approx(durable) and got["sync"]["durable_s"] == pytest.approx(durable)
+    assert got["sync"]["interval for 1%"] == pytest.approx(99 * durable)
+    d2h = w.rank_bytes / 20e9
+    assert got["staged"]["blocking_s"] == pytest.approx(d2h + 0.2 / 2e9 * w.rank_bytes)
+    assert got["unstaged"]["blocking_s"] == pytest.approx(d2h + 0.1 / 2e9 * w.rank_bytes)
+    for name in ("staged", "unstaged"):  # the background's save outlasts 99 blockings here, or not: the larger
+        r = got[name]
+        assert r["interval for 1%"] == pytest.approx(max(99 * r["blocking_s"], durable - r["blocking_s"]))
+
+
+def test_the_published_result_is_projected_on_its_described_node():
+    """The described node: this profile with the description's cores and the drive's stated rates as every disk
+    rate the model reads; the check sets the published seconds against the projection."""
+    prof = work.as_profile(_profile(2, 1e9).to_dict() | {"memory_copy_1_Bps": _rate(10e9),
+                                                         "memory_copy_all_Bps": _rate(20e9)})
+    pub = projection.Published("p", "s", "llama3-8b", "fmt", 192, 3e9, 6e9, "stated", 40.0, 20.0, ("x",))
+    node = projection.described(prof, pub)
+    assert node.cores == 192 and work.disk_Bps(node, "save") == 3e9 and work.disk_Bps(node, "load") == 6e9
+    cards = work.cards([_row(), _row(save_s=1.3), _row(save_s=1.1)], _profile(4, 1e9))
+    got = {r["step"]: r for r in projection.published_check(cards, prof, pub)}
+    w = projection.WORKLOADS["llama3-8b"]
+    for step, published in (("save", 40.0), ("load", 20.0)):
+        want = work.predict(next(c for c in cards if c.step == step), projection.shared(node, 8), w.rank_bytes)
+        assert got[step]["projected_s"] == pytest.approx(want.seconds)
+        assert got[step]["error"] == pytest.approx(published / want.seconds - 1)
+        assert got[step]["within"] == (abs(published / want.seconds - 1) <= 0.25)
+    assert projection.published_check([], prof, pub) == []  # no card of its approach: nothing re-derived

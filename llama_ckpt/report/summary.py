@@ -268,6 +268,47 @@ class Summary:
                 "projection from the same approach's one-rank rows (this machine as the node, its ranks sharing "
                 "it; measured over predicted, less 1)."), t
 
+    def training_projections(self, workloads: tuple[str, ...] = PROJECTED) -> tuple[str, pd.DataFrame]:
+        """07's savers projected to the workloads (docs/decisions.md#projection-training): the loop's blocking
+        time per checkpoint, the time until durable and the interval for checkpoints to take 1% of a run, per
+        saver and workload: a sentence and the table."""
+        loop = self.training_loop()
+        savers = train_report.per_saver(self.training, loop) if self.training else {}
+        prof = self.machine()
+        recs = [{"workload": name, **r} for name in workloads if prof is not None
+                for r in projection.training(savers, self.cost_cards(), prof, projection.WORKLOADS[name])]
+        if not recs:
+            return ("No training projection: this run has no checkpoints of 07 whose format has a cost card "
+                    "(05 or 09), or no machine profile.", pd.DataFrame())
+        t = pd.DataFrame(recs).set_index(["workload", "saver"])
+        t["interval for 1%"] = t["interval for 1%"].map(train_report.fmt_duration)
+        text = (f"07's savers in {train_report.LOOP_TITLES.get(loop, loop)} at the workloads' slowest rank: a "
+                "synchronous saver holds the loop for its whole save (the projection above); one in the background "
+                "for its staging copy, on an accelerator a device-to-host copy (`D2H`) at "
+                f"{projection.D2H_ASSUMED_Bps / 1e9:.0f} GB/s, **assumed** (this run had no accelerator to measure "
+                "it), plus the rest of the blocking it had in 07, per byte. `interval for 1%`: the training time "
+                "between checkpoints for them to take 1% of the run, and no shorter than the save's background "
+                "(`docs/decisions.md#projection-training`). Not counted: the slowdown of the steps while a save "
+                "is in flight, which 07 measures on this machine's cores. Nothing here checks it: this machine "
+                "has no accelerator and no 8B run.")
+        return text, t.round(3)
+
+    def published_check(self) -> tuple[str, pd.DataFrame]:
+        """One published MLPerf Storage result re-derived from its system description
+        (docs/decisions.md#projection-published): a sentence and the table."""
+        pub, prof = projection.PUBLISHED, self.machine()
+        got = projection.published_check(self.cost_cards(), prof) if prof is not None else []
+        head = (f"**A published result re-derived**: {pub.name}, `{pub.workload}` ({pub.source}); `{pub.approach}`'s "
+                f"cards on its node as described: {pub.cores} cores, the drive at {pub.write_Bps / 1e9:.1f} GB/s "
+                f"write and {pub.read_Bps / 1e9:.1f} GB/s read ({pub.rates_source}). Missing from the description: "
+                + "; ".join(pub.missing) + ".")
+        if not got:
+            return head + f" No `{pub.approach}` cost card or machine profile in this run: not re-derived.", \
+                pd.DataFrame()
+        t = pd.DataFrame(got).set_index("step")
+        ok = int(t["within"].sum())
+        return (head + f" {ok} of {len(t)} within 25% (published over projected, less 1)."), t.round(3)
+
     def bounds(self) -> pd.DataFrame:
         """Every registered approach's save and load against the shortest time
         its counted work can take on this machine, and the limit that sets it."""

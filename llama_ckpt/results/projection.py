@@ -11,6 +11,7 @@ the suite's presets on a number of ranks of one node (the weights only, as the s
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass, replace
 
 from ..errors import UserError
@@ -194,3 +195,106 @@ def text(w: Workload, got: list[Projection]) -> str:
     table = render(["approach", "step", "GB per rank", "slowest rank s", "checkpoint GB/s", "binding"], body)
     notes = "\n".join([f"measured: {m}" for m in MEASURED] + [f"assumed: {a}" for a in ASSUMED])
     return f"{head}\n{table}\n{notes}"
+
+
+# -- checkpoints inside a training loop (docs/decisions.md#projection-training) ------------------------------------
+D2H_ASSUMED_Bps = 25e9  # assumed, never measured here: one accelerator's device-to-host copy (PCIe 4.0 x16, pinned)
+SHARE = 0.01  # the share of a run's time the checkpoints may take
+
+
+def _med(xs) -> float | None:
+    xs = [x for x in xs or [] if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def training(savers: dict[str, dict], cards: list[Card], profile: MachineProfile, w: Workload,
+             d2h_Bps: float = D2H_ASSUMED_Bps) -> list[dict]:
+    """07's savers (``report.training.per_saver``'s figures) at workload ``w``: per saver the slowest rank's
+    bytes, the loop's blocking time per checkpoint, the time until durable and the interval at which the
+    checkpoints take at most :data:`SHARE` of the run (docs/decisions.md#projection-training). A saver whose
+    format has no save card, or that took no verified checkpoint, is left out."""
+    saves = {c.approach: c for c in cards if c.step == "save"}
+    node, one = shared(profile, w.on_node), median(profile.memory_copy_1_Bps)
+    out = []
+    for name, s in savers.items():
+        card = saves.get(s.get("sync_of") or "")
+        if not s.get("n") or card is None or not s.get("state_bytes"):
+            continue
+        durable = predict(card, node, w.rank_bytes)
+        if durable is None:
+            continue
+        if s["mode"] == "sync":
+            blocking, how = durable.seconds, "the whole save"
+        else:
+            staged = _med(s.get("staging"))
+            copy_here = staged if staged is not None else (s["state_bytes"] / one if one else None)
+            if copy_here is None:
+                continue
+            rest = max(0.0, _med(s["blocking"]) - copy_here) / s["state_bytes"]
+            blocking = w.rank_bytes / d2h_Bps + rest * w.rank_bytes
+            how = "D2H copy" + (f" + {rest * w.rank_bytes:.2g} s" if rest else "")
+        interval = max(blocking * (1 - SHARE) / SHARE, durable.seconds - blocking)
+        out.append({"saver": name, "mode": s["mode"], "format": card.approach, "GB per rank": w.rank_bytes / 1e9,
+                    "blocking_s": blocking, "blocked by": how, "durable_s": durable.seconds,
+                    "binding": durable.binding, "interval for 1%": interval})
+    return out
+
+
+# -- a published result re-derived (docs/decisions.md#projection-published) ----------------------------------------
+@dataclass(frozen=True)
+class Published:
+    """One published MLPerf Storage checkpoint result and what its system description gives."""
+
+    name: str
+    source: str
+    workload: str
+    approach: str  # the suite's approach that writes as its benchmark does
+    cores: int
+    write_Bps: float  # the drive's sequential rates: the description has none; the vendor's stated
+    read_Bps: float
+    rates_source: str
+    save_s: float  # the published mean seconds per checkpoint
+    load_s: float
+    missing: tuple[str, ...]
+
+
+PUBLISHED = Published(
+    "Solidigm D5-P5336 61.44 TB (one PCIe 4.0 QLC drive), Lenovo SR665 V3, 2x AMD EPYC 9655",
+    "mlcommons/storage_results_v3.0 (commit 068d91f, in review) closed/NewFW/results/"
+    "Solidigm_D5-P5336_61TB_Gen4_NVMe_QLC/checkpointing/llama3-8b/20260713_104840 (write) and "
+    "20260713_105538 (read), summary.json",
+    "llama3-8b", "pytorch-fp32", 192, 3.3e9, 7.0e9,
+    "the vendor's stated sequential rates as reported by architecting.it; not in the description",
+    34.039, 21.023,
+    ("the drive's rates (the vendor's stated ones taken)", "the file system and its mount options",
+     "the memory's copy and fill rates, the page cache's write (this machine's taken)",
+     "the cost of a file create and an fsync (this machine's taken)",
+     "the CPU's speed (the cards' CPU seconds per byte are this machine's)"))
+
+
+def described(profile: MachineProfile, pub: Published = PUBLISHED) -> MachineProfile:
+    """``profile`` with what ``pub``'s description gives put in: its cores and its drive's rates as every disk rate
+    the model reads."""
+    def rate(x: float) -> Rate:
+        return Rate(x, 0.0, (x,))
+
+    ref = {**(profile.reference or {}), "reference_read_Bps": pub.read_Bps, "reference_write_Bps": pub.write_Bps}
+    return replace(profile, cores=pub.cores, durable_fresh_Bps=rate(pub.write_Bps),
+                   durable_freed_Bps=rate(pub.write_Bps), direct_write_Bps=rate(pub.write_Bps),
+                   direct_read_Bps=rate(pub.read_Bps), reference=ref)
+
+
+def published_check(cards: list[Card], profile: MachineProfile, pub: Published = PUBLISHED) -> list[dict]:
+    """``pub`` re-derived: its approach's cards projected to its workload on its described node, against the
+    published seconds (error: published over projected, less 1; within 25%)."""
+    w = WORKLOADS[pub.workload]
+    mine = [c for c in cards if c.approach == pub.approach]
+    out = []
+    for p in project(mine, described(profile, pub), w):
+        if p.rank is None:
+            continue
+        got = pub.save_s if p.step == "save" else pub.load_s
+        err = got / p.seconds - 1
+        out.append({"step": p.step, "published_s": got, "projected_s": p.seconds, "error": err,
+                    "within": abs(err) <= 0.25, "binding": p.rank.binding})
+    return out
