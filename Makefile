@@ -25,7 +25,7 @@ PHASES := 00 4a 4b 4c 4d 4e 4f 05 06 07 08 09
 
 # phase-00 ... phase-08 are not .PHONY: make skips pattern rules for phony targets, and `make phase-4b` then
 # did nothing ("Nothing to be done")
-.PHONY: help setup run-all work-checks test summary report lab clean s3-up s3-down
+.PHONY: help setup run-all work-checks test summary report results-doc lab clean s3-up s3-down
 
 help: ## list the targets and options
 	@echo "targets:"
@@ -56,6 +56,9 @@ summary: setup ## rebuild the summary from the results already there
 report: setup ## render the executed notebooks of a run to HTML beside them
 	@dir="$(OUT)/runs/$(or $(RUN_ID),$$(ls -1 $(OUT)/runs | sort | tail -1))"; \
 	  echo "rendering $$dir/*.ipynb"; $(VENV)/bin/jupyter nbconvert --to html --log-level WARN "$$dir"/*.ipynb
+
+results-doc: setup ## render the latest complete run's summary (RUN_ID: that run) to Markdown under docs/results, for the repository
+	$(PY) -m llama_ckpt.report.publish --out "$(OUT)" $(if $(RUN_ID),--run-id "$(RUN_ID)") --dest docs/results
 
 lab: setup ## JupyterLab on notebooks/ at http://LAB_IP:LAB_PORT/lab (the URL with its token is printed)
 	$(VENV)/bin/jupyter lab --no-browser --ip=$(LAB_IP) --port=$(LAB_PORT) $(if $(filter 0,$(shell id -u)),--allow-root) notebooks/

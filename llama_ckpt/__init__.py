@@ -29,6 +29,7 @@ FLOORS = (
     ("bench",),
     ("study",),
     ("suite", "report"),
+    ("projecting",),
     ("cli", "docgen"),
     ("__main__",),
 )

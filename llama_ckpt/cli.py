@@ -20,12 +20,12 @@ from . import fsutil
 from .bench import cluster, machine, measure, scaffold
 from .bench.ranks import RankFailed
 from .errors import UserError
+from .projecting import Parser, add_project_parser, cards_and_profile, lacks_rates, positive_int
 from .model import DEFAULT_PRESET, PRESETS, PUBLISHED_DTYPE, get_model
 from .registry import APPROACHES, names, resolve
 from .report import machine as machine_report
 from .results import comparison_table, group_by_run, incomplete_runs, read_results, reference_line
-from .results import projection, work
-from .results.profile import MachineProfile
+from .results import work
 from .results.text import BASELINE
 from .store.server import local_server_dir
 from .store import Location, Target, at
@@ -35,21 +35,6 @@ from .suite.runner import PhaseFailed, parse_sets, run_suite
 from .verify import verify
 
 DEFAULT_OUT = "saved_models"
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit 2
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
-    return n
 
 
 def cmd_list(args) -> int:
@@ -288,7 +273,7 @@ def _run_parser(sub) -> None:
                    help="a local Hugging Face model folder (config.json + safetensors/.bin) instead of a preset")
     s.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
                    help=f"output directory for checkpoints and results (default: {DEFAULT_OUT})")
-    s.add_argument("--repeats", type=_positive_int, default=3, metavar="N",
+    s.add_argument("--repeats", type=positive_int, default=3, metavar="N",
                    help="timed save+load cycles per approach (default: 3)")
     s.add_argument("--results", default=None, metavar="FILE",
                    help="results file to append to (default: OUT/results/RUN_ID.jsonl)")
@@ -303,28 +288,28 @@ def _run_parser(sub) -> None:
     s.add_argument("--s3-endpoint", default=None, metavar="URL", help="the S3 endpoint, e.g. what `make s3-up` prints")
     s.add_argument("--s3-delay-ms", type=float, default=0.0, metavar="MS",
                    help="add this round-trip delay between the client and the S3 server (a proxy on loopback)")
-    s.add_argument("--checkpoint-workload", "--back-to-back", dest="back_to_back", type=_positive_int, default=None,
+    s.add_argument("--checkpoint-workload", "--back-to-back", dest="back_to_back", type=positive_int, default=None,
                    metavar="N",
                    help="after the rounds, MLPerf Storage's checkpoint pattern on each approach: N saves in a row "
                         "with nothing between them (the sustained rate beside the isolated one; fewer where the disk "
                         "cannot hold N at once), then the N read back, each after its pages were evicted, every one "
                         "verified, then removed; reported in MLPerf's unit (a checkpoint's size over its time)")
-    s.add_argument("--disk-cap", type=_positive_int, default=None, metavar="MBPS",
+    s.add_argument("--disk-cap", type=positive_int, default=None, metavar="MBPS",
                    help="cap the checkpoints' disk at MBPS MB/s (read and write) for the run, machine profile "
                         "included: a second state of this machine for the bounds' predictions. Needs root and "
                         "cgroup v1 blkio; it caps every process's I/O to that disk, and the disk's earlier "
                         "throttle is put back when the run ends")
     _prepare_option(s)
-    s.add_argument("--cpus", type=_positive_int, default=None, metavar="N",
+    s.add_argument("--cpus", type=positive_int, default=None, metavar="N",
                    help="run on the first N CPUs this process may use (its CPU affinity, as taskset sets it; the "
                         "machine profile's cores follow it): a state of this machine with fewer cores")
-    s.add_argument("--world-size", type=_positive_int, default=None, metavar="N",
+    s.add_argument("--world-size", type=positive_int, default=None, metavar="N",
                    help="save with N processes over torch.distributed (gloo), each holding a row shard of every "
                         "tensor; the approaches are then the sharded ones (see 'list')")
     s.add_argument("--no-reference", action="store_true",
                    help="skip the machine profile (on S3: the storage reference), when another run beside this one "
                         "measured it")
-    s.add_argument("--load-world-size", type=_positive_int, default=None, metavar="M",
+    s.add_argument("--load-world-size", type=positive_int, default=None, metavar="M",
                    help="load on M processes instead of N (resharding; default: N)")
     s.set_defaults(func=cmd_run)
 
@@ -336,7 +321,7 @@ def _suite_parser(sub) -> None:
                    help=f"model preset: {', '.join(PRESETS)} ({PUBLISHED_DTYPE}-origin weights; PRESET:float32: full "
                         "mantissas)")
     s.add_argument("--model-path", default=None, metavar="DIR", help="a local Hugging Face model folder")
-    s.add_argument("--repeats", type=_positive_int, default=3, metavar="N", help="timed cycles per approach")
+    s.add_argument("--repeats", type=positive_int, default=3, metavar="N", help="timed cycles per approach")
     s.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"output directory (default: {DEFAULT_OUT})")
     s.add_argument("--run-id", default=None,
                    help="run id; the same id resumes a run, skipping complete phases (default: a new one, "
@@ -361,7 +346,7 @@ def _load_parser(sub) -> None:
     s = sub.add_parser("load", help="load sharded checkpoints cold on any number of ranks, each checked "
                                     "against the same rows of its source")
     s.add_argument("paths", nargs="+", metavar="PATH", help="checkpoint directories, or s3://BUCKET/KEY prefixes")
-    s.add_argument("--world-size", type=_positive_int, default=None, metavar="N",
+    s.add_argument("--world-size", type=positive_int, default=None, metavar="N",
                    help="ranks to spawn on this host (under torchrun: the job's ranks; leave it out)")
     s.add_argument("--s3-endpoint", default=None, metavar="URL", help="the S3 endpoint of s3:// paths")
     s.set_defaults(func=cmd_load)
@@ -400,20 +385,6 @@ def cmd_profile(args) -> int:
     return 0
 
 
-def _cards_and_profile(card_paths: list[str], profile: str) -> tuple[list, MachineProfile]:
-    cards, _measured_on = work.read_cards([Path(p) for p in card_paths])
-    if not cards:
-        raise UserError(f"no cost cards in {', '.join(card_paths)}: no verified single-process row counted its work")
-    prof_path = Path(profile)
-    try:
-        prof = MachineProfile.read(prof_path)
-    except (ValueError, TypeError, AttributeError, KeyError) as exc:
-        raise UserError(f"--profile {prof_path}: not a machine profile ({exc})") from None
-    if prof is None:
-        raise UserError(f"--profile {prof_path}: no such file")
-    return cards, prof
-
-
 def _payload(source, c) -> int:
     """Model ``source``'s payload as ``c``'s approach's rows count it (its edge chunks too), else from the card's
     stored dtype."""
@@ -422,17 +393,18 @@ def _payload(source, c) -> int:
     return work.payload_of(source, c)
 
 
-def _lacks_rates(profile: str) -> UserError:
-    return UserError(f"--profile {profile}: it lacks the rates the model needs (the page-cache write, the "
-                     "fresh-memory fill, the disk, a file's create and an fsync): measure it with `profile`")
+def _preset(name: str) -> tuple:
+    """A preset's source and its payload per card, for ``project --workload PRESET:RANKS``."""
+    source = get_model(name)
+    return source, lambda c: _payload(source, c)
 
 
 def cmd_predict(args) -> int:
-    cards, prof = _cards_and_profile(args.cards, args.profile)
+    cards, prof = cards_and_profile(args.cards, args.profile)
     source = get_model(args.model) if args.model else None
     preds = [work.predict(c, prof, _payload(source, c) if source else c.payload_bytes) for c in cards]
     if not any(preds):
-        raise _lacks_rates(args.profile)
+        raise lacks_rates(args.profile)
     if args.json:
         print(json.dumps([dataclasses.asdict(p) if p else {"approach": c.approach, "step": c.step,
                                                            "seconds": None, "why": "a rate the model needs"}
@@ -442,32 +414,7 @@ def cmd_predict(args) -> int:
     return 0
 
 
-def _latest_cards(out: Path) -> str:
-    runs = sorted((out / "runs").glob("*/cost-cards.json")) if (out / "runs").is_dir() else []
-    if not runs:
-        raise UserError(f"no cost cards under {out}/runs (a run's cost-cards.json): give --cards")
-    return str(runs[-1])
 
-
-def cmd_project(args) -> int:
-    cards, prof = _cards_and_profile(args.cards or [_latest_cards(Path(args.out))], args.profile)
-    w = projection.workload(args.workload, get_model)
-    if args.ranks_per_node:
-        w = dataclasses.replace(w, ranks_per_node=args.ranks_per_node)
-    payload = None
-    if not w.optimizer:  # a preset's weights, as each approach stores them
-        source = get_model(args.workload.rpartition(":")[0])
-        payload = lambda c: _payload(source, c)  # noqa: E731
-    got = projection.project(cards, prof, w, payload)
-    if not any(p.rank for p in got):
-        raise _lacks_rates(args.profile)
-    if args.json:
-        print(json.dumps({"workload": dataclasses.asdict(w), "nodes": w.nodes, "ranks_per_node": w.on_node,
-                          "measured": projection.MEASURED, "assumed": projection.ASSUMED,
-                          "projections": [projection.as_dict(p) for p in got]}, indent=1))
-        return 0
-    print(projection.text(w, got))
-    return 0
 
 
 def _profile_parser(sub) -> None:
@@ -494,27 +441,10 @@ def _predict_parser(sub) -> None:
     s.set_defaults(func=cmd_predict)
 
 
-def _project_parser(sub) -> None:
-    s = sub.add_parser("project", help="each approach's save and load projected to an MLPerf Storage checkpoint "
-                                       "workload from cost cards and one node's profile (docs/decisions.md#projection)")
-    s.add_argument("--profile", required=True, metavar="FILE", help="one node's profile (`profile --out`)")
-    s.add_argument("--cards", nargs="+", default=None, metavar="RESULTS",
-                   help="a cost-card file or results .jsonl files (default: the latest run's cost-cards.json under "
-                        "--out)")
-    s.add_argument("--workload", required=True, metavar="WORKLOAD",
-                   help=f"one of {', '.join(projection.WORKLOADS)}, or PRESET:RANKS (a model preset's weights on "
-                        "RANKS ranks of one node)")
-    s.add_argument("--ranks-per-node", type=_positive_int, default=None, metavar="N",
-                   help=f"ranks sharing one node (default: {projection.RANKS_PER_NODE}, MLPerf Storage's hosts)")
-    s.add_argument("--out", default="saved_models", metavar="DIR", help="where the runs are (default: %(default)s)")
-    s.add_argument("--json", action="store_true", help="print the projection as JSON")
-    s.set_defaults(func=cmd_project)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m llama_ckpt",
-                description="Benchmark ways of storing LLaMA-shaped model weights: save, load, size, exactness.")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    p = Parser(prog="python -m llama_ckpt",
+               description="Benchmark ways of storing LLaMA-shaped model weights: save, load, size, exactness.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
     _list_parser(sub)
     _run_parser(sub)
     _suite_parser(sub)
@@ -523,7 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
     _compare_parser(sub)
     _profile_parser(sub)
     _predict_parser(sub)
-    _project_parser(sub)
+    add_project_parser(sub, _preset)
     return p
 
 

@@ -15,6 +15,7 @@ from llama_ckpt.suite import runner as suite
 from llama_ckpt.study.phases import CLAIMS, COMPARE, PHASES, SUMMARY_SLUG, TRAINING
 from llama_ckpt.study.runs import phase_complete
 from llama_ckpt.suite import run
+from llama_ckpt.errors import UserError
 from llama_ckpt.results import read_results
 
 NOTEBOOKS = suite.NOTEBOOKS
@@ -404,3 +405,45 @@ def test_summary_shows_how_far_the_disk_moved_over_the_run(suite_run):
     nb = nbformat.read(out / "runs" / RUN / "99-summary.ipynb", as_version=4)
     text = "".join(str(o.get("data", {})) for c in nb.cells for o in c.get("outputs", []))
     assert "The disk beside each round" in text
+
+
+def test_the_complete_run_renders_to_a_page_a_reader_can_read_and_project_from(suite_run, tmp_path):
+    """`make results-doc` on the smoke run (issue 37, point 6): the page headed by the run id, both commits and
+    the machine, the summary's sections with their charts beside it, no code and no pandas styles; the profile
+    and cards beside it are what `project` reads; a run that is not complete is refused in one line."""
+    from llama_ckpt.report import publish
+
+    out, _ = suite_run
+    assert RUN in publish.complete_runs(out)
+    page = publish.publish(out, tmp_path / "results")
+    text = page.read_text()
+    assert text.startswith(f"# Reference run `{RUN}`") and "Measured by commit" in text
+    assert "**The machine**:" in text and "cores" in text
+    assert "At the field's sizes" in text and "A published result re-derived" in text
+    assert "```python" not in text and "<style" not in text  # inputs and styles left out
+    charts = [p for p in (tmp_path / "results").glob("*.png") if f"]({p.name})" in text]
+    assert charts and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in charts)
+    r = subprocess.run([sys.executable, "-m", "llama_ckpt", "project", "--workload", "llama3-8b", "--json",
+                        "--profile", str(tmp_path / "results" / publish.PROFILE),
+                        "--cards", str(tmp_path / "results" / publish.CARDS)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert {p["approach"] for p in json.loads(r.stdout)["projections"]} >= {"safetensors", "ts+best"}
+    with pytest.raises(UserError, match="not complete"):
+        publish.publish(out, tmp_path / "other", "no-such-run")
+
+
+def test_the_checkpoint_pattern_read_every_checkpoint_back_and_the_summary_projects_training(suite_run):
+    """05's MLPerf checkpoint pattern: every checkpoint saved in a row read back, timed; the summary gives both in
+    MLPerf's unit, and 07's savers at the workloads with the device-to-host rate said to be assumed."""
+    from llama_ckpt.report import summary
+
+    out, _ = suite_run
+    s = summary.load(out, RUN)
+    assert s.sustained and all(len(r["loads_s"]) == r["n_saves"] for r in s.sustained if r["verified"])
+    text, t = s.back_to_back()
+    assert "MLPerf's unit: save" in text and {"save_GBps", "load_GBps"} <= set(t.columns)
+    text, t = s.training_projections()
+    assert "**assumed**" in text and not t.empty
+    assert set(t.index.get_level_values("workload")) == set(summary.PROJECTED)
+    sync = t[t["mode"] == "sync"]
+    assert (sync["blocking_s"] == sync["durable_s"]).all()  # a synchronous saver holds the loop for all of it
