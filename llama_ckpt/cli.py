@@ -108,7 +108,7 @@ def cmd_run(args) -> int:
     if args.model and args.model_path:
         raise UserError("give --model or --model-path, not both")
     if args.back_to_back == 1:
-        raise UserError("--checkpoint-workload needs at least 2 checkpoints in a row")
+        raise UserError("--checkpoint-workload (--back-to-back) needs at least 2 checkpoints in a row")
     if sharded and args.back_to_back:
         raise UserError("--checkpoint-workload saves single-process checkpoints in a row; leave it out with "
                         "--world-size")
@@ -293,7 +293,8 @@ def _run_parser(sub) -> None:
                    help="after the rounds, MLPerf Storage's checkpoint pattern on each approach: N saves in a row "
                         "with nothing between them (the sustained rate beside the isolated one; fewer where the disk "
                         "cannot hold N at once), then the N read back, each after its pages were evicted, every one "
-                        "verified, then removed; reported in MLPerf's unit (a checkpoint's size over its time)")
+                        "verified, then removed; 05 and the summary give them in MLPerf's unit (a checkpoint's GiB "
+                        "over its time)")
     s.add_argument("--disk-cap", type=positive_int, default=None, metavar="MBPS",
                    help="cap the checkpoints' disk at MBPS MB/s (read and write) for the run, machine profile "
                         "included: a second state of this machine for the bounds' predictions. Needs root and "

@@ -9,7 +9,7 @@ def __getattr__(name: str):
     """``FAILURES``: what a failing save or load may raise. torch.distributed.checkpoint's CheckpointException
     derives from BaseException, not Exception, so a plain ``except Exception`` lets it through; interrupts
     (KeyboardInterrupt, SystemExit) are never in it. Made on first use, so that what never saves or loads
-    (``project``, ``predict``) starts without importing torch."""
+    (``project``) starts without importing torch."""
     if name != "FAILURES":
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     from torch.distributed.checkpoint.api import CheckpointException

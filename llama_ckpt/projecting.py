@@ -106,15 +106,17 @@ def add_project_parser(sub, preset: Preset | None = None) -> None:
 
 
 def handles(argv: list[str]) -> bool:
-    """Whether ``argv`` is ``project`` to one of MLPerf Storage's workloads, which this module runs alone."""
+    """Whether ``argv`` is ``project`` to one of MLPerf Storage's workloads, which this module runs alone (the
+    last ``--workload`` given, as argparse takes it; anything else, help included, goes to :mod:`.cli`)."""
     if argv[:1] != ["project"]:
         return False
+    last = None
     for i, a in enumerate(argv):
         if a == "--workload" and i + 1 < len(argv):
-            return argv[i + 1] in projection.WORKLOADS
-        if a.startswith("--workload="):
-            return a.split("=", 1)[1] in projection.WORKLOADS
-    return False
+            last = argv[i + 1]
+        elif a.startswith("--workload="):
+            last = a.split("=", 1)[1]
+    return last in projection.WORKLOADS
 
 
 def main(argv: list[str]) -> int:

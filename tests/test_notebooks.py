@@ -441,7 +441,7 @@ def test_the_checkpoint_pattern_read_every_checkpoint_back_and_the_summary_proje
     s = summary.load(out, RUN)
     assert s.sustained and all(len(r["loads_s"]) == r["n_saves"] for r in s.sustained if r["verified"])
     text, t = s.back_to_back()
-    assert "MLPerf's unit: save" in text and {"save_GBps", "load_GBps"} <= set(t.columns)
+    assert "MLPerf's unit: save" in text and {"save_GiBps", "load_GiBps"} <= set(t.columns)
     text, t = s.training_projections()
     assert "**assumed**" in text and not t.empty
     assert set(t.index.get_level_values("workload")) == set(summary.PROJECTED)

@@ -1,6 +1,9 @@
 """Cost cards projected to MLPerf Storage's checkpoint workloads (docs/decisions.md#projection), through `project`."""
 
+import dataclasses
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -53,7 +56,7 @@ def test_project_predicts_the_slowest_rank_from_a_card_file_and_a_profile(tmp_pa
     save = next(p for p in got["projections"] if p["step"] == "save")
     want = work.predict(cards[0], projection.shared(work.as_profile(prof), 8), w.rank_bytes)
     assert save["seconds"] == pytest.approx(want.seconds) and save["rank_bytes"] == w.rank_bytes
-    assert save["GBps"] == pytest.approx(w.total_bytes / want.seconds / 1e9)
+    assert save["GiBps"] == pytest.approx(w.total_bytes / want.seconds / 2**30)  # MLPerf's "GB" are GiB
     assert got["assumed"] and got["measured"] and got["nodes"] == 1
     text = cli_here("project", "--cards", str(path), "--profile", str(target), "--workload", "llama3-70b")
     assert text.returncode == 0 and "on 8 node(s) of 8" in text.stdout and "assumed:" in text.stdout
@@ -82,7 +85,8 @@ def test_a_training_projection_blocks_for_the_save_or_for_the_staging_copy_at_th
                                                           "memory_copy_all_Bps": _rate(80e9)})
     cards = work.cards([_row(), _row(save_s=1.3), _row(save_s=1.1)], _profile(4, 1e9))
     w = projection.WORKLOADS["llama3-8b"]
-    durable = work.predict(cards[0], projection.shared(prof, 8), w.rank_bytes).seconds
+    d2h = w.rank_bytes / 20e9  # every saver's state comes off the device first
+    durable = d2h + work.predict(cards[0], projection.shared(prof, 8), w.rank_bytes).seconds
     savers = {"sync": _savers("sync", [3.0, 3.0]),
               "staged": _savers("thread", [0.5, 0.7], staging=[0.4, 0.4]),  # 0.2 s beyond its staging copy
               "unstaged": _savers("thread", [0.3, 0.3]),  # no staging record: a copy at 10 GB/s (0.2 s) is taken off
@@ -91,7 +95,6 @@ def test_a_training_projection_blocks_for_the_save_or_for_the_staging_copy_at_th
     assert set(got) == {"sync", "staged", "unstaged"}
     assert got["sync"]["blocking_s"] == pytest.approx(durable) and got["sync"]["durable_s"] == pytest.approx(durable)
     assert got["sync"]["interval for 1%"] == pytest.approx(99 * durable)
-    d2h = w.rank_bytes / 20e9
     assert got["staged"]["blocking_s"] == pytest.approx(d2h + 0.2 / 2e9 * w.rank_bytes)
     assert got["unstaged"]["blocking_s"] == pytest.approx(d2h + 0.1 / 2e9 * w.rank_bytes)
     for name in ("staged", "unstaged"):  # the background's save outlasts 99 blockings here, or not: the larger
@@ -105,7 +108,7 @@ def test_the_published_result_is_projected_on_its_described_node():
     prof = work.as_profile(_profile(2, 1e9).to_dict() | {"memory_copy_1_Bps": _rate(10e9),
                                                          "memory_copy_all_Bps": _rate(20e9)})
     pub = projection.Published("p", "s", "llama3-8b", "fmt", 192, 3e9, 6e9, "stated", 40.0, 20.0, ("x",))
-    node = projection.described(prof, pub)
+    node = projection.described(dataclasses.replace(prof, fs_type="tmpfs"), pub)  # the drive, never this tmpfs
     assert node.cores == 192 and work.disk_Bps(node, "save") == 3e9 and work.disk_Bps(node, "load") == 6e9
     cards = work.cards([_row(), _row(save_s=1.3), _row(save_s=1.1)], _profile(4, 1e9))
     got = {r["step"]: r for r in projection.published_check(cards, prof, pub)}
@@ -116,3 +119,51 @@ def test_the_published_result_is_projected_on_its_described_node():
         assert got[step]["error"] == pytest.approx(published / want.seconds - 1)
         assert got[step]["within"] == (abs(published / want.seconds - 1) <= 0.25)
     assert projection.published_check([], prof, pub) == []  # no card of its approach: nothing re-derived
+
+
+def test_project_to_an_mlperf_workload_runs_without_torch_and_anything_else_goes_to_the_full_cli():
+    """`python -m llama_ckpt project --workload llama3-8b` answers without importing torch (issue 37's aim: under
+    a second); the last --workload decides, as argparse takes it; a preset's weights, help and every other
+    command go to llama_ckpt.cli."""
+    from llama_ckpt import projecting
+
+    assert projecting.handles(["project", "--profile", "p", "--workload", "llama3-8b"])
+    assert projecting.handles(["project", "--workload=llama3-70b", "--json"])
+    assert not projecting.handles(["project", "--workload", "llama3-8b", "--workload", "tiny:8"])
+    assert projecting.handles(["project", "--workload", "tiny:8", "--workload", "llama3-8b"])
+    assert not projecting.handles(["project", "--help"]) and not projecting.handles(["predict", "--workload",
+                                                                                     "llama3-8b"])
+    code = ("import runpy, sys\n"
+            "sys.argv = ['llama_ckpt', 'project', '--profile', '/nonexistent.json', '--cards', '/nonexistent',\n"
+            "            '--workload', 'llama3-8b']\n"
+            "try:\n    runpy.run_module('llama_ckpt', run_name='__main__')\n"
+            "except SystemExit as e:\n    print('exit', e.code, 'torch' in sys.modules)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.stdout.strip() == "exit 2 False", (r.stdout, r.stderr)  # refused in one line, torch never imported
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith("python -m llama_ckpt project: error:") and "/nonexistent" in line
+
+
+def test_publish_refuses_a_destination_that_is_not_a_rendered_run_and_a_run_that_is_not_there(tmp_path):
+    from llama_ckpt.errors import UserError
+    from llama_ckpt.report import publish
+
+    (tmp_path / "runs" / "r1").mkdir(parents=True)
+    with pytest.raises(UserError, match="no complete run"):
+        publish.publish(tmp_path, tmp_path / "dest")
+    with pytest.raises(UserError, match="no run nope"):
+        publish.publish(tmp_path, tmp_path / "dest", "nope")
+    with pytest.raises(UserError, match="not complete"):
+        publish.publish(tmp_path, tmp_path / "dest", "r1")
+    kept = tmp_path / "docs"
+    kept.mkdir()
+    (kept / "protocol.md").write_text("a page of the docs")
+    with pytest.raises(UserError, match="protocol.md"):
+        publish._clear(kept)  # never empties a folder it did not write
+    assert (kept / "protocol.md").read_text() == "a page of the docs"
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "README.md").write_text("# Reference run `x`\n")
+    (old / "output_1_0.png").write_bytes(b"\x89PNG")
+    publish._clear(old)
+    assert not list(old.iterdir())  # an earlier page and its charts: replaced

@@ -68,7 +68,8 @@ def measure_sustained(approach: Format, source: ModelSource, expected: dict, roo
     except (KeyboardInterrupt, SystemExit):
         raise
     except FAILURES as exc:
-        return sustained_row(**base, saves_s=saves or None, loads_s=loads or None, verified=False,
+        return sustained_row(**base, saves_s=saves or None, loads_s=loads or None,
+                             loads_cold=_all_cold(cold) if loads else None, verified=False,
                              error=f"{stage} of checkpoint {k + 1} of {n} failed: {describe_error(exc, locs[k])}",
                              finished_at=now())
     finally:

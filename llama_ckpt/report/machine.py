@@ -226,9 +226,10 @@ def sustained_table(records: list[dict], rows: list[dict]) -> pd.DataFrame:
     loads after them (median), each median against the same approach's
     isolated saves and cold loads of the rounds (``rows``, each from the
     stated disk state): ``x_isolated`` above 1, the figure in a row is slower
-    than the isolated one says. ``save_GBps`` and ``load_GBps`` are MLPerf's
-    unit: a checkpoint's size (its bytes on disk, GB of 10^9 bytes) over its
-    mean time."""
+    than the isolated one says. ``save_GiBps`` and ``load_GiBps`` are MLPerf's
+    unit: a checkpoint's size (its bytes on disk, in GiB, as MLPerf's "GB"
+    are) over its mean time. Isolated loads whose eviction was not confirmed
+    are left out."""
     recs = []
     for r in records:
         if not r.get("verified"):
@@ -237,18 +238,19 @@ def sustained_table(records: list[dict], rows: list[dict]) -> pd.DataFrame:
         xs, ls = r["saves_s"], r.get("loads_s") or []
         mine = [x for x in rows if x["approach"] == r["approach"] and x.get("verified")]
         iso = [x["save_s"] for x in mine if x.get("save_s")]
-        iso_load = [x["load_s"] for x in mine if x.get("load_s")]
+        iso_load = [x["load_s"] for x in mine if x.get("load_s") and x.get("load_cold") is not False]
         iso_med = statistics.median(iso) if iso else None
         iso_load_med = statistics.median(iso_load) if iso_load else None
-        med, one_GB = statistics.median(xs), r["bytes_on_disk"] / len(xs) / 1e9
+        med, one_GiB = statistics.median(xs), r["bytes_on_disk"] / len(xs) / 2**30
         load_med = statistics.median(ls) if ls else None
         recs.append({"approach": r["approach"], "isolated_s": iso_med, "n_isolated": len(iso), "in_a_row": len(xs),
                      "first_s": xs[0], "median_s": med, "last_s": xs[-1], "slowest_s": max(xs),
                      "x_isolated": med / iso_med if iso_med else None,
-                     "save_GBps": one_GB / statistics.mean(xs),
+                     "save_GiBps": one_GiB / statistics.mean(xs),
                      "load_median_s": load_med, "load_isolated_s": iso_load_med,
                      "x_isolated_load": load_med / iso_load_med if load_med and iso_load_med else None,
-                     "load_GBps": one_GB / statistics.mean(ls) if ls else None, "error": None})
+                     "load_GiBps": one_GiB / statistics.mean(ls) if ls else None,
+                     "loads_cold": r.get("loads_cold"), "error": None})
     if not recs:
         return pd.DataFrame()
     t = pd.DataFrame(recs).set_index("approach")
@@ -269,9 +271,10 @@ def sustained_findings(records: list[dict], rows: list[dict], tolerance: float =
            "after the previous checkpoint was removed and the caches dropped (writes to freed space, the state of "
            "the rounds' references); each later save in a row writes to new space beside the ones before it, kept, "
            "with nothing between them. After the last save each checkpoint is read back, in the order saved, after "
-           "its pages were evicted, as MLPerf Storage reads its checkpoints after a cache drop. `save_GBps` and "
-           "`load_GBps` are MLPerf's unit: one checkpoint's size over its mean time, to set beside published "
-           "results (theirs are one checkpoint of many ranks, over the slowest rank's time).", ""]
+           "its pages were evicted, as MLPerf Storage reads its checkpoints after a cache drop. `save_GiBps` and "
+           "`load_GiBps` are MLPerf's unit: one checkpoint's size in GiB (MLPerf's \"GB\") over its mean time, to "
+           "set beside published results (theirs are one checkpoint of many ranks, over the slowest rank's time).",
+           ""]
     for name, r in t.iterrows():
         if "error" in t and isinstance(r.get("error"), str):
             out.append(f"- `{name}`: ERROR {r['error']}")
@@ -285,13 +288,15 @@ def sustained_findings(records: list[dict], rows: list[dict], tolerance: float =
                      f"{r['isolated_s']:.3g} s alone (median of {r['n_isolated']:.0f}): {x:.2f}x: "
                      f"{_held(x, tolerance, 'save')}")
         if r.get("load_median_s") is not None and not pd.isna(r["load_median_s"]):
-            line += f"; read back cold, median {r['load_median_s']:.3g} s"
+            cold = ("read back cold" if r.get("loads_cold") is not False else
+                    "read back (**not cold**: an eviction was not confirmed)")
+            line += f"; {cold}, median {r['load_median_s']:.3g} s"
             xl = r.get("x_isolated_load")
             if xl is not None and not pd.isna(xl):
                 line += f" against {r['load_isolated_s']:.3g} s alone: {xl:.2f}x: {_held(float(xl), tolerance, 'load')}"
-            line += f". MLPerf's unit: save {r['save_GBps']:.3g} GB/s, load {r['load_GBps']:.3g} GB/s."
+            line += f". MLPerf's unit: save {r['save_GiBps']:.3g} GiB/s, load {r['load_GiBps']:.3g} GiB/s."
         else:
-            line += f". MLPerf's unit: save {r['save_GBps']:.3g} GB/s."
+            line += f". MLPerf's unit: save {r['save_GiBps']:.3g} GiB/s."
         out.append(line)
     return "\n".join(out)
 

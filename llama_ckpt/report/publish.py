@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
+import nbformat
 from nbconvert import MarkdownExporter
 
 from ..errors import UserError
@@ -26,13 +27,40 @@ MAX_BYTES = 5 * 2**20  # what the folder may hold: the repository carries it
 STYLE = re.compile(r"<style[^>]*>.*?</style>\n?", re.S)
 
 
+def _summary_ran(nb_path: Path) -> bool:
+    """Whether the executed summary at ``nb_path`` ran to its end: papermill recorded no exception and no cell
+    shows an error."""
+    try:
+        nb = nbformat.read(nb_path, as_version=4)
+    except (OSError, ValueError):
+        return False
+    return not nb.metadata.get("papermill", {}).get("exception") and not any(
+        o.get("output_type") == "error" for c in nb.cells for o in c.get("outputs", []))
+
+
 def complete_runs(out_dir: str | Path) -> list[str]:
-    """The runs under ``out_dir`` whose every phase is complete and whose summary was executed, oldest first."""
+    """The runs under ``out_dir`` whose every phase is complete and whose summary ran to its end, oldest first."""
     runs = Path(out_dir) / "runs"
     if not runs.is_dir():
         return []
     return [d.name for d in sorted(runs.iterdir()) if (d / SUMMARY).is_file()
-            and all(phase_complete(out_dir, d.name, p.slug) for p in PHASES.values())]
+            and all(phase_complete(out_dir, d.name, p.slug) for p in PHASES.values()) and _summary_ran(d / SUMMARY)]
+
+
+def _clear(dest: Path) -> None:
+    """Empty ``dest`` of an earlier page: refused where it holds anything this module does not write."""
+    if not dest.exists():
+        return
+    if not dest.is_dir():
+        raise UserError(f"--dest {dest}: not a directory")
+    ours = [p for p in dest.iterdir() if p.is_file() and (p.name in (PAGE, PROFILE, CARDS) or p.suffix == ".png")]
+    others = sorted(p.name for p in dest.iterdir() if p not in ours)
+    page = dest / PAGE
+    if others or (page.is_file() and not page.read_text().startswith("# Reference run")):
+        raise UserError(f"--dest {dest}: holds files that are not a rendered run ({', '.join(others) or PAGE}); "
+                        "give an empty or new directory")
+    for p in ours:
+        p.unlink()
 
 
 def publish(out_dir: str | Path, dest: str | Path, run_id: str = "") -> Path:
@@ -42,9 +70,12 @@ def publish(out_dir: str | Path, dest: str | Path, run_id: str = "") -> Path:
     run_id = run_id or (done[-1] if done else "")
     if not run_id:
         raise UserError(f"no complete run in {Path(out_dir) / 'runs'} (every phase complete and the summary "
-                        "executed): run `make run-all` first")
+                        "run to its end): run `make run-all` first")
+    if not run_dir(out_dir, run_id).is_dir():
+        raise UserError(f"no run {run_id} in {Path(out_dir) / 'runs'}")
     if run_id not in done:
-        raise UserError(f"run {run_id} in {out_dir} is not complete (a phase unfinished, or no executed summary)")
+        raise UserError(f"run {run_id} in {out_dir} is not complete (a phase unfinished, or its summary not run "
+                        "to its end)")
     exporter = MarkdownExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
     body, resources = exporter.from_filename(str(run_dir(out_dir, run_id) / SUMMARY))
     charts = resources.get("outputs") or {}
@@ -63,7 +94,8 @@ def publish(out_dir: str | Path, dest: str | Path, run_id: str = "") -> Path:
             f"The summary of one complete `make run-all` (model `{s.model}`), rendered by `make results-doc` so that "
             "it can be read without running anything. Measured by commit "
             f"`{(measured_by or 'unrecorded')[:12]}`; rendered by commit `{(GIT_COMMIT or 'unrecorded')[:12]}`. "
-            "Every number below was measured in that run, on this machine:", "",
+            "Every number below was measured in that run on this machine, or projected from it with the "
+            "assumptions said beside it:", "",
             f"**The machine**: {cpu or 'CPU unrecorded'}; {machine_line(prof)}", ""]
     if CARDS in files:
         head += [f"Its profile and cost cards are beside this page: `python -m llama_ckpt project --profile "
@@ -76,9 +108,8 @@ def publish(out_dir: str | Path, dest: str | Path, run_id: str = "") -> Path:
         raise UserError(f"run {run_id}'s summary renders to {size / 2**20:.1f} MiB, over the "
                         f"{MAX_BYTES / 2**20:.0f} MiB docs/results may hold")
     dest = Path(dest)
-    if dest.exists():
-        shutil.rmtree(dest)
-    dest.mkdir(parents=True)
+    _clear(dest)
+    dest.mkdir(parents=True, exist_ok=True)
     for name, data in files.items():
         (dest / name).write_bytes(data)
     (dest / PAGE).write_text(text)
@@ -96,7 +127,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         page = publish(args.out, args.dest, args.run_id)
     except UserError as exc:
-        print(f"error: {exc}")
+        print(f"{p.prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a full disk, a directory it may not write
+        print(f"{p.prog}: error: {exc.strerror or exc} ({exc.filename or args.dest})", file=sys.stderr)
         return 2
     print(f"wrote {page} and its charts")
     return 0

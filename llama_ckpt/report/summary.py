@@ -272,22 +272,23 @@ class Summary:
         """07's savers projected to the workloads (docs/decisions.md#projection-training): the loop's blocking
         time per checkpoint, the time until durable and the interval for checkpoints to take 1% of a run, per
         saver and workload: a sentence and the table."""
-        loop = self.training_loop()
-        savers = train_report.per_saver(self.training, loop) if self.training else {}
+        loop = "accelerator"  # an accelerator's loop is what the field runs; a CPU loop copies nothing off a device
+        savers = train_report.per_saver(self.training, loop) if loop in train_report.loops(self.training) else {}
         prof = self.machine()
         recs = [{"workload": name, **r} for name in workloads if prof is not None
                 for r in projection.training(savers, self.cost_cards(), prof, projection.WORKLOADS[name])]
         if not recs:
-            return ("No training projection: this run has no checkpoints of 07 whose format has a cost card "
-                    "(05 or 09), or no machine profile.", pd.DataFrame())
+            return ("No training projection: this run has no checkpoints of 07's accelerator-bound loop whose "
+                    "format has a cost card (05 or 09), or no machine profile.", pd.DataFrame())
         t = pd.DataFrame(recs).set_index(["workload", "saver"])
         t["interval for 1%"] = t["interval for 1%"].map(train_report.fmt_duration)
         text = (f"07's savers in {train_report.LOOP_TITLES.get(loop, loop)} at the workloads' slowest rank: a "
-                "synchronous saver holds the loop for its whole save (the projection above); one in the background "
-                "for its staging copy, on an accelerator a device-to-host copy (`D2H`) at "
+                "saver's state first comes off the device, a device-to-host copy (`D2H`) at "
                 f"{projection.D2H_ASSUMED_Bps / 1e9:.0f} GB/s, **assumed** (this run had no accelerator to measure "
-                "it), plus the rest of the blocking it had in 07, per byte. `interval for 1%`: the training time "
-                "between checkpoints for them to take 1% of the run, and no shorter than the save's background "
+                "it); a synchronous saver then holds the loop for its whole save (the projection above), one in the "
+                "background for the copy and the rest of the blocking it had in 07, per byte. `interval for 1%`: the "
+                "training time between checkpoints for them to take 1% of the run, and no shorter than the save's "
+                "background "
                 "(`docs/decisions.md#projection-training`). Not counted: the slowdown of the steps while a save "
                 "is in flight, which 07 measures on this machine's cores. Nothing here checks it: this machine "
                 "has no accelerator and no 8B run.")

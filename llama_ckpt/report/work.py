@@ -164,8 +164,8 @@ def ranking(rows: list[dict], top: int = 5) -> pd.DataFrame:
 
 def projection_table(cards: list, profile: MachineProfile | None, workloads: tuple[str, ...]) -> pd.DataFrame:
     """Each card's step projected to each of ``workloads`` (MLPerf Storage's, docs/decisions.md#projection) with
-    ``profile`` as one node: the slowest rank's seconds, the checkpoint's GB/s over them and the binding part,
-    one column group per workload; "-" where the profile lacks a rate the model needs."""
+    ``profile`` as one node: the slowest rank's seconds, the checkpoint's GiB/s over them (MLPerf's unit) and the
+    binding part, one column group per workload; "-" where the profile lacks a rate the model needs."""
     if profile is None or not cards:
         return pd.DataFrame()
     recs: dict[tuple[str, str], dict] = {}
@@ -174,7 +174,7 @@ def projection_table(cards: list, profile: MachineProfile | None, workloads: tup
         for p in projection.project(cards, profile, w):
             rec = recs.setdefault((p.approach, p.step), {})
             rec[(name, "slowest rank s")] = p.seconds
-            rec[(name, "checkpoint GB/s")] = p.GBps
+            rec[(name, "checkpoint GiB/s")] = p.GiBps
             rec[(name, "binding")] = p.rank.binding if p.rank else None
     t = pd.DataFrame.from_dict(recs, orient="index")
     t.index.names = ["approach", "step"]

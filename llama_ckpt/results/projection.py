@@ -132,7 +132,7 @@ def shared(profile: MachineProfile, ranks: int) -> MachineProfile:
 @dataclass(frozen=True)
 class Projection:
     """One approach's step at a workload: the slowest rank's predicted seconds and the checkpoint's size over
-    them (MLPerf Storage's unit)."""
+    them in GiB/s (MLPerf Storage's unit: its "GB" are GiB)."""
 
     approach: str
     step: str
@@ -147,8 +147,8 @@ class Projection:
         return self.rank.seconds if self.rank else None
 
     @property
-    def GBps(self) -> float | None:
-        return self.total_bytes / self.rank.seconds / 1e9 if self.rank and self.rank.seconds else None
+    def GiBps(self) -> float | None:
+        return self.total_bytes / self.rank.seconds / 2**30 if self.rank and self.rank.seconds else None
 
 
 def project(cards: list[Card], profile: MachineProfile, w: Workload, payload=None) -> list[Projection]:
@@ -176,9 +176,9 @@ ASSUMED = ("the ranks of a node share its disk, file creates and fsyncs evenly, 
 
 
 def as_dict(p: Projection) -> dict:
-    """One projection as JSON: the slowest rank's seconds, the checkpoint's GB/s, the binding part and every part."""
+    """One projection as JSON: the slowest rank's seconds, the checkpoint's GiB/s, the binding part and every part."""
     return {"approach": p.approach, "step": p.step, "workload": p.workload, "rank_bytes": p.rank_bytes,
-            "total_bytes": p.total_bytes, "nodes": p.nodes, "seconds": p.seconds, "GBps": p.GBps,
+            "total_bytes": p.total_bytes, "nodes": p.nodes, "seconds": p.seconds, "GiBps": p.GiBps,
             "binding": p.rank.binding if p.rank else None, "parts": p.rank.parts if p.rank else None}
 
 
@@ -191,8 +191,8 @@ def text(w: Workload, got: list[Projection]) -> str:
             f"ZeRO {w.zero}) on {w.nodes} node(s) of {w.on_node}; the slowest rank writes "
             f"{max(p.rank_bytes for p in got) / 1e9:.2f} GB. Source: {w.source}.")
     body = [[p.approach, p.step, f"{p.rank_bytes / 1e9:.2f}", f"{p.seconds:.3g}" if p.rank else "-",
-             f"{p.GBps:.3g}" if p.GBps else "-", p.rank.binding if p.rank else "-"] for p in got]
-    table = render(["approach", "step", "GB per rank", "slowest rank s", "checkpoint GB/s", "binding"], body)
+             f"{p.GiBps:.3g}" if p.GiBps else "-", p.rank.binding if p.rank else "-"] for p in got]
+    table = render(["approach", "step", "GB per rank", "slowest rank s", "checkpoint GiB/s", "binding"], body)
     notes = "\n".join([f"measured: {m}" for m in MEASURED] + [f"assumed: {a}" for a in ASSUMED])
     return f"{head}\n{table}\n{notes}"
 
@@ -209,10 +209,11 @@ def _med(xs) -> float | None:
 
 def training(savers: dict[str, dict], cards: list[Card], profile: MachineProfile, w: Workload,
              d2h_Bps: float = D2H_ASSUMED_Bps) -> list[dict]:
-    """07's savers (``report.training.per_saver``'s figures) at workload ``w``: per saver the slowest rank's
-    bytes, the loop's blocking time per checkpoint, the time until durable and the interval at which the
-    checkpoints take at most :data:`SHARE` of the run (docs/decisions.md#projection-training). A saver whose
-    format has no save card, or that took no verified checkpoint, is left out."""
+    """07's savers in its accelerator-bound loop (``report.training.per_saver``'s figures) at workload ``w``: per
+    saver the slowest rank's bytes, the loop's blocking time per checkpoint, the time until durable and the
+    interval at which the checkpoints take at most :data:`SHARE` of the run
+    (docs/decisions.md#projection-training). A saver whose format has no save card, or that took no verified
+    checkpoint, is left out."""
     saves = {c.approach: c for c in cards if c.step == "save"}
     node, one = shared(profile, w.on_node), median(profile.memory_copy_1_Bps)
     out = []
@@ -220,23 +221,25 @@ def training(savers: dict[str, dict], cards: list[Card], profile: MachineProfile
         card = saves.get(s.get("sync_of") or "")
         if not s.get("n") or card is None or not s.get("state_bytes"):
             continue
-        durable = predict(card, node, w.rank_bytes)
-        if durable is None:
+        save = predict(card, node, w.rank_bytes)
+        if save is None:
             continue
+        d2h = w.rank_bytes / d2h_Bps  # every saver's state comes off the device first
+        durable = d2h + save.seconds
         if s["mode"] == "sync":
-            blocking, how = durable.seconds, "the whole save"
+            blocking, how = durable, "D2H copy + the whole save"
         else:
             staged = _med(s.get("staging"))
             copy_here = staged if staged is not None else (s["state_bytes"] / one if one else None)
             if copy_here is None:
                 continue
             rest = max(0.0, _med(s["blocking"]) - copy_here) / s["state_bytes"]
-            blocking = w.rank_bytes / d2h_Bps + rest * w.rank_bytes
+            blocking = d2h + rest * w.rank_bytes
             how = "D2H copy" + (f" + {rest * w.rank_bytes:.2g} s" if rest else "")
-        interval = max(blocking * (1 - SHARE) / SHARE, durable.seconds - blocking)
+        interval = max(blocking * (1 - SHARE) / SHARE, durable - blocking)
         out.append({"saver": name, "mode": s["mode"], "format": card.approach, "GB per rank": w.rank_bytes / 1e9,
-                    "blocking_s": blocking, "blocked by": how, "durable_s": durable.seconds,
-                    "binding": durable.binding, "interval for 1%": interval})
+                    "blocking_s": blocking, "blocked by": how, "durable_s": durable,
+                    "binding": save.binding, "interval for 1%": interval})
     return out
 
 
@@ -279,7 +282,9 @@ def described(profile: MachineProfile, pub: Published = PUBLISHED) -> MachinePro
         return Rate(x, 0.0, (x,))
 
     ref = {**(profile.reference or {}), "reference_read_Bps": pub.read_Bps, "reference_write_Bps": pub.write_Bps}
-    return replace(profile, cores=pub.cores, durable_fresh_Bps=rate(pub.write_Bps),
+    # the description names no file system: none taken (this machine's may be a tmpfs, which has no disk)
+    return replace(profile, cores=pub.cores, fs_type=None, fs_device=None, mount_options=None,
+                   durable_fresh_Bps=rate(pub.write_Bps),
                    durable_freed_Bps=rate(pub.write_Bps), direct_write_Bps=rate(pub.write_Bps),
                    direct_read_Bps=rate(pub.read_Bps), reference=ref)
 
