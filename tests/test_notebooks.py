@@ -428,7 +428,7 @@ def test_the_complete_run_renders_to_a_page_a_reader_can_read_and_project_from(s
                         "--cards", str(tmp_path / "results" / publish.CARDS)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert {p["approach"] for p in json.loads(r.stdout)["projections"]} >= {"safetensors", "ts+best"}
-    with pytest.raises(UserError, match="not complete"):
+    with pytest.raises(UserError, match="no run no-such-run"):
         publish.publish(out, tmp_path / "other", "no-such-run")
 
 
