@@ -410,7 +410,7 @@ def test_summary_shows_how_far_the_disk_moved_over_the_run(suite_run):
 def test_the_complete_run_renders_to_a_page_a_reader_can_read_and_project_from(suite_run, tmp_path):
     """`make results-doc` on the smoke run (issue 37, point 6): the page headed by the run id, both commits and
     the machine, the summary's sections with their charts beside it, no code and no pandas styles; the profile
-    and cards beside it are what `project` reads; a run that is not complete is refused in one line."""
+    and cards beside it are what `project` reads; a run that is not there is refused in one line."""
     from llama_ckpt.report import publish
 
     out, _ = suite_run

@@ -235,7 +235,7 @@ def training(savers: dict[str, dict], cards: list[Card], profile: MachineProfile
                 continue
             rest = max(0.0, _med(s["blocking"]) - copy_here) / s["state_bytes"]
             blocking = d2h + rest * w.rank_bytes
-            how = "D2H copy" + (f" + {rest * w.rank_bytes:.2g} s" if rest else "")
+            how = "D2H copy" + (f" + {rest * w.rank_bytes:.3g} s" if rest else "")
         interval = max(blocking * (1 - SHARE) / SHARE, durable - blocking)
         out.append({"saver": name, "mode": s["mode"], "format": card.approach, "GB per rank": w.rank_bytes / 1e9,
                     "blocking_s": blocking, "blocked by": how, "durable_s": durable,
