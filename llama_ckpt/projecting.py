@@ -81,7 +81,7 @@ def cmd_project(args, preset: Preset | None = None) -> int:
         raise lacks_rates(args.profile)
     if args.json:
         print(json.dumps({"workload": dataclasses.asdict(w), "nodes": w.nodes, "ranks_per_node": w.on_node,
-                          "measured": projection.MEASURED, "assumed": projection.ASSUMED,
+                          "measured": projection.MEASURED, "assumed": projection.assumed(w),
                           "projections": [projection.as_dict(p) for p in got]}, indent=1))
         return 0
     print(projection.text(w, got))

@@ -64,7 +64,9 @@ def test_project_predicts_the_slowest_rank_from_a_card_file_and_a_profile(tmp_pa
     r = cli_here("project", "--cards", str(path), "--profile", str(target), "--workload", "tiny:2", "--json")
     assert r.returncode == 0, r.stderr
     tiny = get_model("tiny")
-    assert json.loads(r.stdout)["projections"][0]["rank_bytes"] == -(-work.payload_of(tiny, cards[0]) // 2)
+    got = json.loads(r.stdout)
+    assert got["projections"][0]["rank_bytes"] == -(-work.payload_of(tiny, cards[0]) // 2)
+    assert not any("optimizer" in a for a in got["assumed"])  # the weights alone: no MLPerf layout assumed
     assert_one_line_error(cli_here("project", "--cards", str(path), "--profile", str(target), "--workload",
                                    "llama3-9b"), "not one of llama3-8b")
     assert_one_line_error(cli_here("project", "--profile", str(target), "--workload", "llama3-8b", "--out",

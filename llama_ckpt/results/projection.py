@@ -175,6 +175,12 @@ ASSUMED = ("the ranks of a node share its disk, file creates and fsyncs evenly, 
            "moments), sharded by the workload's ZeRO stage")
 
 
+def assumed(w: Workload) -> tuple[str, ...]:
+    """What a projection to ``w`` assumes: :data:`ASSUMED`, less the checkpoint's layout where ``w`` is a model's
+    weights alone (each approach's own bytes)."""
+    return ASSUMED if w.optimizer else ASSUMED[:-1] + ("the weights' bytes as each approach stores them",)
+
+
 def as_dict(p: Projection) -> dict:
     """One projection as JSON: the slowest rank's seconds, the checkpoint's GiB/s, the binding part and every part."""
     return {"approach": p.approach, "step": p.step, "workload": p.workload, "rank_bytes": p.rank_bytes,
@@ -193,7 +199,7 @@ def text(w: Workload, got: list[Projection]) -> str:
     body = [[p.approach, p.step, f"{p.rank_bytes / 1e9:.2f}", f"{p.seconds:.3g}" if p.rank else "-",
              f"{p.GiBps:.3g}" if p.GiBps else "-", p.rank.binding if p.rank else "-"] for p in got]
     table = render(["approach", "step", "GB per rank", "slowest rank s", "checkpoint GiB/s", "binding"], body)
-    notes = "\n".join([f"measured: {m}" for m in MEASURED] + [f"assumed: {a}" for a in ASSUMED])
+    notes = "\n".join([f"measured: {m}" for m in MEASURED] + [f"assumed: {a}" for a in assumed(w)])
     return f"{head}\n{table}\n{notes}"
 
 
