@@ -19,8 +19,8 @@ from pathlib import Path
 from . import fsutil
 from .bench import cluster, machine, measure, scaffold
 from .bench.ranks import RankFailed
-from .errors import UserError
-from .projecting import Parser, add_project_parser, cards_and_profile, lacks_rates, positive_int
+from .errors import Parser, UserError
+from .projecting import add_project_parser, cards_and_profile, lacks_rates, positive_int
 from .model import DEFAULT_PRESET, PRESETS, PUBLISHED_DTYPE, get_model
 from .registry import APPROACHES, names, resolve
 from .report import machine as machine_report
@@ -413,9 +413,6 @@ def cmd_predict(args) -> int:
         return 0
     print(work.prediction_text(cards, preds))
     return 0
-
-
-
 
 
 def _profile_parser(sub) -> None:

@@ -1,8 +1,17 @@
 """The exception that reaches the user as a one-line message, and what a
-failing save or load may raise."""
+failing save or load may raise, and the parser of every command line."""
+
+import argparse
 
 class UserError(Exception):
     """Bad input or an unusable environment: printed as one line, exit code 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line, exit code 2, as every command line of the package's."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def __getattr__(name: str):

@@ -13,16 +13,11 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from .errors import UserError
+from .errors import Parser, UserError
 from .results import projection, work
 from .results.profile import MachineProfile
 
 PROG = "python -m llama_ckpt"
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit 2
-        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def positive_int(text: str) -> int:
@@ -72,8 +67,9 @@ def cmd_project(args, preset: Preset | None = None) -> int:
     elif preset is None:
         raise UserError(f"--workload {args.workload}: not one of {', '.join(projection.WORKLOADS)}")
     else:
-        w = projection.workload(args.workload, lambda name: preset(name)[0])
-        payload = preset(args.workload.rpartition(":")[0])[1]
+        name, _, ranks = args.workload.rpartition(":")
+        source, payload = preset(name) if name and ranks.isdigit() else (None, None)  # built once
+        w = projection.workload(args.workload, lambda _name: source)
     if args.ranks_per_node:
         w = dataclasses.replace(w, ranks_per_node=args.ranks_per_node)
     got = projection.project(cards, prof, w, payload)

@@ -163,9 +163,19 @@ def test_publish_refuses_a_destination_that_is_not_a_rendered_run_and_a_run_that
     with pytest.raises(UserError, match="protocol.md"):
         publish._clear(kept)  # never empties a folder it did not write
     assert (kept / "protocol.md").read_text() == "a page of the docs"
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "cost-cards.json").write_text("{}")  # a file of the name it writes, but no page of its own beside
+    with pytest.raises(UserError, match="not a rendered run"):
+        publish._clear(mine)
+    assert (mine / "cost-cards.json").exists()
     old = tmp_path / "old"
     old.mkdir()
-    (old / "README.md").write_text("# Reference run `x`\n")
+    (old / "README.md").write_text("# Reference run `x`\n\n![png](output_1_0.png)\n")
     (old / "output_1_0.png").write_bytes(b"\x89PNG")
+    (old / "holiday.png").write_bytes(b"\x89PNG")  # a chart the page does not link: not its own
+    with pytest.raises(UserError, match="holiday.png"):
+        publish._clear(old)
+    (old / "holiday.png").unlink()
     publish._clear(old)
     assert not list(old.iterdir())  # an earlier page and its charts: replaced

@@ -13,7 +13,7 @@ from pathlib import Path
 import nbformat
 from nbconvert import MarkdownExporter
 
-from ..errors import UserError
+from ..errors import Parser, UserError
 from ..results import GIT_COMMIT
 from ..study.phases import PHASES
 from ..study.runs import phase_complete, run_dir
@@ -48,19 +48,28 @@ def complete_runs(out_dir: str | Path) -> list[str]:
 
 
 def _clear(dest: Path) -> None:
-    """Empty ``dest`` of an earlier page: refused where it holds anything this module does not write."""
+    """Empty ``dest`` of an earlier page (its README.md a rendered run, the charts it links, the profile and the
+    cards): refused where it holds anything else, or anything at all without such a page."""
     if not dest.exists():
         return
     if not dest.is_dir():
         raise UserError(f"--dest {dest}: not a directory")
-    ours = [p for p in dest.iterdir() if p.is_file() and (p.name in (PAGE, PROFILE, CARDS) or p.suffix == ".png")]
-    others = sorted(p.name for p in dest.iterdir() if p not in ours)
     page = dest / PAGE
-    if others or (page.is_file() and not page.read_text().startswith("# Reference run")):
+    text = page.read_text(errors="replace") if page.is_file() else ""
+    ours = {PAGE, PROFILE, CARDS} | set(re.findall(r"\]\((output_[\w.-]+\.png)\)", text))
+    others = sorted(p.name for p in dest.iterdir() if p.name not in ours or not p.is_file())
+    if others or (any(dest.iterdir()) and not text.startswith("# Reference run")):
         raise UserError(f"--dest {dest}: holds files that are not a rendered run ({', '.join(others) or PAGE}); "
                         "give an empty or new directory")
-    for p in ours:
+    for p in dest.iterdir():
         p.unlink()
+
+
+def _short(commit: str | None) -> str:
+    """A commit as the page shows it: 12 hex digits, and ``-dirty`` where the tree had changes."""
+    if not commit:
+        return "unrecorded"
+    return commit[:12] + ("-dirty" if commit.endswith("-dirty") else "")
 
 
 def publish(out_dir: str | Path, dest: str | Path, run_id: str = "") -> Path:
@@ -82,6 +91,7 @@ def publish(out_dir: str | Path, dest: str | Path, run_id: str = "") -> Path:
     s = summary_report.load(out_dir, run_id)
     prof = s.machine()
     measured_by = next((e.get("git_commit") for e in s.envs if e.get("git_commit")), None)
+    where = str(run_dir(out_dir, run_id))
     cpu = next((e.get("cpu_model") for e in s.envs if e.get("cpu_model")), None)
     files = {}
     if prof is not None:  # what `project` reads, so a reader can project from this run without running it
@@ -92,8 +102,9 @@ def publish(out_dir: str | Path, dest: str | Path, run_id: str = "") -> Path:
                                        "cards": [asdict(c) for c in cards]}, indent=1).encode()
     head = [f"# Reference run `{run_id}`", "",
             f"The summary of one complete `make run-all` (model `{s.model}`), rendered by `make results-doc` so that "
-            "it can be read without running anything. Measured by commit "
-            f"`{(measured_by or 'unrecorded')[:12]}`; rendered by commit `{(GIT_COMMIT or 'unrecorded')[:12]}`. "
+            f"it can be read without running anything. Measured by commit `{_short(measured_by)}`; the summary "
+            "computed by the commit its first lines name; rendered to this page by commit "
+            f"`{_short(GIT_COMMIT)}`. "
             "Every number below was measured in that run on this machine, or projected from it with the "
             "assumptions said beside it:", "",
             f"**The machine**: {cpu or 'CPU unrecorded'}; {machine_line(prof)}", ""]
@@ -101,7 +112,8 @@ def publish(out_dir: str | Path, dest: str | Path, run_id: str = "") -> Path:
         head += [f"Its profile and cost cards are beside this page: `python -m llama_ckpt project --profile "
                  f"docs/results/{PROFILE} --cards docs/results/{CARDS} --workload llama3-8b` projects them; on your "
                  "own machine, `python -m llama_ckpt profile --out FILE` measures the profile to project with.", ""]
-    text = "\n".join(head) + "\n" + STYLE.sub("", body)  # pandas' styles: GitHub drops them
+    body = STYLE.sub("", body).replace(where, f"OUT/runs/{run_id}")  # pandas' styles: GitHub drops them
+    text = "\n".join(head) + "\n" + body
     files.update(charts)
     size = len(text.encode()) + sum(len(b) for b in files.values())
     if size > MAX_BYTES:
@@ -117,9 +129,7 @@ def publish(out_dir: str | Path, dest: str | Path, run_id: str = "") -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    p = argparse.ArgumentParser(prog="python -m llama_ckpt.report.publish", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="python -m llama_ckpt.report.publish", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="saved_models", metavar="DIR", help="where the runs are (default: %(default)s)")
     p.add_argument("--run-id", default="", help="the run to render (default: the latest complete one)")
     p.add_argument("--dest", default="docs/results", metavar="DIR", help="where to write it (default: %(default)s)")

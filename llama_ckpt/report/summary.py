@@ -12,7 +12,8 @@ import pandas as pd
 
 from ..errors import UserError
 from ..registry import SAVES_AS, names
-from ..results import MachineProfile, change, comparison_table, disk_rates, fmt_bytes, is_valid, read_results, summarize
+from ..results import GIT_COMMIT, MachineProfile, change, comparison_table, disk_rates, fmt_bytes, is_valid, \
+    read_results, summarize
 from ..results.text import BASELINE
 from ..study.aims import AIM_APPROACHES, FORMAT_AIMS
 from ..study.claims import (GUIDE_EIGHT, GUIDE_FIGURES, HOLDS, FAILS, OTHER_WEIGHTS_CLAIMS, UNSURE,
@@ -81,6 +82,7 @@ class Summary:
             lines.append(f"- machine: {e.get('cpu_model')}, {e.get('n_cpus')} CPUs, "
                          f"{e.get('ram_bytes', 0) / GiB:.0f} GiB; output on {e.get('out_fs_type')}; "
                          f"torch {e.get('torch')}, tensorstore {e.get('tensorstore')}; git {e.get('git_commit')}")
+        lines.append(f"- this summary computed by git {GIT_COMMIT}")
         return "\n".join(lines)
 
     def eight_way_table(self) -> pd.DataFrame:
@@ -278,8 +280,9 @@ class Summary:
         recs = [{"workload": name, **r} for name in workloads if prof is not None
                 for r in projection.training(savers, self.cost_cards(), prof, projection.WORKLOADS[name])]
         if not recs:
-            return ("No training projection: this run has no checkpoints of 07's accelerator-bound loop whose "
-                    "format has a cost card (05 or 09), or no machine profile.", pd.DataFrame())
+            return ("No training projection: no saver of 07's accelerator-bound loop has a save card of its format "
+                    "(05 or 09) and the rates the work model needs in this run's machine profile.", pd.DataFrame())
+        left = [n for n, s in savers.items() if s.get("n") and n not in {r["saver"] for r in recs}]
         t = pd.DataFrame(recs).set_index(["workload", "saver"])
         t["interval for 1%"] = t["interval for 1%"].map(train_report.fmt_duration)
         text = (f"07's savers in {train_report.LOOP_TITLES.get(loop, loop)} at the workloads' slowest rank: a "
@@ -291,7 +294,9 @@ class Summary:
                 "background "
                 "(`docs/decisions.md#projection-training`). Not counted: the slowdown of the steps while a save "
                 "is in flight, which 07 measures on this machine's cores. Nothing here checks it: this machine "
-                "has no accelerator and no 8B run.")
+                "has no accelerator and no 8B run."
+                + (f" Left out (no save card of its format, or a rate the model needs): {', '.join(left)}."
+                   if left else ""))
         return text, t.round(3)
 
     def published_check(self) -> tuple[str, pd.DataFrame]:
@@ -304,8 +309,8 @@ class Summary:
                 f"write and {pub.read_Bps / 1e9:.1f} GB/s read ({pub.rates_source}). Missing from the description: "
                 + "; ".join(pub.missing) + ".")
         if not got:
-            return head + f" No `{pub.approach}` cost card or machine profile in this run: not re-derived.", \
-                pd.DataFrame()
+            return head + (f" Not re-derived: no `{pub.approach}` cost card in this run, no machine profile, or one "
+                           "without a rate the work model needs."), pd.DataFrame()
         t = pd.DataFrame(got).set_index("step")
         ok = int(t["within"].sum())
         return (head + f" {ok} of {len(t)} within 25% (published over projected, less 1)."), t.round(3)
@@ -345,8 +350,9 @@ class Summary:
                 "the runner-up may be as good):\n\n" + "\n".join(lines) + ("" if rank.empty else "\n\n" + no_disk))
 
     def back_to_back(self) -> tuple[str, pd.DataFrame]:
-        """05's back-to-back saves against the same approaches' isolated saves in 05 (its own rows and those it
-        shared), as 05's notebook shows them: findings and table."""
+        """05's checkpoints in MLPerf's pattern (saved back to back, read back cold) against the same approaches'
+        isolated saves and loads in 05 (its own rows and those it shared), as 05's notebook shows them: findings
+        and table."""
         rows = self.by_phase.get("05-formats", [])
         return (machine_report.sustained_findings(self.sustained, rows),
                 machine_report.sustained_table(self.sustained, rows))

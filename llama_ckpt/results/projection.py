@@ -191,11 +191,18 @@ def as_dict(p: Projection) -> dict:
 def text(w: Workload, got: list[Projection]) -> str:
     """The projection as the CLI prints it: the workload, one line per approach and step, what was measured and
     what was assumed."""
-    size = f"{w.total_bytes / 2**30:,.0f} GiB" + (f" (MLPerf Storage publishes {w.published_GiB:,.0f})"
-                                                  if w.published_GiB else "")
-    head = (f"{w.name}: {w.params / 1e9:.1f} B parameters, {size}; {w.ranks} ranks (TP {w.tp} x PP {w.pp}, "
-            f"ZeRO {w.zero}) on {w.nodes} node(s) of {w.on_node}; the slowest rank writes "
-            f"{max(p.rank_bytes for p in got) / 1e9:.2f} GB. Source: {w.source}.")
+    most = f"{max(p.rank_bytes for p in got) / 1e9:.3g} GB"
+    if w.optimizer:
+        size = f"{w.total_bytes / 2**30:,.0f} GiB" + (f" (MLPerf Storage publishes {w.published_GiB:,.0f})"
+                                                      if w.published_GiB else "")
+        head = (f"{w.name}: {w.params / 1e9:.1f} B parameters, {size}; {w.ranks} ranks (TP {w.tp} x PP {w.pp}, "
+                f"ZeRO {w.zero}) on {w.nodes} node(s) of {w.on_node}; the slowest rank writes {most}. "
+                f"Source: {w.source}.")
+    else:  # a model's weights: their bytes are each approach's own
+        sizes = sorted({p.total_bytes for p in got})
+        head = (f"{w.name}: {w.params:,} parameters, {sizes[0] / 2**30:.3g}-{sizes[-1] / 2**30:.3g} GiB as the "
+                f"approaches store them, split evenly over {w.ranks} ranks of one node; the slowest rank writes "
+                f"{most}. Source: {w.source}.")
     body = [[p.approach, p.step, f"{p.rank_bytes / 1e9:.2f}", f"{p.seconds:.3g}" if p.rank else "-",
              f"{p.GiBps:.3g}" if p.GiBps else "-", p.rank.binding if p.rank else "-"] for p in got]
     table = render(["approach", "step", "GB per rank", "slowest rank s", "checkpoint GiB/s", "binding"], body)
