@@ -7,16 +7,14 @@ from __future__ import annotations
 import json
 import re
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
-import nbformat
 from nbconvert import MarkdownExporter
 
 from ..errors import Parser, UserError
-from ..results import GIT_COMMIT
+from ..results import GIT_COMMIT, work
 from ..study.phases import PHASES
-from ..study.runs import phase_complete, run_dir
+from ..study.runs import notebook_ran_clean, phase_complete, run_dir
 from . import summary as summary_report
 from .machine import machine_line
 
@@ -27,24 +25,13 @@ MAX_BYTES = 5 * 2**20  # what the folder may hold: the repository carries it
 STYLE = re.compile(r"<style[^>]*>.*?</style>\n?", re.S)
 
 
-def _summary_ran(nb_path: Path) -> bool:
-    """Whether the executed summary at ``nb_path`` ran to its end: papermill recorded no exception and no cell
-    shows an error."""
-    try:
-        nb = nbformat.read(nb_path, as_version=4)
-    except (OSError, ValueError):
-        return False
-    return not nb.metadata.get("papermill", {}).get("exception") and not any(
-        o.get("output_type") == "error" for c in nb.cells for o in c.get("outputs", []))
-
-
 def complete_runs(out_dir: str | Path) -> list[str]:
     """The runs under ``out_dir`` whose every phase is complete and whose summary ran to its end, oldest first."""
     runs = Path(out_dir) / "runs"
     if not runs.is_dir():
         return []
-    return [d.name for d in sorted(runs.iterdir()) if (d / SUMMARY).is_file()
-            and all(phase_complete(out_dir, d.name, p.slug) for p in PHASES.values()) and _summary_ran(d / SUMMARY)]
+    return [d.name for d in sorted(runs.iterdir()) if notebook_ran_clean(d / SUMMARY)
+            and all(phase_complete(out_dir, d.name, p.slug) for p in PHASES.values())]
 
 
 def _clear(dest: Path) -> None:
@@ -98,8 +85,7 @@ def publish(out_dir: str | Path, dest: str | Path, run_id: str = "") -> Path:
         files[PROFILE] = json.dumps(prof.to_dict(), indent=1).encode()
         cards = s.cost_cards()
         if cards:
-            files[CARDS] = json.dumps({"run_id": run_id, "profile": prof.to_dict(),
-                                       "cards": [asdict(c) for c in cards]}, indent=1).encode()
+            files[CARDS] = work.cards_json(cards, prof, run_id).encode()
     head = [f"# Reference run `{run_id}`", "",
             f"The summary of one complete `make run-all` (model `{s.model}`), rendered by `make results-doc` so that "
             f"it can be read without running anything. Measured by commit `{_short(measured_by)}`; the summary "

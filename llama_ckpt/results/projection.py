@@ -11,13 +11,12 @@ the suite's presets on a number of ranks of one node (the weights only, as the s
 from __future__ import annotations
 
 import math
-import statistics
 from dataclasses import dataclass, replace
 
 from ..errors import UserError
 from .profile import MachineProfile, Rate, median
 from .text import render
-from .work import Card, Prediction, predict
+from .work import Card, Prediction, median_of, predict
 
 RANKS_PER_NODE = 8  # MLPerf Storage's hosts: one rank per accelerator, eight accelerators a host
 MODEL_BYTES, OPTIMIZER_BYTES = 2, 12  # per parameter: fp16 weights; fp32 master weights and Adam's two moments
@@ -215,11 +214,6 @@ D2H_ASSUMED_Bps = 25e9  # assumed, never measured here: one accelerator's device
 SHARE = 0.01  # the share of a run's time the checkpoints may take
 
 
-def _med(xs) -> float | None:
-    xs = [x for x in xs or [] if x is not None]
-    return statistics.median(xs) if xs else None
-
-
 def training(savers: dict[str, dict], cards: list[Card], profile: MachineProfile, w: Workload,
              d2h_Bps: float = D2H_ASSUMED_Bps) -> list[dict]:
     """07's savers in its accelerator-bound loop (``report.training.per_saver``'s figures) at workload ``w``: per
@@ -242,11 +236,11 @@ def training(savers: dict[str, dict], cards: list[Card], profile: MachineProfile
         if s["mode"] == "sync":
             blocking, how = durable, "D2H copy + the whole save"
         else:
-            staged = _med(s.get("staging"))
+            staged = median_of(s.get("staging"))
             copy_here = staged if staged is not None else (s["state_bytes"] / one if one else None)
             if copy_here is None:
                 continue
-            rest = max(0.0, _med(s["blocking"]) - copy_here) / s["state_bytes"]
+            rest = max(0.0, median_of(s["blocking"]) - copy_here) / s["state_bytes"]
             blocking = d2h + rest * w.rank_bytes
             how = "D2H copy" + (f" + {rest * w.rank_bytes:.3g} s" if rest else "")
         interval = max(blocking * (1 - SHARE) / SHARE, durable - blocking)

@@ -129,8 +129,9 @@ def _row_per_B(row: dict, step: str, page: int) -> dict | None:
             and (before := row.get(f"rss_before_{step}_bytes")) is not None else None}
 
 
-def _med(xs: list) -> float | None:
-    xs = [x for x in xs if x is not None]
+def median_of(xs: list) -> float | None:
+    """The median of ``xs`` without its Nones; None where nothing is left."""
+    xs = [x for x in xs or [] if x is not None]
     return statistics.median(xs) if xs else None
 
 
@@ -144,7 +145,7 @@ def card_of(rows: list[dict], step: str, profile: MachineProfile | dict) -> Card
     got = [g for g in (_row_per_B(r, step, _page(prof)) for r in rows) if g]
     if not got:
         return None
-    per_B = {k: _med([g[k] for g in got]) for k in got[0]}
+    per_B = {k: median_of([g[k] for g in got]) for k in got[0]}
     if step == "save" and any(g["fsyncs"] is None for g in got):
         per_B["fsyncs"] = None
     parts, io = _cpu_parts(per_B, prof), _io_seconds(per_B, prof, step)
@@ -217,11 +218,15 @@ def predict(card: Card, profile: MachineProfile | dict, payload_bytes: int,
 
 
 # -- files --------------------------------------------------------------------------------------------------------
+def cards_json(got: list[Card], profile: MachineProfile | dict, run_id: str | None) -> str:
+    """The cards with the profile of the machine they were measured on, as the JSON of a cards file."""
+    return json.dumps({"run_id": run_id, "profile": as_profile(profile).to_dict(),
+                       "cards": [asdict(c) for c in got]}, indent=1)
+
+
 def write_cards(path: Path, got: list[Card], profile: MachineProfile | dict, run_id: str | None) -> None:
     """The cards with the profile of the machine they were measured on, as JSON at ``path``."""
-    prof = as_profile(profile)
-    Path(path).write_text(json.dumps({"run_id": run_id, "profile": prof.to_dict(),
-                                      "cards": [asdict(c) for c in got]}, indent=1))
+    Path(path).write_text(cards_json(got, profile, run_id))
 
 
 def read_cards(paths: list[Path]) -> tuple[list[Card], MachineProfile | None]:

@@ -69,6 +69,17 @@ def phase_complete(out_dir: str | Path, run_id: str, slug: str) -> bool:
     return ended(results_path(out_dir, run_id, slug), next((p for p in PHASES.values() if p.slug == slug), None))
 
 
+def notebook_ran_clean(path: Path) -> bool:
+    """True when an executed notebook exists, papermill recorded no exception in it and no cell has an error
+    output."""
+    try:
+        nb = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return False
+    return not nb.get("metadata", {}).get("papermill", {}).get("exception") and not any(
+        o.get("output_type") == "error" for c in nb.get("cells", []) for o in c.get("outputs", []))
+
+
 def set_aside(path: Path) -> Path | None:
     """Move an interrupted try's results file aside (``*.incomplete-<time>``),
     so that it is never mixed in; returns where it went (None: there was none)."""

@@ -20,7 +20,7 @@ from ..bench import scaffold
 from ..errors import UserError
 from ..model import get_model
 from ..study.phases import PHASES, SUMMARY_SLUG, get_phase
-from ..study.runs import DEFAULT_OUT, REPO, latest_run, phase_complete, run_dir
+from ..study.runs import DEFAULT_OUT, REPO, latest_run, notebook_ran_clean, phase_complete, run_dir
 from .kinds import kind_of
 
 NOTEBOOKS = REPO / "notebooks"
@@ -28,15 +28,6 @@ NOTEBOOKS = REPO / "notebooks"
 
 class PhaseFailed(Exception):
     """A notebook raised: the message names the phase, the cell and the file."""
-
-
-def notebook_ran_clean(path: Path) -> bool:
-    """True when an executed notebook exists and no cell has an error output."""
-    try:
-        nb = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return False
-    return not any(o.get("output_type") == "error" for c in nb.get("cells", []) for o in c.get("outputs", []))
 
 
 def _ipc_kernel_manager(prefix: Path):
