@@ -276,9 +276,9 @@ class Summary:
         saver and workload: a sentence and the table."""
         loop = "accelerator"  # an accelerator's loop is what the field runs; a CPU loop copies nothing off a device
         savers = train_report.per_saver(self.training, loop) if loop in train_report.loops(self.training) else {}
-        prof = self.machine()
+        prof, cards = self.machine(), self.cost_cards()  # read once, for every workload
         recs = [{"workload": name, **r} for name in workloads if prof is not None
-                for r in projection.training(savers, self.cost_cards(), prof, projection.WORKLOADS[name])]
+                for r in projection.training(savers, cards, prof, projection.WORKLOADS[name])]
         if not recs:
             return ("No training projection: no saver of 07's accelerator-bound loop has a save card of its format "
                     "(05 or 09) and the rates the work model needs in this run's machine profile.", pd.DataFrame())
