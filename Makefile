@@ -13,7 +13,7 @@ S3_DIR ?= $(OUT)/s3## data directory of the local S3 server (make s3-up)
 LAB_IP ?= 127.0.0.1## address make lab listens on (0.0.0.0 to reach it from outside a container)
 LAB_PORT ?= 8888## port of make lab
 RUN_ID ?=## run id, the same id resumes a run; empty: a new one (summary: the latest)
-PREPARE ?= drop-caches## what a run may do to the machine before each save, as root: drop-caches (the whole page cache), trim (fstrim of the checkpoints' disk), both comma-separated, or none
+PREPARE ?= drop-caches,hold-memory## what a run may do to the machine, as root: drop-caches (the whole page cache, before each save), trim (fstrim of the checkpoints' disk, before each save), hold-memory (keep free memory from a VM's host while it runs), comma-separated, or none
 OTHER_WEIGHTS ?= 0## 1: also the compression and float16 claims on the preset's other weights (4c, 4d, 08)
 SET ?=## phase notebooks' own parameters, space-separated PHASE.NAME=VALUE, e.g. "08.CLAIMS_BUDGET_S=120"
 

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from . import fsutil
-from .bench import cluster, machine, measure, scaffold
+from .bench import cluster, hostmem, machine, measure, scaffold
 from .bench.ranks import RankFailed
 from .errors import Parser, UserError
 from .projecting import add_project_parser, cards_and_profile, lacks_rates, positive_int
@@ -251,9 +251,11 @@ def cmd_verify(args) -> int:
 
 def _prepare_option(s: argparse.ArgumentParser) -> None:
     s.add_argument("--prepare", default=",".join(scaffold.DEFAULT_PREPARE), metavar="LIST",
-                   help="what the run may do to the machine outside its own files before each save, as root: "
-                        "drop-caches (write back every dirty page, drop the whole machine's page cache), trim "
-                        "(discard the free space of the checkpoints' file system: fstrim); a comma-separated list, "
+                   help="what the run may do to the machine outside its own files, as root: drop-caches (before "
+                        "each save, write back every dirty page and drop the whole machine's page cache), trim "
+                        "(before each save, discard the free space of the checkpoints' file system: fstrim), "
+                        "hold-memory (while the run lasts, keep a virtual machine's free memory from its host: "
+                        "no free page reporting; put back at its end); a comma-separated list, "
                         f"or none (default: {','.join(scaffold.DEFAULT_PREPARE)}). The run says at its start what it "
                         "does")
 
@@ -373,8 +375,14 @@ def cmd_profile(args) -> int:
         raise UserError(f"--out {out}: a directory; give the profile's file")
     tmp = out.with_name(out.name + ".tmp")
     try:
-        with fsutil.machine_lock(where):  # a profile beside a run would measure it, and it this
-            got = machine.profile(where, get_model(args.model).nbytes, print)
+        nbytes = get_model(args.model).nbytes
+        with fsutil.machine_lock(where), hostmem.held(print) as held:
+            # (the machine lock: a profile beside a run would measure it, and it this)
+            if held and "touched_bytes" in held:
+                print(f"memory: free memory kept from the host while profiling (page_reporting_order "
+                      f"{held['reporting_order_found']} -> {held['reporting_order_set']}, put back after; the "
+                      f"{held['touched_bytes'] / 1e9:.1f} GB available touched once, in {held['touch_s']:.1f} s)")
+            got = machine.profile(where, nbytes, print)
         tmp.write_text(json.dumps(got.to_dict(), indent=1))
         os.replace(tmp, out)
     except OSError as exc:  # a full disk, a directory it may not write

@@ -16,6 +16,9 @@ os.environ["LLAMA_CKPT_FSTRIM"] = "off"
 # that the tests never wait for, stop, or restore the cap of a benchmark running beside them
 _machine = tempfile.mkdtemp(prefix="llama_ckpt-machine-")
 os.environ["LLAMA_CKPT_MACHINE_DIR"] = _machine
+# the kernel's free page reporting to a VM's host: none here, so that a test's run never changes the machine's
+# (tests/test_hostmem.py gives it a directory of its own)
+os.environ["LLAMA_CKPT_PAGE_REPORTING"] = os.path.join(_machine, "no-page-reporting")
 atexit.register(lambda: os.path.exists(_knob) and os.remove(_knob))
 atexit.register(lambda: shutil.rmtree(_machine, ignore_errors=True))
 

@@ -52,6 +52,7 @@ import psutil
 import torch
 
 from .. import fsutil
+from . import hostmem
 from ..formats.tensorstore import compressor as zarr_compressor
 from ..model import TensorSpec, seeded_tensor
 from ..results.profile import MachineProfile, Rate
@@ -319,7 +320,8 @@ def profile(where: Path, nbytes: int, say=lambda s: None) -> MachineProfile:
                      "memory_bytes": psutil.virtual_memory().total,
                      "fs_type": fs["fstype"], "fs_device": fs["device"], "mount_options": mount_options(where),
                      "thp": thp_mode(), "bytes": size, "samples": PROFILE_SAMPLES, "memory_sample_bytes": mem,
-                     "small_files": n_small, "codec_sample_bytes": codec_bytes}
+                     "small_files": n_small, "codec_sample_bytes": codec_bytes,
+                     "host_memory": hostmem.describe()}
         writes = durable_writes(scratch, size)
         out.update(durable_fresh_Bps=Rate.of(writes["fresh_Bps"]), durable_freed_Bps=Rate.of(writes["freed_Bps"]),
                    durable_sequence_Bps=tuple(writes["fresh_Bps"] + writes["freed_Bps"]))

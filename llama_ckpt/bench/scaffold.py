@@ -34,7 +34,7 @@ import random
 import sys
 import time
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -51,15 +51,16 @@ from ..recorders import CpuIO, MachineBusy, PeakRSS
 from ..results import ResultsWriter, environment_record
 from ..store import Location
 from ..store.s3 import request_total
-from . import cluster, diskcap, machine, probes
+from . import cluster, diskcap, hostmem, machine, probes
 
 DISK_HEADROOM = 256 << 20  # free space left on the output file system beyond the estimate
 RANK_OVERHEAD = 500 << 20  # a rank's interpreter, torch and TensorStore, measured ~0.4 GB here
 # What a run may do to the machine outside its own files, each before every isolated save (``--prepare``):
 # "drop-caches": write back what is dirty and drop the page cache of the whole machine (root only);
-# "trim": discard the free space of the checkpoints' file system (fstrim, root only).
-PREPARE = ("drop-caches", "trim")
-DEFAULT_PREPARE = ("drop-caches",)  # why: docs/decisions.md#prepare
+# "trim": discard the free space of the checkpoints' file system (fstrim, root only);
+# "hold-memory", for the whole run: keep the machine's free memory from its host, the run's touched once (hostmem).
+PREPARE = ("drop-caches", "trim", "hold-memory")
+DEFAULT_PREPARE = ("drop-caches", "hold-memory")  # why: docs/decisions.md#prepare, #host-memory
 
 
 def new_run_id() -> str:
@@ -113,11 +114,12 @@ class Prepared:
     disk_cap_Bps: int | None  # the checkpoints' disk capped by this run at this rate
     throttle: dict | None  # the disk's throttle found at the start, before this run's cap (diskcap.found)
     launched: Any = None  # a launched job (cluster.Group): the drop is done on every node
+    host_memory: dict | None = None  # free memory kept from the VM's host (hostmem.held's record; None: no host)
 
     def record(self) -> dict:
         """The environment record's fields."""
         return {"drop_caches": self.drop_caches, "trim": self.trim, "disk_cap_Bps": self.disk_cap_Bps,
-                "disk_throttle_found": self.throttle}
+                "disk_throttle_found": self.throttle, "host_memory": self.host_memory}
 
     def throttle_Bps(self) -> int | None:
         """The rate the checkpoints' disk is throttled at while the run measures (its own cap, or one it found);
@@ -157,8 +159,17 @@ class Prepared:
             out.append(f"the checkpoints' disk {self.throttle['device']} is throttled at "
                        f"{self.throttle_Bps() / 1e6:,.0f} MB/s by a cap this run did not set (blkio): every row "
                        "records it (disk_throttle_Bps)")
+        mem = self.host_memory or {}
+        if "held_by" in mem:
+            out.append(f"the machine's free memory is kept from its host by the run this one is part of (pid "
+                       f"{mem['held_by']}, page_reporting_order {mem['reporting_order_set']})")
+        elif "touched_bytes" in mem:
+            out.append(f"this run keeps the machine's free memory from its host (page_reporting_order "
+                       f"{mem['reporting_order_found']} -> {mem['reporting_order_set']}; it touched the "
+                       f"{mem['touched_bytes'] / 1e9:.1f} GB available once, in {mem['touch_s']:.1f} s), and puts "
+                       "the order back when it ends (--prepare without hold-memory turns it off)")
         return out or ["this run changes nothing on the machine outside its own files (no cache drop, no trim, "
-                       "no disk cap)"]
+                       "no disk cap, no memory held)"]
 
 
 _said: set[str] = set()  # lines about the machine said in this process: each once (a suite phase runs many runs)
@@ -201,21 +212,27 @@ def hold_machine(opts: RunOptions, checkpoints: Path | None, say: Callable[[str]
                  launched: Any = None, trims: bool = True) -> Iterator[Prepared]:
     """The machine held for a run writing its checkpoints under
     ``checkpoints`` (None: not a local disk): the machine lock taken; a disk
-    cap a killed run left put back; the disk's throttle read; what the run
-    will do to the machine (``opts.prepare``, ``opts.disk_cap_Bps``; ``trims``:
-    False where the driver never trims) decided, set, said once and yielded.
-    The cap is lifted and the lock let go however the block ends."""
+    cap or a memory hold a killed run left put back; the disk's throttle
+    read; what the run will do to the machine (``opts.prepare``,
+    ``opts.disk_cap_Bps``; ``trims``: False where the driver never trims)
+    decided, set, said once and yielded. The cap is lifted, the
+    memory given back to the host's reporting and the lock let go however
+    the block ends."""
     if opts.disk_cap_Bps and checkpoints is None:
         raise UserError("--disk-cap caps a local disk; the checkpoints go to S3 here")
     with fsutil.machine_lock(opts.out):
         diskcap.restore_left(say)
+        hostmem.restore_left(say)
         throttle = diskcap.found(checkpoints) if checkpoints is not None else None
         prepared = Prepared(drop_caches=_can_drop("drop-caches" in opts.prepare, say),
                             trim=_can_trim(trims and "trim" in opts.prepare, checkpoints, say)
                             if checkpoints is not None and launched is None else None,
                             disk_cap_Bps=opts.disk_cap_Bps, throttle=throttle, launched=launched)
         capping = diskcap.capped(checkpoints, opts.disk_cap_Bps) if opts.disk_cap_Bps else contextlib.nullcontext()
-        with capping:
+        holding = (hostmem.held(lambda line: say_once(say, line))
+                   if "hold-memory" in opts.prepare and launched is None else contextlib.nullcontext())
+        with capping, holding as host:
+            prepared = replace(prepared, host_memory=host)
             for line in prepared.announcement(checkpoints):
                 say_once(say, line)
             yield prepared

@@ -111,6 +111,9 @@ class MachineProfile:
     fsyncs_per_s: Rate | None = _f("fsyncs/s", "those files then fsynced one after another", RATE)
     codecs_Bps: dict[str, Rate] | None = _f("B/s", "per compression setting of the suite (`CODECS`): "
                                                    "TensorStore's zarr codec compressing on one core", RATES)
+    host_memory: dict | None = _f("-", "free page reporting to the VM's host as the profile began: its `order`, "
+                                  "`reported_kib`, `held` (no free block reported: the run kept the memory); "
+                                  "None: the kernel reports no free memory to a host (docs/decisions.md#host-memory)")
     not_measured: dict | None = _f("-", "field -> why it was not measured (a file system refusing direct I/O)")
     profile_s: float | None = _f("s", "how long the profile took")
 

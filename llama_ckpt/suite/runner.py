@@ -9,6 +9,7 @@ and finished phases' results stay.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import tempfile
@@ -16,7 +17,7 @@ import time
 from pathlib import Path
 
 from .. import fsutil
-from ..bench import scaffold
+from ..bench import hostmem, scaffold
 from ..errors import UserError
 from ..model import get_model
 from ..study.phases import PHASES, SUMMARY_SLUG, get_phase
@@ -129,10 +130,20 @@ def run_suite(phase_ids: list[str], model: str = "small", model_path: str = "", 
         # with keep, every approach's last checkpoint stays, of the kinds that keep them
         approaches = list({a.name: a for k in kinds if k.keeps or not keep for a in k.approaches()}.values())
         scaffold.check_disk(approaches, source, rdir, keep, True)
-    with fsutil.machine_lock(out_dir):  # the notebooks' kernels, our children, share it
-        params = dict(MODEL=model, MODEL_PATH=model_path or "", REPEATS=repeats, OUT_DIR=str(out_dir), RUN_ID=run_id,
-                      KEEP_CHECKPOINTS=keep, PREPARE=",".join(prepare) or "none")
-        _run_phases(phases, params, summary, rdir, sets or {})
+    # the notebooks' kernels, our children, share the lock and the memory kept from the host
+    with fsutil.machine_lock(out_dir):
+        hostmem.restore_left(print)
+        holding = (hostmem.held(print)
+                   if phases and "hold-memory" in prepare else contextlib.nullcontext())
+        with holding as held:
+            if held and "touched_bytes" in held and "held_by" not in held:
+                print(f"memory: this suite keeps the machine's free memory from its host while it runs "
+                      f"(page_reporting_order {held['reporting_order_found']} -> {held['reporting_order_set']}, "
+                      f"put back at its end; the {held['touched_bytes'] / 1e9:.1f} GB available touched once, in "
+                      f"{held['touch_s']:.0f} s; PREPARE without hold-memory turns it off)", flush=True)
+            params = dict(MODEL=model, MODEL_PATH=model_path or "", REPEATS=repeats, OUT_DIR=str(out_dir),
+                          RUN_ID=run_id, KEEP_CHECKPOINTS=keep, PREPARE=",".join(prepare) or "none")
+            _run_phases(phases, params, summary, rdir, sets or {})
     return run_id
 
 
