@@ -1,6 +1,7 @@
 """Fault injection: every checkpoint is complete and verified, or clearly not
 a checkpoint. The numbers refer to the issue's list of faults."""
 
+import errno
 import json
 import os
 import signal
@@ -17,6 +18,7 @@ from llama_ckpt.checkpoint import COMMIT
 from llama_ckpt.formats.tensorstore import TensorStoreZarr
 from llama_ckpt.registry import APPROACHES, names, variant
 from llama_ckpt.store import TMP_TAG
+from llama_ckpt.store.local import LocalDir
 from llama_ckpt.errors import UserError
 from llama_ckpt.verify import verify
 from llama_ckpt.model import get_model
@@ -273,3 +275,29 @@ def test_nonsense_sweep_values_are_refused_before_anything_is_written(tmp_path, 
 def test_repeats_zero_writes_nothing(tmp_path):
     r = cli_here("run", "--model", "tiny", "--repeats", "0", "--out", str(tmp_path / "o"))
     assert r.returncode == 2 and not (tmp_path / "o").exists()
+
+
+def test_a_failed_saves_staging_goes_even_while_a_writers_thread_still_writes_into_it(tmp_path, monkeypatch):
+    # TensorStore's I/O threads can still be finishing chunks of a failed write when its staging is removed: the
+    # removal meets a directory that is not empty, or a file put back after it looked gone; both are removed again
+    loc = LocalDir(tmp_path / "ckpt")
+    staged = loc.stage()
+    (staged.path / "sub").mkdir()
+    (staged.path / "sub" / "chunk").write_bytes(b"x")
+    real, calls = fsutil.remove, []
+
+    def racing(path):
+        calls.append(path)
+        if len(calls) == 1:
+            raise OSError(errno.ENOTEMPTY, "Directory not empty", str(path))
+        real(path)
+        if len(calls) == 2:  # a late chunk written right after the tree was removed
+            (staged.path / "sub").mkdir(parents=True)
+            (staged.path / "sub" / "late").write_bytes(b"y")
+    monkeypatch.setattr(fsutil, "remove", racing)
+    loc.discard(staged)
+    assert not staged.path.exists() and len(calls) == 3
+    monkeypatch.setattr(fsutil, "remove", lambda p: (_ for _ in ()).throw(OSError(errno.EACCES, "denied", str(p))))
+    again = loc.stage()
+    with pytest.raises(OSError, match="denied"):  # any other error is not waited out
+        loc.discard(again)

@@ -3,6 +3,7 @@ OCDBT database over it; single-process, or every rank writing its rows."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from collections import deque
@@ -109,6 +110,14 @@ _ZARR_DTYPE = {torch.float32: "<f4", torch.float16: "<f2", torch.bfloat16: "bflo
 _ZARR3_DTYPE = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16",
                 torch.float64: "float64", torch.int64: "int64", torch.int32: "int32", torch.int16: "int16",
                 torch.int8: "int8", torch.uint8: "uint8", torch.bool: "bool"}
+
+
+def _drain(inflight) -> None:
+    """Wait for each write still in flight (``(future, bytes)`` pairs) to end, whatever its outcome: after one
+    failed, the others keep writing chunks until they end."""
+    while inflight:
+        with contextlib.suppress(Exception):
+            inflight.popleft()[0].result()
 
 
 def to_numpy(t: torch.Tensor) -> np.ndarray:
@@ -273,26 +282,30 @@ class TensorStoreZarr(Format):
         budget = 0 if self.k.concurrency == 1 else INFLIGHT_BYTES
         inflight: deque = deque()
         held = 0
-        for name in list(state_dict):
-            t = state_dict.pop(name)
-            target = self.stored(t.dtype)
-            with steps("cast"):
-                arr = to_numpy(t.to(target))
-            with steps("open arrays"):
-                store = ts.open(self.spec(loc, name, tuple(t.shape), target), create=True, context=ctx).result()
-            inflight.append((store.write(arr, can_reference_source_data_indefinitely=self.k.reference_source or None),
-                             arr.nbytes))
-            held += arr.nbytes
+        try:
+            for name in list(state_dict):
+                t = state_dict.pop(name)
+                target = self.stored(t.dtype)
+                with steps("cast"):
+                    arr = to_numpy(t.to(target))
+                with steps("open arrays"):
+                    store = ts.open(self.spec(loc, name, tuple(t.shape), target), create=True, context=ctx).result()
+                inflight.append((store.write(arr, can_reference_source_data_indefinitely=self.k.reference_source
+                                             or None), arr.nbytes))
+                held += arr.nbytes
+                with steps("wait for writes (encode, write, fsync)"):
+                    while inflight and held > budget:
+                        fut, n = inflight.popleft()
+                        fut.result()
+                        held -= n
+                        progress(1)
             with steps("wait for writes (encode, write, fsync)"):
-                while inflight and held > budget:
-                    fut, n = inflight.popleft()
-                    fut.result()
-                    held -= n
+                while inflight:
+                    inflight.popleft()[0].result()
                     progress(1)
-        with steps("wait for writes (encode, write, fsync)"):
-            while inflight:
-                inflight.popleft()[0].result()
-                progress(1)
+        except BaseException:
+            _drain(inflight)  # the writes still going: none may write into the staging its caller removes next
+            raise
         self._sync(loc, steps)
 
     def write_async(self, state_dict, loc) -> Callable[[], None]:

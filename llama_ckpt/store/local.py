@@ -3,12 +3,16 @@ every rank can see: NFS, Lustre)."""
 
 from __future__ import annotations
 
+import errno
 import os
+import time
 import uuid
 from pathlib import Path
 
 from .. import fsutil
 from .base import TMP_TAG, Footprint, Location, Writer
+
+DISCARD_S = 5.0  # how long a failed save's staging is removed again while a writer's threads still write into it
 
 
 class _FileWriter(Writer):
@@ -108,6 +112,25 @@ class LocalDir(Location):
 
     def remove(self) -> None:
         fsutil.remove(self.path)
+
+    def discard(self, staged: "Location") -> None:
+        """Remove what a failed save left. A writer's threads may still be
+        finishing a file in it (TensorStore's I/O after one of its writes
+        failed): the removal is tried again while the tree is not empty, up
+        to ``DISCARD_S``, and once more after it looked gone."""
+        deadline = time.monotonic() + DISCARD_S
+        while True:
+            try:
+                staged.remove()
+            except OSError as exc:
+                if exc.errno != errno.ENOTEMPTY or time.monotonic() > deadline:
+                    raise
+            time.sleep(0.05)  # a file a late write put back is removed by the next turn
+            if not staged.path.exists():
+                return
+            if time.monotonic() > deadline:
+                staged.remove()
+                return
 
     def stage(self) -> "LocalDir":
         if self.path.exists():
