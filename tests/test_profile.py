@@ -35,7 +35,8 @@ def _profile_dict() -> dict:
             "direct_read_Bps": _rate(950e6), "memory_copy_1_Bps": _rate(5e9), "memory_copy_all_Bps": _rate(20e9),
             "fresh_memory_Bps": _rate(3e9), "fresh_memory_huge_Bps": None, "small_files_per_s": _rate(800.0),
             "file_creates_per_s": _rate(20000.0), "fsyncs_per_s": _rate(900.0),
-            "codecs_Bps": {"gzip": _rate(50e6), "zstd": _rate(400e6)}, "not_measured": None, "profile_s": 31.5}
+            "codecs_Bps": {"gzip": _rate(50e6), "zstd": _rate(400e6)}, "host_memory": None, "not_measured": None,
+            "profile_s": 31.5}
 
 
 def test_the_record_reads_and_writes_the_profiles_json_keys_unchanged():
@@ -114,5 +115,10 @@ def test_the_reports_read_the_record():
     line = machine.machine_line(prof)
     assert "4 cores" in line and "write 900 MB/s (durable write to freed space), read 1,250 MB/s" in line, line
     assert machine.machine_line(prof.to_dict()) == line  # the JSON dict still reads
+    assert "host" not in line  # no page reporting recorded: nothing said about it
+    held = dataclasses.replace(prof, host_memory={"order": 11, "reported_kib": 5, "held": True})
+    assert "Free memory kept from the VM's host while it measured" in machine.machine_line(held)
+    left = dataclasses.replace(prof, host_memory={"order": 9, "reported_kib": 5, "held": False})
+    assert "reported to the VM's host as it came" in machine.machine_line(left)
     assert training._memory_copy_Bps(prof) == 20e9 and training._memory_copy_Bps(None) is None
     assert machine.machine_table(None).empty

@@ -50,8 +50,19 @@ def machine_line(profile: MachineProfile | dict | None) -> str:
     return (f"{p.cores} cores, {(p.memory_bytes or 0) / 2**30:.0f} GiB memory; {p.fs_type} on "
             f"{p.fs_device} ({p.mount_options}); transparent huge pages: {p.thp}. "
             f"Durable writes of {fmt_bytes(p.bytes)} back to back, in order (MB/s): {seq}. "
-            f"Measured in {p.profile_s or 0:.0f} s, each unit cost {p.samples} times. "
+            f"Measured in {p.profile_s or 0:.0f} s, each unit cost {p.samples} times. " + _host_memory(p.host_memory)
             + _rates_line(p.write_Bps(), p.read_Bps(), p.write_source(), "disk"))
+
+
+def _host_memory(mem: dict | None) -> str:
+    """Whether the machine's free memory was reported to its host while the profile measured (a sentence, or
+    nothing where the kernel reports none)."""
+    if not mem:
+        return ""
+    if mem.get("held"):
+        return "Free memory kept from the VM's host while it measured (`hold-memory`). "
+    return ("Free memory was reported to the VM's host as it came (not held: memory the host took back costs "
+            "several times more to use again; docs/decisions.md#host-memory). ")
 
 
 def disk_line(env: dict | None) -> str:
