@@ -65,9 +65,18 @@ def save(fmt, state_dict, loc: Location, progress=None, digests=None, steps: Ste
         fmt.write(state_dict, staged, steps, progress)
         with steps("suite: manifest, marker, publish"):
             commit(loc, staged, manifest(fmt, tensors))
-    except BaseException:
-        loc.discard(staged)
+    except BaseException as exc:
+        _discard(loc, staged, exc)
         raise
+
+
+def _discard(loc: Location, staged: Location, failure: BaseException) -> None:
+    """Remove what a failed save staged; where that fails too, the save's own error stays the one raised, with a
+    note (what is left is a stale save, removed by the next run)."""
+    try:
+        loc.discard(staged)
+    except OSError as exc:
+        failure.add_note(f"and what it staged could not be removed ({exc}); the next run removes it as a stale save")
 
 
 def begin(fmt, state_dict, loc: Location, digests: dict[str, str], **extra) -> tuple[Location, dict]:
@@ -85,8 +94,8 @@ def finish(loc: Location, staged: Location, man: dict, ok: bool) -> None:
         return
     try:
         commit(loc, staged, man)
-    except BaseException:
-        loc.discard(staged)
+    except BaseException as exc:
+        _discard(loc, staged, exc)
         raise
 
 

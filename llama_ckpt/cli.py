@@ -376,7 +376,8 @@ def cmd_profile(args) -> int:
     tmp = out.with_name(out.name + ".tmp")
     try:
         nbytes = get_model(args.model).nbytes
-        with fsutil.machine_lock(where), hostmem.held(print) as held:
+        holding = hostmem.held(print) if args.hold_memory else contextlib.nullcontext()
+        with fsutil.machine_lock(where), holding as held:
             # (the machine lock: a profile beside a run would measure it, and it this)
             if held and "touched_bytes" in held:
                 print(f"memory: free memory kept from the host while profiling (page_reporting_order "
@@ -432,6 +433,10 @@ def _profile_parser(sub) -> None:
                         "(default: the current directory)")
     s.add_argument("--model", default=DEFAULT_PRESET, choices=list(PRESETS),
                    help="the model whose bytes size the writes (at most PROFILE_MAX_BYTES; default: %(default)s)")
+    s.add_argument("--no-hold-memory", dest="hold_memory", action="store_false",
+                   help="leave a virtual machine's free page reporting to its host as it is (by default, as root, "
+                        "the profile keeps the free memory from the host while it measures, touching every "
+                        "available page once first, and puts the setting back after: docs/decisions.md#host-memory)")
     s.set_defaults(func=cmd_profile)
 
 

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import deque
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ import torch
 from llama_ckpt import fsutil
 from llama_ckpt.bench import faults, measure, scaffold
 from llama_ckpt.checkpoint import COMMIT
+from llama_ckpt.formats import tensorstore as tensorstore_format
 from llama_ckpt.formats.tensorstore import TensorStoreZarr
 from llama_ckpt.registry import APPROACHES, names, variant
 from llama_ckpt.store import TMP_TAG
@@ -297,7 +299,29 @@ def test_a_failed_saves_staging_goes_even_while_a_writers_thread_still_writes_in
     monkeypatch.setattr(fsutil, "remove", racing)
     loc.discard(staged)
     assert not staged.path.exists() and len(calls) == 3
-    monkeypatch.setattr(fsutil, "remove", lambda p: (_ for _ in ()).throw(OSError(errno.EACCES, "denied", str(p))))
+    denied = []
+
+    def deny(p):
+        denied.append(p)
+        raise OSError(errno.EACCES, "denied", str(p))
+    monkeypatch.setattr(fsutil, "remove", deny)
     again = loc.stage()
     with pytest.raises(OSError, match="denied"):  # any other error is not waited out
         loc.discard(again)
+    assert len(denied) == 1
+
+
+def test_a_failed_tensorstore_write_waits_for_the_writes_still_in_flight():
+    ended = []
+
+    class Write:
+        def __init__(self, name, fails):
+            self.name, self.fails = name, fails
+
+        def result(self):
+            ended.append(self.name)
+            if self.fails:
+                raise ValueError(f"{self.name}: no space left on device")
+    inflight = deque([(Write("a", True), 1), (Write("b", False), 1), (Write("c", True), 1)])
+    tensorstore_format._drain(inflight)
+    assert ended == ["a", "b", "c"] and not inflight

@@ -92,8 +92,49 @@ def test_a_killed_runs_order_is_put_back_by_the_next_run_and_a_changed_one_left(
     kernel.write_text("10\n")  # someone else's since
     hostmem.restore_left(said.append)
     assert kernel.read_text().strip() == "10" and "left page_reporting_order as it is" in said[1]
-    state.write_text(json.dumps(dict(left, pid=os.getpid())))  # a live run's: not a leftover
+    state.write_text(json.dumps(dict(left, pid=os.getpid())))  # this run's own: not a leftover
     assert hostmem.restore_left(said.append) is None and state.exists() and len(said) == 2
+    # a live process that is neither this run nor its ancestor holds no lock here: a leftover (its pid reused)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        state.write_text(json.dumps(dict(left, pid=other.pid)))
+        kernel.write_text("11\n")
+        assert hostmem.restore_left(said.append)["pid"] == other.pid and kernel.read_text().strip() == "9"
+    finally:
+        other.kill()
+
+
+def test_a_state_file_others_could_have_written_is_not_used_and_names_no_file_to_write(kernel, tmp_path):
+    state = fsutil.shared_dir(tmp_path / "machine") / hostmem.STATE_NAME
+    decoy = tmp_path / "decoy"
+    decoy.write_text("11\n")
+    state.write_text(json.dumps({"before": 0, "set": 11, "knob": str(decoy), "pid": 1 << 30}))
+    state.chmod(0o666)
+    said = []
+    assert hostmem.restore_left(said.append) is None and "not used" in said[0] and not state.exists()
+    state.write_text(json.dumps({"before": 9, "set": 11, "knob": str(decoy), "pid": 1 << 30}))
+    state.chmod(0o644)
+    kernel.write_text("11\n")
+    hostmem.restore_left(said.append)
+    assert decoy.read_text() == "11\n" and kernel.read_text().strip() == "9"  # the kernel's knob, never the file's
+
+
+def test_a_kernel_that_refuses_the_order_leaves_nothing_held_behind(kernel, tmp_path, monkeypatch):
+    def refuse(knob, order):
+        raise OSError(22, "Invalid argument")
+    monkeypatch.setattr(hostmem, "_set_order", refuse)
+    said = []
+    with hostmem.held(said.append) as got:
+        assert not (tmp_path / "machine" / hostmem.STATE_NAME).exists()  # no hold for a phase to find
+        with hostmem.held(said.append) as inner:
+            assert "held_by" not in inner
+    assert "refused page_reporting_order 11" in got["not_held"] and kernel.read_text().strip() == "9"
+    assert said[0].startswith("memory: the kernel refused")
+
+
+def test_a_kernel_without_a_reporting_device_reports_nothing(kernel):
+    kernel.write_text("-1\n")  # the module built in, no virtio_balloon registered: bare metal
+    assert hostmem.found() is None and hostmem.describe() is None
 
 
 def test_a_run_holds_the_memory_by_default_records_it_and_says_how_to_turn_it_off(kernel, tmp_path):
@@ -110,7 +151,7 @@ def test_a_run_holds_the_memory_by_default_records_it_and_says_how_to_turn_it_of
     env, _ = measure.run([APPROACHES["pytorch"]], get_model("tiny"),
                          measure.Options(out=tmp_path / "out2", repeats=1, disk_reference=False, progress=False,
                                          prepare=("drop-caches",)), say=said.append)
-    assert env["host_memory"] is None
+    assert env["host_memory"] == {"order": 9, "reported_kib": 1234, "held": False}  # what the run met
 
 
 def test_the_memory_touched_is_what_the_machine_has_available_less_a_spare(monkeypatch):
@@ -118,5 +159,7 @@ def test_the_memory_touched_is_what_the_machine_has_available_less_a_spare(monke
         available = 10 << 30
     monkeypatch.setattr(hostmem.psutil, "virtual_memory", lambda: Mem)
     assert hostmem.hold_size() == (10 << 30) - hostmem.SPARE
+    monkeypatch.setattr(hostmem, "_cgroup_room", lambda: 4 << 30)  # a cgroup's limit is the tighter one
+    assert hostmem.hold_size() == (4 << 30) - hostmem.SPARE
     Mem.available = hostmem.SPARE // 2
-    assert hostmem.hold_size() == 0 and hostmem.touch(0) == 0.0
+    assert hostmem.hold_size() == 0

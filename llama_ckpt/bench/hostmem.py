@@ -6,12 +6,15 @@ reporting through ``virtio_balloon``; the ``page_reporting`` module's
 parameters in sysfs) hands the host every large block that stays free for a
 moment. The host takes it back, and the next use of that memory faults it in
 from the host again: on the machine this suite was built on, filling such
-memory ran 18x slower than memory used before, and a page-cache write of the
-model 5-7x slower (docs/decisions.md#host-memory). Whether a save or a load
+memory ran 18x slower than memory used before, and the write calls of a
+page-cache write of the model took about 5x the system CPU
+(docs/decisions.md#host-memory). Whether a save or a load
 meets such memory depends on how long the memory it gets sat free before it:
 the moment, not the format.
 
-Where the run may (root, and a kernel that takes the value), it raises
+Where the run may (root, and a kernel that takes the value: mainline
+kernels refuse an order above their largest, so there the run says it
+cannot and measures anyway), it raises
 ``page_reporting_order`` above the largest free block the kernel keeps (the
 orders of ``/proc/buddyinfo``), so that no free block is reported, then
 touches every page of the memory available once, less ``SPARE`` (fetching
@@ -61,7 +64,7 @@ def found(reporting: Path | None = None) -> dict | None:
     kernel counts it); None where the kernel reports nothing to a host."""
     reporting = reporting or REPORTING
     order = _read_int(reporting / "page_reporting_order")
-    if order is None:
+    if order is None or order < 0:  # -1: no reporting device registered (bare metal with the module built in)
         return None
     return {"order": order, "reported_kib": _read_int(reporting / "reported_kib")}
 
@@ -83,40 +86,76 @@ def off_order(buddyinfo: Path | None = None) -> int:
         return 11  # orders 0-10: x86-64 and arm64 with 4 KiB pages
 
 
-def touch(nbytes: int) -> float:
-    """Write one byte into each page of ``nbytes`` of fresh anonymous memory, then free it; seconds taken. Memory
-    the host had taken back is fetched again; freed, it stays the guest's while nothing reports it."""
-    if nbytes <= 0:
-        return 0.0
+def touch(nbytes: int, step: int = 1 << 30) -> float:
+    """Write one byte into each page of ``nbytes`` of fresh private anonymous memory, ``step`` bytes at a time
+    (so that Ctrl-C and SIGTERM are not held off), then free it; seconds taken. Memory the host had taken back is
+    fetched again; freed, it stays the guest's while nothing reports it."""
     t0 = time.perf_counter()
-    buf = mmap.mmap(-1, nbytes)
-    try:
-        view = np.frombuffer(buf, dtype=np.uint8)
-        view[::mmap.PAGESIZE] = 1
-        del view
-    finally:
-        buf.close()
+    done = 0
+    while done < nbytes:
+        n = min(step, nbytes - done)
+        buf = mmap.mmap(-1, n, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        try:
+            view = np.frombuffer(buf, dtype=np.uint8)
+            view[::mmap.PAGESIZE] = 1
+            del view
+        finally:
+            buf.close()
+        done += n
     return time.perf_counter() - t0
 
 
+def _cgroup_room() -> int | None:
+    """Bytes this process's cgroup (v2) may still use under its ``memory.max``; None: no limit, or no cgroup v2."""
+    try:
+        rel = next(line.split(":", 2)[2] for line in Path("/proc/self/cgroup").read_text().splitlines()
+                   if line.startswith("0::")).strip()
+        here = Path("/sys/fs/cgroup") / rel.lstrip("/")
+        limit = (here / "memory.max").read_text().strip()
+        return None if limit == "max" else int(limit) - int((here / "memory.current").read_text())
+    except (OSError, ValueError, StopIteration):
+        return None
+
+
 def hold_size() -> int:
-    """The bytes a hold touches: what the machine has available less ``SPARE``."""
-    return max(0, psutil.virtual_memory().available - SPARE)
+    """The bytes a hold touches: what the machine has available (and its cgroup allows) less ``SPARE``."""
+    room = psutil.virtual_memory().available
+    cg = _cgroup_room()
+    return max(0, min(room, cg if cg is not None else room) - SPARE)
+
+
+def _set_order(knob: Path, order: int) -> None:
+    knob.write_text(f"{order}\n")
 
 
 def _state(directory: Path | None = None) -> Path:
     return Path(directory or fsutil.MACHINE_DIR) / STATE_NAME
 
 
-def _holder(directory: Path | None = None) -> dict | None:
-    """The state of a live hold by this process or an ancestor (the run this one is part of); None: no such."""
+def _read_state(path: Path) -> dict:
+    """A state file's record, checked: written by this user, not writable by others, small integer orders."""
+    st = path.stat()
+    if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        raise ValueError(f"not this user's, or writable by others (uid {st.st_uid}, mode {st.st_mode & 0o777:o})")
+    left = json.loads(path.read_text())
+    if not all(isinstance(left.get(k), int) and -1 <= left[k] <= 64 for k in ("before", "set")):
+        raise ValueError(f"its orders are not small integers: {left}")
+    return left
+
+
+def _own(left: dict) -> bool:
+    """Whether a state names this process or a live ancestor (the run this one is part of)."""
+    pid = left.get("pid")
+    return pid == os.getpid() or (pid in fsutil.ancestors() and psutil.pid_exists(pid))
+
+
+def _holder(knob: Path, directory: Path | None = None) -> dict | None:
+    """The state of a hold by this process or a live ancestor whose order still stands; None: no such."""
     try:
-        left = json.loads(_state(directory).read_text())
+        left = _read_state(_state(directory))
     except (OSError, ValueError):
         return None
-    pid = left.get("pid")
-    mine = pid == os.getpid() or (pid in fsutil.ancestors() and psutil.pid_exists(pid))
-    return left if mine else None
+    return left if _own(left) and _read_int(knob) == left["set"] else None
 
 
 @contextlib.contextmanager
@@ -127,70 +166,87 @@ def held(say: Callable[[str], None], reporting: Path | None = None,
     ``reporting_order_found``, ``reporting_order_set``, ``touched_bytes``,
     ``touch_s``; ``held_by`` (the pid of the run this one is part of) with
     the orders, where that run keeps the memory already; ``not_held`` with
-    why (said); None where the kernel reports no free memory to a host."""
+    why (said); None where the kernel reports no free memory to a host.
+    Take the machine lock first: an order a killed run left is put back
+    here (:func:`restore_left`) before the one found is recorded."""
     reporting = reporting or REPORTING
+    knob, off = reporting / "page_reporting_order", off_order(buddyinfo)
+    outer = _holder(knob)
+    if outer is not None:  # kept already, and touched, by the run this one is part of
+        yield {"held_by": outer["pid"], "reporting_order_found": outer["before"], "reporting_order_set": outer["set"]}
+        return
+    restore_left(say, reporting=reporting)
     now = found(reporting)
     if now is None:
         yield None
         return
-    outer = _holder()
-    if outer is not None:  # kept already, and touched, by the run this one is part of
-        yield {"held_by": outer["pid"], "reporting_order_found": outer["before"], "reporting_order_set": outer["set"]}
-        return
-    knob, off = reporting / "page_reporting_order", off_order(buddyinfo)
+    why = None
     if not os.access(knob, os.W_OK):
-        why = (f"{knob} is not writable (not root): free memory is reported to the host as it comes, and a save "
-               "or load meeting memory the host took back faults it in again, several times slower "
-               "(docs/decisions.md#host-memory)")
-        say(f"memory: {why}")
-        yield {"not_held": why, "reporting_order_found": now["order"]}
-        return
-    state = fsutil.shared_dir(fsutil.MACHINE_DIR) / STATE_NAME
-    state.write_text(json.dumps({"before": now["order"], "set": off, "knob": str(knob), "pid": os.getpid()}))
-    with _sigterm_exits():
+        why = f"{knob} is not writable (not root)"
+    else:
+        state = fsutil.shared_dir(fsutil.MACHINE_DIR) / STATE_NAME
         try:
+            state.write_text(json.dumps({"before": now["order"], "set": off, "pid": os.getpid()}))
+            state.chmod(0o644)
+        except OSError as exc:
+            why = f"its state file {state} cannot be written ({exc.strerror or exc})"
+    if why is None:
+        with _sigterm_exits():
+            written = False
             try:
-                knob.write_text(f"{off}\n")
-            except OSError as exc:
-                why = f"the kernel refused page_reporting_order {off} ({exc.strerror or exc})"
-                say(f"memory: {why}: free memory is reported to the host as it comes")
-                yield {"not_held": why, "reporting_order_found": now["order"]}
-                return
-            size = hold_size()
-            took = touch(size)
-            yield {"reporting_order_found": now["order"], "reporting_order_set": off, "touched_bytes": size,
-                   "touch_s": round(took, 3), "reported_kib_before": now["reported_kib"]}
-        finally:
-            try:
-                knob.write_text(f"{now['order']}\n")
-                state.unlink(missing_ok=True)
-            except OSError as exc:
-                say(f"warning: page_reporting_order could not be put back to {now['order']} ({exc.strerror or exc}); "
-                    f"write {now['order']} into {knob}")
+                try:
+                    _set_order(knob, off)
+                    written = True
+                except OSError as exc:
+                    why = f"the kernel refused page_reporting_order {off} ({exc.strerror or exc})"
+                if written:
+                    size = hold_size()
+                    took = touch(size)
+                    yield {"reporting_order_found": now["order"], "reporting_order_set": off, "touched_bytes": size,
+                           "touch_s": round(took, 3), "reported_kib_before": now["reported_kib"]}
+            finally:
+                if written:
+                    try:
+                        _set_order(knob, now["order"])
+                    except OSError as exc:
+                        say(f"warning: page_reporting_order could not be put back to {now['order']} "
+                            f"({exc.strerror or exc}); write {now['order']} into {knob} (the next run tries again)")
+                        written = None  # the state file stays, for the next run
+                if written is not None:
+                    with contextlib.suppress(OSError):
+                        state.unlink(missing_ok=True)
+        if why is None:
+            return
+    say(f"memory: {why}: free memory is reported to the VM's host as it comes, and work meeting memory the host "
+        "took back fetches it again, several times slower (docs/decisions.md#host-memory)")
+    yield {"not_held": why, "reporting_order_found": now["order"]}
 
 
-def restore_left(say: Callable[[str], None], directory: Path | None = None) -> dict | None:
+def restore_left(say: Callable[[str], None], directory: Path | None = None,
+                 reporting: Path | None = None) -> dict | None:
     """Put back the reporting order a run killed while holding the memory
     left (its state file in ``directory``, default ``fsutil.MACHINE_DIR``),
-    where the knob still holds that run's value, saying what it did. A live
-    holder's (this run's, an ancestor's, or one beside it) is left alone.
-    Call it holding the machine lock. Returns the state found (None: none,
-    or a live run's)."""
+    where the knob (always ``reporting``'s, never a path from the file)
+    still holds that run's value, saying what it did. This run's own hold,
+    or a live ancestor's, is left alone; any other is a leftover, as only
+    the machine lock's holder holds the memory. Call it holding the
+    machine lock. Returns the state found (None: none, or this run's)."""
     path = _state(directory)
+    knob = (reporting or REPORTING) / "page_reporting_order"
+    if not path.exists():
+        return None
     try:
-        left = json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
+        left = _read_state(path)
     except (OSError, ValueError) as exc:
-        say(f"memory: the state file {path} of an earlier run cannot be read ({exc}); nothing put back")
-        path.unlink(missing_ok=True)
+        say(f"memory: the state file {path} of an earlier run is not used ({exc}); nothing put back")
+        with contextlib.suppress(OSError):
+            path.unlink()
         return None
-    if psutil.pid_exists(left.get("pid") or -1):
-        return None  # a live run's hold
-    knob = Path(left["knob"])
+    if _own(left):
+        return None
     try:
         if _read_int(knob) == left["set"]:
-            knob.write_text(f"{left['before']}\n")
+            _set_order(knob, left["before"])
             did = f"put back page_reporting_order {left['before']}"
         else:
             did = "left page_reporting_order as it is (no longer that run's)"

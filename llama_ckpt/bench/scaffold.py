@@ -11,7 +11,9 @@ What a run does before, around and after its measurements, in one place:
   and recorded; then, each an option, announced once at the start and
   recorded: dropping the page cache of the whole machine before each save
   (``drop-caches``), discarding the free space of the checkpoints' file
-  system (``trim``), capping the disk (``disk_cap_Bps``);
+  system (``trim``), keeping a VM's free memory from its host while the run
+  lasts (``hold-memory``, :mod:`.hostmem`), capping the disk
+  (``disk_cap_Bps``);
 - the up-front checks: free disk (:func:`check_disk`), memory
   (:func:`check_memory`, :func:`memory_skips`);
 - the environment record with the machine profile (:func:`environment`);
@@ -97,7 +99,7 @@ class RunOptions:
     progress: bool | None = None  # tqdm bars; default: only on a terminal
     disk_reference: bool = True  # profile the machine (on a local disk; on S3: the storage reference) first
     profile: Path | None = None  # the run's machine profile, shared by its phases: read if there, else written
-    prepare: tuple[str, ...] = DEFAULT_PREPARE  # what the run may do to the machine before each save (PREPARE)
+    prepare: tuple[str, ...] = DEFAULT_PREPARE  # what the run may do to the machine (PREPARE)
     disk_cap_Bps: int | None = None  # the checkpoints' disk capped at this rate for the run and its profile
 
     def results_path(self, run_id: str) -> Path:
@@ -114,7 +116,9 @@ class Prepared:
     disk_cap_Bps: int | None  # the checkpoints' disk capped by this run at this rate
     throttle: dict | None  # the disk's throttle found at the start, before this run's cap (diskcap.found)
     launched: Any = None  # a launched job (cluster.Group): the drop is done on every node
-    host_memory: dict | None = None  # free memory kept from the VM's host (hostmem.held's record; None: no host)
+    # free memory kept from the VM's host (hostmem.held's record), or, not asked for, what the run met
+    # (hostmem.describe); None: the kernel reports no free memory to a host
+    host_memory: dict | None = None
 
     def record(self) -> dict:
         """The environment record's fields."""
@@ -229,8 +233,10 @@ def hold_machine(opts: RunOptions, checkpoints: Path | None, say: Callable[[str]
                             if checkpoints is not None and launched is None else None,
                             disk_cap_Bps=opts.disk_cap_Bps, throttle=throttle, launched=launched)
         capping = diskcap.capped(checkpoints, opts.disk_cap_Bps) if opts.disk_cap_Bps else contextlib.nullcontext()
+        # not held: what the run meets is recorded (a launched job's ranks are held by no one here)
         holding = (hostmem.held(lambda line: say_once(say, line))
-                   if "hold-memory" in opts.prepare and launched is None else contextlib.nullcontext())
+                   if "hold-memory" in opts.prepare and launched is None else
+                   contextlib.nullcontext(hostmem.describe()))
         with capping, holding as host:
             prepared = replace(prepared, host_memory=host)
             for line in prepared.announcement(checkpoints):

@@ -117,13 +117,15 @@ class LocalDir(Location):
         """Remove what a failed save left. A writer's threads may still be
         finishing a file in it (TensorStore's I/O after one of its writes
         failed): the removal is tried again while the tree is not empty, up
-        to ``DISCARD_S``, and once more after it looked gone."""
+        to ``DISCARD_S``, and once more after it looked gone. A writer still
+        writing after that leaves a staging directory, which the next run
+        removes as a stale save."""
         deadline = time.monotonic() + DISCARD_S
         while True:
             try:
                 staged.remove()
-            except OSError as exc:
-                if exc.errno != errno.ENOTEMPTY or time.monotonic() > deadline:
+            except OSError as exc:  # ENOENT: a file renamed away (a writer's temporary) while the tree is walked
+                if exc.errno not in (errno.ENOTEMPTY, errno.ENOENT) or time.monotonic() > deadline:
                     raise
             time.sleep(0.05)  # a file a late write put back is removed by the next turn
             if not staged.path.exists():
