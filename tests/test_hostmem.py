@@ -163,3 +163,24 @@ def test_the_memory_touched_is_what_the_machine_has_available_less_a_spare(monke
     assert hostmem.hold_size() == (4 << 30) - hostmem.SPARE
     Mem.available = hostmem.SPARE // 2
     assert hostmem.hold_size() == 0
+
+
+def test_a_run_killed_while_holding_leaves_its_order_for_the_next_to_put_back(kernel, tmp_path):
+    child = ("import sys, time\n"
+             "from llama_ckpt.bench import hostmem\n"
+             "hostmem.hold_size = lambda: 1 << 20\n"
+             "with hostmem.held(print):\n"
+             "    print('held', flush=True)\n"
+             "    time.sleep(60)\n")
+    env = dict(os.environ, LLAMA_CKPT_PAGE_REPORTING=str(kernel.parent),
+               LLAMA_CKPT_MACHINE_DIR=str(tmp_path / "machine"))
+    p = subprocess.Popen([sys.executable, "-c", child], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "held" and kernel.read_text().strip() == "11"
+    finally:
+        p.kill()
+        p.wait()
+    said = []
+    assert hostmem.restore_left(said.append)["pid"] == p.pid
+    assert kernel.read_text().strip() == "9" and "put back page_reporting_order 9" in said[0]
+    assert not (tmp_path / "machine" / hostmem.STATE_NAME).exists()
