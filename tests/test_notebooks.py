@@ -2,14 +2,17 @@
 `make run-all MODEL=tiny REPEATS=1` does (with two of its bounds lower: see ``suite_run``)."""
 
 import json
+import os
 import shutil
 import subprocess
 from collections import Counter
 import sys
+from pathlib import Path
 
 import nbformat
 import pytest
 
+from llama_ckpt.report.summary import Summary
 from llama_ckpt.study.claims import GUIDE_EIGHT
 from llama_ckpt.suite import runner as suite
 from llama_ckpt.study.phases import CLAIMS, COMPARE, PHASES, SUMMARY_SLUG, TRAINING
@@ -447,3 +450,25 @@ def test_the_checkpoint_pattern_read_every_checkpoint_back_and_the_summary_proje
     assert set(t.index.get_level_values("workload")) == set(summary.PROJECTED)
     sync = t[t["mode"] == "sync"]
     assert (sync["blocking_s"] == sync["durable_s"]).all()  # a synchronous saver holds the loop for all of it
+
+
+def test_a_run_measured_by_several_commits_says_which_phases_each_measured():
+    a, b = "a" * 40, "b" * 40
+    s = Summary(out_dir=Path("."), run_id="r", rows=[], envs=[{"git_commit": a, "phase": "00-baselines"},
+                                                             {"git_commit": b, "phase": "05-formats"},
+                                                             {"git_commit": a, "phase": "4a-concurrency"}],
+                by_phase={}, complete={}, warnings=[])
+    assert s.measured_by() == [(a, ["00-baselines", "4a-concurrency"]), (b, ["05-formats"])]
+    assert s._commits_line() == (f"**measured by more than one commit**: git {a} (00-baselines, 4a-concurrency); "
+                                 f"git {b} (05-formats)")
+    s.envs = s.envs[:1]
+    assert s._commits_line() == f"git {a}"
+
+
+def test_the_notebooks_kernels_import_the_runners_own_package(monkeypatch):
+    here = str(Path(suite.__file__).resolve().parent.parent.parent)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(["/elsewhere", here]))
+    suite._same_package_in_kernels()
+    assert os.environ["PYTHONPATH"] == os.pathsep.join([here, "/elsewhere"])
+    suite._same_package_in_kernels()  # once is enough
+    assert os.environ["PYTHONPATH"] == os.pathsep.join([here, "/elsewhere"])

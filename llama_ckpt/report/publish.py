@@ -77,7 +77,9 @@ def publish(out_dir: str | Path, dest: str | Path, run_id: str = "") -> Path:
     charts = resources.get("outputs") or {}
     s = summary_report.load(out_dir, run_id)
     prof = s.machine()
-    measured_by = next((e.get("git_commit") for e in s.envs if e.get("git_commit")), None)
+    by = s.measured_by()
+    measured_by = (f"commit `{_short(by[0][0])}`" if len(by) == 1 else
+                   "commits " + ", ".join(f"`{_short(c)}` ({', '.join(ps)})" for c, ps in by))
     where = str(run_dir(out_dir, run_id))
     cpu = next((e.get("cpu_model") for e in s.envs if e.get("cpu_model")), None)
     files = {}
@@ -88,7 +90,7 @@ def publish(out_dir: str | Path, dest: str | Path, run_id: str = "") -> Path:
             files[CARDS] = work.cards_json(cards, prof, run_id).encode()
     head = [f"# Reference run `{run_id}`", "",
             f"The summary of one complete `make run-all` (model `{s.model}`), rendered by `make results-doc` so that "
-            f"it can be read without running anything. Measured by commit `{_short(measured_by)}`; the summary "
+            f"it can be read without running anything. Measured by {measured_by}; the summary "
             "computed by the commit its first lines name; rendered to this page by commit "
             f"`{_short(GIT_COMMIT)}`. "
             "Every number below was measured in that run on this machine, or projected from it with the "

@@ -61,6 +61,16 @@ class Summary:
             out[key] = statistics.median(vals) if vals else None
         return out
 
+    def measured_by(self) -> list[tuple[str, list[str]]]:
+        """Each git commit that measured part of the run, with the phases it measured, in the order first met
+        (one commit: the whole run's; several: a run resumed, or one whose code changed while it ran)."""
+        out: dict[str, list[str]] = {}
+        for e in self.envs:
+            phases = out.setdefault(e.get("git_commit") or "unrecorded", [])
+            if e.get("phase") and e["phase"] not in phases:
+                phases.append(e["phase"])
+        return list(out.items())
+
     def status(self) -> str:
         lines = [f"Run `{self.run_id}` in `{run_dir(self.out_dir, self.run_id)}`: "
                  f"{len(self.rows)} measurement rows, {sum(is_valid(r) for r in self.rows)} valid"
@@ -81,9 +91,16 @@ class Summary:
             e = self.envs[0]
             lines.append(f"- machine: {e.get('cpu_model')}, {e.get('n_cpus')} CPUs, "
                          f"{e.get('ram_bytes', 0) / GiB:.0f} GiB; output on {e.get('out_fs_type')}; "
-                         f"torch {e.get('torch')}, tensorstore {e.get('tensorstore')}; git {e.get('git_commit')}")
+                         f"torch {e.get('torch')}, tensorstore {e.get('tensorstore')}; " + self._commits_line())
         lines.append(f"- this summary computed by git {GIT_COMMIT}")
         return "\n".join(lines)
+
+    def _commits_line(self) -> str:
+        by = self.measured_by()
+        if len(by) == 1:
+            return f"git {by[0][0]}"
+        return ("**measured by more than one commit**: " + "; ".join(f"git {c} ({', '.join(ps) or 'no phase named'})"
+                                                                     for c, ps in by))
 
     def eight_way_table(self) -> pd.DataFrame:
         t = report.table(self.guide_rows)

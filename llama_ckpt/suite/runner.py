@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 import tempfile
 import time
@@ -50,6 +51,16 @@ def _ipc_kernel_manager(prefix: Path):
     return IPCKernelManager
 
 
+def _same_package_in_kernels() -> None:
+    """The notebooks' kernels (and the processes they start) import this very package, not whichever an
+    environment's install points at (an editable install of another checkout), so the commit each phase records
+    is the runner's."""
+    here = str(Path(__file__).resolve().parent.parent.parent)
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if paths[:1] != [here]:
+        os.environ["PYTHONPATH"] = os.pathsep.join([here, *[p for p in paths if p != here]])
+
+
 def execute(slug: str, out_nb: Path, parameters: dict, stream: bool = True) -> None:
     """Execute one notebook; with ``stream`` its printed progress (a line per
     measured row) goes to this console as it runs."""
@@ -59,6 +70,7 @@ def execute(slug: str, out_nb: Path, parameters: dict, stream: bool = True) -> N
     if not src.is_file():
         raise UserError(f"notebook {src} not found")
     out_nb.parent.mkdir(parents=True, exist_ok=True)
+    _same_package_in_kernels()
     try:
         with tempfile.TemporaryDirectory(prefix="llama-ckpt-kernel-") as sockets:
             pm.execute_notebook(str(src), str(out_nb), parameters=parameters, cwd=str(NOTEBOOKS),
