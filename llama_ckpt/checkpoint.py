@@ -66,17 +66,22 @@ def save(fmt, state_dict, loc: Location, progress=None, digests=None, steps: Ste
         with steps("suite: manifest, marker, publish"):
             commit(loc, staged, manifest(fmt, tensors))
     except BaseException as exc:
-        _discard(loc, staged, exc)
+        discard(loc, staged, exc)
         raise
 
 
-def _discard(loc: Location, staged: Location, failure: BaseException) -> None:
-    """Remove what a failed save staged; where that fails too, the save's own error stays the one raised, with a
-    note (what is left is a stale save, removed by the next run)."""
+def discard(loc: Location, staged: Location, failure: BaseException | None = None) -> str | None:
+    """Remove what a failed save staged. Where that fails too, the save's own error stays the one raised
+    (``failure`` gains a note where Python has them) and what is left is a stale save, removed by the next run;
+    returns why it was left (None: removed)."""
     try:
         loc.discard(staged)
     except OSError as exc:
-        failure.add_note(f"and what it staged could not be removed ({exc}); the next run removes it as a stale save")
+        why = f"what it staged could not be removed ({exc}); the next run removes it as a stale save"
+        if failure is not None and hasattr(failure, "add_note"):  # Python 3.11+
+            failure.add_note(why)
+        return why
+    return None
 
 
 def begin(fmt, state_dict, loc: Location, digests: dict[str, str], **extra) -> tuple[Location, dict]:
@@ -90,12 +95,12 @@ def finish(loc: Location, staged: Location, man: dict, ok: bool) -> None:
     """The second half: commit what was staged when the write succeeded;
     remove it otherwise."""
     if not ok:
-        loc.discard(staged)
+        discard(loc, staged)
         return
     try:
         commit(loc, staged, man)
     except BaseException as exc:
-        _discard(loc, staged, exc)
+        discard(loc, staged, exc)
         raise
 
 

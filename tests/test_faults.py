@@ -13,7 +13,7 @@ from collections import deque
 import pytest
 import torch
 
-from llama_ckpt import fsutil
+from llama_ckpt import checkpoint, fsutil
 from llama_ckpt.bench import faults, measure, scaffold
 from llama_ckpt.checkpoint import COMMIT
 from llama_ckpt.formats import tensorstore as tensorstore_format
@@ -325,3 +325,37 @@ def test_a_failed_tensorstore_write_waits_for_the_writes_still_in_flight():
     inflight = deque([(Write("a", True), 1), (Write("b", False), 1), (Write("c", True), 1)])
     tensorstore_format._drain(inflight)
     assert ended == ["a", "b", "c"] and not inflight
+
+
+def test_a_staging_that_cannot_be_removed_leaves_the_saves_own_error_raised(tmp_path, monkeypatch):
+    loc = LocalDir(tmp_path / "ckpt")
+
+    class Broken(Exception):
+        pass
+
+    def write(state_dict, staged, steps, progress):
+        (staged.path / "part").write_bytes(b"x")
+        raise Broken("the format failed")
+    fmt = APPROACHES["pytorch"]
+    monkeypatch.setattr(fmt, "write", write)
+    monkeypatch.setattr(LocalDir, "discard", lambda self, staged: (_ for _ in ()).throw(
+        OSError(errno.EBUSY, "busy", str(staged.path))))
+    with pytest.raises(Broken, match="the format failed") as got:
+        checkpoint.save(fmt, {"w": torch.zeros(4)}, loc)
+    if hasattr(got.value, "__notes__"):
+        assert "could not be removed" in got.value.__notes__[0]
+
+
+def test_a_file_renamed_away_while_the_staging_is_removed_is_waited_out(tmp_path, monkeypatch):
+    loc = LocalDir(tmp_path / "ckpt")
+    staged = loc.stage()
+    real, calls = fsutil.remove, []
+
+    def renamed(path):
+        calls.append(path)
+        if len(calls) == 1:  # a writer's temporary renamed between the listing and its unlink
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory", str(path / ".tmp"))
+        real(path)
+    monkeypatch.setattr(fsutil, "remove", renamed)
+    loc.discard(staged)
+    assert not staged.path.exists() and len(calls) == 2

@@ -26,12 +26,21 @@ def kernel(tmp_path, monkeypatch):
     (rep / "reported_kib").write_text("1234\n")
     buddy = tmp_path / "buddyinfo"
     buddy.write_text(BUDDY)
+    balloon = tmp_path / "virtio_balloon"
+    (balloon / "virtio0").mkdir(parents=True)
     monkeypatch.setattr(hostmem, "REPORTING", rep)
     monkeypatch.setattr(hostmem, "BUDDYINFO", buddy)
+    monkeypatch.setattr(hostmem, "BALLOON", balloon)
     monkeypatch.setattr(fsutil, "MACHINE_DIR", tmp_path / "machine")
     monkeypatch.setattr(scaffold, "_said", set())
     monkeypatch.setattr(hostmem, "hold_size", lambda: 4 << 20)
     return rep / "page_reporting_order"
+
+
+def _left(state, record):
+    """A state file as a run of this user's writes it."""
+    state.write_text(json.dumps(record))
+    state.chmod(0o644)
 
 
 def test_the_order_goes_above_the_largest_block_for_the_block_and_comes_back(kernel, tmp_path):
@@ -82,26 +91,30 @@ def test_a_killed_runs_order_is_put_back_by_the_next_run_and_a_changed_one_left(
     gone = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                               text=True).stdout)
     state = fsutil.shared_dir(tmp_path / "machine") / hostmem.STATE_NAME
-    left = {"before": 9, "set": 11, "knob": str(kernel), "pid": gone}
-    state.write_text(json.dumps(left))
+    left = {"before": 9, "set": 11, "pid": gone, "started": 1.0}
+    _left(state, left)
     kernel.write_text("11\n")
     said = []
     assert hostmem.restore_left(said.append) == left
     assert kernel.read_text().strip() == "9" and not state.exists() and "put back page_reporting_order 9" in said[0]
-    state.write_text(json.dumps(left))
+    _left(state, left)
     kernel.write_text("10\n")  # someone else's since
     hostmem.restore_left(said.append)
     assert kernel.read_text().strip() == "10" and "left page_reporting_order as it is" in said[1]
-    state.write_text(json.dumps(dict(left, pid=os.getpid())))  # this run's own: not a leftover
+    _left(state, dict(left, pid=os.getpid(), started=hostmem._started(os.getpid())))  # this run's own
     assert hostmem.restore_left(said.append) is None and state.exists() and len(said) == 2
+    _left(state, dict(left, pid=os.getpid(), started=1.0))  # this pid, reused: a leftover
+    kernel.write_text("11\n")
+    assert hostmem.restore_left(said.append)["started"] == 1.0 and kernel.read_text().strip() == "9"
     # a live process that is neither this run nor its ancestor holds no lock here: a leftover (its pid reused)
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
-        state.write_text(json.dumps(dict(left, pid=other.pid)))
+        _left(state, dict(left, pid=other.pid, started=hostmem._started(other.pid)))
         kernel.write_text("11\n")
         assert hostmem.restore_left(said.append)["pid"] == other.pid and kernel.read_text().strip() == "9"
     finally:
         other.kill()
+        other.wait()
 
 
 def test_a_state_file_others_could_have_written_is_not_used_and_names_no_file_to_write(kernel, tmp_path):
@@ -112,8 +125,7 @@ def test_a_state_file_others_could_have_written_is_not_used_and_names_no_file_to
     state.chmod(0o666)
     said = []
     assert hostmem.restore_left(said.append) is None and "not used" in said[0] and not state.exists()
-    state.write_text(json.dumps({"before": 9, "set": 11, "knob": str(decoy), "pid": 1 << 30}))
-    state.chmod(0o644)
+    _left(state, {"before": 9, "set": 11, "knob": str(decoy), "pid": 1 << 30})
     kernel.write_text("11\n")
     hostmem.restore_left(said.append)
     assert decoy.read_text() == "11\n" and kernel.read_text().strip() == "9"  # the kernel's knob, never the file's
@@ -132,9 +144,35 @@ def test_a_kernel_that_refuses_the_order_leaves_nothing_held_behind(kernel, tmp_
     assert said[0].startswith("memory: the kernel refused")
 
 
-def test_a_kernel_without_a_reporting_device_reports_nothing(kernel):
+def test_a_kernel_without_a_reporting_device_reports_nothing(kernel, tmp_path, monkeypatch):
     kernel.write_text("-1\n")  # the module built in, no virtio_balloon registered: bare metal
     assert hostmem.found() is None and hostmem.describe() is None
+    kernel.write_text("9\n")
+    monkeypatch.setattr(hostmem, "BALLOON", tmp_path / "no-balloon")  # no device to report through
+    assert hostmem.found() is None
+
+
+def test_an_order_no_block_reaches_already_is_nothing_to_hold(kernel, tmp_path):
+    kernel.write_text("11\n")  # older kernels start at MAX_ORDER: nothing is reported
+    with hostmem.held(print) as got:
+        assert got is None and not (tmp_path / "machine" / hostmem.STATE_NAME).exists()
+    assert kernel.read_text().strip() == "11"
+
+
+def test_the_touch_keeps_every_step_until_the_last_is_touched(monkeypatch):
+    events = []
+
+    class Map(bytearray):
+        def __init__(self, fd, n, flags=0):
+            super().__init__(n)
+            events.append(("map", n))
+
+        def close(self):
+            events.append(("free", len(self)))
+    monkeypatch.setattr(hostmem.mmap, "mmap", Map)
+    hostmem.touch(5 << 20, step=2 << 20)
+    assert events == [("map", 2 << 20), ("map", 2 << 20), ("map", 1 << 20),
+                      ("free", 2 << 20), ("free", 2 << 20), ("free", 1 << 20)]
 
 
 def test_a_run_holds_the_memory_by_default_records_it_and_says_how_to_turn_it_off(kernel, tmp_path):
@@ -158,6 +196,7 @@ def test_the_memory_touched_is_what_the_machine_has_available_less_a_spare(monke
     class Mem:
         available = 10 << 30
     monkeypatch.setattr(hostmem.psutil, "virtual_memory", lambda: Mem)
+    monkeypatch.setattr(hostmem, "_cgroup_room", lambda: None)  # no cgroup limit
     assert hostmem.hold_size() == (10 << 30) - hostmem.SPARE
     monkeypatch.setattr(hostmem, "_cgroup_room", lambda: 4 << 30)  # a cgroup's limit is the tighter one
     assert hostmem.hold_size() == (4 << 30) - hostmem.SPARE
@@ -167,8 +206,10 @@ def test_the_memory_touched_is_what_the_machine_has_available_less_a_spare(monke
 
 def test_a_run_killed_while_holding_leaves_its_order_for_the_next_to_put_back(kernel, tmp_path):
     child = ("import sys, time\n"
+             "from pathlib import Path\n"
              "from llama_ckpt.bench import hostmem\n"
              "hostmem.hold_size = lambda: 1 << 20\n"
+             f"hostmem.BUDDYINFO, hostmem.BALLOON = Path({str(hostmem.BUDDYINFO)!r}), Path({str(hostmem.BALLOON)!r})\n"
              "with hostmem.held(print):\n"
              "    print('held', flush=True)\n"
              "    time.sleep(60)\n")

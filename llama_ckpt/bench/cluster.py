@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from .. import fsutil
+from .. import checkpoint, fsutil
 from ..errors import FAILURES, UserError
 from ..store import TMP_TAG
 from . import ranks
@@ -221,8 +221,8 @@ def sharded(group: Group, job: dict, loc) -> tuple:
     staged = loc.stage()
     try:
         saves = ask(group, "job", dict(job, staged=staged))
-    except FAILURES:
-        loc.discard(staged)  # no commit happened
+    except FAILURES as exc:
+        checkpoint.discard(loc, staged, exc)  # no commit happened
         raise
     fp = loc.footprint()
     cold, frac = evict(group, loc)

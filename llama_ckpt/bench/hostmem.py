@@ -12,9 +12,9 @@ page-cache write of the model took about 5x the system CPU
 meets such memory depends on how long the memory it gets sat free before it:
 the moment, not the format.
 
-Where the run may (root, and a kernel that takes the value: mainline
-kernels refuse an order above their largest, so there the run says it
-cannot and measures anyway), it raises
+Where the run may (root, and a kernel that takes the value: recent
+mainline kernels refuse an order above their largest, so there the run says
+it cannot and measures anyway), it raises
 ``page_reporting_order`` above the largest free block the kernel keeps (the
 orders of ``/proc/buddyinfo``), so that no free block is reported, then
 touches every page of the memory available once, less ``SPARE`` (fetching
@@ -47,6 +47,7 @@ from .diskcap import _sigterm_exits
 # the kernel's parameters; LLAMA_CKPT_PAGE_REPORTING points them elsewhere (the tests: a directory of their own)
 REPORTING = Path(os.environ.get("LLAMA_CKPT_PAGE_REPORTING", "/sys/module/page_reporting/parameters"))
 BUDDYINFO = Path("/proc/buddyinfo")
+BALLOON = Path("/sys/bus/virtio/drivers/virtio_balloon")  # its bound devices: virtio0, ...
 STATE_NAME = "hostmem.json"  # in fsutil.MACHINE_DIR while the order is raised: what to put back
 SPARE = 1 << 30  # memory left untouched beside the run's (the rest of the machine's, the page cache's growth)
 
@@ -61,12 +62,22 @@ def _read_int(path: Path) -> int | None:
 def found(reporting: Path | None = None) -> dict | None:
     """Free page reporting here: its ``order`` (blocks of 2**order pages and
     larger are reported) and ``reported_kib`` (reported since boot, where the
-    kernel counts it); None where the kernel reports nothing to a host."""
+    kernel counts it); None where the kernel reports nothing to a host: no
+    parameter, no balloon device bound to report to (bare metal with the
+    module built in), or an order of -1 (none registered)."""
     reporting = reporting or REPORTING
     order = _read_int(reporting / "page_reporting_order")
-    if order is None or order < 0:  # -1: no reporting device registered (bare metal with the module built in)
+    if order is None or order < 0 or not _balloon():
         return None
     return {"order": order, "reported_kib": _read_int(reporting / "reported_kib")}
+
+
+def _balloon() -> bool:
+    """Whether a virtio balloon device, the one free pages are reported through, is bound here."""
+    try:
+        return any(p.name.startswith("virtio") for p in BALLOON.iterdir())
+    except OSError:
+        return False
 
 
 def describe(reporting: Path | None = None, buddyinfo: Path | None = None) -> dict | None:
@@ -88,20 +99,23 @@ def off_order(buddyinfo: Path | None = None) -> int:
 
 def touch(nbytes: int, step: int = 1 << 30) -> float:
     """Write one byte into each page of ``nbytes`` of fresh private anonymous memory, ``step`` bytes at a time
-    (so that Ctrl-C and SIGTERM are not held off), then free it; seconds taken. Memory the host had taken back is
-    fetched again; freed, it stays the guest's while nothing reports it."""
+    (so that Ctrl-C and SIGTERM are served between steps), every step kept until the last is touched (a step freed
+    early would hand its pages to the next, never reaching the rest), then free it all; seconds taken. Memory the
+    host had taken back is fetched again; freed, it stays the guest's while nothing reports it."""
     t0 = time.perf_counter()
-    done = 0
-    while done < nbytes:
-        n = min(step, nbytes - done)
-        buf = mmap.mmap(-1, n, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-        try:
-            view = np.frombuffer(buf, dtype=np.uint8)
+    kept: list[mmap.mmap] = []
+    try:
+        done = 0
+        while done < nbytes:
+            n = min(step, nbytes - done)
+            kept.append(mmap.mmap(-1, n, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS))
+            view = np.frombuffer(kept[-1], dtype=np.uint8)
             view[::mmap.PAGESIZE] = 1
             del view
-        finally:
+            done += n
+    finally:
+        for buf in kept:
             buf.close()
-        done += n
     return time.perf_counter() - t0
 
 
@@ -133,29 +147,54 @@ def _state(directory: Path | None = None) -> Path:
 
 
 def _read_state(path: Path) -> dict:
-    """A state file's record, checked: written by this user, not writable by others, small integer orders."""
-    st = path.stat()
-    if st.st_uid != os.geteuid() or st.st_mode & 0o022:
-        raise ValueError(f"not this user's, or writable by others (uid {st.st_uid}, mode {st.st_mode & 0o777:o})")
+    """A state file's record, checked: written by this user, not writable by others, small integer orders, a pid."""
+    st = path.lstat()
+    if st.st_uid != os.geteuid() or st.st_mode & 0o022 or not os.path.isfile(path) or os.path.islink(path):
+        raise ValueError(f"not this user's plain file, or writable by others (uid {st.st_uid}, "
+                         f"mode {st.st_mode & 0o777:o})")
     left = json.loads(path.read_text())
-    if not all(isinstance(left.get(k), int) and -1 <= left[k] <= 64 for k in ("before", "set")):
-        raise ValueError(f"its orders are not small integers: {left}")
+    if not all(isinstance(left.get(k), int) and -1 <= left[k] <= 64 for k in ("before", "set")) \
+            or not isinstance(left.get("pid"), int):
+        raise ValueError(f"not a hold's record: {left}")
     return left
 
 
+def _write_state(path: Path, record: dict) -> None:
+    """``record`` into ``path`` (in a directory every user may write): a new file of this user's, renamed over
+    whatever was there (a link too, never followed)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(record, f)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _started(pid: int) -> float | None:
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
 def _own(left: dict) -> bool:
-    """Whether a state names this process or a live ancestor (the run this one is part of)."""
-    pid = left.get("pid")
-    return pid == os.getpid() or (pid in fsutil.ancestors() and psutil.pid_exists(pid))
+    """Whether a state names this process or a live ancestor (the run this one is part of), the very process
+    (its start time too: a pid can be reused)."""
+    pid = left["pid"]
+    return (pid == os.getpid() or pid in fsutil.ancestors()) and _started(pid) == left.get("started")
 
 
-def _holder(knob: Path, directory: Path | None = None) -> dict | None:
-    """The state of a hold by this process or a live ancestor whose order still stands; None: no such."""
+def _holder(directory: Path | None = None) -> dict | None:
+    """The state of a hold by this process or a live ancestor; None: no such."""
     try:
         left = _read_state(_state(directory))
     except (OSError, ValueError):
         return None
-    return left if _own(left) and _read_int(knob) == left["set"] else None
+    return left if _own(left) else None
 
 
 @contextlib.contextmanager
@@ -171,13 +210,13 @@ def held(say: Callable[[str], None], reporting: Path | None = None,
     here (:func:`restore_left`) before the one found is recorded."""
     reporting = reporting or REPORTING
     knob, off = reporting / "page_reporting_order", off_order(buddyinfo)
-    outer = _holder(knob)
+    outer = _holder()
     if outer is not None:  # kept already, and touched, by the run this one is part of
         yield {"held_by": outer["pid"], "reporting_order_found": outer["before"], "reporting_order_set": outer["set"]}
         return
     restore_left(say, reporting=reporting)
     now = found(reporting)
-    if now is None:
+    if now is None or now["order"] >= off:  # nothing reported here, or no block large enough to be
         yield None
         return
     why = None
@@ -186,8 +225,8 @@ def held(say: Callable[[str], None], reporting: Path | None = None,
     else:
         state = fsutil.shared_dir(fsutil.MACHINE_DIR) / STATE_NAME
         try:
-            state.write_text(json.dumps({"before": now["order"], "set": off, "pid": os.getpid()}))
-            state.chmod(0o644)
+            _write_state(state, {"before": now["order"], "set": off, "pid": os.getpid(),
+                                 "started": _started(os.getpid())})
         except OSError as exc:
             why = f"its state file {state} cannot be written ({exc.strerror or exc})"
     if why is None:
@@ -195,9 +234,10 @@ def held(say: Callable[[str], None], reporting: Path | None = None,
             written = False
             try:
                 try:
+                    written = True  # first: a signal after the write still puts the order back (harmless before)
                     _set_order(knob, off)
-                    written = True
                 except OSError as exc:
+                    written = False
                     why = f"the kernel refused page_reporting_order {off} ({exc.strerror or exc})"
                 if written:
                     size = hold_size()

@@ -237,8 +237,9 @@ def _sharded(approach: Format, source: ModelSource, loc: Location, world: int, l
         saves = ranks.launch(dict(job, staged=staged), world)
     errors = [r["error"] for r in saves if r.get("error")]
     if errors:  # no commit happened: what was staged goes
-        loc.discard(staged)
-        return dict(verified=False, ranks_save=saves, error="save failed: " + "; ".join(errors))
+        left = checkpoint.discard(loc, staged)
+        return dict(verified=False, ranks_save=saves,
+                    error="save failed: " + "; ".join(errors) + (f"; {left}" if left else ""))
     fp = loc.footprint()
     cold, frac = loc.evict()
     with loc.count_requests() as req_load, MachineBusy() as busy_load:

@@ -78,8 +78,8 @@ def publish(out_dir: str | Path, dest: str | Path, run_id: str = "") -> Path:
     s = summary_report.load(out_dir, run_id)
     prof = s.machine()
     by = s.measured_by()
-    measured_by = (f"commit `{_short(by[0][0])}`" if len(by) == 1 else
-                   "commits " + ", ".join(f"`{_short(c)}` ({', '.join(ps)})" for c, ps in by))
+    measured_by = ("an unrecorded commit" if not by else f"commit `{_short(by[0][0])}`" if len(by) == 1 else
+                   "commits " + ", ".join(f"`{_short(c)}` ({', '.join(ps) or 'no phase named'})" for c, ps in by))
     where = str(run_dir(out_dir, run_id))
     cpu = next((e.get("cpu_model") for e in s.envs if e.get("cpu_model")), None)
     files = {}

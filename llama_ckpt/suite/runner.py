@@ -55,7 +55,10 @@ def _same_package_in_kernels() -> None:
     """The notebooks' kernels (and the processes they start) import this very package, not whichever an
     environment's install points at (an editable install of another checkout), so the commit each phase records
     is the runner's."""
-    here = str(Path(__file__).resolve().parent.parent.parent)
+    root = Path(__file__).resolve().parent.parent.parent
+    if not (root / "pyproject.toml").is_file():  # an installed package (site-packages): the kernels find it
+        return
+    here = str(root)
     paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     if paths[:1] != [here]:
         os.environ["PYTHONPATH"] = os.pathsep.join([here, *[p for p in paths if p != here]])
