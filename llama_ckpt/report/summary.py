@@ -535,17 +535,19 @@ def load(out_dir: str | Path, run_id: str = "") -> Summary:
     firsts = [read_results([f]).environments[:1] for f in files]
     models = [e[0]["model"] for e in firsts if e and e[0].get("model")]
     model = max(set(models), key=models.count) if models else None
+    envs = []  # each phase's environment records, named by their phase where the driver left it out (06, 07)
     for f in files:
         one = read_results([f])
         by_phase[f.stem] = [r for r in one.measurements if r["model"] == model]
         complete[f.stem] = phase_complete(out_dir, run_id, f.stem)
+        envs += [e if e.get("phase") else dict(e, phase=f.stem) for e in one.environments]
     rows = [r for r in loaded.measurements if r["model"] == model]
     other = [r for r in loaded.measurements if r["model"] != model and not r.get("world_size")]
     for p in PHASES.values():  # a phase's rows include the configurations it shared with other phases
         if p.slug in by_phase and p.kind == COMPARE:
             shared = shared_rows(out_dir, run_id, p.slug, p.approaches(), model)
             by_phase[p.slug] += [r for rs in shared.values() for r in rs]
-    return Summary(Path(out_dir), run_id, rows, loaded.environments, by_phase, complete,
+    return Summary(Path(out_dir), run_id, rows, envs, by_phase, complete,
                    loaded.warnings, cloud_rows(out_dir, run_id), loaded.training, other,
                    [r for r in loaded.sustained if r["model"] == model],
                    [s for s in loaded.disk_states if s.get("model") == model])
