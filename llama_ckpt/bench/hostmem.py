@@ -197,6 +197,18 @@ def _holder(directory: Path | None = None) -> dict | None:
     return left if _own(left) else None
 
 
+def _cannot_hold(knob: Path, state: Path, before: int, off: int) -> str | None:
+    """Why this run cannot raise the order (None: it may, and its state file, for the next run to put ``before``
+    back, is written)."""
+    if not os.access(knob, os.W_OK):
+        return f"{knob} is not writable (not root)"
+    try:
+        _write_state(state, {"before": before, "set": off, "pid": os.getpid(), "started": _started(os.getpid())})
+    except OSError as exc:
+        return f"its state file {state} cannot be written ({exc.strerror or exc})"
+    return None
+
+
 @contextlib.contextmanager
 def held(say: Callable[[str], None], reporting: Path | None = None,
          buddyinfo: Path | None = None) -> Iterator[dict | None]:
@@ -219,16 +231,8 @@ def held(say: Callable[[str], None], reporting: Path | None = None,
     if now is None or now["order"] >= off:  # nothing reported here, or no block large enough to be
         yield None
         return
-    why = None
-    if not os.access(knob, os.W_OK):
-        why = f"{knob} is not writable (not root)"
-    else:
-        state = fsutil.shared_dir(fsutil.MACHINE_DIR) / STATE_NAME
-        try:
-            _write_state(state, {"before": now["order"], "set": off, "pid": os.getpid(),
-                                 "started": _started(os.getpid())})
-        except OSError as exc:
-            why = f"its state file {state} cannot be written ({exc.strerror or exc})"
+    state = fsutil.shared_dir(fsutil.MACHINE_DIR) / STATE_NAME
+    why = _cannot_hold(knob, state, now["order"], off)
     if why is None:
         with _sigterm_exits():
             written = False

@@ -250,44 +250,52 @@ class TensorStoreZarr(Format):
 
         ctx = self.context(loc)
         if self.k.transaction:
-            # Writes only stage data; a commit encodes and writes what was
-            # staged, holding its buffers until it is done. One commit at the
-            # end, or (commit_bytes) one per batch, bounding those buffers.
-            txn = ts.Transaction()
-            keep = []  # with reference_source, TensorStore holds these arrays until the commit
-            staged = 0
-            for name in list(state_dict):
-                # pop: a cast copy (ts+best16) replaces its float32 source, so
-                # the peak stays near one copy of the model until the commit
-                t = state_dict.pop(name)
-                target = self.stored(t.dtype)
-                with steps("cast"):
-                    arr = to_numpy(t.to(target))
-                with steps("open arrays (in the transaction)"):
-                    store = ts.open(self.spec(loc, name, tuple(t.shape), target), create=True, context=ctx,
-                                    transaction=txn).result()
-                with steps("stage writes (in the transaction)"):
-                    store.write(arr, can_reference_source_data_indefinitely=self.k.reference_source or None).result()
-                keep.append(arr)
-                staged += arr.nbytes
-                progress(1)
-                if self.k.commit_bytes and staged >= self.k.commit_bytes and state_dict:
-                    with steps("commit (encode, write, fsync, OCDBT manifest)"):
-                        txn.commit_async().result()
-                    txn, keep, staged = ts.Transaction(), [], 0
-            with steps("commit (encode, write, fsync, OCDBT manifest)"):
-                txn.commit_async().result()
-            self._sync(loc, steps)
-            return
+            self._write_in_transaction(ts, state_dict, loc, ctx, steps, progress)
+        else:
+            self._write_streamed(ts, state_dict, loc, ctx, steps, progress)
+        self._sync(loc, steps)
+
+    def _cast(self, state_dict, name: str, steps):
+        """``name`` popped from ``state_dict`` (a cast copy, ts+best16, replaces its float32 source, so the peak
+        stays near one copy of the model) and cast to its stored dtype: (tensor, stored dtype, array)."""
+        t = state_dict.pop(name)
+        target = self.stored(t.dtype)
+        with steps("cast"):
+            arr = to_numpy(t.to(target))
+        return t, target, arr
+
+    def _write_in_transaction(self, ts, state_dict, loc, ctx, steps, progress) -> None:
+        """Writes only stage data; a commit encodes and writes what was staged, holding its buffers until it is
+        done. One commit at the end, or (commit_bytes) one per batch, bounding those buffers."""
+        txn = ts.Transaction()
+        keep = []  # with reference_source, TensorStore holds these arrays until the commit
+        staged = 0
+        for name in list(state_dict):
+            t, target, arr = self._cast(state_dict, name, steps)
+            with steps("open arrays (in the transaction)"):
+                store = ts.open(self.spec(loc, name, tuple(t.shape), target), create=True, context=ctx,
+                                transaction=txn).result()
+            with steps("stage writes (in the transaction)"):
+                store.write(arr, can_reference_source_data_indefinitely=self.k.reference_source or None).result()
+            keep.append(arr)
+            staged += arr.nbytes
+            progress(1)
+            if self.k.commit_bytes and staged >= self.k.commit_bytes and state_dict:
+                with steps("commit (encode, write, fsync, OCDBT manifest)"):
+                    txn.commit_async().result()
+                txn, keep, staged = ts.Transaction(), [], 0
+        with steps("commit (encode, write, fsync, OCDBT manifest)"):
+            txn.commit_async().result()
+
+    def _write_streamed(self, ts, state_dict, loc, ctx, steps, progress) -> None:
+        """Each tensor's write issued as it is cast, up to ``INFLIGHT_BYTES`` in flight (none beside another at
+        concurrency 1); after a failure the rest still in flight are waited for."""
         budget = 0 if self.k.concurrency == 1 else INFLIGHT_BYTES
         inflight: deque = deque()
         held = 0
         try:
             for name in list(state_dict):
-                t = state_dict.pop(name)
-                target = self.stored(t.dtype)
-                with steps("cast"):
-                    arr = to_numpy(t.to(target))
+                t, target, arr = self._cast(state_dict, name, steps)
                 with steps("open arrays"):
                     store = ts.open(self.spec(loc, name, tuple(t.shape), target), create=True, context=ctx).result()
                 inflight.append((store.write(arr, can_reference_source_data_indefinitely=self.k.reference_source
@@ -306,7 +314,6 @@ class TensorStoreZarr(Format):
         except BaseException:
             _drain(inflight)  # the writes still going: none may write into the staging its caller removes next
             raise
-        self._sync(loc, steps)
 
     def write_async(self, state_dict, loc) -> Callable[[], None]:
         """TensorStore's own asynchrony: every write issued in one transaction,
