@@ -329,14 +329,15 @@ def _machine_ticks() -> tuple[int, int]:
 
 
 def _descendants_cpu() -> dict[int, float]:
-    """CPU seconds so far of each live process this one started (and those they started), by pid."""
+    """CPU seconds so far of each live process this one started (and those they started), by pid, with
+    the children each has waited for (a fork server's ranks, gone by the time the block ends)."""
     import psutil
 
     out = {}
     for p in psutil.Process().children(recursive=True):
         try:
             t = p.cpu_times()
-            out[p.pid] = t.user + t.system
+            out[p.pid] = t.user + t.system + t.children_user + t.children_system
         except psutil.Error:  # gone meanwhile
             pass
     return out
@@ -362,8 +363,10 @@ class MachineBusy:
     def __exit__(self, *exc):
         (busy, steal), own, wall = _machine_ticks(), cpu_seconds() - self._own, time.perf_counter() - self._t
         kids = _descendants_cpu()
-        # a live descendant's CPU in the block; one gone since was waited for (in cpu_seconds) or is not ours
-        own += sum(c - self._kids.get(pid, 0.0) for pid, c in kids.items())
+        # a live descendant's CPU in the block, with the children it waited for; one gone since was waited for
+        # by this process (in cpu_seconds) or a live descendant (in its count), its time before the block with it
+        own += sum(c - self._kids.get(pid, 0.0) for pid, c in kids.items()) - \
+            sum(c for pid, c in self._kids.items() if pid not in kids)
         hz, cores = os.sysconf("SC_CLK_TCK"), os.cpu_count() or 1
         others = max(0.0, (busy - self._ticks[0]) / hz - own)
         stolen = (steal - self._ticks[1]) / hz

@@ -212,11 +212,12 @@ def test_every_row_says_how_busy_the_machine_was_beside_it(tmp_path, machine):
 
 def test_busy_counts_the_machine_less_this_run_and_its_live_processes(monkeypatch):
     # the arithmetic on fixed counters: 10 ms ticks; this process 1 s of CPU, a live writer child 0.5 s (0.25 s
-    # of it before the block), the machine 3 s busy and 0.1 s stolen over 2 s of wall time on 2 cores
+    # of it before the block), a child gone in the block (its 0.5 s before it, counted again by whoever waited
+    # for it), the machine 3 s busy and 0.1 s stolen over 2 s of wall time on 2 cores
     from llama_ckpt import recorders
 
     ticks, own, kids, clock = iter([(1000, 50), (1300, 60)]), iter([10.0, 11.0]), \
-        iter([{7: 0.25}, {7: 0.75, 8: 0.25}]), iter([100.0, 102.0])
+        iter([{7: 0.25, 9: 0.5}, {7: 0.75, 8: 0.25}]), iter([100.0, 102.0])
     monkeypatch.setattr(recorders, "_machine_ticks", lambda: next(ticks))
     monkeypatch.setattr(recorders, "cpu_seconds", lambda: next(own))
     monkeypatch.setattr(recorders, "_descendants_cpu", lambda: next(kids))
@@ -225,8 +226,25 @@ def test_busy_counts_the_machine_less_this_run_and_its_live_processes(monkeypatc
     monkeypatch.setattr(recorders.os, "cpu_count", lambda: 2)
     with MachineBusy() as b:
         pass
-    # others: 3 s of the machine less 1 s (this process) less 0.5 + 0.25 s (its children in the block)
-    assert b.result == {"others_cpu_s": 1.25, "steal_s": 0.1, "wall_s": 2.0, "cores": 2, "busy": True}
+    # others: 3 s of the machine less 1 s (this process) less 0.5 + 0.25 s (its children in the block), with
+    # the gone child's 0.5 s before the block back (the waiter's count has all of it)
+    assert b.result == {"others_cpu_s": 1.75, "steal_s": 0.1, "wall_s": 2.0, "cores": 2, "busy": True}
+
+
+def test_a_live_childs_count_has_the_processes_it_waited_for():
+    # a fork server's ranks: started and reaped by a child of this process, gone when the block ends
+    from llama_ckpt import recorders
+
+    code = ("import subprocess, sys\nsubprocess.run([sys.executable, '-c', 'import time\\nt = time.process_time()"
+            "\\nwhile time.process_time() - t < 0.6: pass'], check=True)\nprint('reaped', flush=True)\n"
+            "sys.stdin.read()")
+    server = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout.readline().strip() == "reaped"
+        assert recorders._descendants_cpu()[server.pid] >= 0.6  # its own start-up too
+    finally:
+        server.stdin.close()
+        server.wait()
 
 
 def test_the_notebooks_default_to_the_runs_preparation():
