@@ -15,7 +15,7 @@ from ..registry import SAVES_AS, names
 from ..results import GIT_COMMIT, MachineProfile, change, comparison_table, disk_rates, fmt_bytes, is_valid, \
     read_results, summarize
 from ..results.text import BASELINE
-from ..study.aims import AIM_APPROACHES, FORMAT_AIMS
+from ..study.aims import AIM_APPROACHES, FORMAT_AIMS, NO_DISK_AIM, NO_DISK_BEST
 from ..study.claims import (GUIDE_EIGHT, GUIDE_FIGURES, HOLDS, FAILS, OTHER_WEIGHTS_CLAIMS, UNSURE,
                              judge_both, judge_cloud, sample_sets)
 from ..study.phases import COMPARE, PHASES
@@ -241,8 +241,27 @@ class Summary:
                  + (f"; against `{rank.loc[step].iloc[1]['approach']}`: {rank.loc[step].iloc[0]['vs_next']}"
                     if len(rank.loc[step]) > 1 else "") + "."
                  for step in ("save", "load") if step in rank.index.get_level_values(0)]
+        lines += self._no_disk_aim(rows, rank)
         return ("**When the disk is not the limit** (09's no-disk state: the checkpoints on a tmpfs, loads from "
                 f"memory; {len({r['approach'] for r in rows})} approaches):\n\n" + "\n".join(lines)), rank
+
+    @staticmethod
+    def _no_disk_aim(rows: list[dict], rank: pd.DataFrame) -> list[str]:
+        """Issue 36's aim for the recommended TensorStore configuration, one line: its medians over the fastest's."""
+        mine = [r for r in rows if is_valid(r) and r["approach"] == NO_DISK_BEST and not r.get("world_size")]
+        if not mine:
+            return []
+        parts = []
+        for step in ("save", "load"):
+            if step not in rank.index.get_level_values(0):
+                continue
+            first, mid = rank.loc[step].iloc[0], statistics.median(r[f"{step}_s"] for r in mine)
+            ratio = mid / first["median_s"]
+            parts.append(f"{step} {mid:.3g} s, {ratio:.2f}x `{first['approach']}` "
+                         + ("(met)" if ratio <= NO_DISK_AIM else "(not met)"))
+        return [f"- `{NO_DISK_BEST}`, the suite's TensorStore recommendation (aim: within {NO_DISK_AIM}x of the "
+                f"fastest): " + "; ".join(parts) + ". Why its load from memory trails: "
+                "docs/decisions.md#ts-best-from-memory."]
 
     def cost_cards(self) -> list:
         """The run's cost cards (``cost-cards.json``, kept by 05 and 09); none where neither ran."""

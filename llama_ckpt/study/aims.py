@@ -17,6 +17,10 @@ FORMAT_AIMS: tuple[tuple[str, str], ...] = (("ts+best", "pytorch-fp32"), ("ts+be
 # every approach the format aims compare, each once, in the pairs' order
 AIM_APPROACHES: tuple[str, ...] = tuple(dict.fromkeys(n for pair in FORMAT_AIMS for n in pair))
 
+# 09's no-disk state (issue 36): the recommended TensorStore configuration's medians at most this many times the
+# fastest approach's, save and load
+NO_DISK_BEST, NO_DISK_AIM = "ts+best", 1.2
+
 # 07: the best asynchronous saver blocks for at most this share of its synchronous save
 BLOCKING_AIM = 0.05
 # ... and the steps run at most this much slower while it finishes: in the accelerator-bound loop (issue 29's
