@@ -64,7 +64,7 @@ lab: setup ## JupyterLab on notebooks/ at http://LAB_IP:LAB_PORT/lab (the URL wi
 	$(VENV)/bin/jupyter lab --no-browser --ip=$(LAB_IP) --port=$(LAB_PORT) $(if $(filter 0,$(shell id -u)),--allow-root) notebooks/
 
 test: setup ## lint (ruff), then run the tests (tiny model; two workers, the notebooks' smoke run first)
-	$(PY) -m ruff check llama_ckpt tests
+	$(PY) -m ruff check llama_ckpt tests notebooks
 	$(PY) -m pytest -q -n 2 --dist loadfile tests/test_notebooks.py tests
 
 s3-up: setup ## start a local S3 server (SeaweedFS) on loopback; prints its endpoint
