@@ -106,8 +106,9 @@ FIELD_DOCS = {
                    "page faults, read/write system calls with their bytes, bytes written to and read from storage, "
                    "fsync/fdatasync calls made through Python's `os` module, the CPU seconds of the busiest thread "
                    "alive at its end (`busiest_thread_s`; the maximum over ranks where several are added), the threads "
-                   "that used CPU (`busy_threads`) and the CPU seconds of those that ended inside it "
-                   "(`ended_threads_s`)",
+                   "that used CPU (`busy_threads`), the CPU seconds of those that ended inside it "
+                   "(`ended_threads_s`) and the anonymous memory in transparent huge pages it left "
+                   "(`huge_page_bytes`: a load's result where the format asks for huge pages)",
     "cpu_io_load": "the same, of the timed load",
     "fsyncs_save": "the save's fsync/fdatasync calls: those made through Python's `os` module (counted) plus those "
                    "the format's native code makes by the library's stated policy (`Format.native_fsyncs`; "

@@ -247,6 +247,19 @@ def sync_calls() -> int:
     return _SYNCS["calls"]
 
 
+def huge_page_bytes() -> int | None:
+    """This process's anonymous memory in transparent huge pages now (``AnonHugePages`` of
+    ``/proc/self/smaps_rollup``, a walk of its page tables: outside any timer); None where the kernel does not say."""
+    try:
+        with open("/proc/self/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("AnonHugePages:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 def thread_cpu() -> dict[int, float]:
     """User and system CPU seconds of each thread of this process now, by thread id (``/proc/self/task/*/stat``,
     in the kernel's clock ticks); a thread that ended while it was read is left out."""
@@ -275,7 +288,10 @@ class CpuIO:
     (``busiest_thread_s``, of the threads alive at its end) with the count of
     those that used a clock tick or more (``busy_threads``) and the CPU
     seconds of the threads that ended inside the block (``ended_threads_s``:
-    the total less the others'). ``result`` is the difference as a dict."""
+    the total less the others'), and the anonymous memory in transparent huge
+    pages it left (``huge_page_bytes``: a load's result where the format asks
+    for huge pages; its faults are then one per huge page; None where the
+    kernel does not say). ``result`` is the difference as a dict."""
 
     def __init__(self, sampler: "PeakRSS | None" = None):
         self.sampler = sampler  # a PeakRSS running around this block: its own reads are left out
@@ -286,7 +302,7 @@ class CpuIO:
     def __enter__(self):
         count_syncs()
         self._syncs = sync_calls()
-        self._threads = thread_cpu()
+        self._threads, self._huge = thread_cpu(), huge_page_bytes()
         self._t, self._io, self._own0 = resource.getrusage(resource.RUSAGE_SELF), _proc_io(), self._own()
         return self
 
@@ -309,6 +325,8 @@ class CpuIO:
                        "busiest_thread_s": max(used, default=0.0), "busy_threads": len(used)}
         cpu = self.result["user_s"] + self.result["sys_s"]
         self.result["ended_threads_s"] = max(0.0, cpu - sum(used))  # threads that ended inside the block
+        huge = huge_page_bytes()
+        self.result["huge_page_bytes"] = None if huge is None or self._huge is None else huge - self._huge
         return False
 
 

@@ -29,6 +29,28 @@ def test_cpuio_counts_the_fsyncs_made_through_python(tmp_path):
     assert inside.result["fsync_calls"] == 3 and outside.result["fsync_calls"] == 4
 
 
+def test_cpuio_says_how_much_memory_the_block_left_in_huge_pages():
+    """The fresh memory of a format that asks for transparent huge pages (the Run:ai streamer's buffers) faults
+    once per 2 MiB: the row says how much of it came that way, and the card carries it per byte."""
+    import mmap
+
+    from llama_ckpt.bench.machine import thp_mode
+
+    if thp_mode() not in ("always", "madvise") or not hasattr(mmap, "MADV_HUGEPAGE"):
+        pytest.skip("this kernel offers no transparent huge pages")
+    with CpuIO() as w:
+        m = mmap.mmap(-1, 64 << 20, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        m.madvise(mmap.MADV_HUGEPAGE)
+        for i in range(0, len(m), 4096):
+            m[i] = 1
+    m.close()
+    assert w.result["huge_page_bytes"] >= 32 << 20 and w.result["minor_faults"] < 8192, w.result
+    row = _row()
+    row["cpu_io_load"] = dict(row["cpu_io_load"], huge_page_bytes=10**9)
+    assert work.card_of([row], "load", _profile(2, 1e9)).huge_per_B == pytest.approx(1.0)
+    assert work.card_of([_row()], "load", _profile(2, 1e9)).huge_per_B is None  # rows from before it was counted
+
+
 @pytest.mark.parametrize("name", ["tensorstore"])
 def test_a_formats_native_fsyncs_are_what_strace_counts(name, tiny_sd, tmp_path):
     """The save's fsyncs as the rows count them (Python's + the format's stated policy) against strace's count

@@ -264,10 +264,13 @@ def add_counts(*counts: dict | None) -> dict | None:
     """Counts of several processes added up (requests, work; None: none counted, such as requests off S3)."""
     if all(c is None for c in counts):
         return None
-    out: dict[str, int] = {}
+    out: dict[str, int | None] = {}
     for c in counts:
         for k, v in (c or {}).items():
-            out[k] = max(out.get(k, 0), v) if k in ("busiest_thread_s", "ended_threads_s") else out.get(k, 0) + v
+            if v is None or (k in out and out[k] is None):  # not counted by one of them: not counted
+                out[k] = None
+            else:
+                out[k] = max(out.get(k, 0), v) if k in ("busiest_thread_s", "ended_threads_s") else out.get(k, 0) + v
     return out
 
 

@@ -42,12 +42,14 @@ def card_table(cards: list) -> pd.DataFrame:
     """One line per approach and step: its work per GB of payload, the cores its CPU work used (``parallel``: its
     CPU seconds over its busiest thread's), the share of the smaller of its CPU work and its disk time that ran
     under the other (``overlap``), the memory it held above its start at its peak (``held``: a save's staging and
-    serialisation buffers; a load's result, 1.0, and its buffers), CPU seconds over wall time as measured, and the
+    serialisation buffers; a load's result, 1.0, and its buffers), the memory in transparent huge pages it left
+    (a load whose format asks for them: its fresh memory faulted once per huge page), CPU seconds over wall time
+    as measured, and the
     streams the format declares; "-"
     where a figure does not apply (a load's files and fsyncs) or was not counted (an fsync policy not stated)."""
     recs = [{"approach": c.approach, "step": c.step, "CPU s/GB": c.cpu_per_B * 1e9,
              "own CPU s/GB": c.own_cpu_per_B * 1e9, "call GB/GB": c.call_per_B, "fresh memory GB/GB": c.fault_per_B,
-             "storage GB/GB": c.storage_per_B, "held GB/GB": c.held_per_B,
+             "storage GB/GB": c.storage_per_B, "held GB/GB": c.held_per_B, "huge pages GB/GB": c.huge_per_B,
              "files/GB": None if c.files_per_B is None else c.files_per_B * 1e9,
              "fsyncs/GB": None if c.fsyncs_per_B is None else c.fsyncs_per_B * 1e9,
              "CPU/wall": c.cpu_over_wall, "parallel": c.parallel, "overlap": c.overlap, "streams": c.streams,

@@ -59,6 +59,8 @@ class Card:
     cpu_over_wall: float  # CPU seconds over wall time, as measured (shown)
     streams: int | None  # save: the threads the format declares it writes with
     held_per_B: float | None = None  # memory held above the step's start at its peak (shown: staging, buffers)
+    huge_per_B: float | None = None  # anonymous memory in transparent huge pages the step left (shown: a load
+    # whose format asks for them faults once per huge page, and its fault_per_B counts small pages)
 
     @classmethod
     def from_dict(cls, d: dict) -> Card:
@@ -125,6 +127,7 @@ def _row_per_B(row: dict, step: str, page: int) -> dict | None:
             "files": row["n_files"] / size if step == "save" else None,
             "fsyncs": fsyncs / size if step == "save" and fsyncs is not None else None,
             "cpu_over_wall": (work["user_s"] + work["sys_s"]) / t,
+            "huge": huge / size if (huge := work.get("huge_page_bytes")) is not None else None,
             "held": (peak - before) / size if (peak := row.get(f"peak_rss_{step}_bytes")) is not None
             and (before := row.get(f"rss_before_{step}_bytes")) is not None else None}
 
@@ -163,7 +166,8 @@ def card_of(rows: list[dict], step: str, profile: MachineProfile | dict) -> Card
                 call_per_B=per_B["call"], fault_per_B=per_B["fault"], storage_per_B=per_B["storage"],
                 files_per_B=per_B["files"], fsyncs_per_B=per_B["fsyncs"], own_cpu_per_B=own, parallel=parallel,
                 overlap=overlap, cpu_over_wall=per_B["cpu_over_wall"],
-                streams=r0.get("write_streams") if step == "save" else None, held_per_B=per_B["held"])
+                streams=r0.get("write_streams") if step == "save" else None, held_per_B=per_B["held"],
+                huge_per_B=per_B["huge"])
 
 
 def cards(rows: list[dict], profile: MachineProfile | dict) -> list[Card]:
