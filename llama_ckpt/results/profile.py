@@ -187,7 +187,7 @@ class MachineProfile:
             if not ref.get(f"reference_{op}_Bps"):
                 continue
             way = ref.get(f"reference_{op}_way") or "one stream"
-            key = f"{op}_{'stream' if way == 'one stream' else 'parallel'}_s"
+            key = f"{op}_{ {'one stream': 'stream', 'mapped': 'mapped'}.get(way, 'parallel')}_s"
             xs = [ref["reference_bytes"] / s[key] for s in ref.get("reference_samples") or [] if s.get(key)]
             spread = (max(xs) - min(xs)) / ref[f"reference_{op}_Bps"] * 100 if xs else None
             out[op] = (way, Rate(ref[f"reference_{op}_Bps"], spread, tuple(xs)))
@@ -203,7 +203,7 @@ def reference_read_Bps(ref: dict) -> float | None:
     """A storage reference's read rate, bytes per second: its fastest sample of either way whose eviction was
     confirmed (its faster way's median where the samples are not kept)."""
     times = [s[k] for s in ref.get("reference_samples") or [] if s.get("read_cold", True)
-             for k in ("read_stream_s", "read_parallel_s") if s.get(k)]
+             for k in ("read_stream_s", "read_parallel_s", "read_mapped_s") if s.get(k)]
     if times and ref.get("reference_bytes"):
         return ref["reference_bytes"] / min(times)
     return ref.get("reference_read_Bps")

@@ -26,7 +26,7 @@ def reference_line(env: dict) -> str:
             + ("" if env.get("reference_read_cold", True) else " (read not cold)"))
     samples = env.get("reference_samples") or []
     spread = [f"{k.removesuffix('_s').replace('_', ' ')} {min(v):.3g}-{max(v):.3g} s"
-              for k in ("write_stream_s", "write_parallel_s", "read_stream_s", "read_parallel_s")
+              for k in ("write_stream_s", "write_parallel_s", "read_stream_s", "read_parallel_s", "read_mapped_s")
               if (v := [s[k] for s in samples if s.get(k) is not None])]
     return line + (f"; its {len(samples)} samples: " + ", ".join(spread) if spread else "")
 
