@@ -129,7 +129,7 @@ def test_cpu_and_system_calls_of_each_save_and_load_are_recorded(tiny_run):
         assert set(r["cpu_io_save"]) == set(r["cpu_io_load"]) == {
             "user_s", "sys_s", "read_calls", "read_bytes", "write_calls", "write_bytes", "minor_faults",
             "major_faults", "storage_read_bytes", "storage_write_bytes", "fsync_calls", "busiest_thread_s",
-            "busy_threads", "ended_threads_s"}
+            "busy_threads", "ended_threads_s", "huge_page_bytes"}
         assert r["cpu_io_load"]["fsync_calls"] == 0  # a load syncs nothing
         for step in ("save", "load"):  # the busiest thread's CPU is part of the whole process's
             w = r[f"cpu_io_{step}"]
@@ -422,8 +422,8 @@ def test_the_disk_reference_is_the_faster_way_by_the_median_of_its_samples(tiny_
     _, env, _ = tiny_run
     samples = env["reference_samples"]
     assert len(samples) == probes.REFERENCE_SAMPLES
-    for op in ("write", "read"):
-        medians = [statistics.median(s[f"{op}_{way}_s"] for s in samples) for way in ("stream", "parallel")]
+    for op, ways in (("write", ("stream", "parallel")), ("read", ("stream", "parallel", "mapped"))):
+        medians = [statistics.median(s[f"{op}_{way}_s"] for s in samples) for way in ways]
         assert env[f"reference_{op}_s"] == min(medians)
         assert env["reference_ways"][f"{op}_stream_s"] == medians[0]
 
