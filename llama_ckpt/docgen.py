@@ -107,7 +107,7 @@ FIELD_DOCS = {
                    "fsync/fdatasync calls made through Python's `os` module, the CPU seconds of the busiest thread "
                    "alive at its end (`busiest_thread_s`; the maximum over ranks where several are added), the threads "
                    "that used CPU (`busy_threads`), the CPU seconds of those that ended inside it "
-                   "(`ended_threads_s`) and the anonymous memory in transparent huge pages it left "
+                   "(`ended_threads_s`) and the net change in its anonymous memory in transparent huge pages "
                    "(`huge_page_bytes`: a load's result where the format asks for huge pages)",
     "cpu_io_load": "the same, of the timed load",
     "fsyncs_save": "the save's fsync/fdatasync calls: those made through Python's `os` module (counted) plus those "

@@ -289,9 +289,10 @@ class CpuIO:
     those that used a clock tick or more (``busy_threads``) and the CPU
     seconds of the threads that ended inside the block (``ended_threads_s``:
     the total less the others'), and the anonymous memory in transparent huge
-    pages it left (``huge_page_bytes``: a load's result where the format asks
-    for huge pages; its faults are then one per huge page; None where the
-    kernel does not say). ``result`` is the difference as a dict."""
+    pages at its end less at its start (``huge_page_bytes``, a net change that
+    a step freeing an earlier step's huge pages makes negative: a load's
+    result where the format asks for huge pages, whose faults are then one
+    per huge page; None where the kernel does not say). ``result`` is the difference as a dict."""
 
     def __init__(self, sampler: "PeakRSS | None" = None):
         self.sampler = sampler  # a PeakRSS running around this block: its own reads are left out
@@ -302,7 +303,8 @@ class CpuIO:
     def __enter__(self):
         count_syncs()
         self._syncs = sync_calls()
-        self._threads, self._huge = thread_cpu(), huge_page_bytes()
+        self._huge = huge_page_bytes()  # first: its page-table walk is outside every other count's window
+        self._threads = thread_cpu()
         self._t, self._io, self._own0 = resource.getrusage(resource.RUSAGE_SELF), _proc_io(), self._own()
         return self
 
@@ -382,7 +384,9 @@ class MachineBusy:
         (busy, steal), own, wall = _machine_ticks(), cpu_seconds() - self._own, time.perf_counter() - self._t
         kids = _descendants_cpu()
         # a live descendant's CPU in the block, with the children it waited for; one gone since was waited for
-        # by this process (in cpu_seconds) or a live descendant (in its count), its time before the block with it
+        # by this process (in cpu_seconds) or a live descendant (in its count), its time before the block with it.
+        # Assumed: the run reaps its own processes (one reparented to init is subtracted, never counted: others
+        # read high, a busy mark in doubt's favour)
         own += sum(c - self._kids.get(pid, 0.0) for pid, c in kids.items()) - \
             sum(c for pid, c in self._kids.items() if pid not in kids)
         hz, cores = os.sysconf("SC_CLK_TCK"), os.cpu_count() or 1

@@ -12,7 +12,8 @@ every sample, so its spread shows:
   removed (``freed``): the rate of each, in order, so a burst or a slow
   first write shows;
 - the storage reference (:func:`llama_ckpt.bench.probes.reference`): one
-  file written and read cold in one stream and by several threads;
+  file written and read cold in one stream and by several threads, and
+  read cold through a mapping;
 - one thread's buffered write into the page cache (no fsync: the copy a
   single-stream writer makes before its fsync), at the checkpoint's full
   size where memory allows (``pagecache_bytes``), so the kernel's dirty-page

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import mmap
 import os
+import queue
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -63,10 +63,18 @@ def _write_parallel(path, nbytes: int, block: bytes) -> None:
         os.close(dfd)
 
 
-# The reads fill one buffer again and again (a buffer per thread): the disk's rate, not fresh memory's, which a
-# format's own work counts apart (its faults). Why: docs/decisions.md#reference-read
-def _read_stream(loc: Location) -> None:
-    buf = bytearray(REFERENCE_BLOCK)
+# The reads fill buffers made (and touched) before their timers, again and again: the disk's rate, not fresh
+# memory's, which a format's own work counts apart (its faults). Why: docs/decisions.md#reference-read
+def _buffers(nbytes: int, n: int) -> queue.SimpleQueue:
+    """``n`` buffers of a piece each (at most ``nbytes``), every page already written."""
+    out: queue.SimpleQueue = queue.SimpleQueue()
+    for _ in range(n):
+        out.put(bytearray(b"\1") * max(1, min(REFERENCE_BLOCK, nbytes)))
+    return out
+
+
+def _read_stream(loc: Location, bufs: queue.SimpleQueue) -> None:
+    buf = bufs.get()
     stream = loc.open_read(REFERENCE_FILE)
     try:
         if hasattr(stream, "readinto"):
@@ -77,21 +85,24 @@ def _read_stream(loc: Location) -> None:
                 pass
     finally:
         stream.close()
+        bufs.put(buf)
 
 
-def _read_parallel(path, nbytes: int) -> None:
-    fd, mine = os.open(path, os.O_RDONLY), threading.local()
+def _read_parallel(path, nbytes: int, bufs: queue.SimpleQueue) -> None:
+    fd = os.open(path, os.O_RDONLY)
     try:
         def one(piece):
             off, n = piece
-            if not hasattr(mine, "buf"):
-                mine.buf = bytearray(REFERENCE_BLOCK)
-            view = memoryview(mine.buf)
-            while n > 0:  # preadv may return less than asked
-                got = os.preadv(fd, [view[:n]], off)
-                if got == 0:
-                    raise EOFError(f"{path}: short read at {off}")
-                off, n = off + got, n - got
+            buf = bufs.get()  # one per thread in flight: as many as the pool's threads
+            try:
+                view = memoryview(buf)
+                while n > 0:  # preadv may return less than asked
+                    got = os.preadv(fd, [view[:n]], off)
+                    if got == 0:
+                        raise EOFError(f"{path}: short read at {off}")
+                    off, n = off + got, n - got
+            finally:
+                bufs.put(buf)
 
         with ThreadPoolExecutor(REFERENCE_THREADS) as pool:
             list(pool.map(one, _pieces(nbytes)))
@@ -130,14 +141,15 @@ def reference_sample(nbytes: int, loc: Location) -> dict:
     try:
         out["write_stream_s"] = _timed(_write_stream, loc, nbytes, block)
         cold, _frac = loc.evict()
-        out["read_stream_s"] = _timed(_read_stream, loc)
+        bufs = _buffers(nbytes, REFERENCE_THREADS)
+        out["read_stream_s"] = _timed(_read_stream, loc, bufs)
         if path is not None:
             loc.remove()
             path.parent.mkdir(parents=True, exist_ok=True)
             out["write_parallel_s"] = _timed(_write_parallel, str(path), nbytes, block)
             cold2, _frac = loc.evict()
             cold = cold and cold2
-            out["read_parallel_s"] = _timed(_read_parallel, str(path), nbytes)
+            out["read_parallel_s"] = _timed(_read_parallel, str(path), nbytes, bufs)
             cold3, _frac = loc.evict()
             cold = cold and cold3
             out["read_mapped_s"] = _timed(_read_mapped, str(path))
@@ -166,7 +178,7 @@ def round_reference(nbytes: int, loc: Location, start_state) -> dict:
     try:
         write_s = _timed(_write_stream, loc, nbytes, block)
         cold, _frac = loc.evict()
-        read_s = _timed(_read_stream, loc)
+        read_s = _timed(_read_stream, loc, _buffers(nbytes, 1))
     finally:
         loc.remove()
     return {"bytes": nbytes, "write_s": write_s, "read_s": read_s, "write_Bps": nbytes / write_s,

@@ -38,7 +38,8 @@ LIMITS = {
                   "reference's: `MachineProfile.write_Bps`, the share-of-disk columns' rate). The round's is one "
                   "stream: a save that writes with several may beat it (`x_bound` below 1)",
     "disk read": "bytes that came from storage, at the faster of the fastest cold read the profile's disk "
-                 "reference saw (any sample, in one stream or by its threads: `MachineProfile.read_Bps`, the "
+                 "reference saw (any sample, in one stream, by its threads or through a mapping: "
+                 "`MachineProfile.read_Bps`, the "
                  "share-of-disk columns' rate) and the one-stream cold read of the row's round reference "
                  "(`disk_state`)",
     "page-cache copy": "bytes through write calls, at one thread's page-cache write rate times the threads the save "
@@ -72,7 +73,7 @@ def disk_rate(row: dict, step: str, profile: Profile) -> tuple[float | None, str
     """The disk's rate a row's ``step`` is bound by, bytes per second, and where it comes from (None, None where
     unknown). A save: the durable write of the row's round reference (``disk_state``, :data:`ROUND`: the state
     its saves start from), else the profile's (:meth:`MachineProfile.write_Bps`, its source named). A load: the
-    faster of the profile's cold read (one stream or threads) and the round's (one stream): a one-stream read
+    faster of the profile's cold read (one stream, threads or a mapping) and the round's (one stream): a one-stream read
     alone would put a loader that reads with threads below its bound."""
     state, prof = row.get("disk_state") or {}, as_profile(profile)
     if step == "save":

@@ -91,7 +91,8 @@ class MachineProfile:
     durable_sequence_Bps: tuple[float, ...] | None = _f("B/s", "every durable write's rate in the order written: "
                                                                "the fresh ones, then the freed ones")
     reference: dict | None = _f("-", "the storage reference: one file written durably and read cold, in one "
-                                        "stream and by `REFERENCE_THREADS` threads, `REFERENCE_SAMPLES` times "
+                                        "stream and by `REFERENCE_THREADS` threads (and read through a mapping), "
+                                        "`REFERENCE_SAMPLES` times "
                                         "(its `reference_*` keys, every sample kept)")
     pagecache_bytes: int | None = _f("bytes", "the size of each page-cache write: the model's bytes, at most "
                                               "`PAGECACHE_SHARE` of the memory available")
@@ -180,7 +181,7 @@ class MachineProfile:
                 if getattr(self, name) is not None]
 
     def reference_rates(self) -> dict[str, tuple[str, Rate]]:
-        """The disk reference's durable write and cold read as rates: op -> (its faster way, a Rate of that way's
+        """The disk reference's durable write and cold read as rates: op -> (its fastest way, a Rate of that way's
         samples in bytes per second, its median the reference's own)."""
         ref, out = self.reference or {}, {}
         for op in ("write", "read"):
@@ -200,8 +201,8 @@ def reference_write_Bps(ref: dict) -> float | None:
 
 
 def reference_read_Bps(ref: dict) -> float | None:
-    """A storage reference's read rate, bytes per second: its fastest sample of either way whose eviction was
-    confirmed (its faster way's median where the samples are not kept)."""
+    """A storage reference's read rate, bytes per second: its fastest sample of any way whose eviction was
+    confirmed (its fastest way's median where the samples are not kept)."""
     times = [s[k] for s in ref.get("reference_samples") or [] if s.get("read_cold", True)
              for k in ("read_stream_s", "read_parallel_s", "read_mapped_s") if s.get(k)]
     if times and ref.get("reference_bytes"):

@@ -79,7 +79,7 @@ def _page(profile: MachineProfile) -> int:
 def disk_Bps(profile: MachineProfile, step: str) -> float | None:
     """The model's disk rate for ``step``: a save's, the median durable write after a removal (the state a
     repeat saves in; the best durable write where that was not measured); a load's, the disk reference's read
-    (the median of its faster way, one stream or its threads). On a file system held in memory (tmpfs) there
+    (the median of its fastest way: one stream, its threads or a mapping). On a file system held in memory (tmpfs) there
     is no disk: infinite (its writes and reads are the page-cache copies the CPU term counts)."""
     if profile.fs_type in MEMORY_FS:
         return math.inf
@@ -270,7 +270,7 @@ def rounds_disk(rows: list[dict], step: str, profile: MachineProfile | dict | No
     """The median disk rate of the references taken beside ``rows``' rounds (``disk_state``; a save's durable
     write, a load's cold read), each round once: separate measurements, nothing from the rows' own work; None
     where the rows have none. A load takes the faster of it and ``profile``'s read (the references read in one
-    stream; the profile's is the faster of one stream and threads), as the bounds do."""
+    stream; the profile's is the fastest of one stream, threads and a mapping), as the bounds do."""
     by_round = {(r.get("phase"), r["disk_state"]["round"]): r["disk_state"] for r in rows if r.get("disk_state")}
     rates = [x for s in by_round.values() if (x := s.get("write_Bps" if step == "save" else "read_Bps"))]
     if not rates:
