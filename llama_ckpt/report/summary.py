@@ -249,15 +249,13 @@ class Summary:
     def _no_disk_aim(rows: list[dict]) -> list[str]:
         """Issue 36's aim for the recommended TensorStore configuration, one line: its medians over the fastest
         approach's that stores the same dtype (like with like: a float16 file moves half the bytes)."""
-        valid = [r for r in rows if is_valid(r) and not r.get("world_size")]
-        mine = [r for r in valid if r["approach"] == NO_DISK_BEST]
-        if not mine:
+        summ = summarize([r for r in rows if not r.get("world_size")])
+        if NO_DISK_BEST not in summ:
             return []
-        dtype, parts = mine[0].get("stored_dtype"), []
-        alike = [r for r in valid if r.get("stored_dtype") == dtype]
+        dtype, parts = summ[NO_DISK_BEST]["stored_dtype"], []
         for step in ("save", "load"):
-            meds = {n: statistics.median(r[f"{step}_s"] for r in alike if r["approach"] == n)
-                    for n in {r["approach"] for r in alike} if step == "load" or n not in SAVES_AS}
+            meds = {n: st[f"{step}_s"].median for n, st in summ.items()
+                    if st["stored_dtype"] == dtype and (step == "load" or n not in SAVES_AS)}
             others = [n for n in meds if n != NO_DISK_BEST]
             if not others:
                 continue
