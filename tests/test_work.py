@@ -230,6 +230,9 @@ def test_the_no_disk_ranking_says_how_far_the_recommended_configuration_is_from_
     line, = Summary._no_disk_aim(rows)
     assert "fastest other float32 approach" in line, line
     assert "save 1.1 s, 1.10x `quick` (met)" in line and "load 2 s, 4.00x `quick` (not met)" in line, line
+    assert "as few as" not in line  # 5 repeats each
+    line, = Summary._no_disk_aim([r for r in rows if r["repeat"] < 2])
+    assert "(medians of as few as 2 repeats; the aim asks 5)" in line, line
     assert Summary._no_disk_aim([r for r in rows if r["approach"] != NO_DISK_BEST]) == []
     # the fastest itself: against the next of its dtype, below 1x; alone in its dtype: no line
     slow = [dict(r, approach="slow", save_s=2.2, load_s=4.0) for r in rows if r["approach"] == "quick"]

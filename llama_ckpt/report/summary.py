@@ -16,7 +16,7 @@ from ..results import GIT_COMMIT, MachineProfile, change, comparison_table, disk
     read_results, summarize
 from ..results.text import BASELINE
 from ..study.aims import AIM_APPROACHES, FORMAT_AIMS, NO_DISK_AIM, NO_DISK_BEST
-from ..study.claims import (GUIDE_EIGHT, GUIDE_FIGURES, HOLDS, FAILS, OTHER_WEIGHTS_CLAIMS, UNSURE,
+from ..study.claims import (GUIDE_EIGHT, GUIDE_FIGURES, HOLDS, FAILS, MIN_REPEATS, OTHER_WEIGHTS_CLAIMS, UNSURE,
                              judge_both, judge_cloud, sample_sets)
 from ..study.phases import COMPARE, PHASES
 from ..results import projection, work
@@ -265,8 +265,10 @@ class Summary:
                          + ("(met)" if ratio <= NO_DISK_AIM else "(not met)"))
         if not parts:
             return []
+        fewest = min(st["n"] for st in summ.values() if st["stored_dtype"] == dtype)
+        few = f" (medians of as few as {fewest} repeats; the aim asks {MIN_REPEATS})" if fewest < MIN_REPEATS else ""
         return [f"- `{NO_DISK_BEST}`, the suite's TensorStore recommendation (aim: within {NO_DISK_AIM}x of the "
-                f"fastest other {dtype or 'same-dtype'} approach): " + "; ".join(parts)
+                f"fastest other {dtype or 'same-dtype'} approach): " + "; ".join(parts) + few
                 + ". Why its load from memory trails: docs/decisions.md#ts-best-from-memory."]
 
     def cost_cards(self) -> list:
